@@ -1,0 +1,267 @@
+"""The experiment configuration: one frozen dataclass tree holding every default.
+
+Experiment files (TOML) and ``--set key=value`` hold overrides only.  Every value is checked
+when the tree is built; a bad key or value raises :class:`ConfigError` naming the key and what
+is allowed.  The resolved tree is written next to the results (``config.json``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is not valid; the message says how to fix it."""
+
+
+def _check(ok: bool, key: str, allowed: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key} = {value!r} is out of range: allowed {allowed}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "digits"  # embedded offline default: scikit-learn's handwritten digits
+    num_clients: int = 20  # clients the training split is divided over
+    partition: Literal["dirichlet", "iid"] = "dirichlet"
+    alpha: float = 0.5  # Dirichlet concentration over labels; smaller = more non-IID
+    min_client_size: int = 10  # samples every client must get (re-drawn until it holds)
+    test_fraction: float = 0.2  # held-out global test split, stratified
+    image_size: int = 28  # digits (8x8) are resized to this, so CNN-FEMNIST applies
+
+    def __post_init__(self) -> None:
+        _check(self.num_clients >= 1, "data.num_clients", ">= 1", self.num_clients)
+        _check(self.partition in ("dirichlet", "iid"), "data.partition", "'dirichlet' or 'iid'",
+               self.partition)
+        _check(self.alpha > 0, "data.alpha", "> 0", self.alpha)
+        _check(self.min_client_size >= 1, "data.min_client_size", ">= 1", self.min_client_size)
+        _check(0 < self.test_fraction < 1, "data.test_fraction", "in (0, 1)", self.test_fraction)
+        _check(8 <= self.image_size <= 256, "data.image_size", "in [8, 256]", self.image_size)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "cnn_femnist"  # a name from fedprune.models.list_models()
+    widths: list[int] | None = None  # conv widths; None = the paper's widths
+
+    def __post_init__(self) -> None:
+        if self.widths is not None:
+            _check(all(isinstance(w, int) and w >= 1 for w in self.widths), "model.widths",
+                   "a list of integers >= 1", self.widths)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    optimizer: Literal["adam", "sgd"] = "adam"  # the paper's choice; fresh per client
+    lr: float = 3e-3  # Adam; the paper uses 1e-3 on FEMNIST, 3e-3 converges faster on digits
+    momentum: float = 0.0  # SGD only
+    local_epochs: int = 5  # passes over the client's data per round (the paper's 5)
+    batch_size: int = 32  # the paper's batch size
+
+    def __post_init__(self) -> None:
+        _check(self.optimizer in ("adam", "sgd"), "train.optimizer", "'adam' or 'sgd'",
+               self.optimizer)
+        _check(0 < self.lr <= 10, "train.lr", "in (0, 10]", self.lr)
+        _check(0 <= self.momentum < 1, "train.momentum", "in [0, 1)", self.momentum)
+        _check(self.local_epochs >= 1, "train.local_epochs", ">= 1", self.local_epochs)
+        _check(self.batch_size >= 1, "train.batch_size", ">= 1", self.batch_size)
+
+
+@dataclass(frozen=True)
+class FedConfig:
+    rounds: int = 100  # communication rounds (paper: 500 on FEMNIST)
+    clients_per_round: int = 10  # sampled without replacement each round (seeded)
+    eval_every: int = 5  # evaluate the global model every N rounds, and always at the end
+
+    def __post_init__(self) -> None:
+        _check(self.rounds >= 1, "fed.rounds", ">= 1", self.rounds)
+        _check(self.clients_per_round >= 1, "fed.clients_per_round", ">= 1",
+               self.clients_per_round)
+        _check(self.eval_every >= 1, "fed.eval_every", ">= 1", self.eval_every)
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    enabled: bool = True  # false = the dense FedAvg baseline, everything else equal
+    k: float = 1.0  # boundary half-width in standard deviations of the layer's L1 scores
+    mode: Literal["both", "low"] = "low"  # "both" = the paper's rule (also cuts strong filters)
+    min_channels: int = 1  # fewest channels a prunable group may keep
+    max_fraction: float = 0.25  # most of a group's channels one step may remove
+    start_round: int = 30  # warm-up: cutting an untrained net kills it (paper: round 1)
+    max_prune_round: int = 42  # last round pruning may happen (paper: 50 or 100)
+    patience: int = 3  # stop after this many tried rounds in a row without a params drop
+    interval: int = 2  # try the rule every N rounds (N-1 recovery rounds between cuts)
+    reinit: bool = False  # true = re-initialise survivors after each cut (the paper's code)
+
+    def __post_init__(self) -> None:
+        _check(self.k >= 0, "prune.k", ">= 0", self.k)
+        _check(self.mode in ("both", "low"), "prune.mode", "'both' or 'low'", self.mode)
+        _check(self.min_channels >= 1, "prune.min_channels", ">= 1", self.min_channels)
+        _check(0 < self.max_fraction <= 1, "prune.max_fraction", "in (0, 1]", self.max_fraction)
+        _check(self.start_round >= 1, "prune.start_round", ">= 1", self.start_round)
+        _check(self.max_prune_round >= self.start_round, "prune.max_prune_round",
+               f">= prune.start_round ({self.start_round})", self.max_prune_round)
+        _check(self.patience >= 1, "prune.patience", ">= 1", self.patience)
+        _check(self.interval >= 1, "prune.interval", ">= 1", self.interval)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    seed: int = 0  # seeds data split, model init, client sampling and local shuffling
+    threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    fed: FedConfig = field(default_factory=FedConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.seed >= 0, "seed", ">= 0", self.seed)
+        _check(self.threads >= 0, "threads", ">= 0", self.threads)
+        _check(self.fed.clients_per_round <= self.data.num_clients, "fed.clients_per_round",
+               f"<= data.num_clients ({self.data.num_clients})", self.fed.clients_per_round)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+_SECTIONS = {f.name: f for f in dataclasses.fields(ExperimentConfig)}
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Convert ``value`` (from TOML or a ``--set`` string) to the field type ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(key, value, args[0])
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key} = {value!r} is not allowed: choose one of {list(allowed)}")
+        return value
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                value = json.loads(text) if text.startswith("[") else [
+                    v for v in text.split(",") if v.strip()]
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{key}: cannot read {value!r} as a list ({exc})") from None
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be a number, got {value!r}") from None
+        if out != out or out in (float("inf"), float("-inf")):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        return out
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        where = f"section [{prefix.rstrip('.')}]" if prefix else "the top level"
+        raise ConfigError(
+            f"unknown key '{prefix}{unknown[0]}' in {where}; known keys: "
+            + ", ".join(prefix + n for n in sorted(names))
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{name} is a section: use [{prefix}{name}] or "
+                                  f"{prefix}{name}.<key>=<value>")
+            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(prefix + name, value, tp)
+    return cls(**kwargs)
+
+
+def from_dict(values: dict[str, Any]) -> ExperimentConfig:
+    """Build a config from nested overrides; everything absent keeps its default."""
+    if not isinstance(values, dict):
+        raise ConfigError("a configuration must be a table of keys and values")
+    return _build(ExperimentConfig, values, "")
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn ``["prune.k=1.5", "seed=3"]`` into nested overrides (values stay strings)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set {pair!r}: expected key=value, e.g. prune.k=1.5")
+        key, value = pair.split("=", 1)
+        parts = key.strip().split(".")
+        if any(not p for p in parts):
+            raise ConfigError(f"--set {pair!r}: bad key {key!r}")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {pair!r}: {p!r} is a value, not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``over`` into a copy of ``base``."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Defaults, then the TOML file's overrides, then ``--set`` overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    values = merge(values, parse_overrides(overrides or []))
+    try:
+        return from_dict(values)
+    except TypeError as exc:  # e.g. a section given a scalar where a table is expected
+        raise ConfigError(str(exc)) from None

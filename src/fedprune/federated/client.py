@@ -1,0 +1,75 @@
+"""Client-side work: local training from the global weights, and evaluation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import TrainConfig
+
+StateDict = dict[str, torch.Tensor]
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """A fresh optimizer for one client's local training (no state leaks between clients)."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+
+
+def train_local(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: TrainConfig,
+    generator: torch.Generator,
+) -> tuple[StateDict, int, dict[str, float]]:
+    """Train ``model`` in place for ``cfg.local_epochs`` epochs; return a copy of its weights.
+
+    Batches are drawn from ready tensors with a seeded permutation per epoch.
+    Returns ``(state_dict, n_examples, {"train_loss": mean loss of the last epoch})``.
+    """
+    n = int(y.shape[0])
+    if n == 0:
+        raise ValueError("a client with no training samples cannot train")
+    opt = make_optimizer(model, cfg)
+    model.train()
+    last_loss = math.nan
+    for _ in range(cfg.local_epochs):
+        perm = torch.randperm(n, generator=generator)
+        total, seen = 0.0, 0
+        for start in range(0, n, cfg.batch_size):
+            idx = perm[start : start + cfg.batch_size]
+            xb, yb = x[idx], y[idx]
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(xb), yb)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * idx.numel()
+            seen += idx.numel()
+        last_loss = total / seen
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return state, n, {"train_loss": last_loss}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512
+) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of ``model`` on ``(x, y)``, in eval mode."""
+    was_training = model.training
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    try:
+        for start in range(0, int(y.shape[0]), batch_size):
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            logits = model(xb)
+            loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == yb).sum())
+    finally:
+        model.train(was_training)
+    n = int(y.shape[0])
+    return correct / n, loss_sum / n

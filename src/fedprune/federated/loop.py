@@ -1,0 +1,184 @@
+"""The in-process reference loop: sample -> train -> aggregate -> maybe prune -> broadcast.
+
+No Flower needed.  Every source of randomness is derived from ``cfg.seed``: the data split,
+the model's initial weights, client sampling, and each client's batch order per round.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import ExperimentConfig
+from ..data import FederatedData, load_federated
+from ..metrics import Recorder, RoundRecord, count_macs, n_params, payload_bytes
+from ..models import ModelSpec, new_model
+from ..pruning import Schedule, ScheduleState, advance, is_active, prune_model
+from .aggregate import fedavg
+from .client import evaluate, train_local
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass
+class RunResult:
+    summary: dict[str, Any]
+    model: nn.Module
+    spec: ModelSpec
+    records: list[RoundRecord]
+
+
+def client_generator(seed: int, rnd: int, cid: int) -> torch.Generator:
+    """The batch-order generator of client ``cid`` in round ``rnd`` (independent streams)."""
+    state = np.random.SeedSequence([seed, 3, rnd, cid]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def sample_clients(rng: np.random.Generator, num_clients: int, k: int) -> list[int]:
+    return sorted(int(c) for c in rng.choice(num_clients, size=k, replace=False))
+
+
+def run_simulation(
+    cfg: ExperimentConfig,
+    run_dir: Path | None = None,
+    on_round: Callable[[RoundRecord], None] | None = None,
+    data: FederatedData | None = None,
+) -> RunResult:
+    """Run one federated experiment in process; write records under ``run_dir`` if given."""
+    t0 = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    data = data if data is not None else load_federated(cfg.data, cfg.seed)
+    c, h, _ = data.input_shape
+    model, spec = new_model(cfg.model.name, num_classes=data.num_classes, in_channels=c,
+                            image_size=h, widths=cfg.model.widths, seed=cfg.seed)
+    example = spec.example_input()
+    recorder = Recorder(Path(run_dir)) if run_dir is not None else None
+    if recorder is not None:
+        recorder.write_config(cfg.to_dict())
+
+    params_initial, macs_initial = n_params(model), count_macs(model, example)
+    widths_initial = spec.widths_now()
+    dense_payload = payload_bytes(model)
+    schedule = Schedule(cfg.prune.start_round, cfg.prune.max_prune_round, cfg.prune.patience,
+                        cfg.prune.interval)
+    sched_state = ScheduleState()
+    sample_rng = np.random.default_rng([cfg.seed, 2])
+    worker = copy.deepcopy(model)
+    m = cfg.fed.clients_per_round
+    bytes_total = bytes_total_dense = 0
+    accuracy = loss = float("nan")
+    records: list[RoundRecord] = []
+
+    for rnd in range(1, cfg.fed.rounds + 1):
+        sampled = sample_clients(sample_rng, len(data.clients), m)
+        global_state = model.state_dict()
+        spec_bytes = len(spec.to_json().encode()) if cfg.prune.enabled else 0
+        bytes_down = m * (payload_bytes(global_state) + spec_bytes)
+        replies = []
+        for cid in sampled:
+            worker.load_state_dict(global_state)
+            cd = data.clients[cid]
+            state, n, _ = train_local(worker, cd.x, cd.y, cfg.train,
+                                      client_generator(cfg.seed, rnd, cid))
+            replies.append((state, n))
+        bytes_up = sum(payload_bytes(s) for s, _ in replies)
+        model.load_state_dict(fedavg(replies))
+        bytes_total += bytes_down + bytes_up
+        bytes_total_dense += 2 * m * dense_payload
+
+        pruned = False
+        if cfg.prune.enabled and is_active(schedule, sched_state, rnd):
+            before = n_params(model)
+            res = prune_model(
+                model, example, k=cfg.prune.k, mode=cfg.prune.mode,
+                min_channels=cfg.prune.min_channels, max_fraction=cfg.prune.max_fraction,
+                reinit=cfg.prune.reinit, seed=int(cfg.seed * 100_003 + rnd), record=spec.record,
+            )
+            after = n_params(model)
+            sched_state = advance(schedule, sched_state, rnd, before, after)
+            if after < before:
+                pruned = True
+                spec = replace(spec, record=res.record)
+                worker = copy.deepcopy(model)
+                logger.info("round %d: pruned %d -> %d params, widths %s", rnd, before, after,
+                            spec.widths_now())
+            if sched_state.stopped:
+                logger.info("round %d: pruning stopped (%d steps accepted)", rnd,
+                            sched_state.accepted_steps)
+
+        evaluated = rnd % cfg.fed.eval_every == 0 or rnd == cfg.fed.rounds
+        if evaluated:
+            accuracy, loss = evaluate(model, data.test_x, data.test_y)
+        macs = count_macs(model, example)
+        rec = RoundRecord(
+            round=rnd, accuracy=accuracy if evaluated else None, loss=loss if evaluated else None,
+            params=n_params(model), macs=macs, flops=2 * macs, widths=spec.widths_now(),
+            bytes_down=bytes_down, bytes_up=bytes_up, bytes_cumulative=bytes_total,
+            clients=len(replies), pruned=pruned, seconds=time.perf_counter() - t0,
+        )
+        records.append(rec)
+        if recorder is not None:
+            recorder.append(rec)
+        if on_round is not None:
+            on_round(rec)
+
+    summary = {
+        "accuracy": accuracy,
+        "loss": loss,
+        "params_initial": params_initial,
+        "params_final": n_params(model),
+        "macs_initial": macs_initial,
+        "macs_final": count_macs(model, example),
+        "flops_initial": 2 * macs_initial,
+        "flops_final": 2 * count_macs(model, example),
+        "bytes_total": bytes_total,
+        "bytes_total_dense": bytes_total_dense,
+        "widths_initial": widths_initial,
+        "widths_final": spec.widths_now(),
+        "prune_stopped_round": sched_state.stopped_round,
+        "prune_steps": sched_state.accepted_steps,
+        "rounds": cfg.fed.rounds,
+        "seconds": time.perf_counter() - t0,
+        "config": cfg.to_dict(),
+    }
+    if recorder is not None:
+        save_checkpoint(Path(run_dir) / CHECKPOINT_FILE, spec, model, cfg.fed.rounds)  # type: ignore[arg-type]
+        recorder.write_summary(summary)
+    return RunResult(summary=summary, model=model, spec=spec, records=records)
+
+
+def save_checkpoint(path: Path, spec: ModelSpec, model: nn.Module, rnd: int) -> None:
+    """``{spec (JSON text), state_dict, round}``: loadable with ``weights_only=True``."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"spec": spec.to_json(), "state_dict": model.state_dict(), "round": rnd}, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path) -> tuple[ModelSpec, nn.Module, int]:
+    """Rebuild the model of a checkpoint from its spec and load its weights (no pickle)."""
+    from ..models import build
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"checkpoint {path} does not exist") from None
+    except Exception as exc:  # noqa: BLE001 - corrupt or foreign file
+        raise ValueError(f"checkpoint {path} cannot be read safely: {exc}") from None
+    if not isinstance(ckpt, dict) or not {"spec", "state_dict", "round"} <= set(ckpt):
+        raise ValueError(f"checkpoint {path} lacks spec, state_dict or round")
+    spec = ModelSpec.from_json(ckpt["spec"])
+    model = build(spec)
+    model.load_state_dict(ckpt["state_dict"], strict=True)
+    return spec, model, int(ckpt["round"])

@@ -1,0 +1,81 @@
+"""PNG plots of a run's per-round metrics (matplotlib, Agg backend).
+
+``plot_run`` reads ``rounds.jsonl`` via :func:`fedprune.metrics.recorder.read_rounds`
+and writes ``accuracy.png``, ``params.png`` and ``bytes.png`` into the run
+directory, optionally overlaying a dense FedAvg baseline run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fedprune.metrics.recorder import read_rounds
+
+__all__ = ["plot_run"]
+
+_MB = 1e6
+
+
+def _series(rows: list[dict[str, Any]], key: str, scale: float = 1.0) -> tuple[list, list]:
+    """Return (rounds, values) for rows where ``key`` is present and not None."""
+    xs: list[int] = []
+    ys: list[float] = []
+    for row in rows:
+        value = row.get(key)
+        if value is None or "round" not in row:
+            continue
+        xs.append(row["round"])
+        ys.append(float(value) / scale)
+    return xs, ys
+
+
+def plot_run(run_dir: Path, dense_run_dir: Path | None = None) -> list[Path]:
+    """Write accuracy, parameter-count and cumulative-bytes plots for a run.
+
+    Args:
+        run_dir: directory holding ``rounds.jsonl``; the PNGs are written here.
+        dense_run_dir: optional directory of a dense FedAvg run to overlay
+            (labelled "dense FedAvg").
+
+    Returns:
+        Paths of ``accuracy.png``, ``params.png`` and ``bytes.png`` (in that order).
+        Accuracy is drawn only for rounds that have an accuracy value;
+        bytes are plotted in MB (1 MB = 10**6 bytes).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    runs: list[tuple[str, list[dict[str, Any]]]] = [("pruned", read_rounds(run_dir))]
+    if dense_run_dir is not None:
+        runs.append(("dense FedAvg", read_rounds(Path(dense_run_dir))))
+
+    specs = [
+        ("accuracy.png", "accuracy", 1.0, "test accuracy", "Accuracy per round"),
+        ("params.png", "params", 1.0, "trainable parameters", "Parameters per round"),
+        ("bytes.png", "bytes_cumulative", _MB, "cumulative traffic (MB)", "Cumulative bytes"),
+    ]
+    written: list[Path] = []
+    for filename, key, scale, ylabel, title in specs:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        try:
+            for label, rows in runs:
+                xs, ys = _series(rows, key, scale)
+                style = "--" if label == "dense FedAvg" else "-"
+                ax.plot(xs, ys, style, marker="." if len(xs) < 50 else None, label=label)
+            ax.set_xlabel("round")
+            ax.set_ylabel(ylabel)
+            ax.set_title(title)
+            ax.grid(True, alpha=0.3)
+            if len(runs) > 1:
+                ax.legend()
+            out = run_dir / filename
+            fig.tight_layout()
+            fig.savefig(out, dpi=100)
+            written.append(out)
+        finally:
+            plt.close(fig)
+    return written

@@ -1,0 +1,32 @@
+"""Automatic structured pruning of conv nets: score (L1), decide (boundary rule), cut (DepGraph)."""
+
+from .apply import (
+    GroupDecision,
+    PruneResult,
+    default_ignored_layers,
+    initial_record,
+    prune_model,
+    rebuild,
+    reinitialise,
+    widths_of,
+)
+from .rule import BoundaryRule, Decision, decide
+from .schedule import Schedule, ScheduleState, advance, is_active
+
+__all__ = [
+    "BoundaryRule",
+    "Decision",
+    "GroupDecision",
+    "PruneResult",
+    "Schedule",
+    "ScheduleState",
+    "advance",
+    "decide",
+    "default_ignored_layers",
+    "initial_record",
+    "is_active",
+    "prune_model",
+    "rebuild",
+    "reinitialise",
+    "widths_of",
+]

@@ -1,0 +1,90 @@
+"""The automatic boundary rule: per-layer scores -> keep mask.
+
+For the scores ``s`` of one prunable group (one entry per output channel), with mean ``m`` and
+standard deviation ``sd`` (population, ``ddof=0``), the boundaries are ``[m - k*sd, m + k*sd]``.
+
+* ``mode="both"`` removes channels outside either boundary (the paper's rule);
+* ``mode="low"`` removes only channels below the lower boundary (weak filters).
+
+Two guards bound one decision: at least ``min_channels`` channels survive, and at most
+``max_fraction`` of the group's current channels are removed in one step.  When a guard binds,
+the most extreme channels (largest distance outside the boundary, in units of ``sd``) go first.
+Scores that are equal up to float32 rounding (``sd <= 1e-6 * |m|``) are never split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+Mode = Literal["both", "low"]
+MODES: tuple[str, ...] = ("both", "low")
+
+
+@dataclass(frozen=True)
+class BoundaryRule:
+    """Parameters of the boundary rule (see the module docstring)."""
+
+    k: float = 2.0
+    mode: Mode = "both"
+    min_channels: int = 1
+    max_fraction: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.k) or self.k < 0:
+            raise ValueError(f"k must be a finite number >= 0, got {self.k!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if int(self.min_channels) != self.min_channels or self.min_channels < 1:
+            raise ValueError(f"min_channels must be an integer >= 1, got {self.min_channels!r}")
+        if not 0.0 < self.max_fraction <= 1.0:
+            raise ValueError(f"max_fraction must be in (0, 1], got {self.max_fraction!r}")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the rule decided for one group of scores."""
+
+    keep: np.ndarray  # bool mask, True = channel survives
+    lower: float
+    upper: float
+    mean: float
+    std: float
+
+    @property
+    def n_removed(self) -> int:
+        return int((~self.keep).sum())
+
+
+def decide(scores: np.ndarray, rule: BoundaryRule) -> Decision:
+    """Apply ``rule`` to one group's ``scores`` and return the keep mask and boundaries."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if s.size == 0:
+        raise ValueError("cannot apply the boundary rule to an empty score vector")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("scores contain NaN or Inf; the model weights are not finite")
+    mean = float(s.mean())
+    std = float(s.std())
+    lower, upper = mean - rule.k * std, mean + rule.k * std
+    n = s.size
+    # scores equal up to float32 rounding carry no signal: never split them
+    if std <= 1e-6 * abs(mean) or std == 0.0 or n <= rule.min_channels:
+        return Decision(np.ones(n, dtype=bool), lower, upper, mean, std)
+
+    outside = s < lower
+    if rule.mode == "both":
+        outside |= s > upper
+    # distance outside the band, in std units; used to rank removals when a guard binds
+    excess = np.where(s < lower, (lower - s) / std, np.where(s > upper, (s - upper) / std, 0.0))
+
+    max_remove = min(n - rule.min_channels, int(np.floor(rule.max_fraction * n)))
+    candidates = np.flatnonzero(outside)
+    if candidates.size > max_remove:
+        # stable sort: ties resolved by channel index, so decisions are deterministic
+        order = np.argsort(-excess[candidates], kind="stable")
+        candidates = candidates[order[: max(max_remove, 0)]]
+    keep = np.ones(n, dtype=bool)
+    keep[candidates] = False
+    return Decision(keep, lower, upper, mean, std)
