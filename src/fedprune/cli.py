@@ -47,6 +47,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .metrics import plot_run
 
     cfg = load_config(args.config, args.sets)
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out {args.out} is a file, not a directory")
     if args.out.exists() and any(args.out.iterdir()):
         raise ConfigError(f"--out {args.out} exists and is not empty: choose a new directory "
                           "(results are never overwritten)")

@@ -53,8 +53,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.widths is not None:
-            _check(all(isinstance(w, int) and w >= 1 for w in self.widths), "model.widths",
-                   "a list of integers >= 1", self.widths)
+            _check(bool(self.widths) and all(isinstance(w, int) and w >= 1 for w in self.widths),
+                   "model.widths", "a non-empty list of integers >= 1", self.widths)
 
 
 @dataclass(frozen=True)
@@ -90,12 +90,12 @@ class FedConfig:
 @dataclass(frozen=True)
 class PruneConfig:
     enabled: bool = True  # false = the dense FedAvg baseline, everything else equal
-    k: float = 1.0  # boundary half-width in standard deviations of the layer's L1 scores
+    k: float = 0.75  # boundary half-width in standard deviations of the layer's L1 scores
     mode: Literal["both", "low"] = "low"  # "both" = the paper's rule (also cuts strong filters)
     min_channels: int = 1  # fewest channels a prunable group may keep
-    max_fraction: float = 0.25  # most of a group's channels one step may remove
+    max_fraction: float = 0.2  # most of a group's channels one step may remove
     start_round: int = 30  # warm-up: cutting an untrained net kills it (paper: round 1)
-    max_prune_round: int = 42  # last round pruning may happen (paper: 50 or 100)
+    max_prune_round: int = 40  # last round pruning may happen (paper: 50 or 100)
     patience: int = 3  # stop after this many tried rounds in a row without a params drop
     interval: int = 2  # try the rule every N rounds (N-1 recovery rounds between cuts)
     reinit: bool = False  # true = re-initialise survivors after each cut (the paper's code)
@@ -260,6 +260,8 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
             raise ConfigError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path} cannot be read as UTF-8 TOML: {exc}") from None
     values = merge(values, parse_overrides(overrides or []))
     try:
         return from_dict(values)

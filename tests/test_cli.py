@@ -1,0 +1,165 @@
+"""Tests for the ``fedprune`` command line (run in process via ``fedprune.cli.main``)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedprune.cli import main
+
+TINY_RUN = [
+    "--set", "fed.rounds=4", "--set", "fed.clients_per_round=3",
+    "--set", "data.num_clients=5", "--set", "train.local_epochs=1",
+    "--set", "prune.start_round=2", "--set", "prune.max_prune_round=3",
+    "--set", "prune.interval=1", "--set", "prune.k=0.5", "--set", "fed.eval_every=2",
+    "--set", "threads=1", "--no-progress",
+]
+
+
+def test_config_prints_resolved_json_with_override(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["config", "--set", "prune.k=1.5"])
+
+    out, err = capsys.readouterr()
+    assert rc == 0 and err == ""
+    resolved = json.loads(out)
+    assert resolved["prune"]["k"] == 1.5
+    assert resolved["prune"]["start_round"] == 30  # defaults are printed too
+    assert set(resolved) == {"seed", "threads", "data", "model", "train", "fed", "prune"}
+
+
+def test_config_reads_toml_then_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "exp.toml"
+    path.write_text("seed = 4\n[fed]\nrounds = 9\n", encoding="utf-8")
+
+    rc = main(["config", "--config", str(path), "--set", "fed.rounds=2"])
+
+    resolved = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert (resolved["seed"], resolved["fed"]["rounds"]) == (4, 2)
+
+
+@pytest.mark.parametrize("cmd", ["config", "run"])
+def test_unknown_key_exits_2_naming_key(
+    cmd: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = ["--out", str(tmp_path / "run")] if cmd == "run" else []
+
+    rc = main([cmd, "--set", "prune.bogus=1", *extra])
+
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == ""
+    assert err.startswith("fedprune: error: ")
+    assert "prune.bogus" in err and "prune.k" in err
+    assert not (tmp_path / "run").exists()  # nothing created for a bad config
+
+
+def test_missing_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing.toml"
+
+    rc = main(["config", "--config", str(missing)])
+
+    assert rc == 2
+    assert f"fedprune: error: config file {missing} does not exist" in capsys.readouterr().err
+
+
+def test_models_lists_registered_models(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["models"])
+
+    names = capsys.readouterr().out.split()
+    assert rc == 0
+    assert {"cnn_femnist", "resnet7", "inception"} <= set(names)
+    assert names == sorted(names)
+
+
+def test_run_requires_out(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["run"])
+
+    assert exc.value.code == 2
+    assert "--out" in capsys.readouterr().err
+
+
+def test_run_refuses_non_empty_out_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_dir = tmp_path / "old_run"
+    out_dir.mkdir()
+    (out_dir / "rounds.jsonl").write_text('{"round": 1}\n', encoding="utf-8")
+    (out_dir / "notes.txt").write_text("keep me", encoding="utf-8")
+
+    rc = main(["run", "--out", str(out_dir), *TINY_RUN])
+
+    _, err = capsys.readouterr()
+    assert rc == 2
+    assert "fedprune: error: --out" in err and "not empty" in err
+    assert sorted(p.name for p in out_dir.iterdir()) == ["notes.txt", "rounds.jsonl"]
+    assert (out_dir / "rounds.jsonl").read_text(encoding="utf-8") == '{"round": 1}\n'
+    assert (out_dir / "notes.txt").read_text(encoding="utf-8") == "keep me"
+
+
+def test_run_out_is_a_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_file = tmp_path / "results.txt"
+    out_file.write_text("keep me", encoding="utf-8")
+
+    rc = main(["run", "--out", str(out_file), *TINY_RUN])
+
+    assert rc == 2 and "fedprune: error:" in capsys.readouterr().err
+    assert out_file.read_text(encoding="utf-8") == "keep me"
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_all_records(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_dir = tmp_path / "run"
+
+    rc = main(["run", "--out", str(out_dir), *TINY_RUN])
+
+    stdout = capsys.readouterr().out
+    assert rc == 0
+    printed = json.loads(stdout)
+    assert printed["out"] == str(out_dir)
+    expected_files = {"rounds.jsonl", "summary.json", "config.json", "checkpoint.pt",
+                      "accuracy.png", "params.png", "bytes.png"}
+    assert expected_files <= {p.name for p in out_dir.iterdir()}
+    for png in ("accuracy.png", "params.png", "bytes.png"):
+        assert (out_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    lines = (out_dir / "rounds.jsonl").read_text(encoding="utf-8").splitlines()
+    rounds = [json.loads(line) for line in lines]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4]
+    # eval_every=2: accuracy on rounds 2 and 4 only (4 is also the last round)
+    assert [r["accuracy"] is not None for r in rounds] == [False, True, False, True]
+    assert all(r["clients"] == 3 for r in rounds)
+
+    summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
+    keys = {"accuracy", "params_initial", "params_final", "flops_initial", "flops_final",
+            "bytes_total", "bytes_total_dense", "widths_initial", "widths_final",
+            "prune_stopped_round", "rounds", "seconds", "config"}
+    assert keys <= set(summary)
+    assert summary["rounds"] == 4
+    assert summary["params_final"] < summary["params_initial"]
+    assert summary["flops_final"] < summary["flops_initial"]
+    assert summary["bytes_total"] < summary["bytes_total_dense"]  # pruned rounds send less
+    assert summary["accuracy"] == rounds[-1]["accuracy"]
+    assert 0.0 <= summary["accuracy"] <= 1.0
+    assert rounds[-1]["params"] == summary["params_final"]
+    # at most 2 cuts (rounds 2 and 3), each removing <= max_fraction 0.25 of a group
+    before, after = summary["widths_initial"], summary["widths_final"]
+    assert before.keys() == after.keys() and after != before
+    assert all(0.75 * 0.75 * before[g] <= after[g] <= before[g] for g in before)
+
+    config = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))
+    assert config == summary["config"]
+    assert (config["fed"]["rounds"], config["data"]["num_clients"]) == (4, 5)
+    assert config["prune"]["k"] == 0.5
+
+
+def test_module_entry_point_runs_config() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedprune", "config", "--set", "seed=3"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["seed"] == 3
