@@ -38,6 +38,8 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (each 1 thread)")
     ap.add_argument("--set", dest="sets", action="append", default=[])
     ap.add_argument("--out", type=Path, default=None, help="keep the run folders here")
+    ap.add_argument("--plot", type=Path, default=None,
+                    help="write a pruned-vs-dense overview PNG of the first seed here")
     args = ap.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="fedprune-bench-"))
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
@@ -67,6 +69,11 @@ def main() -> int:
     print(f"accuracy gap (dense - pruned) {gap:.2f} points (target <= 1.5)")
     print(f"min params cut {min(pcut):.1%}, min FLOPs cut {min(fcut):.1%} (target >= 85%)")
     print(f"mean bytes ratio dense/pruned {statistics.mean(bratio):.2f}x")
+    if args.plot is not None:
+        from fedprune.metrics import plot_overview
+
+        s0 = args.seeds[0]
+        print("plot:", plot_overview(out / f"pruned-seed{s0}", out / f"dense-seed{s0}", args.plot))
     ok = gap <= 1.5 and min(pcut) >= 0.85 and min(fcut) >= 0.85
     print("targets met" if ok else "targets NOT met")
     return 0 if ok else 1

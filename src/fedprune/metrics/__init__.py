@@ -30,7 +30,7 @@ Typical use in a training loop::
 
 from __future__ import annotations
 
-from fedprune.metrics.plots import plot_run
+from fedprune.metrics.plots import plot_overview, plot_run
 from fedprune.metrics.recorder import (
     CONFIG_FILE,
     ROUNDS_FILE,
@@ -51,6 +51,7 @@ __all__ = [
     "count_macs",
     "n_params",
     "payload_bytes",
+    "plot_overview",
     "plot_run",
     "read_rounds",
 ]

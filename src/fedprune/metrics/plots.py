@@ -12,7 +12,7 @@ from typing import Any
 
 from fedprune.metrics.recorder import read_rounds
 
-__all__ = ["plot_run"]
+__all__ = ["plot_overview", "plot_run"]
 
 _MB = 1e6
 
@@ -79,3 +79,33 @@ def plot_run(run_dir: Path, dense_run_dir: Path | None = None) -> list[Path]:
         finally:
             plt.close(fig)
     return written
+
+
+def plot_overview(run_dir: Path, dense_run_dir: Path, out_png: Path) -> Path:
+    """One figure, three panels (accuracy, params, cumulative MB): a run beside dense FedAvg."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [("fedprune (pruned)", read_rounds(Path(run_dir))),
+            ("dense FedAvg", read_rounds(Path(dense_run_dir)))]
+    panels = [("accuracy", 1.0, "test accuracy"), ("params", 1.0, "trainable parameters"),
+              ("bytes_cumulative", _MB, "cumulative traffic (MB)")]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    try:
+        for ax, (key, scale, ylabel) in zip(axes, panels, strict=True):
+            for label, rows in runs:
+                xs, ys = _series(rows, key, scale)
+                ax.plot(xs, ys, "--" if label == "dense FedAvg" else "-", label=label)
+            ax.set_xlabel("round")
+            ax.set_ylabel(ylabel)
+            ax.grid(True, alpha=0.3)
+        axes[0].legend()
+        fig.tight_layout()
+        out_png = Path(out_png)
+        out_png.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out_png, dpi=100)
+    finally:
+        plt.close(fig)
+    return out_png
