@@ -22,7 +22,7 @@ def test_defaults_build_and_match_dataclass_defaults() -> None:
     assert cfg == ExperimentConfig() and cfg.model.widths is None
     assert (cfg.seed, cfg.data.name, cfg.model.name) == (0, "digits", "cnn_femnist")
     assert (cfg.fed.rounds, cfg.fed.clients_per_round, cfg.data.num_clients) == (100, 10, 20)
-    assert (cfg.prune.k, cfg.prune.start_round, cfg.prune.max_prune_round) == (1.0, 30, 42)
+    assert (cfg.prune.k, cfg.prune.start_round, cfg.prune.max_prune_round) == (0.75, 30, 40)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.seed = 3  # type: ignore[misc]
 

@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .federated import run_simulation
-    from .metrics import plot_run
+    from .metrics import RoundRecord, plot_run
 
     cfg = load_config(args.config, args.sets)
     if args.out.exists() and not args.out.is_dir():
@@ -60,7 +60,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     last_acc = math.nan
 
-    def on_round(rec) -> None:  # noqa: ANN001 - RoundRecord
+    def on_round(rec: RoundRecord) -> None:
         nonlocal last_acc
         if rec.accuracy is not None:
             last_acc = rec.accuracy

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -183,7 +184,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             out = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key} must be a number, got {value!r}") from None
-        if out != out or out in (float("inf"), float("-inf")):
+        if not math.isfinite(out):
             raise ConfigError(f"{key} must be a finite number, got {value!r}")
         return out
     if tp is str:
