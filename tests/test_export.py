@@ -1,0 +1,90 @@
+"""ONNX export of the paper's architectures, dense and pruned, with onnxruntime parity."""
+
+import numpy as np
+import pytest
+import torch
+
+from fedprune.export import ATOL, ExportError, bench_onnx_latency, export_onnx, ort_session
+from fedprune.metrics.latency import measure_interleaved
+from fedprune.models import model_defaults, new_model
+from fedprune.pruning import prune_model
+
+PAPER_MODELS = ["cnn_femnist", "cnn_celeba", "resnet7", "inception"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PAPER_MODELS)
+@pytest.mark.parametrize("pruned", [False, True], ids=["dense", "pruned"])
+def test_export_runs_in_onnxruntime_with_parity(name, pruned, tmp_path):
+    d = model_defaults(name)
+    model, spec = new_model(name, num_classes=7, in_channels=d["in_channels"],
+                            image_size=d["image_size"], widths=None, seed=0)
+    x = spec.example_input()
+    if pruned:
+        res = prune_model(model, x, k=0.5, mode="both")
+        assert res.n_removed > 0
+    report = export_onnx(model, x, tmp_path / "m.onnx")
+    assert report.bytes > 0 and report.max_abs_diff <= ATOL
+    # a batch of another size runs too (dynamic batch axis), matching PyTorch
+    xb = torch.randn(3, *x.shape[1:])
+    got = ort_session(report.path).run(["logits"], {"input": xb.numpy()})[0]
+    with torch.no_grad():
+        ref = model.eval()(xb).numpy()
+    assert got.shape == (3, 7)
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-3)
+
+
+def test_parity_failure_is_reported(tmp_path, monkeypatch):
+    """A runtime that disagrees with PyTorch makes the export fail loudly."""
+    model, spec = new_model("cnn_femnist", num_classes=3, in_channels=1, image_size=28,
+                            widths=[2, 4], seed=0)
+    import fedprune.export.onnx as mod
+
+    class Skewed:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def run(self, names, feeds):
+            return [self.inner.run(names, feeds)[0] + 1e-2]
+
+    real = mod.ort_session
+    monkeypatch.setattr(mod, "ort_session", lambda p, threads=1: Skewed(real(p, threads)))
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_onnx(model, spec.example_input(), tmp_path / "m.onnx")
+
+
+def test_interleaved_latency_counts_orders_and_summarises(monkeypatch):
+    """A fake clock: runner "a" costs 1 ms, "b" 3 ms; the order alternates every turn."""
+    import fedprune.metrics.latency as lat
+
+    clock = [0.0]
+    calls: list[str] = []
+
+    def runner(name, cost_s):
+        def run():
+            calls.append(name)
+            clock[0] += cost_s
+        return run
+
+    monkeypatch.setattr(lat.time, "perf_counter", lambda: clock[0])
+    stats = measure_interleaved({"a": runner("a", 1e-3), "b": runner("b", 3e-3)},
+                                warmup=2, runs=5)
+    assert calls[:4] == ["a", "b", "a", "b"]  # warm-up
+    assert calls[4:] == ["a", "b", "b", "a", "a", "b", "b", "a", "a", "b"]
+    assert stats["a"].median_ms == pytest.approx(1.0) and stats["b"].p90_ms == pytest.approx(3.0)
+    assert stats["a"].runs == 5
+    with pytest.raises(ValueError):
+        measure_interleaved({}, runs=1)
+
+
+def test_bench_exports_and_times_each_model():
+    dense, spec = new_model("cnn_femnist", num_classes=10, in_channels=1, image_size=28,
+                            widths=None, seed=0)
+    narrow, _ = new_model("cnn_femnist", num_classes=10, in_channels=1, image_size=28,
+                          widths=[4, 8], seed=0)
+    rows = bench_onnx_latency({"dense": dense, "narrow": narrow}, spec.example_input(),
+                              runs=40, warmup=5)
+    assert rows[0].speedup_vs_first == pytest.approx(1.0)
+    assert rows[1].flops < rows[0].flops / 10
+    assert rows[1].speedup_vs_first > 0 and rows[1].stats.runs == 40
+    assert rows[1].file_bytes < rows[0].file_bytes
