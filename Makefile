@@ -13,7 +13,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install torch==2.13.0
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install -e '.[test]'
+	$(BIN)/python -m pip install -e '.[test,executorch]'
 	touch $@
 
 .PHONY: install demo test bench
