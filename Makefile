@@ -13,6 +13,10 @@ $(BIN)/python:
 	$(BIN)/python -m pip install torch==2.13.0
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/python -m pip install -e '.[test,executorch]'
 	touch $@
 
@@ -23,7 +27,7 @@ demo: install
 	rm -rf $(OUT)
 	$(BIN)/fedprune run --out $(OUT)
 
-test: install
+test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
 
 bench: install
