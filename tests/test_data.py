@@ -179,6 +179,12 @@ def test_digits_native_8x8_with_iid_partition() -> None:
 
 def test_unknown_dataset_name_lists_known_datasets() -> None:
     with pytest.raises(ConfigError) as err:
-        load_federated(DataConfig(name="mnist"), seed=0)
+        load_federated(DataConfig(name="cifar10"), seed=0)
 
-    assert "'mnist'" in str(err.value) and "digits" in str(err.value)
+    assert "'cifar10'" in str(err.value) and "digits" in str(err.value)
+    assert "fashion-mnist" in str(err.value)
+
+
+def test_named_dataset_without_files_says_which_path_it_needs() -> None:
+    with pytest.raises(ValueError, match="data.name=mnist needs data.path"):
+        load_federated(DataConfig(name="mnist"), seed=0)

@@ -88,3 +88,34 @@ def test_bench_exports_and_times_each_model():
     assert rows[1].flops < rows[0].flops / 10
     assert rows[1].speedup_vs_first > 0 and rows[1].stats.runs == 40
     assert rows[1].file_bytes < rows[0].file_bytes
+
+
+@pytest.mark.slow
+def test_export_and_bench_latency_commands_on_a_real_run(tmp_path, capsys):
+    import json
+
+    from fedprune.cli import main
+    from fedprune.config import from_dict
+    from fedprune.federated import run_simulation
+
+    cfg = from_dict({"threads": 1, "data": {"num_clients": 4},
+                     "model": {"widths": [8, 16]}, "train": {"local_epochs": 1},
+                     "fed": {"rounds": 4, "clients_per_round": 2, "eval_every": 4},
+                     "prune": {"start_round": 2, "max_prune_round": 3, "interval": 1, "k": 0.5,
+                               "max_fraction": 0.5}})
+    run_simulation(cfg, tmp_path / "run")
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "p.onnx")]) == 0
+    pruned = json.loads(capsys.readouterr().out)
+    assert main(["export", str(tmp_path / "run"), "--initial", "--out",
+                 str(tmp_path / "d.onnx")]) == 0
+    dense = json.loads(capsys.readouterr().out)
+    assert pruned["bytes"] < dense["bytes"] and pruned["input"]["shape"] == [1, 1, 28, 28]
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "p.onnx")]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main(["bench-latency", str(tmp_path / "run"), "--runs", "20", "--warmup", "2",
+                 "--json", str(tmp_path / "lat.json")]) == 0
+    assert "dense/pruned median latency ratio" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "lat.json").read_text())[0]["rows"]
+    assert [r["name"] for r in rows] == ["dense (initial)", "pruned (final)"]
+    assert rows[1]["flops"] < rows[0]["flops"] and rows[0]["median_ms"] > 0
+    assert main(["export", str(tmp_path / "missing")] + ["--out", "x.onnx"]) == 2

@@ -3,6 +3,9 @@
     fedprune run [--config FILE.toml] [--set key=value ...] --out DIR
     fedprune config [--config FILE.toml] [--set key=value ...]   # print the resolved config
     fedprune models                                              # list registered models
+    fedprune data info NAME_OR_PATH [--set key=value ...]        # clients, samples, classes
+    fedprune data prepare NAME_OR_PATH [--set key=value ...]     # build the prepared cache
+    fedprune data list                                           # the named datasets
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import math
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from .config import ConfigError, from_dict, load_config
+from .export import commands as export_commands
 
 logger = logging.getLogger("fedprune")
 
@@ -33,30 +37,105 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one federated experiment in process")
     _add_config_args(run)
-    run.add_argument("--out", type=Path, required=True, help="run directory for records")
+    where = run.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", type=Path, help="new run directory for records")
+    where.add_argument("--resume", type=Path, metavar="DIR",
+                       help="continue the interrupted run in DIR (its own config.json)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     cfg = sub.add_parser("config", help="print the resolved configuration as JSON")
     _add_config_args(cfg)
     sub.add_parser("models", help="list the registered models")
+    export_commands.add_parsers(sub)
+    data = sub.add_parser("data", help="inspect or prepare datasets (docs/data.md)")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    for name, text in (("info", "clients, samples, classes and a per-client size histogram"),
+                       ("prepare", "read the files once into the prepared-data cache")):
+        p = dsub.add_parser(name, help=text)
+        p.add_argument("target", metavar="NAME_OR_PATH",
+                       help="a dataset name (femnist, celeba, fashion-mnist, ...) or the path "
+                            "to its files (the dataset is then guessed from them)")
+        _add_config_args(p)
+        p.add_argument("--seed", type=int, default=None, help="seed of the partition shown")
+    dsub.add_parser("list", help="the named datasets, their formats and default paths")
     return ap
+
+
+def _data_config(args: argparse.Namespace):  # -> ExperimentConfig
+    from .data import NAMES, detect_format, guess_name
+
+    pre: list[str] = []
+    if args.target in NAMES:
+        pre.append(f"data.name={args.target}")
+    else:
+        path = Path(args.target).expanduser()
+        if not path.exists():
+            raise ConfigError(f"{args.target!r} is neither a dataset name ({', '.join(NAMES)}) "
+                              "nor an existing file or folder")
+        pre.append(f"data.path={path.resolve()}")
+        if not any(s.strip().startswith("data.name=") for s in args.sets):
+            fmt = next((s.split("=", 1)[1] for s in args.sets
+                        if s.strip().startswith("data.format=")), "auto")
+            fmt = detect_format(path) if fmt == "auto" else fmt
+            pre.append(f"data.name={guess_name(path, fmt)}")
+    if not any(s.strip().startswith("fed.clients_per_round=") for s in args.sets):
+        pre.append("fed.clients_per_round=1")  # the fed section plays no part here
+    return load_config(args.config, pre + list(args.sets))
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from .data import SPECS, describe, load_prepared
+
+    if args.data_command == "list":
+        for spec in SPECS.values():
+            where = spec.default_path or ("embedded" if not spec.formats else "data.path")
+            formats = ", ".join(spec.formats + (("hub: " + spec.hub_id,) if spec.hub_id else ()))
+            print(f"{spec.name:<14} {spec.description}\n{'':<14} formats: {formats or '-'}; "
+                  f"files: {where}")
+        return 0
+    cfg = _data_config(args)
+    seed = cfg.seed if args.seed is None else args.seed
+    if args.data_command == "info":
+        print(describe(cfg.data, seed))
+        return 0
+    if cfg.data.name == "digits":
+        print("digits is embedded in scikit-learn: nothing to prepare")
+        return 0
+    prep = load_prepared(cfg.data)
+    state = "reused (up to date)" if prep.reused else f"prepared in {prep.seconds:.1f} s"
+    print(json.dumps({"dataset": cfg.data.name, "format": prep.meta["format"],
+                      "source": prep.meta["source"]["path"],
+                      "cache": str(prep.directory) if prep.directory else None,
+                      "samples": int(prep.meta["num_samples"]), "state": state}, indent=2))
+    return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .federated import run_simulation
     from .metrics import RoundRecord, plot_run
 
-    cfg = load_config(args.config, args.sets)
-    if args.out.exists() and not args.out.is_dir():
+    if args.resume is not None:
+        if args.config is not None or args.sets:
+            raise ConfigError("--resume takes the run's own config.json; drop --config/--set")
+        cfg_file = args.resume / "config.json"
+        try:
+            cfg = from_dict(json.loads(cfg_file.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot resume {args.resume}: {cfg_file} unreadable ({exc})") from None
+        args.out = args.resume
+    else:
+        cfg = load_config(args.config, args.sets)
+    if args.resume is None and args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"--out {args.out} is a file, not a directory")
-    if args.out.exists() and any(args.out.iterdir()):
+    if args.resume is None and args.out.exists() and any(args.out.iterdir()):
         raise ConfigError(f"--out {args.out} exists and is not empty: choose a new directory "
                           "(results are never overwritten)")
     bar = None
     if not args.no_progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.fed.rounds, unit="round", dynamic_ncols=True)
+        bar = tqdm(total=cfg.fed.rounds, unit="round", dynamic_ncols=True,
+                   initial=_rounds_done(args.resume) if args.resume is not None else 0)
 
     last_acc = math.nan
 
@@ -69,7 +148,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             bar.update(1)
 
     try:
-        result = run_simulation(cfg, args.out, on_round=on_round)
+        result = run_simulation(cfg, args.out, on_round=on_round,
+                                resume=args.resume is not None)
     finally:
         if bar is not None:
             bar.close()
@@ -89,6 +169,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rounds_done(run_dir: Path) -> int:
+    from .federated.loop import CHECKPOINT_FILE, load_checkpoint
+
+    return load_checkpoint(run_dir / CHECKPOINT_FILE)[2]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
@@ -99,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             print(json.dumps(load_config(args.config, args.sets).to_dict(), indent=2))
             return 0
+        if args.command == "data":
+            return _cmd_data(args)
+        if args.command == "export":
+            return export_commands.cmd_export(args)
+        if args.command == "bench-latency":
+            return export_commands.cmd_bench_latency(args)
         if args.command == "models":
             from .models import list_models
 

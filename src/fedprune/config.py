@@ -29,22 +29,52 @@ def _check(ok: bool, key: str, allowed: str, value: Any) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
+    """Which dataset, where its files are, and how it is split over clients (docs/data.md)."""
+
+    # dataset names and on-disk formats (fedprune.data.registry holds the details)
+    _NAMES = ("digits", "femnist", "celeba", "fashion-mnist", "mnist", "emnist")
+    _FORMATS = ("auto", "leaf", "tff-sqlite", "tff-hdf5", "parquet", "idx", "hub")
+
     name: str = "digits"  # embedded offline default: scikit-learn's handwritten digits
-    num_clients: int = 20  # clients the training split is divided over
-    partition: Literal["dirichlet", "iid"] = "dirichlet"
+    path: str = ""  # local file or folder; "" = the dataset's default (fashion-mnist: Debian's)
+    format: str = "auto"  # auto-detected from data.path; "hub" fetches through flwr-datasets
+    subset: str = ""  # TFF EMNIST: all | digits_only; EMNIST IDX: byclass, letters, ...
+    attribute: str = "Male"  # CelebA's binary label; "json" = the LEAF JSON's own y
+    image_dir: str = ""  # LEAF CelebA images; "" = img_align_celeba found next to the JSON
+    num_clients: int = 20  # clients the training split is divided over (natural: drawn)
+    partition: Literal["dirichlet", "iid", "natural"] = "dirichlet"
+    partitioner: Literal["fedprune", "flwr"] = "fedprune"  # whose Dirichlet/IID code splits
     alpha: float = 0.5  # Dirichlet concentration over labels; smaller = more non-IID
     min_client_size: int = 10  # samples every client must get (re-drawn until it holds)
-    test_fraction: float = 0.2  # held-out global test split, stratified
+    test_fraction: float = 0.2  # held-out global test split when the files have none
+    val_fraction: float = 0.0  # per-client validation share of each client's samples
+    max_test_samples: int = 0  # cap on the global test set (seeded draw); 0 = all of it
     image_size: int = 28  # digits (8x8) are resized to this, so CNN-FEMNIST applies
+    cache: Literal["auto", "rebuild", "off"] = "auto"  # prepared-data cache (memory-mapped)
+    cache_dir: str = ""  # "" = $FEDPRUNE_CACHE_DIR or ~/.cache/fedprune
 
     def __post_init__(self) -> None:
+        _check(self.name in self._NAMES, "data.name", "one of " + ", ".join(self._NAMES),
+               self.name)
+        _check(self.format in self._FORMATS, "data.format", "one of " + ", ".join(self._FORMATS),
+               self.format)
         _check(self.num_clients >= 1, "data.num_clients", ">= 1", self.num_clients)
-        _check(self.partition in ("dirichlet", "iid"), "data.partition", "'dirichlet' or 'iid'",
-               self.partition)
+        _check(self.partition in ("dirichlet", "iid", "natural"), "data.partition",
+               "'dirichlet', 'iid' or 'natural'", self.partition)
+        _check(self.partition != "natural" or self.name in ("femnist", "celeba"),
+               "data.partition", "'dirichlet' or 'iid' for a dataset without client ids "
+               "('natural' needs femnist or celeba)", self.partition)
+        _check(self.partitioner in ("fedprune", "flwr"), "data.partitioner",
+               "'fedprune' or 'flwr'", self.partitioner)
         _check(self.alpha > 0, "data.alpha", "> 0", self.alpha)
         _check(self.min_client_size >= 1, "data.min_client_size", ">= 1", self.min_client_size)
         _check(0 < self.test_fraction < 1, "data.test_fraction", "in (0, 1)", self.test_fraction)
+        _check(0 <= self.val_fraction < 1, "data.val_fraction", "in [0, 1)", self.val_fraction)
+        _check(self.max_test_samples >= 0, "data.max_test_samples", ">= 0 (0 = all)",
+               self.max_test_samples)
         _check(8 <= self.image_size <= 256, "data.image_size", "in [8, 256]", self.image_size)
+        _check(self.cache in ("auto", "rebuild", "off"), "data.cache",
+               "'auto', 'rebuild' or 'off'", self.cache)
 
 
 @dataclass(frozen=True)
@@ -80,12 +110,15 @@ class FedConfig:
     rounds: int = 100  # communication rounds (paper: 500 on FEMNIST)
     clients_per_round: int = 10  # sampled without replacement each round (seeded)
     eval_every: int = 5  # evaluate the global model every N rounds, and always at the end
+    min_replies: int = 1  # fewer valid replies than this: the round is skipped, not averaged
 
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, "fed.rounds", ">= 1", self.rounds)
         _check(self.clients_per_round >= 1, "fed.clients_per_round", ">= 1",
                self.clients_per_round)
         _check(self.eval_every >= 1, "fed.eval_every", ">= 1", self.eval_every)
+        _check(1 <= self.min_replies <= self.clients_per_round, "fed.min_replies",
+               f"in [1, fed.clients_per_round ({self.clients_per_round})]", self.min_replies)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
 DIGITS_MEAN = 0.305
 DIGITS_STD = 0.325
 

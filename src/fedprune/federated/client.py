@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig
+from ..data.transform import to_float_batch
 
 StateDict = dict[str, torch.Tensor]
 
@@ -29,7 +30,9 @@ def train_local(
 ) -> tuple[StateDict, int, dict[str, float]]:
     """Train ``model`` in place for ``cfg.local_epochs`` epochs; return a copy of its weights.
 
-    Batches are drawn from ready tensors with a seeded permutation per epoch.
+    Batches are drawn from ready tensors with a seeded permutation per epoch.  A uint8 ``x``
+    (a view of the prepared cache) is turned into float32 one batch at a time, through the
+    transform attached to it (``fedprune.data.transform``); float tensors pass unchanged.
     Returns ``(state_dict, n_examples, {"train_loss": mean loss of the last epoch})``.
     """
     n = int(y.shape[0])
@@ -43,7 +46,7 @@ def train_local(
         total, seen = 0.0, 0
         for start in range(0, n, cfg.batch_size):
             idx = perm[start : start + cfg.batch_size]
-            xb, yb = x[idx], y[idx]
+            xb, yb = to_float_batch(x, x[idx]), y[idx]
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(xb), yb)
             loss.backward()
@@ -59,13 +62,17 @@ def train_local(
 def evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512
 ) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy of ``model`` on ``(x, y)``, in eval mode."""
+    """Accuracy and mean cross-entropy of ``model`` on ``(x, y)``, in eval mode.
+
+    A uint8 ``x`` is converted batch by batch, as in :func:`train_local`.
+    """
     was_training = model.training
     model.eval()
     correct, loss_sum = 0, 0.0
     try:
         for start in range(0, int(y.shape[0]), batch_size):
-            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            xb = to_float_batch(x, x[start : start + batch_size])
+            yb = y[start : start + batch_size]
             logits = model(xb)
             loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
             correct += int((logits.argmax(dim=1) == yb).sum())

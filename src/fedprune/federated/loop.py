@@ -7,7 +7,10 @@ the model's initial weights, client sampling, and each client's batch order per 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -20,10 +23,18 @@ from torch import nn
 
 from ..config import ExperimentConfig
 from ..data import FederatedData, load_federated
-from ..metrics import Recorder, RoundRecord, count_macs, n_params, payload_bytes
+from ..metrics import (
+    ROUNDS_FILE,
+    Recorder,
+    RoundRecord,
+    count_macs,
+    n_params,
+    payload_bytes,
+    read_rounds,
+)
 from ..models import ModelSpec, new_model
 from ..pruning import Schedule, ScheduleState, advance, is_active, prune_model
-from .aggregate import fedavg
+from .aggregate import fedavg, screen_replies
 from .client import evaluate, train_local
 
 logger = logging.getLogger(__name__)
@@ -54,9 +65,17 @@ def run_simulation(
     run_dir: Path | None = None,
     on_round: Callable[[RoundRecord], None] | None = None,
     data: FederatedData | None = None,
+    resume: bool = False,
 ) -> RunResult:
-    """Run one federated experiment in process; write records under ``run_dir`` if given."""
+    """Run one federated experiment in process; write records under ``run_dir`` if given.
+
+    With a ``run_dir``, a checkpoint is written atomically after every round; ``resume=True``
+    continues from it (same config), giving the same final weights and figures, bit for bit
+    on CPU, as a run that was never interrupted.
+    """
     t0 = time.perf_counter()
+    if resume and run_dir is None:
+        raise ValueError("resume needs the run directory of the interrupted run")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = data if data is not None else load_federated(cfg.data, cfg.seed)
@@ -65,7 +84,7 @@ def run_simulation(
                             image_size=h, widths=cfg.model.widths, seed=cfg.seed)
     example = spec.example_input()
     recorder = Recorder(Path(run_dir)) if run_dir is not None else None
-    if recorder is not None:
+    if recorder is not None and not resume:
         recorder.write_config(cfg.to_dict())
 
     params_initial, macs_initial = n_params(model), count_macs(model, example)
@@ -77,11 +96,30 @@ def run_simulation(
     sample_rng = np.random.default_rng([cfg.seed, 2])
     worker = copy.deepcopy(model)
     m = cfg.fed.clients_per_round
+    max_client_size = max(len(c) for c in data.clients)
     bytes_total = bytes_total_dense = 0
     accuracy = loss = float("nan")
     records: list[RoundRecord] = []
+    first_round, seconds_before = 1, 0.0
+    if resume:
+        spec, model, done, state = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE,  # type: ignore[arg-type]
+                                                   with_state=True)
+        sched_state = ScheduleState(**state["schedule"])
+        sample_rng.bit_generator.state = state["sample_rng"]
+        bytes_total, bytes_total_dense = state["bytes_total"], state["bytes_total_dense"]
+        accuracy, loss, seconds_before = state["accuracy"], state["loss"], state["seconds"]
+        worker = copy.deepcopy(model)
+        fields = set(RoundRecord.__dataclass_fields__) - {"extra"}
+        records = [RoundRecord(**{k: v for k, v in r.items() if k in fields},
+                               extra={k: v for k, v in r.items() if k not in fields})
+                   for r in truncate_rounds(Path(run_dir), done)]  # type: ignore[arg-type]
+        first_round = done + 1
+        logger.info("resuming %s after round %d", run_dir, done)
 
-    for rnd in range(1, cfg.fed.rounds + 1):
+    def elapsed() -> float:
+        return seconds_before + time.perf_counter() - t0
+
+    for rnd in range(first_round, cfg.fed.rounds + 1):
         sampled = sample_clients(sample_rng, len(data.clients), m)
         global_state = model.state_dict()
         spec_bytes = len(spec.to_json().encode()) if cfg.prune.enabled else 0
@@ -94,12 +132,18 @@ def run_simulation(
                                       client_generator(cfg.seed, rnd, cid))
             replies.append((state, n))
         bytes_up = sum(payload_bytes(s) for s, _ in replies)
-        model.load_state_dict(fedavg(replies))
+        accepted, rejected = screen_replies(replies, global_state, max_samples=max_client_size)
+        skipped = len(accepted) < cfg.fed.min_replies
+        if skipped:
+            logger.warning("round %d skipped: %d valid replies, fed.min_replies = %d", rnd,
+                           len(accepted), cfg.fed.min_replies)
+        else:
+            model.load_state_dict(fedavg(accepted))
         bytes_total += bytes_down + bytes_up
         bytes_total_dense += 2 * m * dense_payload
 
         pruned = False
-        if cfg.prune.enabled and is_active(schedule, sched_state, rnd):
+        if cfg.prune.enabled and not skipped and is_active(schedule, sched_state, rnd):
             before = n_params(model)
             res = prune_model(
                 model, example, k=cfg.prune.k, mode=cfg.prune.mode,
@@ -126,11 +170,19 @@ def run_simulation(
             round=rnd, accuracy=accuracy if evaluated else None, loss=loss if evaluated else None,
             params=n_params(model), macs=macs, flops=2 * macs, widths=spec.widths_now(),
             bytes_down=bytes_down, bytes_up=bytes_up, bytes_cumulative=bytes_total,
-            clients=len(replies), pruned=pruned, seconds=time.perf_counter() - t0,
+            clients=0 if skipped else len(accepted), pruned=pruned,
+            seconds=elapsed(),
+            extra={"rejected": [r._asdict() for r in rejected], "skipped": skipped},
         )
         records.append(rec)
         if recorder is not None:
             recorder.append(rec)
+            save_checkpoint(Path(run_dir) / CHECKPOINT_FILE, spec, model, rnd, {  # type: ignore[arg-type]
+                "schedule": dataclasses.asdict(sched_state),
+                "sample_rng": sample_rng.bit_generator.state,
+                "bytes_total": bytes_total, "bytes_total_dense": bytes_total_dense,
+                "accuracy": accuracy, "loss": loss, "seconds": elapsed(),
+            })
         if on_round is not None:
             on_round(rec)
 
@@ -150,24 +202,42 @@ def run_simulation(
         "prune_stopped_round": sched_state.stopped_round,
         "prune_steps": sched_state.accepted_steps,
         "rounds": cfg.fed.rounds,
-        "seconds": time.perf_counter() - t0,
+        "seconds": elapsed(),
         "config": cfg.to_dict(),
     }
     if recorder is not None:
-        save_checkpoint(Path(run_dir) / CHECKPOINT_FILE, spec, model, cfg.fed.rounds)  # type: ignore[arg-type]
         recorder.write_summary(summary)
     return RunResult(summary=summary, model=model, spec=spec, records=records)
 
 
-def save_checkpoint(path: Path, spec: ModelSpec, model: nn.Module, rnd: int) -> None:
-    """``{spec (JSON text), state_dict, round}``: loadable with ``weights_only=True``."""
+def save_checkpoint(
+    path: Path, spec: ModelSpec, model: nn.Module, rnd: int, state: dict[str, Any] | None = None
+) -> None:
+    """Atomically write ``{spec, state_dict, round, state}`` (temp file, fsync, rename).
+
+    ``spec`` and ``state`` (the loop's counters and RNG state) are JSON text, so the file loads
+    with ``torch.load(..., weights_only=True)``: no pickled objects.
+    """
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"spec": spec.to_json(), "state_dict": model.state_dict(), "round": rnd}, tmp)
-    tmp.replace(path)
+    payload = {"spec": spec.to_json(), "state_dict": model.state_dict(), "round": rnd,
+               "state": json.dumps(state or {})}
+    with open(tmp, "wb") as fh:
+        torch.save(payload, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
-def load_checkpoint(path: Path) -> tuple[ModelSpec, nn.Module, int]:
-    """Rebuild the model of a checkpoint from its spec and load its weights (no pickle)."""
+def load_checkpoint(path: Path, with_state: bool = False):  # noqa: ANN201
+    """Rebuild the model of a checkpoint from its spec and load its weights (no pickle).
+
+    Returns ``(spec, model, round)``, plus the loop state dict when ``with_state``.
+    """
     from ..models import build
 
     try:
@@ -180,5 +250,30 @@ def load_checkpoint(path: Path) -> tuple[ModelSpec, nn.Module, int]:
         raise ValueError(f"checkpoint {path} lacks spec, state_dict or round")
     spec = ModelSpec.from_json(ckpt["spec"])
     model = build(spec)
-    model.load_state_dict(ckpt["state_dict"], strict=True)
-    return spec, model, int(ckpt["round"])
+    try:
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"checkpoint {path}: weights do not fit its architecture: {exc}") from None
+    if not with_state:
+        return spec, model, int(ckpt["round"])
+    try:
+        state = json.loads(ckpt.get("state", "{}"))
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"checkpoint {path}: unreadable loop state ({exc})") from None
+    if not state:
+        raise ValueError(f"checkpoint {path} holds no loop state to resume from")
+    return spec, model, int(ckpt["round"]), state
+
+
+def truncate_rounds(run_dir: Path, last_round: int) -> list[dict[str, Any]]:
+    """Keep the round records up to ``last_round`` (those after it are redone on resume)."""
+    rows = [r for r in read_rounds(run_dir) if r["round"] <= last_round]
+    path = run_dir / ROUNDS_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps(r) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return rows

@@ -1,0 +1,70 @@
+"""Per-batch input transform for image tensors kept as uint8 (e.g. views of the cache).
+
+The prepared cache stores pixels as ``uint8`` and clients hold views into it, so nothing is
+converted up front.  Training and evaluation turn each batch into standardised float32 with
+:func:`to_float_batch`: ``x / 255`` and then ``(x - mean) / std`` per channel, with the
+dataset's mean and standard deviation (computed once, over the training split, when the cache
+is built) attached to the tensor by :func:`attach_transform`.  A uint8 tensor without an
+attached transform is only scaled to [0, 1]; float tensors pass through unchanged, so the
+in-memory digits path behaves exactly as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+_ATTR = "_fedprune_transform"
+
+
+@dataclass(frozen=True)
+class PixelTransform:
+    """``uint8 -> float32``: ``x * scale[c] + shift[c]`` per channel ``c``."""
+
+    mean: tuple[float, ...]  # per channel, of x / 255
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != len(self.std) or not self.mean:
+            raise ValueError("mean and std need one value per channel")
+        if any(not s > 0 for s in self.std):
+            raise ValueError(f"std must be > 0 per channel, got {self.std}")
+        scale = torch.tensor([1.0 / (255.0 * s) for s in self.std], dtype=torch.float32)
+        shift = torch.tensor([-m / s for m, s in zip(self.mean, self.std, strict=True)],
+                             dtype=torch.float32)
+        object.__setattr__(self, "_scale", scale.view(-1, 1, 1))
+        object.__setattr__(self, "_shift", shift.view(-1, 1, 1))
+
+    @classmethod
+    def of(cls, mean: Sequence[float], std: Sequence[float]) -> PixelTransform:
+        return cls(tuple(float(m) for m in mean), tuple(float(s) for s in std))
+
+    def __call__(self, xb: torch.Tensor) -> torch.Tensor:
+        out = xb.to(torch.float32)
+        return out.mul_(self._scale).add_(self._shift)  # type: ignore[attr-defined]
+
+
+def attach_transform(x: torch.Tensor, transform: PixelTransform | None) -> torch.Tensor:
+    """Record on ``x`` (in place; returns ``x``) how its batches become model inputs."""
+    setattr(x, _ATTR, transform)
+    return x
+
+
+def get_transform(x: torch.Tensor) -> PixelTransform | None:
+    return getattr(x, _ATTR, None)
+
+
+def to_float_batch(source: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    """Model input for ``batch``, a slice or gather of ``source``.
+
+    Float batches are returned as they are; uint8 batches go through the transform attached
+    to ``source`` (or are scaled to [0, 1] if none is attached).
+    """
+    if batch.dtype != torch.uint8:
+        return batch
+    transform = get_transform(source)
+    if transform is None:
+        return batch.to(torch.float32).div_(255.0)
+    return transform(batch)
