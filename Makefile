@@ -17,7 +17,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/python -m pip install -e '.[test,data,executorch]'
+	$(BIN)/python -m pip install -e '.[test,data,flower,executorch]'
 	touch $@
 
 .PHONY: install demo test bench

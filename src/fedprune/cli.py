@@ -6,6 +6,7 @@
     fedprune data info NAME_OR_PATH [--set key=value ...]        # clients, samples, classes
     fedprune data prepare NAME_OR_PATH [--set key=value ...]     # build the prepared cache
     fedprune data list                                           # the named datasets
+    fedprune reproduce --suite quick --out DIR [--report FILE.md]  # methods x seeds, report
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from .config import ConfigError, from_dict, load_config
 from .export import commands as export_commands
+from .reproduce import commands as reproduce_commands
 
 logger = logging.getLogger("fedprune")
 
@@ -47,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_args(cfg)
     sub.add_parser("models", help="list the registered models")
     export_commands.add_parsers(sub)
+    reproduce_commands.add_parser(sub)
     data = sub.add_parser("data", help="inspect or prepare datasets (docs/data.md)")
     dsub = data.add_subparsers(dest="data_command", required=True)
     for name, text in (("info", "clients, samples, classes and a per-client size histogram"),
@@ -191,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
             return export_commands.cmd_export(args)
         if args.command == "bench-latency":
             return export_commands.cmd_bench_latency(args)
+        if args.command == "reproduce":
+            return reproduce_commands.cmd_reproduce(
+                args, argv if argv is not None else sys.argv[1:])
         if args.command == "models":
             from .models import list_models
 

@@ -133,9 +133,17 @@ class PruneConfig:
     patience: int = 3  # stop after this many tried rounds in a row without a params drop
     interval: int = 2  # try the rule every N rounds (N-1 recovery rounds between cuts)
     reinit: bool = False  # true = re-initialise survivors after each cut (the paper's code)
+    # "auto" = the boundary rule above; "ratio" = the fixed-ratio L1 baseline: each tried
+    # round removes floor(ratio * channels) lowest-L1 filters of every layer (k, mode and
+    # max_fraction unused); one-shot when max_prune_round == start_round
+    method: Literal["auto", "ratio"] = "auto"
+    ratio: float = 0.5  # fraction of each layer's filters the ratio method removes per step
 
     def __post_init__(self) -> None:
         _check(self.k >= 0, "prune.k", ">= 0", self.k)
+        _check(self.method in ("auto", "ratio"), "prune.method", "'auto' or 'ratio'",
+               self.method)
+        _check(0 < self.ratio < 1, "prune.ratio", "in (0, 1)", self.ratio)
         _check(self.mode in ("both", "low"), "prune.mode", "'both' or 'low'", self.mode)
         _check(self.min_channels >= 1, "prune.min_channels", ">= 1", self.min_channels)
         _check(0 < self.max_fraction <= 1, "prune.max_fraction", "in (0, 1]", self.max_fraction)

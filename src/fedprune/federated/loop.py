@@ -149,6 +149,7 @@ def run_simulation(
                 model, example, k=cfg.prune.k, mode=cfg.prune.mode,
                 min_channels=cfg.prune.min_channels, max_fraction=cfg.prune.max_fraction,
                 reinit=cfg.prune.reinit, seed=int(cfg.seed * 100_003 + rnd), record=spec.record,
+                ratio=cfg.prune.ratio if cfg.prune.method == "ratio" else None,
             )
             after = n_params(model)
             sched_state = advance(schedule, sched_state, rnd, before, after)

@@ -10,7 +10,7 @@ from .apply import (
     reinitialise,
     widths_of,
 )
-from .rule import BoundaryRule, Decision, decide
+from .rule import BoundaryRule, Decision, RatioRule, decide, decide_ratio
 from .schedule import Schedule, ScheduleState, advance, is_active
 
 __all__ = [
@@ -18,10 +18,12 @@ __all__ = [
     "Decision",
     "GroupDecision",
     "PruneResult",
+    "RatioRule",
     "Schedule",
     "ScheduleState",
     "advance",
     "decide",
+    "decide_ratio",
     "default_ignored_layers",
     "initial_record",
     "is_active",

@@ -25,7 +25,7 @@ import torch_pruning as tp
 from torch import nn
 
 from .importance import GroupScores, group_l1_scores
-from .rule import BoundaryRule, Decision, decide
+from .rule import BoundaryRule, Decision, RatioRule, decide_any
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +187,7 @@ def prune_model(
     reinit: bool = False,
     seed: int = 0,
     record: dict[str, Any] | None = None,
+    ratio: float | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place with the automatic boundary rule and return the result.
 
@@ -200,8 +201,15 @@ def prune_model(
             by ``seed``.  Off by default: fedprune keeps the trained weights.
         record: the record of the model as it is now (from an earlier call or
             :func:`initial_record`); the returned record is relative to the original model.
+        ratio: if set (in (0, 1)), the fixed-ratio baseline instead of the boundary rule:
+            every group loses its ``floor(ratio * channels)`` lowest-scoring channels (at
+            least ``min_channels`` kept; ``k``, ``mode`` and ``max_fraction`` are ignored).
     """
-    rule = BoundaryRule(k=k, mode=mode, min_channels=min_channels, max_fraction=max_fraction)  # type: ignore[arg-type]
+    rule: BoundaryRule | RatioRule
+    if ratio is not None:
+        rule = RatioRule(ratio=ratio, min_channels=min_channels)
+    else:
+        rule = BoundaryRule(k=k, mode=mode, min_channels=min_channels, max_fraction=max_fraction)  # type: ignore[arg-type]
     if record is None:
         record = initial_record(model, example_inputs, ignored_layers)
     _check_record(record)
@@ -247,8 +255,13 @@ def prune_model(
     return PruneResult(model=model, record=new_record, decisions=[p[3] for p in plans])
 
 
-def _decide_group(gs: GroupScores, rule: BoundaryRule) -> Decision:
-    """The rule on one group; grouped convs lose the same local positions in every block."""
+def _decide_group(gs: GroupScores, rule: BoundaryRule | RatioRule) -> Decision:
+    """The rule on one group; grouped convs lose the same local positions in every block.
+
+    For a grouped conv the rule sees one score per local position (the mean over the blocks)
+    and the per-block channel count, so a fixed ratio removes ``floor(ratio * n / g)``
+    positions from each of the ``g`` blocks.
+    """
     scores = gs.scores.numpy()
     g = gs.channel_groups
     if not gs.prunable:
@@ -256,9 +269,9 @@ def _decide_group(gs: GroupScores, rule: BoundaryRule) -> Decision:
                        "aligned; left unpruned", gs.root)
         return Decision(np.ones(scores.size, dtype=bool), np.nan, np.nan, np.nan, np.nan)
     if g == 1:
-        return decide(scores, rule)
+        return decide_any(scores, rule)
     local_rule = replace(rule, min_channels=max(-(-rule.min_channels // g), gs.min_per_block))
-    local = decide(scores.reshape(g, -1).mean(axis=0), local_rule)
+    local = decide_any(scores.reshape(g, -1).mean(axis=0), local_rule)
     return replace(local, keep=np.tile(local.keep, g))
 
 

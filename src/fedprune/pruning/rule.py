@@ -10,6 +10,10 @@ Two guards bound one decision: at least ``min_channels`` channels survive, and a
 ``max_fraction`` of the group's current channels are removed in one step.  When a guard binds,
 the most extreme channels (largest distance outside the boundary, in units of ``sd``) go first.
 Scores that are equal up to float32 rounding (``sd <= 1e-6 * |m|``) are never split.
+
+The fixed-ratio baseline (:class:`RatioRule`, :func:`decide_ratio`) is the manual alternative
+the automatic rule is compared with: it removes the ``floor(ratio * n)`` lowest-scoring channels
+of every group, whatever the scores look like, keeping at least ``min_channels``.
 """
 
 from __future__ import annotations
@@ -41,6 +45,20 @@ class BoundaryRule:
             raise ValueError(f"min_channels must be an integer >= 1, got {self.min_channels!r}")
         if not 0.0 < self.max_fraction <= 1.0:
             raise ValueError(f"max_fraction must be in (0, 1], got {self.max_fraction!r}")
+
+
+@dataclass(frozen=True)
+class RatioRule:
+    """Fixed-ratio L1 pruning: remove the ``floor(ratio * n)`` lowest-scoring channels."""
+
+    ratio: float = 0.5
+    min_channels: int = 1
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.ratio) and 0.0 < self.ratio < 1.0):
+            raise ValueError(f"ratio must be in (0, 1), got {self.ratio!r}")
+        if int(self.min_channels) != self.min_channels or self.min_channels < 1:
+            raise ValueError(f"min_channels must be an integer >= 1, got {self.min_channels!r}")
 
 
 @dataclass(frozen=True)
@@ -88,3 +106,32 @@ def decide(scores: np.ndarray, rule: BoundaryRule) -> Decision:
     keep = np.ones(n, dtype=bool)
     keep[candidates] = False
     return Decision(keep, lower, upper, mean, std)
+
+
+def decide_ratio(scores: np.ndarray, rule: RatioRule) -> Decision:
+    """Remove the ``floor(rule.ratio * n)`` lowest of ``scores`` (at least ``min_channels`` kept).
+
+    Ties are broken by channel index (the lower index goes first), so the decision is
+    deterministic.  ``lower`` is the highest removed score (NaN when nothing is removed) and
+    ``upper`` is +inf: the ratio rule has no upper boundary.
+    """
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if s.size == 0:
+        raise ValueError("cannot apply the ratio rule to an empty score vector")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("scores contain NaN or Inf; the model weights are not finite")
+    n = s.size
+    # + 1e-9: 0.29 * 100 is 28.999999999999996 in floating point, and must count as 29
+    n_remove = max(0, min(int(np.floor(rule.ratio * n + 1e-9)), n - rule.min_channels))
+    order = np.argsort(s, kind="stable")
+    keep = np.ones(n, dtype=bool)
+    keep[order[:n_remove]] = False
+    lower = float(s[order[n_remove - 1]]) if n_remove else float("nan")
+    return Decision(keep, lower, float("inf"), float(s.mean()), float(s.std()))
+
+
+def decide_any(scores: np.ndarray, rule: BoundaryRule | RatioRule) -> Decision:
+    """:func:`decide` for a :class:`BoundaryRule`, :func:`decide_ratio` for a :class:`RatioRule`."""
+    if isinstance(rule, RatioRule):
+        return decide_ratio(scores, rule)
+    return decide(scores, rule)

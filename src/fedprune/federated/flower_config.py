@@ -1,0 +1,205 @@
+"""Flower run config <-> fedprune's :class:`~fedprune.config.ExperimentConfig`.
+
+A Flower App takes its settings from ``[tool.flwr.app.config]`` in its ``pyproject.toml``
+(``flower/pyproject.toml`` here), overridden per run with ``flwr run . --run-config '...'``.
+Flower flattens nested tables with dots, so the keys are fedprune's dotted keys with each
+part in kebab-case::
+
+    seed = 0                       ->  seed
+    [tool.flwr.app.config.prune]
+    start-round = 30               ->  prune.start-round   (ExperimentConfig: prune.start_round)
+
+Every :class:`ExperimentConfig` setting has a key (:func:`default_run_config` lists them with
+fedprune's defaults), plus the Flower-only keys of :class:`FlowerSettings` (``out-dir``,
+``config-file``, ``round-timeout``, ``min-nodes``, ``node-wait-timeout``).  Values are checked
+exactly as ``fedprune run`` checks them: a bad value raises :class:`ConfigError` naming the
+run-config key.
+
+Only the ServerApp reads the run config.  It sends the resolved experiment (JSON) to the
+ClientApps in every message, so SuperNodes never need the config file or the run config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError, ExperimentConfig, from_dict, load_config, merge
+
+__all__ = [
+    "FLOWER_KEYS",
+    "FlowerSettings",
+    "default_run_config",
+    "experiment_to_run_config",
+    "kebab",
+    "parse_run_config",
+]
+
+
+def kebab(name: str) -> str:
+    """``max_prune_round`` -> ``max-prune-round``."""
+    return name.replace("_", "-")
+
+
+def _snake(name: str) -> str:
+    return name.replace("-", "_")
+
+
+@dataclass(frozen=True)
+class FlowerSettings:
+    """Settings of the Flower app that ``fedprune run`` has as command-line options or lacks."""
+
+    out_dir: str = ""  # run directory for rounds.jsonl / summary.json / config.json; "" = none
+    config_file: str = ""  # a fedprune TOML of overrides (like `fedprune run --config`); "" = none
+    round_timeout: float = 600.0  # seconds to wait for the replies of one round
+    min_nodes: int = 0  # wait for this many SuperNodes before round 1; 0 = data.num-clients
+    node_wait_timeout: float = 300.0  # give up waiting for min-nodes after this many seconds
+
+    def __post_init__(self) -> None:
+        if not (self.round_timeout > 0 and math.isfinite(self.round_timeout)):
+            raise ConfigError(f"round-timeout = {self.round_timeout!r} is out of range: "
+                              "allowed > 0 seconds")
+        if self.min_nodes < 0:
+            raise ConfigError(f"min-nodes = {self.min_nodes!r} is out of range: allowed >= 0")
+        if not (self.node_wait_timeout > 0 and math.isfinite(self.node_wait_timeout)):
+            raise ConfigError(f"node-wait-timeout = {self.node_wait_timeout!r} is out of range: "
+                              "allowed > 0 seconds")
+
+    def to_run_config(self) -> dict[str, Any]:
+        return {kebab(k): v for k, v in dataclasses.asdict(self).items()}
+
+
+FLOWER_KEYS = tuple(kebab(f.name) for f in dataclasses.fields(FlowerSettings))
+
+
+def _leaf_items(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out += _leaf_items(v, f"{prefix}{kebab(k)}.")
+        else:
+            out.append((f"{prefix}{kebab(k)}", v))
+    return out
+
+
+def _run_value(value: Any) -> bool | int | float | str:
+    """A Flower run-config value (bool, int, float or str) for an ExperimentConfig value."""
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return value
+
+
+def experiment_to_run_config(cfg: ExperimentConfig) -> dict[str, bool | int | float | str]:
+    """Flat run-config keys (kebab-case, dotted) for every setting of ``cfg``.
+
+    Lists become comma-separated strings (``model.widths = "8,16"``) and ``None`` becomes ``""``
+    because a Flower run-config value is a bool, int, float or string.
+    """
+    return {k: _run_value(v) for k, v in _leaf_items(cfg.to_dict())}
+
+
+def default_run_config() -> dict[str, bool | int | float | str]:
+    """Every run-config key the app understands, with fedprune's defaults."""
+    return {**experiment_to_run_config(ExperimentConfig()), **FlowerSettings().to_run_config()}
+
+
+_EXPERIMENT_DEFAULTS = experiment_to_run_config(ExperimentConfig())
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        parts = [_snake(p) for p in key.split(".")]
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        if parts[-1] == "widths" and isinstance(value, str) and not value.strip():
+            value = None  # "" = the model's default widths
+        node[parts[-1]] = value
+    return out
+
+
+def parse_run_config(
+    run_config: dict[str, Any], base_dir: Path | None = None
+) -> tuple[ExperimentConfig, FlowerSettings]:
+    """Resolve a Flower run config into fedprune's config tree and the Flower-only settings.
+
+    Precedence: fedprune's defaults, then ``config-file`` (if set), then every experiment key
+    of ``run_config``.  When ``config-file`` is set, a run-config key overrides the file only
+    if its value differs from fedprune's default (Flower always passes every key, so a key left
+    at its default cannot be told apart from one the user set to the default).
+
+    Raises :class:`ConfigError` on an unknown key or a bad value, naming the run-config key.
+    """
+    flower_values: dict[str, Any] = {}
+    experiment_flat: dict[str, Any] = {}
+    for key, value in run_config.items():
+        if key in FLOWER_KEYS:
+            flower_values[_snake(key)] = value
+        elif "_" in key:
+            raise ConfigError(f"run-config key '{key}': use kebab-case ('{kebab(key)}')")
+        else:
+            experiment_flat[key] = value
+
+    settings = _flower_settings(flower_values)
+
+    base: dict[str, Any] = {}
+    if settings.config_file:
+        path = Path(settings.config_file).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        base = _toml_overrides(path)
+        experiment_flat = {k: v for k, v in experiment_flat.items()
+                           if k not in _EXPERIMENT_DEFAULTS or _EXPERIMENT_DEFAULTS[k] != v}
+    unknown = sorted(k for k in experiment_flat if k not in _EXPERIMENT_DEFAULTS)
+    if unknown:
+        raise ConfigError(f"unknown run-config key '{unknown[0]}'; known keys: "
+                          + ", ".join(sorted([*_EXPERIMENT_DEFAULTS, *FLOWER_KEYS])))
+    try:
+        cfg = from_dict(merge(base, _nest(experiment_flat)))
+    except ConfigError as exc:
+        raise ConfigError(_kebab_message(str(exc))) from None
+    return cfg, settings
+
+
+def _flower_settings(values: dict[str, Any]) -> FlowerSettings:
+    fields = {f.name: f.type for f in dataclasses.fields(FlowerSettings)}
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        tp = fields[name]
+        key = kebab(name)
+        if tp == "str":
+            if not isinstance(value, str):
+                raise ConfigError(f"{key} must be a string, got {value!r}")
+            kwargs[name] = value
+        elif tp == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{key} must be an integer, got {value!r}")
+            kwargs[name] = value
+        else:  # float
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{key} must be a number, got {value!r}")
+            kwargs[name] = float(value)
+    return FlowerSettings(**kwargs)
+
+
+def _toml_overrides(path: Path) -> dict[str, Any]:
+    """The overrides of a fedprune TOML file, checked like ``fedprune run --config``."""
+    load_config(path)  # raises ConfigError naming the file on a missing/bad file or value
+    import tomllib
+
+    return tomllib.loads(path.read_text(encoding="utf-8"))
+
+
+def _kebab_message(message: str) -> str:
+    """Rewrite the snake_case keys in a ConfigError message to run-config keys."""
+    for key in sorted(_EXPERIMENT_DEFAULTS, key=len, reverse=True):
+        snake = ".".join(_snake(p) for p in key.split("."))
+        if snake != key:
+            message = message.replace(snake, key)
+    return message

@@ -1,0 +1,25 @@
+"""Reproduce the paper's tables beside baselines: suites of runs, resumable, and their report.
+
+``fedprune reproduce --suite quick --out runs/quick --report docs/results/quick.md``
+"""
+
+from .report import write_report
+from .runner import measure_latency, run_plan, run_state
+from .suites import METHODS, SUITES, Method, Plan, PlannedRun, Setting, Suite, Window, get_suite, plan_suite
+
+__all__ = [
+    "METHODS",
+    "SUITES",
+    "Method",
+    "Plan",
+    "PlannedRun",
+    "Setting",
+    "Suite",
+    "Window",
+    "get_suite",
+    "measure_latency",
+    "plan_suite",
+    "run_plan",
+    "run_state",
+    "write_report",
+]

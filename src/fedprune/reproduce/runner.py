@@ -1,0 +1,258 @@
+"""Run a suite: independent runs in a process pool, finished runs skipped, killed runs resumed.
+
+State of a run folder, from what is on disk:
+
+* ``done``: ``summary.json`` exists (the run finished); it is not run again;
+* ``resume``: a checkpoint but no summary (the run was killed): continued with
+  ``run_simulation(..., resume=True)``, which ends bit-identical to an uninterrupted run;
+* ``fresh``: nothing usable yet (absent, or killed before its first checkpoint).
+
+A folder holding a run of another configuration is an error, never overwritten.  After a run,
+its latency ratio (initial dense model vs final model, onnxruntime, 1 thread, batch 1,
+interleaved) is measured once and cached in ``latency.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .suites import Plan, PlannedRun
+
+logger = logging.getLogger(__name__)
+
+LATENCY_FILE = "latency.json"
+SUITE_LOG = "suite.json"
+STALE_FILES = ("rounds.jsonl", "rounds.jsonl.tmp", "config.json", "config.json.tmp",
+               "checkpoint.pt.tmp", LATENCY_FILE)
+
+
+def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(cfg, sort_keys=True))
+
+
+def run_state(run: PlannedRun) -> str:
+    """``done``, ``resume`` or ``fresh`` (see the module docstring); raises on a foreign run."""
+    d = run.run_dir
+    cfg_file = d / "config.json"
+    if cfg_file.exists():
+        try:
+            stored = json.loads(cfg_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            stored = None
+        if stored is not None and _comparable(stored) != _comparable(run.config.to_dict()):
+            raise ValueError(
+                f"{d} holds a run of another configuration (its config.json differs from the "
+                "suite's): choose another --out, or remove that folder")
+    if (d / "summary.json").exists():
+        return "done"
+    if (d / "checkpoint.pt").exists() and cfg_file.exists():
+        return "resume"
+    return "fresh"
+
+
+def latency_needed(run: PlannedRun) -> bool:
+    return not (run.run_dir / LATENCY_FILE).exists()
+
+
+def measure_latency(run_dir: Path, *, dense: bool, runs: int, warmup: int) -> dict[str, Any]:
+    """Median latency of the run's final model / its initial dense model; cached on disk."""
+    path = Path(run_dir) / LATENCY_FILE
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))
+    if dense:
+        # the final model has the initial model's architecture: the ratio is 1 by construction
+        out: dict[str, Any] = {"ratio": 1.0, "timed": False,
+                               "why": "dense FedAvg: final and initial architectures are equal"}
+    else:
+        from ..export import bench_onnx_latency, load_run
+
+        rm = load_run(run_dir)
+        rows = bench_onnx_latency({"dense": rm.initial, "final": rm.final},
+                                  rm.spec.example_input(), runs=runs, warmup=warmup)
+        out = {"ratio": rows[1].stats.median_ms / rows[0].stats.median_ms, "timed": True,
+               "dense": rows[0].to_dict(), "final": rows[1].to_dict(),
+               "setup": "onnxruntime, 1 thread, batch 1, interleaved"}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(out, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+    return out
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a worker does for one run (picklable)."""
+
+    run_dir: str
+    config: dict[str, Any]
+    state: str  # fresh | resume | done (latency only)
+    dense: bool
+    latency_runs: int
+    latency_warmup: int
+
+
+def execute(task: Task) -> dict[str, Any]:
+    """Train (or resume) one run, then cache its latency; in a worker process or inline."""
+    import torch
+
+    from ..config import from_dict
+    from ..federated import run_simulation
+
+    t0 = time.perf_counter()
+    run_dir = Path(task.run_dir)
+    try:
+        if task.state in ("fresh", "resume"):
+            cfg = from_dict(task.config)
+            torch.set_num_threads(max(1, cfg.threads))
+            if task.state == "fresh":
+                run_dir.mkdir(parents=True, exist_ok=True)
+                for name in STALE_FILES:  # a run killed before its first checkpoint
+                    (run_dir / name).unlink(missing_ok=True)
+            run_simulation(cfg, run_dir, resume=task.state == "resume")
+        measure_latency(run_dir, dense=task.dense, runs=task.latency_runs,
+                        warmup=task.latency_warmup)
+    except Exception as exc:  # noqa: BLE001 - reported per run, the suite goes on
+        return {"run_dir": task.run_dir, "state": task.state, "ok": False,
+                "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc(),
+                "seconds": time.perf_counter() - t0}
+    return {"run_dir": task.run_dir, "state": task.state, "ok": True,
+            "seconds": time.perf_counter() - t0}
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.WARNING)
+
+
+def machine_note() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "platform": platform.platform()}
+
+
+@dataclass
+class SuiteOutcome:
+    executed: list[dict[str, Any]]
+    states: dict[str, int]  # state -> count before this invocation
+    seconds: float
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.executed if not r["ok"]]
+
+
+def run_plan(
+    plan: Plan,
+    *,
+    jobs: int = 2,
+    progress: Callable[[str], None] | None = None,
+    argv: list[str] | None = None,
+) -> SuiteOutcome:
+    """Execute every unfinished run of ``plan`` (longest first) and log the invocation."""
+    say = progress or (lambda _msg: None)
+    suite_in_out = read_suite_log(plan.out).get("suite")
+    if suite_in_out not in (None, plan.suite.name):
+        raise ValueError(f"{plan.out} holds suite {suite_in_out!r}, not {plan.suite.name!r}: "
+                         "choose another --out")
+    t0 = time.perf_counter()
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    load_before = os.getloadavg()
+    states = {"done": 0, "resume": 0, "fresh": 0}
+    tasks: list[tuple[float, Task]] = []
+    for run in plan.runs:
+        state = run_state(run)
+        states[state] += 1
+        if state == "done" and not latency_needed(run):
+            continue
+        tasks.append((run.cost, Task(str(run.run_dir), run.config.to_dict(), state,
+                                     run.method.name == "dense", plan.suite.latency_runs,
+                                     plan.suite.latency_warmup)))
+    tasks.sort(key=lambda t: -t[0])  # longest first: better packing over the workers
+    say(f"suite {plan.suite.name}: {len(plan.runs)} runs, {states['done']} finished, "
+        f"{states['resume']} to resume, {states['fresh']} to start; {jobs} in parallel")
+    for setting, why in plan.skipped_settings:
+        say(f"skipped {setting.title}: {why}")
+    results: list[dict[str, Any]] = []
+    todo = [t for _, t in tasks]
+    if jobs <= 1 or len(todo) <= 1:
+        for i, task in enumerate(todo, 1):
+            results.append(execute(task))
+            say(_line(results[-1], i, len(todo), plan.out))
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init) as pool:
+            pending: set[Future] = {pool.submit(execute, t) for t in todo}
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    results.append(f.result())
+                    say(_line(results[-1], len(results), len(todo), plan.out))
+    seconds = time.perf_counter() - t0
+    _log_invocation(plan, {
+        "started": started, "seconds": seconds, "jobs": jobs, "argv": argv or sys.argv,
+        "runs": len(plan.runs), "states_before": states, "executed": len(results),
+        "failed": [r["run_dir"] for r in results if not r["ok"]],
+        "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg()),
+        "machine": machine_note(),
+    })
+    return SuiteOutcome(results, states, seconds)
+
+
+def _line(r: dict[str, Any], i: int, n: int, out: Path) -> str:
+    rel = os.path.relpath(r["run_dir"], out)
+    what = {"fresh": "ran", "resume": "resumed", "done": "timed"}[r["state"]]
+    if r["ok"]:
+        return f"[{i}/{n}] {what} {rel} in {r['seconds']:.0f} s"
+    return f"[{i}/{n}] FAILED {rel}: {r['error']}"
+
+
+def read_suite_log(out: Path) -> dict[str, Any]:
+    path = Path(out) / SUITE_LOG
+    if not path.exists():
+        return {"invocations": []}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _log_invocation(plan: Plan, entry: dict[str, Any]) -> None:
+    plan.out.mkdir(parents=True, exist_ok=True)
+    log = read_suite_log(plan.out)
+    log["suite"] = plan.suite.name
+    log.setdefault("invocations", []).append(entry)
+    path = plan.out / SUITE_LOG
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(log, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def record_report_seconds(out: Path, seconds: float) -> None:
+    """Add the report step's time to the last invocation (so the wall time includes it)."""
+    log = read_suite_log(out)
+    if not log["invocations"]:
+        return
+    log["invocations"][-1]["report_seconds"] = seconds
+    path = Path(out) / SUITE_LOG
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(log, indent=2), encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,325 @@
+"""Suites: which (dataset, model) settings, which methods, which seeds.
+
+A *setting* fixes everything that must be equal across methods: the data and its split, the
+model, training (optimizer, lr, local epochs, batch), the federation (rounds, clients per
+round, evaluation) and the pruning *window* (the rounds in which fedprune's rule may act;
+fedprune's default is rounds 30-40 every 2 rounds of a 100-round run, shorter suites scale it).
+A *method* adds only ``prune.*`` settings.  A suite is settings x methods x seeds; each run
+goes to ``OUT/<dataset>/<model>/<method>/seed<k>/``.
+
+Suites:
+
+* ``test``: digits, CNN-FEMNIST at tiny widths, 3 rounds, 2 seeds (the test suite, seconds);
+* ``quick``: digits and Fashion-MNIST, CNN-FEMNIST at full width, 3 seeds, fewer rounds and
+  local epochs than the defaults so that the whole suite fits 20 minutes on 2 cores;
+* ``paper``: FEMNIST and CelebA (when their files are given), the paper's three
+  architectures (CNN, ResNet-7, Inception) at full width, 100 rounds, 3 seeds.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import ExperimentConfig, from_dict, merge, parse_overrides
+
+SUMMARY = "summary.json"
+
+
+@dataclass(frozen=True)
+class Window:
+    """Rounds in which fedprune's rule is tried: start, last, every ``interval`` rounds."""
+
+    start: int
+    stop: int
+    interval: int
+
+    @classmethod
+    def scaled(cls, rounds: int) -> Window:
+        """fedprune's default window (30-40 every 2 of 100 rounds) scaled to ``rounds``.
+
+        Six tries, as in the default, whatever the length: at 100 rounds this is exactly the
+        default (30, 40, 2); shorter runs start at 30 % of the rounds and try every 2 rounds
+        while that fits before 60 % of the rounds, else every round.
+        """
+        start = max(1, round(0.3 * rounds))
+        interval = 2 if start + 10 <= round(0.6 * rounds) or rounds >= 100 else 1
+        return cls(start, start + 5 * interval, interval)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One (dataset, model) cell of a suite, with everything kept equal across methods."""
+
+    dataset: str  # folder name and data.name
+    model: str  # folder name and model.name
+    overrides: dict[str, Any]  # nested config overrides (data, model, train, fed, threads)
+    window: Window  # fedprune's pruning window in this setting
+    title: str  # for the report, e.g. "Fashion-MNIST, CNN-FEMNIST (full width)"
+    note: str = ""  # what differs from the defaults, for the report
+    cost: float = 1.0  # relative run time, to start the longest runs first
+    paper_key: str = ""  # row of the paper's table this setting corresponds to, if any
+
+    @property
+    def rounds(self) -> int:
+        return int(self.overrides.get("fed", {}).get("rounds", 100))
+
+
+@dataclass(frozen=True)
+class Method:
+    """A pruning method: ``prune.*`` overrides as a function of the setting."""
+
+    name: str  # folder name
+    label: str  # table row
+    prune: Callable[[Setting], dict[str, Any]]
+    cost: float = 1.0  # relative run time (dense = 1)
+    description: str = ""
+
+
+def _dense(_: Setting) -> dict[str, Any]:
+    return {"enabled": False}
+
+
+def _paper(s: Setting) -> dict[str, Any]:
+    # conf/paper_rule.toml: both tails, k = 2, from round 1 every round, no cap, patience 3,
+    # survivors re-initialised; pruning allowed over the first half of the run (50 of 100)
+    return {"enabled": True, "method": "auto", "mode": "both", "k": 2.0, "start_round": 1,
+            "interval": 1, "max_prune_round": max(1, s.rounds // 2), "patience": 3,
+            "max_fraction": 1.0, "reinit": True}
+
+
+def _fedprune(mode: str) -> Callable[[Setting], dict[str, Any]]:
+    def f(s: Setting) -> dict[str, Any]:
+        # fedprune's defaults (k, max_fraction, patience, min_channels, weights kept) in the
+        # setting's window
+        return {"enabled": True, "method": "auto", "mode": mode, "start_round": s.window.start,
+                "max_prune_round": s.window.stop, "interval": s.window.interval}
+    return f
+
+
+def _ratio(ratio: float) -> Callable[[Setting], dict[str, Any]]:
+    def f(s: Setting) -> dict[str, Any]:
+        # one-shot: a single try at the window's first round (max_prune_round = start_round)
+        return {"enabled": True, "method": "ratio", "ratio": ratio,
+                "start_round": s.window.start, "max_prune_round": s.window.start}
+    return f
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("dense", "dense FedAvg", _dense, 1.0, "no pruning (prune.enabled=false)"),
+    Method("paper", "paper rule, faithful", _paper, 0.3,
+           "both tails, k = 2, from round 1 every round, no cap, survivors re-initialised "
+           "(conf/paper_rule.toml)"),
+    Method("fedprune-low", "fedprune default (low)", _fedprune("low"), 0.7,
+           "fedprune's defaults: low tail, k = 0.75, max_fraction 0.2, weights kept"),
+    Method("fedprune-both", "fedprune default, mode both", _fedprune("both"), 0.7,
+           "as the default but removing both tails"),
+    Method("ratio50", "fixed ratio 50 % (one-shot)", _ratio(0.5), 0.6,
+           "L1, the lowest 50 % of every layer's filters, once, at the window's start"),
+    Method("ratio85", "fixed ratio 85 % (one-shot)", _ratio(0.85), 0.5,
+           "L1, the lowest 85 % of every layer's filters, once, at the window's start"),
+)}
+
+ALL_METHODS = tuple(METHODS)
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    settings: tuple[Setting, ...]
+    methods: tuple[str, ...] = ALL_METHODS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    latency_runs: int = 100  # interleaved timed runs per model (after latency_warmup)
+    latency_warmup: int = 10
+    needs_files: tuple[str, ...] = ()  # datasets read from files given by the user
+    note: str = ""  # for the report: what the suite leaves out and why
+
+
+def _setting(dataset: str, model: str, title: str, overrides: dict[str, Any], *, note: str = "",
+             cost: float = 1.0, paper_key: str = "", window: Window | None = None) -> Setting:
+    over = merge({"threads": 1, "data": {"name": dataset}, "model": {"name": model}}, overrides)
+    rounds = int(over.get("fed", {}).get("rounds", 100))
+    return Setting(dataset, model, over, window or Window.scaled(rounds), title, note, cost,
+                   paper_key)
+
+
+def _test_suite() -> Suite:
+    tiny = {"data": {"num_clients": 6}, "model": {"widths": [4, 8]},
+            "train": {"local_epochs": 1}, "fed": {"rounds": 3, "clients_per_round": 3,
+                                                  "eval_every": 1}}
+    return Suite(
+        "test", "a tiny suite for the tests: digits, CNN-FEMNIST at widths [4, 8], 3 rounds",
+        (_setting("digits", "cnn_femnist", "digits, CNN-FEMNIST at widths [4, 8] (tiny)", tiny,
+                  note="6 clients, 3 per round, 3 rounds, 1 local epoch", window=Window(2, 3, 1)),),
+        seeds=(0, 1), latency_runs=5, latency_warmup=1,
+    )
+
+
+# The quick suite: both datasets at the paper's CNN-FEMNIST width; rounds and local epochs cut
+# so that 36 runs fit 20 minutes on 2 cores (measured costs: a full-width round of 10 clients
+# is ~0.45 ms per sample-epoch on one core; Fashion-MNIST clients hold ~600 samples).
+QUICK_DIGITS = {"data": {"num_clients": 20, "alpha": 0.5},
+                "train": {"local_epochs": 2}, "fed": {"rounds": 50, "clients_per_round": 10}}
+QUICK_FASHION = {"data": {"num_clients": 100, "alpha": 0.5, "max_test_samples": 2000},
+                 "train": {"local_epochs": 1}, "fed": {"rounds": 40, "clients_per_round": 10}}
+
+
+def _quick_suite() -> Suite:
+    return Suite(
+        "quick",
+        "digits and Fashion-MNIST, CNN-FEMNIST at full width, 6 methods, 3 seeds "
+        "(fits 20 minutes on 2 cores)",
+        (
+            _setting("fashion-mnist", "cnn_femnist", "Fashion-MNIST, CNN-FEMNIST (full width)",
+                     QUICK_FASHION, cost=8.0,
+                     note="100 clients, Dirichlet 0.5, 10 per round, 40 rounds, 1 local epoch, "
+                          "test set capped at 2,000 samples (seeded draw)"),
+            _setting("digits", "cnn_femnist", "digits, CNN-FEMNIST (full width)",
+                     QUICK_DIGITS, cost=1.0,
+                     note="20 clients, Dirichlet 0.5, 10 per round, 50 rounds, 2 local epochs"),
+        ),
+    )
+
+
+PAPER_DATA_ENV = {"femnist": "FEDPRUNE_FEMNIST", "celeba": "FEDPRUNE_CELEBA"}
+
+
+def _paper_suite() -> Suite:
+    femnist = {"data": {"partition": "natural", "num_clients": 3400},
+               "train": {"lr": 1e-3}, "fed": {"rounds": 100, "clients_per_round": 50}}
+    celeba = {"data": {"partition": "natural", "num_clients": 9343},
+              "train": {"lr": 1e-3}, "fed": {"rounds": 100, "clients_per_round": 50}}
+    note = ("natural partition (one client per {who}), 50 clients per round, 100 rounds "
+            "(the paper: 500), 5 local epochs, Adam 1e-3, batch 32")
+    return Suite(
+        "paper",
+        "FEMNIST and CelebA (files given with --data NAME=PATH or $FEDPRUNE_FEMNIST / "
+        "$FEDPRUNE_CELEBA), CNN, ResNet-7 and Inception at the paper's widths",
+        (
+            _setting("femnist", "cnn_femnist", "FEMNIST, CNN-FEMNIST", femnist,
+                     note=note.format(who="writer"), cost=4, paper_key="CNN / FEMNIST"),
+            _setting("femnist", "resnet7", "FEMNIST, ResNet-7", femnist,
+                     note=note.format(who="writer"), cost=2),
+            _setting("femnist", "inception", "FEMNIST, Inception", femnist,
+                     note=note.format(who="writer"), cost=12, paper_key="Inception / FEMNIST"),
+            _setting("celeba", "cnn_celeba", "CelebA, CNN-CelebA", celeba,
+                     note=note.format(who="celebrity"), cost=10, paper_key="CNN / CelebA"),
+            _setting("celeba", "resnet7", "CelebA, ResNet-7", celeba,
+                     note=note.format(who="celebrity"), cost=3, paper_key="ResNet-7 / CelebA"),
+            _setting("celeba", "inception", "CelebA, Inception", celeba,
+                     note=note.format(who="celebrity"), cost=12, paper_key="Inception / CelebA"),
+        ),
+        needs_files=("femnist", "celeba"),
+    )
+
+
+SUITES: dict[str, Callable[[], Suite]] = {"test": _test_suite, "quick": _quick_suite,
+                                          "paper": _paper_suite}
+
+
+def get_suite(name: str) -> Suite:
+    if name not in SUITES:
+        raise ValueError(f"unknown suite {name!r}: choose one of {', '.join(SUITES)}")
+    return SUITES[name]()
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a suite: where it goes and its full configuration."""
+
+    setting: Setting
+    method: Method
+    seed: int
+    run_dir: Path
+    config: ExperimentConfig
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        return (self.setting.dataset, self.setting.model, self.method.name, self.seed)
+
+    @property
+    def cost(self) -> float:
+        return self.setting.cost * self.method.cost
+
+    def sets(self) -> list[str]:
+        """The run as ``fedprune run --set`` arguments (for the record and by hand)."""
+        out: list[str] = []
+
+        def walk(d: dict[str, Any], prefix: str) -> None:
+            for k, v in d.items():
+                if isinstance(v, dict):
+                    walk(v, f"{prefix}{k}.")
+                else:
+                    out.append(f"{prefix}{k}={v}")
+        walk(run_overrides(self.setting, self.method, self.seed), "")
+        return out
+
+
+def run_overrides(setting: Setting, method: Method, seed: int) -> dict[str, Any]:
+    return merge(setting.overrides, {"seed": seed, "prune": method.prune(setting)})
+
+
+@dataclass
+class Plan:
+    suite: Suite
+    out: Path
+    runs: list[PlannedRun]
+    skipped_settings: list[tuple[Setting, str]] = field(default_factory=list)  # (setting, why)
+
+
+def data_paths_from_env() -> dict[str, str]:
+    return {name: os.environ[var] for name, var in PAPER_DATA_ENV.items() if os.environ.get(var)}
+
+
+def plan_suite(
+    suite: Suite,
+    out: Path,
+    *,
+    seeds: list[int] | None = None,
+    sets: list[str] | None = None,
+    data_paths: dict[str, str] | None = None,
+) -> Plan:
+    """Every run of ``suite`` under ``out``; settings whose data files are absent are skipped.
+
+    ``sets`` (``key=value``) override the settings of every run alike; a changed ``fed.rounds``
+    rescales the pruning windows.  ``data_paths`` maps a dataset name to its files.
+    """
+    paths = {**data_paths_from_env(), **(data_paths or {})}
+    extra = parse_overrides(list(sets or []))
+    if "prune" in extra or "seed" in extra:
+        raise ValueError("--set cannot change prune.* or seed: they define the methods and seeds")
+    plan = Plan(suite, Path(out), [])
+    for setting in suite.settings:
+        over = merge(setting.overrides, extra)
+        if setting.dataset in suite.needs_files:
+            path = paths.get(setting.dataset, "")
+            if not path or not Path(path).expanduser().exists():
+                plan.skipped_settings.append((setting, (
+                    f"no {setting.dataset} files: give --data {setting.dataset}=PATH or "
+                    f"${PAPER_DATA_ENV.get(setting.dataset, '')}" if not path else
+                    f"{path} does not exist")))
+                continue
+            over = merge(over, {"data": {"path": str(Path(path).expanduser())}})
+        elif setting.dataset == "fashion-mnist" and not over.get("data", {}).get("path"):
+            from ..data.registry import SPECS
+
+            if not Path(SPECS["fashion-mnist"].default_path).exists():
+                plan.skipped_settings.append((setting, "Fashion-MNIST files absent "
+                                              "(apt-get install dataset-fashion-mnist)"))
+                continue
+        if over is not setting.overrides:
+            rounds = int(over.get("fed", {}).get("rounds", 100))
+            window = setting.window if rounds == setting.rounds else Window.scaled(rounds)
+            setting = Setting(setting.dataset, setting.model, over, window, setting.title,
+                              setting.note, setting.cost, setting.paper_key)
+        for name in suite.methods:
+            method = METHODS[name]
+            for seed in (seeds if seeds is not None else suite.seeds):
+                cfg = from_dict(run_overrides(setting, method, seed))
+                run_dir = plan.out / setting.dataset / setting.model / method.name / f"seed{seed}"
+                plan.runs.append(PlannedRun(setting, method, seed, run_dir, cfg))
+    return plan

@@ -1,0 +1,297 @@
+"""The Flower App without Flower processes: run config, strategy, ClientApp, what travels.
+
+The strategy runs on :class:`LocalGrid` (nodes = the ClientApp called in process), so these
+tests take seconds; ``test_flower_deployment.py`` and ``test_flower_simulation.py`` run the
+real SuperLink/SuperNode and simulation engines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import tomllib
+
+import numpy as np
+import pytest
+import torch
+
+flwr = pytest.importorskip("flwr")
+
+from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.config import flatten_dict
+
+from fedprune.config import ConfigError, from_dict
+from fedprune.federated import run_simulation
+from fedprune.federated.flower_app import client_app, run_server
+from fedprune.federated.flower_config import (
+    default_run_config,
+    experiment_to_run_config,
+    parse_run_config,
+)
+from fedprune.federated.flower_local import FLOWER_APP_DIR, LocalGrid, format_run_config
+from fedprune.metrics import read_rounds
+from fedprune.models import ModelSpec, build
+
+TINY = {
+    "threads": 1,
+    "data": {"num_clients": 4},
+    "model": {"widths": [4, 8]},
+    "train": {"local_epochs": 1},
+    "fed": {"rounds": 3, "clients_per_round": 3, "eval_every": 1},
+    "prune": {"start_round": 1, "max_prune_round": 3, "interval": 1, "k": 0.5,
+              "max_fraction": 0.5},
+}
+
+
+def _tiny(**flower):
+    cfg = from_dict(TINY)
+    return cfg, {**experiment_to_run_config(cfg), **flower}
+
+
+@contextlib.contextmanager
+def _captured_log():
+    """Messages of fedprune's strategy logger (a child of Flower's, which does not propagate)."""
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    log = logging.getLogger("flwr.fedprune")
+    log.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        log.removeHandler(handler)
+
+
+def _grid(n=4, **kw):
+    return LocalGrid(client_app, [{"partition-id": i, "num-partitions": n} for i in range(n)],
+                     **kw)
+
+
+# ----------------------------------------------------------------------------- run config
+
+
+def test_app_pyproject_declares_every_setting_with_fedprunes_defaults():
+    doc = tomllib.loads((FLOWER_APP_DIR / "pyproject.toml").read_text(encoding="utf-8"))
+    app = doc["tool"]["flwr"]["app"]
+    assert app["components"] == {"serverapp": "fedprune.federated.flower_app:server_app",
+                                 "clientapp": "fedprune.federated.flower_app:client_app"}
+    declared = flatten_dict(app["config"])
+    expected = default_run_config()
+    missing, extra = sorted(set(expected) - set(declared)), sorted(set(declared) - set(expected))
+    assert not missing and not extra, (
+        f"flower/pyproject.toml [tool.flwr.app.config] is out of date: add {missing}, "
+        f"remove {extra} (fedprune.federated.flower_config.default_run_config() lists them)")
+    assert declared == expected
+    assert all("_" not in part for key in declared for part in key.split("."))  # kebab-case
+
+
+def test_app_pyproject_is_a_valid_flower_app():
+    from flwr.cli.config_utils import load_and_validate
+
+    _, warnings = load_and_validate(FLOWER_APP_DIR / "pyproject.toml")
+    assert warnings == []
+
+
+def test_run_config_round_trips_every_setting():
+    cfg = from_dict({**TINY, "seed": 7, "prune": {**TINY["prune"], "mode": "both"}})
+    rc = experiment_to_run_config(cfg)
+    assert rc["model.widths"] == "4,8" and rc["prune.max-fraction"] == 0.5
+    back, settings = parse_run_config({**rc, "out-dir": "/x", "round-timeout": 5})
+    assert back == cfg
+    assert settings.out_dir == "/x" and settings.round_timeout == 5.0
+    assert parse_run_config(default_run_config())[0] == from_dict({})  # "" widths = None
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"prune.max-fraction": 2.0}, "prune.max-fraction"),
+    ({"fed.clients-per-round": 50}, "fed.clients-per-round"),
+    ({"prune.bogus": 1}, "unknown run-config key 'prune.bogus'"),
+    ({"prune.max_fraction": 0.1}, "kebab-case"),
+    ({"round-timeout": 0.0}, "round-timeout"),
+    ({"min-nodes": "3"}, "min-nodes must be an integer"),
+])
+def test_bad_run_config_names_the_run_config_key(over, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_run_config({**default_run_config(), **over})
+
+
+def test_config_file_then_run_config_keys_that_differ_from_the_defaults(tmp_path):
+    f = tmp_path / "exp.toml"
+    f.write_text("[prune]\nk = 2.0\nmode = 'both'\n[fed]\nrounds = 7\n", encoding="utf-8")
+    rc = {**default_run_config(), "config-file": str(f), "fed.rounds": 9}
+    cfg, _ = parse_run_config(rc)
+    assert (cfg.prune.k, cfg.prune.mode, cfg.fed.rounds) == (2.0, "both", 9)
+    with pytest.raises(ConfigError, match="does not exist"):
+        parse_run_config({**rc, "config-file": str(tmp_path / "nope.toml")})
+
+
+def test_format_run_config_is_what_flwr_parses():
+    from flwr.common.config import parse_config_args
+
+    values = {"fed.rounds": 3, "prune.k": 0.5, "prune.enabled": False, "out-dir": "/a b/c",
+              "model.widths": "4,8"}
+    assert parse_config_args([format_run_config(values)]) == values
+
+
+# ----------------------------------------------------------------------------- strategy
+
+
+@pytest.mark.parametrize("prune", [{}, {"method": "ratio", "ratio": 0.3}],
+                         ids=["boundary-rule", "ratio"])
+def test_local_grid_run_matches_the_in_process_loop_exactly(tmp_path, prune):
+    cfg = from_dict({**TINY, "prune": {**TINY["prune"], **prune}})
+    rc = {**experiment_to_run_config(cfg), "out-dir": str(tmp_path / "flower")}
+    loop = run_simulation(cfg, tmp_path / "loop")
+    summary = run_server(_grid(), rc)
+    for key, value in loop.summary.items():
+        if key != "seconds":
+            assert summary[key] == value, key
+    assert summary["replies_per_round"] == [3, 3, 3]
+    assert summary["arch_version"] == summary["prune_steps"] == 3
+    rows_loop, rows_fl = read_rounds(tmp_path / "loop"), read_rounds(tmp_path / "flower")
+    for a, b in zip(rows_loop, rows_fl, strict=True):
+        for key in a:
+            if key != "seconds":
+                assert b[key] == a[key], key
+    on_disk = json.loads((tmp_path / "flower" / "summary.json").read_text())
+    assert set(loop.summary) <= set(on_disk)
+    assert {p.name for p in (tmp_path / "flower").iterdir()} >= {
+        "rounds.jsonl", "summary.json", "config.json", "checkpoint.pt"}
+
+
+def test_out_dir_is_never_overwritten(tmp_path):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "x").write_text("keep")
+    _, rc = _tiny(**{"out-dir": str(tmp_path / "old")})
+    with pytest.raises(ConfigError, match="not empty"):
+        run_server(_grid(), rc)
+
+
+def test_replies_with_a_stale_arch_version_or_wrong_shapes_are_dropped_and_counted(tmp_path):
+    _, rc = _tiny()
+
+    def tamper(msg: Message, reply: Message) -> Message:
+        node = msg.metadata.dst_node_id
+        if reply.has_error() or "arrays" not in reply.content.array_records:
+            return reply
+        content = reply.content
+        metrics = dict(content.metric_records["metrics"])
+        arrays = content.array_records["arrays"]
+        if node == 1000 and metrics["arch-version"] >= 1:  # claims the previous architecture
+            metrics["arch-version"] -= 1
+        elif node == 1001 and metrics["arch-version"] >= 1:  # unpruned shapes
+            state = arrays.to_torch_state_dict()
+            key = next(iter(state))
+            state[key] = torch.zeros(state[key].shape[0] + 1, *state[key].shape[1:])
+            arrays = ArrayRecord.from_torch_state_dict(state)
+        out = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
+        return Message(out, reply_to=msg)
+
+    with _captured_log() as lines:
+        summary = run_server(_grid(tamper=tamper), {**rc, "out-dir": str(tmp_path)})
+    rows = read_rounds(tmp_path)
+    rejected = [r for row in rows for r in row["rejected"]]
+    assert {r["partition"] for r in rejected} == {0, 1}
+    assert all("version" in r["reason"] for r in rejected if r["partition"] == 0)
+    assert all("shape" in r["reason"] for r in rejected if r["partition"] == 1)
+    assert any("dropped the reply of node 1000" in line for line in lines)  # logged
+    assert summary["rounds"] == 3
+    # round 1: arch-version 0 everywhere; afterwards partitions 0 and 1 are dropped whenever
+    # they are sampled, the others aggregated
+    per_round = summary["replies_per_round"]
+    assert per_round[0] == 3 and summary["dropped_total"] == len(rejected) >= 2
+    assert sum(per_round) + summary["dropped_total"] == 9
+    assert [r["clients"] + len(r["rejected"]) for r in rows] == [3, 3, 3]
+    assert summary["prune_steps"] >= 1  # pruning went on with the accepted replies
+
+
+def test_too_few_valid_replies_skip_the_round_like_the_loop(tmp_path):
+    _, rc = _tiny(**{"round-timeout": 0.2, "fed.min-replies": 3, "out-dir": str(tmp_path)})
+    grid = _grid()
+    grid.dead.add(1001)  # partition 1 answers nothing: the rounds that sample it are skipped
+    summary = run_server(grid, {**rc, "min-nodes": 1, "node-wait-timeout": 1.0})
+    rows = read_rounds(tmp_path)
+    assert summary["rounds"] == 3 and len(rows) == 3
+    skipped = [r for r in rows if r["skipped"]]
+    assert skipped and all(r["clients"] == 0 and not r["pruned"] for r in skipped)
+    assert all(r["clients"] == 3 for r in rows if not r["skipped"])
+    assert rows[0]["skipped"]  # round 1 samples partition 1 (seed 0)
+    assert rows[0]["params"] == summary["params_initial"]  # no average, no cut
+    assert summary["replies_per_round"] == [r["clients"] for r in rows]
+
+
+def test_dead_and_misconfigured_nodes_are_skipped_and_the_run_goes_on():
+    _, rc = _tiny(**{"round-timeout": 0.2, "min-nodes": 1, "node-wait-timeout": 1.0})
+    configs = [{"partition-id": 0, "num-partitions": 4}, {"num-partitions": 4},  # no partition
+               {"partition-id": 2, "num-partitions": 4}, {"partition-id": 3, "num-partitions": 4}]
+    grid = LocalGrid(client_app, configs)
+    grid.dead.add(1003)  # partition 3 never answers
+    summary = run_server(grid, rc)
+    assert summary["rounds"] == 3
+    # partitions 1 (no node) and 3 (dead: excluded after the query) never train
+    assert all(n <= 2 for n in summary["replies_per_round"])
+    assert summary["failures_total"] >= 1 and summary["params_final"] < summary["params_initial"]
+
+
+# ----------------------------------------------------------------------------- client / wire
+
+
+def _train_message(cfg, spec, state, pid=0, version=0, rnd=1):
+    from flwr.app import ConfigRecord
+
+    content = RecordDict({
+        "arrays": ArrayRecord.from_torch_state_dict(state),
+        "config": ConfigRecord({"server-round": rnd, "arch-version": version,
+                                "model-spec": spec.to_json(), "experiment": cfg.to_json(),
+                                "partition-id": pid}),
+    })
+    return Message(content, dst_node_id=1000, message_type=MessageType.TRAIN)
+
+
+def _ctx(pid=0, n=4):
+    return Context(run_id=1, node_id=1000, node_config={"partition-id": pid, "num-partitions": n},
+                   state=RecordDict(), run_config={})
+
+
+def test_what_travels_is_numpy_arrays_and_json_never_a_pickle():
+    from fedprune.models import new_model
+
+    _grid()  # sets Flower's task identity for messages built outside a run
+    cfg, _ = _tiny()
+    model, spec = new_model("cnn_femnist", num_classes=10, in_channels=1, image_size=28,
+                            widths=[4, 8], seed=0)
+    msg = _train_message(cfg, spec, model.state_dict())
+    for rec in msg.content.array_records.values():
+        for arr in rec.values():
+            assert arr.stype == "numpy.ndarray" and arr.data.startswith(b"\x93NUMPY")
+            np.load(io.BytesIO(arr.data), allow_pickle=False)
+    for rec in msg.content.config_records.values():
+        assert all(isinstance(v, (int, str)) for v in rec.values())
+    spec_back = ModelSpec.from_json(msg.content.config_records["config"]["model-spec"])
+    assert spec_back == spec
+    reply = client_app(msg, _ctx())
+    metrics = reply.content.metric_records["metrics"]
+    assert (metrics["arch-version"], metrics["partition-id"]) == (0, 0)
+    assert metrics["num-examples"] > 0
+    got = reply.content.array_records["arrays"].to_torch_state_dict()
+    build(spec).load_state_dict(got, strict=True)
+
+
+def test_client_refuses_another_partition_and_mismatched_weights():
+    from fedprune.models import new_model
+    from fedprune.pruning import prune_model
+
+    _grid()
+    cfg, _ = _tiny()
+    model, spec = new_model("cnn_femnist", num_classes=10, in_channels=1, image_size=28,
+                            widths=[4, 8], seed=0)
+    with pytest.raises(ValueError, match="serves partition 1"):
+        client_app(_train_message(cfg, spec, model.state_dict(), pid=0), _ctx(pid=1))
+    with pytest.raises(ValueError, match="num-partitions"):
+        client_app(_train_message(cfg, spec, model.state_dict()), _ctx(n=3))
+    pruned = prune_model(model, spec.example_input(), k=0.5, mode="low", max_fraction=0.5,
+                         record=spec.record)
+    with pytest.raises(RuntimeError, match="size mismatch"):  # new weights, old architecture
+        client_app(_train_message(cfg, spec, pruned.model.state_dict()), _ctx())
