@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,10 @@ from ..metrics import (
     read_rounds,
 )
 from ..models import ModelSpec, new_model
-from ..pruning import Schedule, ScheduleState, advance, is_active, prune_model
+from ..pruning import ScheduleState
 from .aggregate import fedavg, screen_replies
 from .client import evaluate, train_local
+from .server import maybe_prune, run_summary
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +91,6 @@ def run_simulation(
     params_initial, macs_initial = n_params(model), count_macs(model, example)
     widths_initial = spec.widths_now()
     dense_payload = payload_bytes(model)
-    schedule = Schedule(cfg.prune.start_round, cfg.prune.max_prune_round, cfg.prune.patience,
-                        cfg.prune.interval)
     sched_state = ScheduleState()
     sample_rng = np.random.default_rng([cfg.seed, 2])
     worker = copy.deepcopy(model)
@@ -143,25 +142,11 @@ def run_simulation(
         bytes_total_dense += 2 * m * dense_payload
 
         pruned = False
-        if cfg.prune.enabled and not skipped and is_active(schedule, sched_state, rnd):
-            before = n_params(model)
-            res = prune_model(
-                model, example, k=cfg.prune.k, mode=cfg.prune.mode,
-                min_channels=cfg.prune.min_channels, max_fraction=cfg.prune.max_fraction,
-                reinit=cfg.prune.reinit, seed=int(cfg.seed * 100_003 + rnd), record=spec.record,
-                ratio=cfg.prune.ratio if cfg.prune.method == "ratio" else None,
-            )
-            after = n_params(model)
-            sched_state = advance(schedule, sched_state, rnd, before, after)
-            if after < before:
-                pruned = True
-                spec = replace(spec, record=res.record)
+        if not skipped:
+            step = maybe_prune(cfg, sched_state, model, example, spec, rnd)
+            spec, sched_state, pruned = step.spec, step.state, step.pruned
+            if pruned:
                 worker = copy.deepcopy(model)
-                logger.info("round %d: pruned %d -> %d params, widths %s", rnd, before, after,
-                            spec.widths_now())
-            if sched_state.stopped:
-                logger.info("round %d: pruning stopped (%d steps accepted)", rnd,
-                            sched_state.accepted_steps)
 
         evaluated = rnd % cfg.fed.eval_every == 0 or rnd == cfg.fed.rounds
         if evaluated:
@@ -187,25 +172,11 @@ def run_simulation(
         if on_round is not None:
             on_round(rec)
 
-    summary = {
-        "accuracy": accuracy,
-        "loss": loss,
-        "params_initial": params_initial,
-        "params_final": n_params(model),
-        "macs_initial": macs_initial,
-        "macs_final": count_macs(model, example),
-        "flops_initial": 2 * macs_initial,
-        "flops_final": 2 * count_macs(model, example),
-        "bytes_total": bytes_total,
-        "bytes_total_dense": bytes_total_dense,
-        "widths_initial": widths_initial,
-        "widths_final": spec.widths_now(),
-        "prune_stopped_round": sched_state.stopped_round,
-        "prune_steps": sched_state.accepted_steps,
-        "rounds": cfg.fed.rounds,
-        "seconds": elapsed(),
-        "config": cfg.to_dict(),
-    }
+    summary = run_summary(
+        cfg, model, example, spec, sched_state, accuracy=accuracy, loss=loss,
+        params_initial=params_initial, macs_initial=macs_initial, widths_initial=widths_initial,
+        bytes_total=bytes_total, bytes_total_dense=bytes_total_dense, seconds=elapsed(),
+    )
     if recorder is not None:
         recorder.write_summary(summary)
     return RunResult(summary=summary, model=model, spec=spec, records=records)

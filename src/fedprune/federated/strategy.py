@@ -37,7 +37,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +58,11 @@ from torch import nn
 from ..config import ExperimentConfig
 from ..metrics import Recorder, RoundRecord, count_macs, n_params, payload_bytes
 from ..models import ModelSpec
-from ..pruning import Schedule, ScheduleState, advance, is_active, prune_model
+from ..pruning import ScheduleState
 from .aggregate import fedavg, screen_replies
 from .client import evaluate
 from .loop import CHECKPOINT_FILE, sample_clients, save_checkpoint
+from .server import maybe_prune, run_summary
 
 logger = logging.getLogger("flwr.fedprune")  # a child of Flower's logger: shows in its logs
 
@@ -131,8 +132,6 @@ class PruningFedAvg(FedAvg):
         self.poll_interval = poll_interval
         self.on_round = on_round
         self.example = spec.example_input()
-        self.schedule = Schedule(cfg.prune.start_round, cfg.prune.max_prune_round,
-                                 cfg.prune.patience, cfg.prune.interval)
         self.sched_state = ScheduleState()
         self.sample_rng = np.random.default_rng([cfg.seed, 2])  # the loop's sampling stream
         self.partition_of: dict[int, int] = {}  # node id -> partition id
@@ -333,25 +332,14 @@ class PruningFedAvg(FedAvg):
 
     def run_summary(self) -> dict[str, Any]:
         """The loop's ``summary.json`` keys, plus ``engine`` and per-round reply counts."""
-        macs_final = count_macs(self.model, self.example)
         return {
-            "accuracy": self.accuracy,
-            "loss": self.loss,
-            "params_initial": self.params_initial,
-            "params_final": n_params(self.model),
-            "macs_initial": self.macs_initial,
-            "macs_final": macs_final,
-            "flops_initial": 2 * self.macs_initial,
-            "flops_final": 2 * macs_final,
-            "bytes_total": self.bytes_total,
-            "bytes_total_dense": self.bytes_total_dense,
-            "widths_initial": self.widths_initial,
-            "widths_final": self.spec.widths_now(),
-            "prune_stopped_round": self.sched_state.stopped_round,
-            "prune_steps": self.sched_state.accepted_steps,
-            "rounds": self.cfg.fed.rounds,
-            "seconds": time.perf_counter() - self.t0,
-            "config": self.cfg.to_dict(),
+            **run_summary(
+                self.cfg, self.model, self.example, self.spec, self.sched_state,
+                accuracy=self.accuracy, loss=self.loss, params_initial=self.params_initial,
+                macs_initial=self.macs_initial, widths_initial=self.widths_initial,
+                bytes_total=self.bytes_total, bytes_total_dense=self.bytes_total_dense,
+                seconds=time.perf_counter() - self.t0,
+            ),
             "engine": "flower",
             "arch_version": self.arch_version,
             "replies_per_round": [r.clients for r in self.records],
@@ -458,28 +446,13 @@ class PruningFedAvg(FedAvg):
                        server_round, node, pid, reason)
 
     def _maybe_prune(self, server_round: int) -> None:
-        cfg = self.cfg
-        if not (cfg.prune.enabled and is_active(self.schedule, self.sched_state, server_round)):
-            return
-        before = n_params(self.model)
-        res = prune_model(
-            self.model, self.example, k=cfg.prune.k, mode=cfg.prune.mode,
-            min_channels=cfg.prune.min_channels, max_fraction=cfg.prune.max_fraction,
-            reinit=cfg.prune.reinit, seed=int(cfg.seed * 100_003 + server_round),
-            record=self.spec.record,
-            ratio=cfg.prune.ratio if cfg.prune.method == "ratio" else None,
-        )
-        after = n_params(self.model)
-        self.sched_state = advance(self.schedule, self.sched_state, server_round, before, after)
-        if after < before:
+        step = maybe_prune(self.cfg, self.sched_state, self.model, self.example, self.spec,
+                           server_round)
+        self.spec, self.sched_state = step.spec, step.state
+        if step.pruned:
             self.stats.pruned = True
-            self.spec = replace(self.spec, record=res.record)
             self.arch_version += 1
-            logger.info("round %d: pruned %d -> %d params, widths %s, arch-version %d",
-                        server_round, before, after, self.spec.widths_now(), self.arch_version)
-        if self.sched_state.stopped:
-            logger.info("round %d: pruning stopped (%d steps accepted)", server_round,
-                        self.sched_state.accepted_steps)
+            logger.info("round %d: arch-version %d", server_round, self.arch_version)
 
 
 class _PollingGrid(Grid):
