@@ -48,10 +48,10 @@ def test_bad_ratio_rules_are_rejected(kwargs):
 
 
 def test_prune_model_ratio_cuts_grouped_blocks_alike():
-    net = DepthwiseNet()
     torch.manual_seed(0)
+    net = DepthwiseNet()
     with torch.no_grad():
-        for m in (net.conv, net.pw, net.gconv):  # every filter L1 = 1, then scaled
+        for m in (net.conv, net.dw, net.pw, net.gconv):  # every filter L1 = 1, then scaled
             w = torch.randn(m.weight.shape)
             m.weight.copy_(w / w.abs().flatten(1).sum(1).view(-1, 1, 1, 1))
         # conv (coupled with its depthwise follower): channel i scores about i + 1
