@@ -268,3 +268,25 @@ def test_cli_report_only_and_rerun_skips(finished, tmp_path, capsys):
                  "--no-report"]) == 0
     assert "0 runs executed" in capsys.readouterr().out
     assert main(["reproduce", "--suite", "quick", "--out", str(out), "--no-report"]) == 2
+
+
+def test_a_run_or_suite_in_use_is_not_touched(tmp_path):
+    from fedprune.reproduce.runner import Task, _try_lock, execute
+
+    plan = plan_suite(get_suite("test"), tmp_path, seeds=[0], methods=["dense"])
+    run = plan.runs[0]
+    run.run_dir.mkdir(parents=True)
+    held = _try_lock(run.run_dir / ".lock")  # e.g. a worker orphaned by a killed suite
+    try:
+        res = execute(Task(str(run.run_dir), run.config.to_dict(), "fresh", True, 1, 0))
+        assert not res["ok"] and "another process" in res["error"]
+        assert not (run.run_dir / "config.json").exists()
+    finally:
+        held.close()
+    held = _try_lock(tmp_path / ".suite.lock")
+    try:
+        with pytest.raises(ValueError, match="in use"):
+            run_plan(plan, jobs=1)
+    finally:
+        held.close()
+    assert not run_plan(plan, jobs=1).failed

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     help="runs in parallel, each single-threaded (default 2)")
     rp.add_argument("--seeds", type=int, nargs="+", default=None,
                     help="override the suite's seeds (default 0 1 2)")
+    rp.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                    help="run only these of the suite's methods (dense, paper, fedprune-low, "
+                         "fedprune-both, ratio50, ratio85)")
+    rp.add_argument("--datasets", nargs="+", default=None, metavar="DATASET",
+                    help="run only these of the suite's datasets")
     rp.add_argument("--data", action="append", default=[], metavar="NAME=PATH",
                     help="files of a dataset the suite needs (paper suite: femnist, celeba)")
     rp.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -45,6 +51,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       help="write the report from the run folders, run nothing")
     what.add_argument("--no-report", action="store_true", help="run, but write no report")
     what.add_argument("--plan", action="store_true", help="list the runs and their state")
+
+
+def _raise_interrupt(signum, frame):  # noqa: ANN001, ANN202, ARG001
+    raise KeyboardInterrupt
 
 
 def _data_paths(items: list[str]) -> dict[str, str]:
@@ -64,7 +74,8 @@ def cmd_reproduce(args: argparse.Namespace, argv: list[str] | None = None) -> in
         raise ValueError("--jobs must be >= 1")
     suite = get_suite(args.suite)
     plan = plan_suite(suite, args.out, seeds=args.seeds, sets=args.sets,
-                      data_paths=_data_paths(args.data))
+                      data_paths=_data_paths(args.data), methods=args.methods,
+                      datasets=args.datasets)
     if not plan.runs:
         reasons = "; ".join(why for _, why in plan.skipped_settings)
         raise ValueError(f"suite {suite.name}: nothing to run ({reasons})")
@@ -76,8 +87,17 @@ def cmd_reproduce(args: argparse.Namespace, argv: list[str] | None = None) -> in
         return 0
     failed = 0
     if not args.report_only:
-        outcome = run_plan(plan, jobs=args.jobs, progress=lambda m: print(m, flush=True),
-                           argv=argv if argv is not None else sys.argv[1:])
+        # SIGTERM stops the workers like Ctrl-C does; unfinished runs resume on the next call
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            outcome = run_plan(plan, jobs=args.jobs, progress=lambda m: print(m, flush=True),
+                               argv=argv if argv is not None else sys.argv[1:])
+        except KeyboardInterrupt:
+            print(f"interrupted: run the same command again to resume the unfinished runs "
+                  f"under {args.out}", file=sys.stderr)
+            return 130
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         failed = len(outcome.failed)
         for r in outcome.failed:
             print(f"--- {r['run_dir']} failed:\n{r['trace']}", file=sys.stderr)

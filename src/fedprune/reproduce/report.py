@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import ExperimentConfig
 from ..metrics import read_rounds
 from .runner import LATENCY_FILE, read_suite_log
 from .suites import METHODS, Plan, Setting
@@ -229,6 +230,18 @@ def paper_table(cells: dict[tuple[str, str], dict[str, Cell]]) -> str:
     return "\n".join(lines)
 
 
+def describe_setting(cfg: ExperimentConfig) -> str:
+    """The settings every method shares, in words, from a run's configuration."""
+    d, t, f = cfg.data, cfg.train, cfg.fed
+    split = (f"Dirichlet α = {d.alpha:g}" if d.partition == "dirichlet" else d.partition)
+    test = f", test set capped at {d.max_test_samples:,} (seeded draw)" if d.max_test_samples else ""
+    widths = f" at widths {cfg.model.widths}" if cfg.model.widths else ""
+    return (f"{cfg.model.name}{widths}; {d.num_clients} clients ({split}), "
+            f"{f.clients_per_round} per round, {f.rounds} rounds, {t.local_epochs} local "
+            f"epoch{'s' if t.local_epochs > 1 else ''}, {t.optimizer} lr {t.lr:g}, batch "
+            f"{t.batch_size}{test}")
+
+
 def _slug(setting: Setting) -> str:
     return f"{setting.dataset}_{setting.model}"
 
@@ -239,6 +252,7 @@ def plots(cells: dict[tuple[str, str], dict[str, Cell]], out_dir: Path) -> dict[
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, list[Path]] = {}
@@ -274,7 +288,7 @@ def plots(cells: dict[tuple[str, str], dict[str, Cell]], out_dir: Path) -> dict[
                 else:
                     ax.set_ylabel("trainable parameters (mean over seeds)")
                     ax.set_yscale("log")
-                ax.set_title(f"{setting.title}: {kind} per round", fontsize=10)
+                ax.set_title(f"{setting.title}\n{kind} per round", fontsize=9)
                 ax.grid(True, alpha=0.3)
                 ax.legend(fontsize=7.5)
                 fig.tight_layout()
@@ -295,10 +309,13 @@ def plots(cells: dict[tuple[str, str], dict[str, Cell]], out_dir: Path) -> dict[
                 ax.errorbar([fm], [am], yerr=[asd], fmt="s" if name == "dense" else "o", ms=7,
                             capsize=3, color=pts.get_color(), label=METHODS[name].label)
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(FuncFormatter(
+                lambda v, _: f"{v:g}" if f"{v:.1e}"[0] in "25" else ""))
             ax.set_xlabel("final FLOPs per sample (millions, log scale)")
             ax.set_ylabel("final test accuracy")
-            ax.set_title(f"{setting.title}: accuracy vs FLOPs (mean ± std, seeds as dots)",
-                         fontsize=10)
+            ax.set_title(f"{setting.title}\naccuracy vs FLOPs (mean ± std over seeds; dots: "
+                         "single seeds)", fontsize=9)
             ax.grid(True, alpha=0.3, which="both")
             ax.legend(fontsize=7.5)
             fig.tight_layout()
@@ -326,7 +343,8 @@ def wall_time(log: dict[str, Any]) -> tuple[list[str], float]:
             f"({inv['seconds']:.0f} s runs and latency + {inv.get('report_seconds', 0.0):.0f} s "
             f"report), {inv['executed']} runs executed of {inv['runs']} (before it: "
             f"{st['done']} finished, {st['resume']} to resume, {st['fresh']} to start), "
-            f"{inv['jobs']} in parallel; load average {inv['loadavg_before'][0]:.2f} before, "
+            f"{inv['jobs']} in parallel; CPU time of its runs {inv.get('cpu_seconds', 0) / 60:.1f} "
+            f"core-min; load average {inv['loadavg_before'][0]:.2f} before, "
             f"{inv['loadavg_after'][0]:.2f} after"
             + (f"; FAILED: {', '.join(inv['failed'])}" if inv.get("failed") else ""))
     return lines, total
@@ -352,7 +370,12 @@ def render(plan: Plan, cells: dict[tuple[str, str], dict[str, Cell]],
         out.append("")
     lines, total = wall_time(log)
     if lines:
-        out.append(f"Wall time, all invocations together: **{total / 60:.1f} min**.")
+        cpu = sum(i.get("cpu_seconds", 0.0) for i in inv)
+        jobs = max(int(i["jobs"]) for i in inv)
+        out.append(f"Wall time, all invocations together: **{total / 60:.1f} min**. The runs "
+                   f"used {cpu / 60:.1f} core-min of CPU time (single-threaded each), i.e. at "
+                   f"least {cpu / 60 / jobs:.1f} min of wall time on {jobs} dedicated cores; a "
+                   "wall time far above that means the machine was shared (load averages).")
         out.append("")
         out += lines
         out.append("")
@@ -368,7 +391,8 @@ def render(plan: Plan, cells: dict[tuple[str, str], dict[str, Cell]],
         out.append("")
     out.append("## Methods (same seeds, rounds, clients per round and local epochs)")
     out.append("")
-    for name in suite.methods:
+    present = {r.method.name for r in plan.runs}
+    for name in (m for m in suite.methods if m in present):
         out.append(f"- **{METHODS[name].label}** (`{name}`): {METHODS[name].description}.")
     out.append("")
     if suite.note:
@@ -390,12 +414,15 @@ def render(plan: Plan, cells: dict[tuple[str, str], dict[str, Cell]],
         setting = next(iter(by.values())).setting
         out.append(f"## {setting.title}")
         out.append("")
-        if setting.note:
-            out.append(f"Setting: {setting.note}. Pruning window of fedprune's rule: rounds "
-                       f"{setting.window.start}-{setting.window.stop} every "
-                       f"{setting.window.interval} (the default is 30-40 every 2 of 100 "
-                       "rounds); the fixed-ratio baselines cut once at round "
-                       f"{setting.window.start}.")
+        first = next((r for r in plan.runs if (r.setting.dataset, r.setting.model) ==
+                      (dataset, model)), None)
+        if first is not None:
+            out.append(f"Setting: {describe_setting(first.config)}"
+                       + (f" ({setting.note})" if setting.note else "") + ". "
+                       f"Pruning window of fedprune's rule: rounds {setting.window.start}-"
+                       f"{setting.window.stop} every {setting.window.interval} (the default "
+                       "is 30-40 every 2 of 100 rounds); the fixed-ratio baselines cut once at "
+                       f"round {setting.window.start}.")
             out.append("")
         rows = rows_of(by)
         out.append(table(rows))
@@ -411,9 +438,10 @@ def render(plan: Plan, cells: dict[tuple[str, str], dict[str, Cell]],
         pr = next((r for r in plan.runs if (r.setting.dataset, r.setting.model) ==
                    (dataset, model) and r.method.name == HEADLINE_METHOD), None)
         if pr is not None:
-            sets = " ".join(f"--set {s}" for s in pr.sets() if not s.startswith("seed="))
-            out.append(f"One run of it by hand: `fedprune run --out DIR --set seed={pr.seed} "
-                       f"{sets}`.")
+            sets = " ".join(f"--set {shlex.quote(s)}" for s in pr.sets()
+                            if not s.startswith("seed="))
+            out.append(f"One run of {METHODS[HEADLINE_METHOD].label} by hand: "
+                       f"`fedprune run --out DIR --set seed={pr.seed} {sets}`.")
             out.append("")
     out.append("## The paper's published numbers beside ours")
     out.append("")

@@ -10,10 +10,16 @@ State of a run folder, from what is on disk:
 A folder holding a run of another configuration is an error, never overwritten.  After a run,
 its latency ratio (initial dense model vs final model, onnxruntime, 1 thread, batch 1,
 interleaved) is measured once and cached in ``latency.json``.
+
+Each run holds an exclusive lock (``.lock``, ``flock``) while it trains, and a suite holds one
+on ``OUT/.suite.lock``: a second invocation on the same folder, or a worker orphaned by a killed
+suite and still finishing its run, can never write a run folder at the same time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import multiprocessing
@@ -109,9 +115,13 @@ def execute(task: Task) -> dict[str, Any]:
     from ..config import from_dict
     from ..federated import run_simulation
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     run_dir = Path(task.run_dir)
     try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = _try_lock(run_dir / ".lock")
+        if lock is None:
+            raise RuntimeError(f"{run_dir} is being run by another process")
         if task.state in ("fresh", "resume"):
             cfg = from_dict(task.config)
             torch.set_num_threads(max(1, cfg.threads))
@@ -122,12 +132,23 @@ def execute(task: Task) -> dict[str, Any]:
             run_simulation(cfg, run_dir, resume=task.state == "resume")
         measure_latency(run_dir, dense=task.dense, runs=task.latency_runs,
                         warmup=task.latency_warmup)
+        lock.close()
     except Exception as exc:  # noqa: BLE001 - reported per run, the suite goes on
         return {"run_dir": task.run_dir, "state": task.state, "ok": False,
                 "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc(),
-                "seconds": time.perf_counter() - t0}
+                "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
     return {"run_dir": task.run_dir, "state": task.state, "ok": True,
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
+
+
+def _try_lock(path: Path):  # noqa: ANN202 - an open file holding the lock, or None
+    fh = open(path, "a+")  # noqa: SIM115 - held until the caller closes it (or exits)
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        return None
+    return fh
 
 
 def _worker_init() -> None:
@@ -176,6 +197,16 @@ def run_plan(
     if suite_in_out not in (None, plan.suite.name):
         raise ValueError(f"{plan.out} holds suite {suite_in_out!r}, not {plan.suite.name!r}: "
                          "choose another --out")
+    plan.out.mkdir(parents=True, exist_ok=True)
+    suite_lock = _try_lock(plan.out / ".suite.lock")
+    if suite_lock is None:
+        raise ValueError(f"{plan.out} is in use by another fedprune reproduce")
+    with contextlib.closing(suite_lock):
+        return _run_plan(plan, jobs, say, argv)
+
+
+def _run_plan(plan: Plan, jobs: int, say: Callable[[str], None],
+              argv: list[str] | None) -> SuiteOutcome:
     t0 = time.perf_counter()
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     load_before = os.getloadavg()
@@ -202,17 +233,26 @@ def run_plan(
             say(_line(results[-1], i, len(todo), plan.out))
     else:
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init) as pool:
+        pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init)
+        try:
             pending: set[Future] = {pool.submit(execute, t) for t in todo}
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for f in done:
                     results.append(f.result())
                     say(_line(results[-1], len(results), len(todo), plan.out))
+        except BaseException:
+            # interrupted (Ctrl-C, SIGTERM): stop the workers now; their runs resume next time
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     seconds = time.perf_counter() - t0
     _log_invocation(plan, {
         "started": started, "seconds": seconds, "jobs": jobs, "argv": argv or sys.argv,
         "runs": len(plan.runs), "states_before": states, "executed": len(results),
+        "cpu_seconds": sum(r.get("cpu_seconds", 0.0) for r in results),
         "failed": [r["run_dir"] for r in results if not r["ok"]],
         "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg()),
         "machine": machine_note(),
