@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from nets import DepthwiseNet
 
 from fedprune.cli import main
 from fedprune.config import ConfigError, from_dict
@@ -14,7 +15,6 @@ from fedprune.pruning import RatioRule, decide_ratio, prune_model, widths_of
 from fedprune.reproduce import get_suite, plan_suite, run_plan, run_state, write_report
 from fedprune.reproduce.report import collect, rows_of
 from fedprune.reproduce.suites import Window
-from nets import DepthwiseNet
 
 # ---------------------------------------------------------------- the fixed-ratio rule
 
@@ -40,8 +40,8 @@ def test_ratio_floor_is_exact_and_ties_go_by_index_and_min_channels_holds():
     assert decide_ratio(np.array([7.0]), RatioRule(0.99)).keep.tolist() == [True]
 
 
-@pytest.mark.parametrize("kwargs", [dict(ratio=0.0), dict(ratio=1.0), dict(ratio=float("nan")),
-                                    dict(ratio=0.5, min_channels=0)])
+@pytest.mark.parametrize("kwargs", [{"ratio": 0.0}, {"ratio": 1.0}, {"ratio": float("nan")},
+                                    {"ratio": 0.5, "min_channels": 0}])
 def test_bad_ratio_rules_are_rejected(kwargs):
     with pytest.raises(ValueError):
         RatioRule(**kwargs)
@@ -230,7 +230,7 @@ def test_finished_runs_are_skipped(finished):
 
 
 def test_a_folder_of_another_configuration_is_refused(finished):
-    out, plan, *_ = finished
+    out, *_ = finished
     other = plan_suite(get_suite("test"), out, sets=["train.lr=0.01"])
     with pytest.raises(ValueError, match="another configuration"):
         run_plan(other, jobs=1)
@@ -240,7 +240,7 @@ def test_a_folder_of_another_configuration_is_refused(finished):
 
 
 def test_report_from_the_run_folders(finished, tmp_path):
-    out, plan, *_ = finished
+    _, plan, *_ = finished
     rows = {r.method: r for r in rows_of(collect(plan)[("digits", "cnn_femnist")])}
     assert rows["dense"].n == 2 and rows["dense"].bytes_ratio == (1.0, 0.0)
     assert rows["ratio85"].params[0] < rows["ratio50"].params[0] < rows["dense"].params[0]

@@ -5,7 +5,18 @@
 
 from .report import write_report
 from .runner import measure_latency, run_plan, run_state
-from .suites import METHODS, SUITES, Method, Plan, PlannedRun, Setting, Suite, Window, get_suite, plan_suite
+from .suites import (
+    METHODS,
+    SUITES,
+    Method,
+    Plan,
+    PlannedRun,
+    Setting,
+    Suite,
+    Window,
+    get_suite,
+    plan_suite,
+)
 
 __all__ = [
     "METHODS",

@@ -53,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     what.add_argument("--plan", action="store_true", help="list the runs and their state")
 
 
-def _raise_interrupt(signum, frame):  # noqa: ANN001, ANN202, ARG001
+def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 

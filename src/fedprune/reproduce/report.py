@@ -156,7 +156,7 @@ def rows_of(cells: dict[str, Cell]) -> list[Row]:
 def table(rows: list[Row]) -> str:
     head = ("| method | seeds | accuracy | Δ vs dense (points) | params | FLOPs / sample | "
             "FLOPs cut | total bytes | bytes vs dense | latency vs dense | final widths | "
-            "run time |")
+            "run wall time |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         label = METHODS[r.method].label
@@ -214,7 +214,7 @@ def paper_table(cells: dict[tuple[str, str], dict[str, Cell]]) -> str:
         d, q = p["acc"]
         lines.append(f"| paper (authors' runs) | {p['key']} | {b:,} → {a:,} | {1 - a / b:.1%} | "
                      f"{p['flops_cut']:.1%} | {d:.4f} → {q:.4f} | {100 * (q - d):+.1f} |")
-    for (_, _), by in cells.items():
+    for by in cells.values():
         rows = {r.method: r for r in rows_of(by)}
         dense = rows.get("dense")
         for name in ("paper", HEADLINE_METHOD, "fedprune-both"):
@@ -332,6 +332,14 @@ def _command(argv: list[str]) -> str:
     return "fedprune " + shlex.join(argv)
 
 
+def _share(inv: dict[str, Any]) -> str:
+    """How much of its cores the suite's workers got (low = the machine was shared)."""
+    cores = min(int(inv["jobs"]), int(inv.get("machine", {}).get("cores") or inv["jobs"]))
+    if not inv.get("cpu_seconds") or not inv["seconds"]:
+        return ""
+    return f" ({inv['cpu_seconds'] / (inv['seconds'] * cores):.0%} of {cores} cores' time)"
+
+
 def wall_time(log: dict[str, Any]) -> tuple[list[str], float]:
     lines, total = [], 0.0
     for inv in log.get("invocations", []):
@@ -344,8 +352,10 @@ def wall_time(log: dict[str, Any]) -> tuple[list[str], float]:
             f"report), {inv['executed']} runs executed of {inv['runs']} (before it: "
             f"{st['done']} finished, {st['resume']} to resume, {st['fresh']} to start), "
             f"{inv['jobs']} in parallel; CPU time of its runs {inv.get('cpu_seconds', 0) / 60:.1f} "
-            f"core-min; load average {inv['loadavg_before'][0]:.2f} before, "
-            f"{inv['loadavg_after'][0]:.2f} after"
+            f"core-min{_share(inv)}; 1-minute load average {inv['loadavg_before'][0]:.2f} "
+            f"before, {inv['loadavg_after'][0]:.2f} after"
+            + (f", {inv['loadavg_mean']:.2f} on average and {inv['loadavg_max']:.2f} at most "
+               "while running" if "loadavg_mean" in inv else "")
             + (f"; FAILED: {', '.join(inv['failed'])}" if inv.get("failed") else ""))
     return lines, total
 
@@ -358,7 +368,11 @@ def render(plan: Plan, cells: dict[tuple[str, str], dict[str, Cell]],
     inv = log.get("invocations", [])
     machine = inv[-1]["machine"] if inv else {}
     out: list[str] = [f"# fedprune reproduce: suite `{suite.name}`", ""]
-    out.append(f"{suite.description}. Generated from the run folders under `{plan.out}` by the report step "
+    n_set = len({(r.setting.dataset, r.setting.model) for r in plan.runs})
+    n_met = len({r.method.name for r in plan.runs})
+    n_seed = len({r.seed for r in plan.runs})
+    out.append(f"{suite.description}. This report: {len(plan.runs)} runs ({n_set} setting"
+               f"{'s' if n_set > 1 else ''} × {n_met} methods × {n_seed} seeds). Generated from the run folders under `{plan.out}` by the report step "
                "of `fedprune reproduce` (it runs alone with `--report-only`): every number "
                "below is read from the runs' `summary.json`, `rounds.jsonl` and "
                "`latency.json`.")

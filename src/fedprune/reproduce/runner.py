@@ -141,7 +141,7 @@ def execute(task: Task) -> dict[str, Any]:
             "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
 
 
-def _try_lock(path: Path):  # noqa: ANN202 - an open file holding the lock, or None
+def _try_lock(path: Path):
     fh = open(path, "a+")  # noqa: SIM115 - held until the caller closes it (or exits)
     try:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -226,10 +226,12 @@ def _run_plan(plan: Plan, jobs: int, say: Callable[[str], None],
     for setting, why in plan.skipped_settings:
         say(f"skipped {setting.title}: {why}")
     results: list[dict[str, Any]] = []
+    loads: list[float] = [load_before[0]]  # 1-minute load average, sampled while running
     todo = [t for _, t in tasks]
     if jobs <= 1 or len(todo) <= 1:
         for i, task in enumerate(todo, 1):
             results.append(execute(task))
+            loads.append(os.getloadavg()[0])
             say(_line(results[-1], i, len(todo), plan.out))
     else:
         ctx = multiprocessing.get_context("spawn")
@@ -237,7 +239,8 @@ def _run_plan(plan: Plan, jobs: int, say: Callable[[str], None],
         try:
             pending: set[Future] = {pool.submit(execute, t) for t in todo}
             while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                done, pending = wait(pending, timeout=15, return_when=FIRST_COMPLETED)
+                loads.append(os.getloadavg()[0])
                 for f in done:
                     results.append(f.result())
                     say(_line(results[-1], len(results), len(todo), plan.out))
@@ -255,6 +258,7 @@ def _run_plan(plan: Plan, jobs: int, say: Callable[[str], None],
         "cpu_seconds": sum(r.get("cpu_seconds", 0.0) for r in results),
         "failed": [r["run_dir"] for r in results if not r["ok"]],
         "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg()),
+        "loadavg_mean": sum(loads) / len(loads), "loadavg_max": max(loads),
         "machine": machine_note(),
     })
     return SuiteOutcome(results, states, seconds)

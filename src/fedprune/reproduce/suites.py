@@ -332,14 +332,13 @@ def plan_suite(
             from ..data.registry import SPECS
 
             if not Path(SPECS["fashion-mnist"].default_path).exists():
-                plan.skipped_settings.append((setting, "Fashion-MNIST files absent "
-                                              "(apt-get install dataset-fashion-mnist)"))
+                why = "Fashion-MNIST files absent (apt-get install dataset-fashion-mnist)"
+                plan.skipped_settings.append((setting, why))
                 continue
-        if over is not setting.overrides:
-            rounds = int(over.get("fed", {}).get("rounds", 100))
-            window = setting.window if rounds == setting.rounds else Window.scaled(rounds)
-            setting = Setting(setting.dataset, setting.model, over, window, setting.title,
-                              setting.note, setting.cost, setting.paper_key)
+        rounds = int(over.get("fed", {}).get("rounds", 100))
+        window = setting.window if rounds == setting.rounds else Window.scaled(rounds)
+        setting = Setting(setting.dataset, setting.model, over, window, setting.title,
+                          setting.note, setting.cost, setting.paper_key)
         for name in suite.methods:
             if methods and name not in methods:
                 continue
