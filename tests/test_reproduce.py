@@ -15,6 +15,7 @@ from fedprune.pruning import RatioRule, decide_ratio, prune_model, widths_of
 from fedprune.reproduce import get_suite, plan_suite, run_plan, run_state, write_report
 from fedprune.reproduce.report import collect, rows_of
 from fedprune.reproduce.suites import Window
+from interrupt import Stop, stop_after
 
 # ---------------------------------------------------------------- the fixed-ratio rule
 
@@ -161,17 +162,6 @@ def test_set_overrides_apply_to_all_runs_but_not_to_methods(tmp_path):
 # ---------------------------------------------------------------- running and resuming
 
 
-class Stop(Exception):
-    pass
-
-
-def _stop_after(n):
-    def on_round(rec):
-        if rec.round == n:
-            raise Stop
-    return on_round
-
-
 def _strip(summary):
     return {k: v for k, v in summary.items() if k != "seconds"}
 
@@ -183,7 +173,7 @@ def finished(tmp_path_factory):
     plan = plan_suite(get_suite("test"), out)
     killed = next(r for r in plan.runs if r.method.name == "fedprune-low" and r.seed == 1)
     with pytest.raises(Stop):
-        run_simulation(killed.config, killed.run_dir, on_round=_stop_after(2))
+        run_simulation(killed.config, killed.run_dir, on_round=stop_after(2))
     early = next(r for r in plan.runs if r.method.name == "ratio50" and r.seed == 0)
     early.run_dir.mkdir(parents=True)
     (early.run_dir / "config.json").write_text(json.dumps(early.config.to_dict()))

@@ -8,6 +8,7 @@ import torch
 from fedprune.config import from_dict
 from fedprune.federated import run_simulation
 from fedprune.federated.loop import CHECKPOINT_FILE, load_checkpoint
+from interrupt import Stop, stop_after
 
 VOLATILE = {"seconds"}
 
@@ -22,17 +23,6 @@ def _cfg():
     })
 
 
-class Stop(Exception):
-    pass
-
-
-def _stop_after(n):
-    def on_round(rec):
-        if rec.round == n:
-            raise Stop
-    return on_round
-
-
 def _rows(d):
     return [json.loads(x) for x in (d / "rounds.jsonl").read_text().splitlines()]
 
@@ -42,7 +32,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, stop_at):
     full, cut = tmp_path / "full", tmp_path / "cut"
     ref = run_simulation(_cfg(), full)
     with pytest.raises(Stop):
-        run_simulation(_cfg(), cut, on_round=_stop_after(stop_at))
+        run_simulation(_cfg(), cut, on_round=stop_after(stop_at))
     assert len(_rows(cut)) == stop_at
     res = run_simulation(_cfg(), cut, resume=True)
     a, b = ref.model.state_dict(), res.model.state_dict()
