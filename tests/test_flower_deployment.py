@@ -33,7 +33,7 @@ CFG = from_dict({
     "threads": 1,
     "data": {"num_clients": 3},
     "model": {"widths": [4, 8]},
-    "train": {"local_epochs": 1},
+    "train": {"local_epochs": 1, "engine": "per_client"},  # ClientApps train one by one
     "fed": {"rounds": 3, "clients_per_round": 3, "eval_every": 1},
     "prune": {"start_round": 1, "max_prune_round": 3, "interval": 1, "k": 0.5,
               "max_fraction": 0.5},

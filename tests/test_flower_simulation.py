@@ -32,7 +32,9 @@ CFG = from_dict({
     "threads": 1,
     "data": {"num_clients": 4},
     "model": {"widths": [16, 32]},
-    "train": {"local_epochs": 2, "lr": 0.02},
+    # per_client: the loop trains clients one by one, as the ClientApps do, so the two runs
+    # are bit-identical; the batched engine agrees only to float rounding (test_batched.py)
+    "train": {"local_epochs": 2, "lr": 0.02, "engine": "per_client"},
     "fed": {"rounds": 5, "clients_per_round": 3, "eval_every": 1},
     "prune": {"start_round": 2, "max_prune_round": 5, "interval": 1, "k": 0.5,
               "max_fraction": 0.3},

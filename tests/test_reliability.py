@@ -1,5 +1,6 @@
 """Bad client updates are rejected and logged; malformed inputs get clean, documented errors."""
 
+import dataclasses
 import json
 import math
 
@@ -58,20 +59,31 @@ def _tiny(**fed):
     })
 
 
-def test_loop_drops_a_poisoned_client_and_goes_on(monkeypatch, tmp_path):
-    real = loop_mod.train_local
-    poisoned: list[int] = []
+def _tamper_replies(monkeypatch, change):
+    """Make every round's replies pass through ``change(list of (state, n, metrics))``."""
+    real_make = loop_mod.make_trainer
 
-    def train_local(model, x, y, cfg, generator):
-        state, n, m = real(model, x, y, cfg, generator)
-        if not poisoned or len(poisoned) % 3 == 0:  # first reply of every round is NaN
-            state = {k: v.float().fill_(math.nan) if v.is_floating_point() else v
-                     for k, v in state.items()}
-        poisoned.append(n)
-        return state, n, m
+    def make_trainer(model, cfg):
+        trainer = real_make(model, cfg)
+        real_train = trainer.train
+        trainer.train = lambda state, jobs: change(real_train(state, jobs))
+        return trainer
 
-    monkeypatch.setattr(loop_mod, "train_local", train_local)
-    res = run_simulation(_tiny(), tmp_path)
+    monkeypatch.setattr(loop_mod, "make_trainer", make_trainer)
+
+
+@pytest.mark.parametrize("engine", ["batched", "per_client"])
+def test_loop_drops_a_poisoned_client_and_goes_on(monkeypatch, tmp_path, engine):
+    def poison_first(replies):  # the first reply of every round is NaN
+        state, n, m = replies[0]
+        state = {k: v.float().fill_(math.nan) if v.is_floating_point() else v
+                 for k, v in state.items()}
+        return [(state, n, m), *replies[1:]]
+
+    _tamper_replies(monkeypatch, poison_first)
+    cfg = _tiny()
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, engine=engine))
+    res = run_simulation(cfg, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "rounds.jsonl").read_text().splitlines()]
     assert [r["clients"] for r in rows] == [2, 2, 2]
     assert all(len(r["rejected"]) == 1 and "NaN" in r["rejected"][0]["reason"] for r in rows)
@@ -79,13 +91,7 @@ def test_loop_drops_a_poisoned_client_and_goes_on(monkeypatch, tmp_path):
 
 
 def test_round_is_skipped_when_too_few_valid_replies(monkeypatch, tmp_path):
-    real = loop_mod.train_local
-
-    def train_local(model, x, y, cfg, generator):
-        state, n, m = real(model, x, y, cfg, generator)
-        return state, -1, m  # an implausible count from every client
-
-    monkeypatch.setattr(loop_mod, "train_local", train_local)
+    _tamper_replies(monkeypatch, lambda replies: [(s, -1, m) for s, _, m in replies])
     res = run_simulation(_tiny(min_replies=2), tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "rounds.jsonl").read_text().splitlines()]
     assert [r["skipped"] for r in rows] == [True, True, True]
@@ -102,7 +108,8 @@ json_values = st.recursive(
     max_leaves=12,
 )
 sections = st.sampled_from(["seed", "threads", "data", "model", "train", "fed", "prune",
-                            "prune.k", "fed.rounds", "model.widths", "train.lr", "bogus"])
+                            "budget", "prune.k", "fed.rounds", "model.widths", "train.lr",
+                            "budget.params_fraction", "bogus"])
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

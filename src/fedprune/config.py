@@ -95,6 +95,10 @@ class TrainConfig:
     momentum: float = 0.0  # SGD only
     local_epochs: int = 5  # passes over the client's data per round (the paper's 5)
     batch_size: int = 32  # the paper's batch size
+    # In-process loop only: "batched" trains the sampled clients together (same results as
+    # one by one, up to float rounding; plain CNNs only), "per_client" one after another,
+    # "auto" batched where the model allows it.
+    engine: Literal["auto", "batched", "per_client"] = "auto"
 
     def __post_init__(self) -> None:
         _check(self.optimizer in ("adam", "sgd"), "train.optimizer", "'adam' or 'sgd'",
@@ -155,6 +159,60 @@ class PruneConfig:
 
 
 @dataclass(frozen=True)
+class BudgetConfig:
+    """Budget mode: prune until the model fits a device budget, guarded by validation.
+
+    Active when any target is set.  Tries happen every ``prune.interval`` rounds from
+    ``prune.start_round`` up to ``prune.max_prune_round`` (patience is not used: the
+    controller tightens k instead), and stop once every target is met.
+    """
+
+    params: int = 0  # most trainable parameters; 0 = no such target
+    params_fraction: float = 0.0  # ... as a fraction of the initial model's; 0 = none
+    flops: int = 0  # most forward FLOPs per sample; 0 = none
+    flops_fraction: float = 0.0  # ... as a fraction of the initial model's; 0 = none
+    latency_ms: float = 0.0  # most latency per sample, estimated from latency_table; 0 = none
+    latency_table: str = ""  # JSON written by `fedprune bench-latency --table`
+    k_min: float = 0.0  # k never goes below this when tightening
+    k_max: float = 4.0  # nor above this when relaxing
+    tighten: float = 0.7  # k *= tighten after a try that cut nothing while over budget
+    relax: float = 1.5  # k *= relax and the step's max fraction halves when the guard fires
+    guard: bool = True  # federated-validation accuracy guard (needs data.val_fraction > 0)
+    guard_tolerance: float = 0.01  # largest validation-accuracy drop a cut may cause
+    guard_recovery_rounds: int = 2  # rounds a cut model trains before the guard judges it
+    guard_clients: int = 10  # clients that report validation accuracy (fewer if fewer exist)
+    max_rollbacks: int = 4  # rollbacks in a row before budget mode gives up
+
+    def __post_init__(self) -> None:
+        _check(self.params >= 0, "budget.params", ">= 0", self.params)
+        _check(0 <= self.params_fraction < 1, "budget.params_fraction", "in [0, 1)",
+               self.params_fraction)
+        _check(self.flops >= 0, "budget.flops", ">= 0", self.flops)
+        _check(0 <= self.flops_fraction < 1, "budget.flops_fraction", "in [0, 1)",
+               self.flops_fraction)
+        _check(self.latency_ms >= 0, "budget.latency_ms", ">= 0", self.latency_ms)
+        _check(not (self.latency_ms > 0 and not self.latency_table), "budget.latency_table",
+               "a JSON file from `fedprune bench-latency --table` when budget.latency_ms is set",
+               self.latency_table)
+        _check(self.k_min >= 0, "budget.k_min", ">= 0", self.k_min)
+        _check(self.k_max > self.k_min, "budget.k_max", f"> budget.k_min ({self.k_min})",
+               self.k_max)
+        _check(0 < self.tighten < 1, "budget.tighten", "in (0, 1)", self.tighten)
+        _check(self.relax > 1, "budget.relax", "> 1", self.relax)
+        _check(0 <= self.guard_tolerance <= 1, "budget.guard_tolerance", "in [0, 1]",
+               self.guard_tolerance)
+        _check(self.guard_recovery_rounds >= 0, "budget.guard_recovery_rounds", ">= 0",
+               self.guard_recovery_rounds)
+        _check(self.guard_clients >= 1, "budget.guard_clients", ">= 1", self.guard_clients)
+        _check(self.max_rollbacks >= 1, "budget.max_rollbacks", ">= 1", self.max_rollbacks)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.params or self.params_fraction or self.flops or self.flops_fraction
+                    or self.latency_ms)
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     seed: int = 0  # seeds data split, model init, client sampling and local shuffling
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
@@ -163,9 +221,17 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     fed: FedConfig = field(default_factory=FedConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
 
     def __post_init__(self) -> None:
         _check(self.seed >= 0, "seed", ">= 0", self.seed)
+        if self.budget.active:
+            _check(self.prune.enabled and self.prune.method == "auto", "budget",
+                   "only with prune.enabled = true and prune.method = 'auto'",
+                   f"prune.enabled={self.prune.enabled}, prune.method={self.prune.method!r}")
+            _check(not (self.budget.guard and self.data.val_fraction == 0), "budget.guard",
+                   "false, or set data.val_fraction > 0 (e.g. 0.1) so that clients hold a "
+                   "validation split for the guard", self.budget.guard)
         _check(self.threads >= 0, "threads", ">= 0", self.threads)
         _check(self.fed.clients_per_round <= self.data.num_clients, "fed.clients_per_round",
                f"<= data.num_clients ({self.data.num_clients})", self.fed.clients_per_round)

@@ -28,6 +28,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     bl.add_argument("--runs", type=int, default=200)
     bl.add_argument("--warmup", type=int, default=20)
     bl.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    bl.add_argument("--table", type=Path, default=None, metavar="FILE",
+                    help="write a latency table for budget.latency_table: --model at widths "
+                         "scaled by --fractions, timed on this device")
+    bl.add_argument("--model", default="cnn_femnist", help="model of the --table")
+    bl.add_argument("--num-classes", type=int, default=None)
+    bl.add_argument("--in-channels", type=int, default=None)
+    bl.add_argument("--image-size", type=int, default=None)
+    bl.add_argument("--fractions", default="1,0.75,0.5,0.35,0.25,0.15,0.1",
+                    help="width scales of the --table rows (comma-separated)")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -53,8 +62,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_latency(args: argparse.Namespace) -> int:
-    if not args.run_dirs and not args.paper_models:
-        raise ValueError("give at least one run directory or --paper-models")
+    if not args.run_dirs and not args.paper_models and args.table is None:
+        raise ValueError("give at least one run directory, --paper-models or --table FILE")
     if args.runs < 1 or args.warmup < 0:
         raise ValueError("--runs must be >= 1 and --warmup >= 0")
     out = []
@@ -76,6 +85,47 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
                                       warmup=args.warmup)
             print(format_rows(rows))
             out.append({"model": name, "rows": [r.to_dict() for r in rows]})
+    if args.table is not None:
+        write_latency_table(args)
     if args.json is not None:
         args.json.write_text(json.dumps(out, indent=2))
     return 0
+
+
+def write_latency_table(args: argparse.Namespace) -> Path:
+    """Time ``args.model`` at scaled widths on this device; write the budget latency table."""
+    import platform
+
+    if args.table.exists():
+        raise ValueError(f"--table {args.table} exists: choose a new file")
+    try:
+        fractions = sorted({float(f) for f in args.fractions.split(",")}, reverse=True)
+    except ValueError:
+        raise ValueError(f"--fractions {args.fractions!r}: give numbers such as 1,0.5,0.25"
+                         ) from None
+    if len(fractions) < 2 or not all(0 < f <= 1 for f in fractions):
+        raise ValueError("--fractions needs at least two width scales in (0, 1]")
+    d = model_defaults(args.model)
+    in_ch = args.in_channels or d["in_channels"]
+    size = args.image_size or d["image_size"]
+    classes = args.num_classes or (62 if in_ch == 1 else 2)
+    base = list(d["widths"])
+    models, widths = {}, {}
+    for f in fractions:
+        w = [max(1, round(v * f)) for v in base]
+        name = f"x{f:g}"
+        models[name], spec = new_model(args.model, num_classes=classes, in_channels=in_ch,
+                                       image_size=size, widths=w, seed=0)
+        widths[name] = w
+    rows = bench_onnx_latency(models, spec.example_input(), runs=args.runs, warmup=args.warmup)
+    print(f"latency table of {args.model} ({in_ch}x{size}x{size}, {classes} classes):")
+    print(format_rows(rows))
+    doc = {"device": f"{platform.machine()} {platform.processor() or platform.platform()}",
+           "runtime": "onnxruntime, 1 thread, batch 1", "model": args.model,
+           "input_shape": [in_ch, size, size],
+           "rows": [{"widths": widths[r.name], "params": r.params, "flops": r.flops,
+                     "latency_ms": r.stats.median_ms, "p90_ms": r.stats.p90_ms}
+                    for r in rows]}
+    args.table.write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    print(f"wrote {args.table}")
+    return args.table

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,7 @@ def train_local(
     y: torch.Tensor,
     cfg: TrainConfig,
     generator: torch.Generator,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> tuple[StateDict, int, dict[str, float]]:
     """Train ``model`` in place for ``cfg.local_epochs`` epochs; return a copy of its weights.
 
@@ -34,11 +37,17 @@ def train_local(
     (a view of the prepared cache) is turned into float32 one batch at a time, through the
     transform attached to it (``fedprune.data.transform``); float tensors pass unchanged.
     Returns ``(state_dict, n_examples, {"train_loss": mean loss of the last epoch})``.
+    ``optimizer`` (built by :func:`make_optimizer` on ``model``) is reused with its state
+    cleared, which is the same as a fresh one; ``None`` builds one.
     """
     n = int(y.shape[0])
     if n == 0:
         raise ValueError("a client with no training samples cannot train")
-    opt = make_optimizer(model, cfg)
+    if optimizer is None:
+        opt = make_optimizer(model, cfg)
+    else:
+        opt = optimizer
+        opt.state.clear()
     model.train()
     last_loss = math.nan
     for _ in range(cfg.local_epochs):
@@ -80,3 +89,29 @@ def evaluate(
         model.train(was_training)
     n = int(y.shape[0])
     return correct / n, loss_sum / n
+
+
+class PerClientTrainer:
+    """Trains clients one after another on one reused worker model and optimizer.
+
+    The worker is built once per architecture (rebuild the trainer after a pruning step) and
+    loads each client's starting weights in place, so no model is constructed per client.
+    Same interface as :class:`fedprune.federated.batched.BatchedTrainer`.
+    """
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig) -> None:
+        import copy
+
+        self.cfg = cfg
+        self.worker = copy.deepcopy(model)
+        self.optimizer = make_optimizer(self.worker, cfg)
+
+    def train(self, global_state: StateDict, jobs: Sequence[Any]
+              ) -> list[tuple[StateDict, int, dict[str, float]]]:
+        """Train each :class:`~fedprune.federated.batched.ClientJob` from ``global_state``."""
+        out = []
+        for job in jobs:
+            self.worker.load_state_dict(global_state)
+            out.append(train_local(self.worker, job.x, job.y, self.cfg, job.generator,
+                                   self.optimizer))
+        return out

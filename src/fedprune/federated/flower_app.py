@@ -41,10 +41,17 @@ from ..config import ConfigError, ExperimentConfig, from_dict
 from ..data import FederatedData, load_federated
 from ..metrics import Recorder, RoundRecord
 from ..models import ModelSpec, build, new_model
-from .client import train_local
+from .client import evaluate, train_local
 from .flower_config import FlowerSettings, parse_run_config
 from .loop import client_generator
-from .strategy import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, QUERY_KIND, PruningFedAvg
+from .strategy import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    METRICS_KEY,
+    QUERY_KIND,
+    VALIDATE_KIND,
+    PruningFedAvg,
+)
 
 logger = logging.getLogger("flwr.fedprune")
 
@@ -179,10 +186,34 @@ def _partition_id(context: Context, cfg: ExperimentConfig) -> int:
 def _client_query(msg: Message, context: Context) -> Message:
     """Tell the server which partition this node serves (checked against the experiment)."""
     cfg_rec = msg.content.config_records[CONFIG_KEY]
-    if cfg_rec.get("fedprune") != QUERY_KIND:
-        raise ValueError(f"unknown query {cfg_rec.get('fedprune')!r}")
+    kind = cfg_rec.get("fedprune")
+    if kind == VALIDATE_KIND:
+        return _client_validate(msg, context)
+    if kind != QUERY_KIND:
+        raise ValueError(f"unknown query {kind!r}")
     pid = _partition_id(context, _experiment(msg, context))
     return Message(RecordDict({METRICS_KEY: MetricRecord({"partition-id": pid})}), reply_to=msg)
+
+
+def _client_validate(msg: Message, context: Context) -> Message:
+    """Budget guard: accuracy of the sent model on this partition's validation split."""
+    cfg = _experiment(msg, context)
+    pid = _partition_id(context, cfg)
+    spec_json = msg.content.config_records[CONFIG_KEY]["model-spec"]
+    if not isinstance(spec_json, str):
+        raise TypeError("the validation query carries no model spec")
+    model = build(ModelSpec.from_json(spec_json))
+    model.load_state_dict(msg.content.array_records[ARRAYS_KEY].to_torch_state_dict(),
+                          strict=True)
+    client = _federated_data(cfg).clients[pid]
+    metrics: dict[str, int | float] = {"partition-id": pid, "val-examples": 0}
+    if client.val_y is not None and len(client.val_y) > 0:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        acc, loss = evaluate(model, client.val_x, client.val_y)
+        metrics.update({"val-accuracy": float(acc), "val-loss": float(loss),
+                        "val-examples": len(client.val_y)})
+    return Message(RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)
 
 
 @client_app.train()

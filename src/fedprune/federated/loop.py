@@ -6,7 +6,6 @@ the model's initial weights, client sampling, and each client's batch order per 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -35,7 +34,9 @@ from ..metrics import (
 from ..models import ModelSpec, new_model
 from ..pruning import ScheduleState
 from .aggregate import fedavg, screen_replies
-from .client import evaluate, train_local
+from .batched import BatchedTrainer, ClientJob, batched_support
+from .budget_server import BudgetServer
+from .client import PerClientTrainer, evaluate
 from .server import maybe_prune, run_summary
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,18 @@ def client_generator(seed: int, rnd: int, cid: int) -> torch.Generator:
 
 def sample_clients(rng: np.random.Generator, num_clients: int, k: int) -> list[int]:
     return sorted(int(c) for c in rng.choice(num_clients, size=k, replace=False))
+
+
+def make_trainer(model: nn.Module, cfg: ExperimentConfig) -> BatchedTrainer | PerClientTrainer:
+    """The local-training engine of ``cfg.train.engine`` for ``model``'s architecture."""
+    engine = cfg.train.engine
+    reason = batched_support(model)
+    if engine == "batched" and reason is not None:
+        raise ValueError(f"train.engine = 'batched' cannot train {cfg.model.name}: {reason}; "
+                         "use train.engine = 'auto' or 'per_client'")
+    if engine == "per_client" or reason is not None:
+        return PerClientTrainer(model, cfg.train)
+    return BatchedTrainer(model, cfg.train)
 
 
 def run_simulation(
@@ -93,13 +106,17 @@ def run_simulation(
     dense_payload = payload_bytes(model)
     sched_state = ScheduleState()
     sample_rng = np.random.default_rng([cfg.seed, 2])
-    worker = copy.deepcopy(model)
     m = cfg.fed.clients_per_round
     max_client_size = max(len(c) for c in data.clients)
     bytes_total = bytes_total_dense = 0
     accuracy = loss = float("nan")
     records: list[RoundRecord] = []
     first_round, seconds_before = 1, 0.0
+    budget = None
+    if cfg.budget.active:
+        budget = BudgetServer(cfg, model, example, spec, params_initial, 2 * macs_initial,
+                              len(data.clients),
+                              [c.val_y is not None and len(c.val_y) > 0 for c in data.clients])
     if resume:
         spec, model, done, state = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE,  # type: ignore[arg-type]
                                                    with_state=True)
@@ -107,13 +124,27 @@ def run_simulation(
         sample_rng.bit_generator.state = state["sample_rng"]
         bytes_total, bytes_total_dense = state["bytes_total"], state["bytes_total_dense"]
         accuracy, loss, seconds_before = state["accuracy"], state["loss"], state["seconds"]
-        worker = copy.deepcopy(model)
         fields = set(RoundRecord.__dataclass_fields__) - {"extra"}
         records = [RoundRecord(**{k: v for k, v in r.items() if k in fields},
                                extra={k: v for k, v in r.items() if k not in fields})
                    for r in truncate_rounds(Path(run_dir), done)]  # type: ignore[arg-type]
         first_round = done + 1
+        if budget is not None:
+            budget.restore(state["budget"], _load_snapshot(Path(run_dir) / CHECKPOINT_FILE))  # type: ignore[arg-type]
         logger.info("resuming %s after round %d", run_dir, done)
+
+    trainer = make_trainer(model, cfg)
+    logger.info("local training engine: %s", type(trainer).__name__)
+
+    def validate(m: nn.Module, _spec: ModelSpec, ids: list[int]) -> tuple[float, int]:
+        """Federated validation: each client's accuracy on its own validation split."""
+        correct, total = 0.0, 0
+        for cid in ids:
+            cd = data.clients[cid]
+            acc, _ = evaluate(m, cd.val_x, cd.val_y)
+            correct += acc * len(cd.val_y)
+            total += len(cd.val_y)
+        return correct / total, total
 
     def elapsed() -> float:
         return seconds_before + time.perf_counter() - t0
@@ -123,13 +154,9 @@ def run_simulation(
         global_state = model.state_dict()
         spec_bytes = len(spec.to_json().encode()) if cfg.prune.enabled else 0
         bytes_down = m * (payload_bytes(global_state) + spec_bytes)
-        replies = []
-        for cid in sampled:
-            worker.load_state_dict(global_state)
-            cd = data.clients[cid]
-            state, n, _ = train_local(worker, cd.x, cd.y, cfg.train,
-                                      client_generator(cfg.seed, rnd, cid))
-            replies.append((state, n))
+        jobs = [ClientJob(data.clients[cid].x, data.clients[cid].y,
+                          client_generator(cfg.seed, rnd, cid)) for cid in sampled]
+        replies = [(state, n) for state, n, _ in trainer.train(global_state, jobs)]
         bytes_up = sum(payload_bytes(s) for s, _ in replies)
         accepted, rejected = screen_replies(replies, global_state, max_samples=max_client_size)
         skipped = len(accepted) < cfg.fed.min_replies
@@ -142,11 +169,19 @@ def run_simulation(
         bytes_total_dense += 2 * m * dense_payload
 
         pruned = False
-        if not skipped:
+        budget_record = None
+        if not skipped and budget is not None:
+            bstep = budget.after_aggregate(rnd, model, spec, validate,
+                                           last_round=rnd == cfg.fed.rounds)
+            model, spec, pruned, budget_record = bstep.model, bstep.spec, bstep.pruned, \
+                bstep.record
+            if bstep.changed:
+                trainer = make_trainer(model, cfg)
+        elif not skipped:
             step = maybe_prune(cfg, sched_state, model, example, spec, rnd)
             spec, sched_state, pruned = step.spec, step.state, step.pruned
             if pruned:
-                worker = copy.deepcopy(model)
+                trainer = make_trainer(model, cfg)
 
         evaluated = rnd % cfg.fed.eval_every == 0 or rnd == cfg.fed.rounds
         if evaluated:
@@ -158,17 +193,23 @@ def run_simulation(
             bytes_down=bytes_down, bytes_up=bytes_up, bytes_cumulative=bytes_total,
             clients=0 if skipped else len(accepted), pruned=pruned,
             seconds=elapsed(),
-            extra={"rejected": [r._asdict() for r in rejected], "skipped": skipped},
+            extra={"rejected": [r._asdict() for r in rejected], "skipped": skipped,
+                   **({"budget": budget_record} if budget is not None else {})},
         )
         records.append(rec)
         if recorder is not None:
             recorder.append(rec)
-            save_checkpoint(Path(run_dir) / CHECKPOINT_FILE, spec, model, rnd, {  # type: ignore[arg-type]
+            loop_state = {
                 "schedule": dataclasses.asdict(sched_state),
                 "sample_rng": sample_rng.bit_generator.state,
                 "bytes_total": bytes_total, "bytes_total_dense": bytes_total_dense,
                 "accuracy": accuracy, "loss": loss, "seconds": elapsed(),
-            })
+            }
+            snapshot = None
+            if budget is not None:
+                loop_state["budget"], snapshot = budget.checkpoint_state()
+            save_checkpoint(Path(run_dir) / CHECKPOINT_FILE, spec, model, rnd,  # type: ignore[arg-type]
+                            loop_state, snapshot=snapshot)
         if on_round is not None:
             on_round(rec)
 
@@ -177,22 +218,30 @@ def run_simulation(
         params_initial=params_initial, macs_initial=macs_initial, widths_initial=widths_initial,
         bytes_total=bytes_total, bytes_total_dense=bytes_total_dense, seconds=elapsed(),
     )
+    if budget is not None:
+        summary["budget"] = budget.summary(model)
+        summary["prune_steps"] = budget.state.accepted
     if recorder is not None:
         recorder.write_summary(summary)
     return RunResult(summary=summary, model=model, spec=spec, records=records)
 
 
 def save_checkpoint(
-    path: Path, spec: ModelSpec, model: nn.Module, rnd: int, state: dict[str, Any] | None = None
+    path: Path, spec: ModelSpec, model: nn.Module, rnd: int, state: dict[str, Any] | None = None,
+    snapshot: dict[str, Any] | None = None,
 ) -> None:
     """Atomically write ``{spec, state_dict, round, state}`` (temp file, fsync, rename).
 
     ``spec`` and ``state`` (the loop's counters and RNG state) are JSON text, so the file loads
-    with ``torch.load(..., weights_only=True)``: no pickled objects.
+    with ``torch.load(..., weights_only=True)``: no pickled objects.  ``snapshot`` (budget
+    mode: the model before a cut that the guard has not judged yet) is ``{spec JSON text,
+    state_dict}``.
     """
     tmp = path.with_name(path.name + ".tmp")
     payload = {"spec": spec.to_json(), "state_dict": model.state_dict(), "round": rnd,
                "state": json.dumps(state or {})}
+    if snapshot is not None:
+        payload["budget_snapshot"] = snapshot
     with open(tmp, "wb") as fh:
         torch.save(payload, fh)
         fh.flush()
@@ -235,6 +284,11 @@ def load_checkpoint(path: Path, with_state: bool = False):  # noqa: ANN201
     if not state:
         raise ValueError(f"checkpoint {path} holds no loop state to resume from")
     return spec, model, int(ckpt["round"]), state
+
+
+def _load_snapshot(path: Path) -> dict[str, Any] | None:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return ckpt.get("budget_snapshot")
 
 
 def truncate_rounds(run_dir: Path, last_round: int) -> list[dict[str, Any]]:

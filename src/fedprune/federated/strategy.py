@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,7 @@ from ..metrics import Recorder, RoundRecord, count_macs, n_params, payload_bytes
 from ..models import ModelSpec
 from ..pruning import ScheduleState
 from .aggregate import fedavg, screen_replies
+from .budget_server import BudgetServer
 from .client import evaluate
 from .loop import CHECKPOINT_FILE, sample_clients, save_checkpoint
 from .server import maybe_prune, run_summary
@@ -70,6 +71,7 @@ ARRAYS_KEY = "arrays"
 CONFIG_KEY = "config"
 METRICS_KEY = "metrics"
 QUERY_KIND = "fedprune.partition"
+VALIDATE_KIND = "fedprune.validate"  # budget guard: accuracy on the client's validation split
 
 
 @dataclass
@@ -148,6 +150,15 @@ class PruningFedAvg(FedAvg):
         self.records: list[RoundRecord] = []
         self.stats = RoundStats()
         self.t0 = time.perf_counter()
+        self.grid: Grid | None = None
+        self.budget: BudgetServer | None = None
+        self.budget_record: dict[str, Any] | None = None
+        if cfg.budget.active:
+            # the server holds no client data: every partition is asked, and one without a
+            # validation split answers with 0 examples
+            self.budget = BudgetServer(cfg, model, self.example, spec, self.params_initial,
+                                       2 * self.macs_initial, cfg.data.num_clients,
+                                       [True] * cfg.data.num_clients)
 
     # ------------------------------------------------------------------ Flower hooks
 
@@ -178,6 +189,7 @@ class PruningFedAvg(FedAvg):
         """Sample partitions like the loop and send each its node the weights and the spec."""
         if server_round == 1:
             self.t0 = time.perf_counter()
+        self.grid = grid
         self.refresh_nodes(grid)
         sampled = sample_clients(self.sample_rng, self.cfg.data.num_clients,
                                  self.cfg.fed.clients_per_round)
@@ -316,7 +328,8 @@ class PruningFedAvg(FedAvg):
             seconds=time.perf_counter() - self.t0,
             extra={"rejected": st.rejected, "skipped": st.skipped, "sampled": len(st.sampled),
                    "sent": len(st.sent), "failures": st.failures, "dropped": len(st.rejected),
-                   "arch_version": self.arch_version},
+                   "arch_version": self.arch_version,
+                   **({"budget": self.budget_record} if self.budget is not None else {})},
         )
         self.records.append(rec)
         if self.recorder is not None:
@@ -345,6 +358,8 @@ class PruningFedAvg(FedAvg):
             "replies_per_round": [r.clients for r in self.records],
             "failures_total": sum(r.extra["failures"] for r in self.records),
             "dropped_total": sum(r.extra["dropped"] for r in self.records),
+            **({"budget": self.budget.summary(self.model),
+                "prune_steps": self.budget.state.accepted} if self.budget is not None else {}),
         }
 
     def save(self, run_dir: Path) -> None:
@@ -445,7 +460,53 @@ class PruningFedAvg(FedAvg):
         logger.warning("round %d: dropped the reply of node %d (partition %s): %s",
                        server_round, node, pid, reason)
 
+    def _validate(self, model: nn.Module, spec: ModelSpec, pids: Sequence[int]
+                  ) -> tuple[float, int]:
+        """Federated validation: the partitions' nodes evaluate ``model`` on their own
+        validation splits (a ``query`` message each); the accuracy weighted by their counts."""
+        if self.grid is None:
+            raise RuntimeError("no grid yet: validation happens after a training round")
+        arrays = ArrayRecord.from_torch_state_dict(model.state_dict())
+        cfg_rec = ConfigRecord({"fedprune": VALIDATE_KIND, "experiment": self.cfg.to_json(),
+                                "model-spec": spec.to_json()})
+        msgs = {}
+        for pid in pids:
+            node = self.node_of.get(pid)
+            if node is not None:
+                msgs[node] = Message(content=RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: cfg_rec}),
+                                     dst_node_id=node, message_type=MessageType.QUERY)
+        replies = list(self.grid.send_and_receive(list(msgs.values()),
+                                                  timeout=self.query_timeout))
+        asked = {m.metadata.message_id: n for n, m in msgs.items()}
+        correct, total = 0.0, 0
+        for msg in replies:
+            node = asked.pop(msg.metadata.reply_to_message_id, None)
+            if node is None or msg.has_error():
+                continue
+            rec = msg.content.metric_records.get(METRICS_KEY)
+            acc = rec.get("val-accuracy") if rec is not None else None
+            n = rec.get("val-examples") if rec is not None else None
+            if (isinstance(n, int) and not isinstance(n, bool) and n > 0
+                    and isinstance(acc, float) and 0.0 <= acc <= 1.0):
+                correct += acc * n
+                total += n
+        if total == 0:
+            logger.warning("budget guard: no validation replies; the candidate cannot be judged")
+            return float("nan"), 0
+        return correct / total, total
+
     def _maybe_prune(self, server_round: int) -> None:
+        if self.budget is not None:
+            step = self.budget.after_aggregate(server_round, self.model, self.spec,
+                                               self._validate,
+                                               last_round=server_round == self.cfg.fed.rounds)
+            self.budget_record = step.record
+            if step.changed:
+                self.model, self.spec = step.model, step.spec
+                self.stats.pruned = step.pruned
+                self.arch_version += 1
+                logger.info("round %d: arch-version %d", server_round, self.arch_version)
+            return
         step = maybe_prune(self.cfg, self.sched_state, self.model, self.example, self.spec,
                            server_round)
         self.spec, self.sched_state = step.spec, step.state

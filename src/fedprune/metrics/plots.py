@@ -12,7 +12,7 @@ from typing import Any
 
 from fedprune.metrics.recorder import read_rounds
 
-__all__ = ["plot_overview", "plot_run"]
+__all__ = ["plot_budget", "plot_overview", "plot_run"]
 
 _MB = 1e6
 
@@ -78,7 +78,49 @@ def plot_run(run_dir: Path, dense_run_dir: Path | None = None) -> list[Path]:
             written.append(out)
         finally:
             plt.close(fig)
+    if any(r.get("budget") for r in runs[0][1]):
+        written.append(plot_budget(runs[0][1], run_dir / "budget.png"))
     return written
+
+
+def plot_budget(rows: list[dict[str, Any]], out_png: Path) -> Path:
+    """Budget mode's path: gap to each target, guard decisions, and k, per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r.get("budget")]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    try:
+        rounds = [r["round"] for r in rows]
+        for key in sorted({k for r in rows for k in r["budget"]["gap"]}):
+            ax1.plot(rounds, [100 * r["budget"]["gap"].get(key, float("nan")) for r in rows],
+                     label=f"{key} over budget (%)")
+        ax1.axhline(0, color="black", lw=0.8)
+        marks = {"candidate": ("o", "tab:blue"), "accept": ("^", "tab:green"),
+                 "rollback": ("x", "tab:red")}
+        for decision, (marker, color) in marks.items():
+            pts = [(r["round"], 100 * next(iter(r["budget"]["gap"].values())))
+                   for r in rows if (r["budget"].get("guard") or {}).get("decision") == decision]
+            if pts:
+                ax1.scatter(*zip(*pts, strict=True), marker=marker, color=color, zorder=3,
+                            label=f"guard: {decision}")
+        ax1.set_ylabel("distance to budget (%)")
+        ax1.set_title(f"Path to the budget (final status: {rows[-1]['budget']['status']})")
+        ax1.grid(True, alpha=0.3)
+        ax1.legend(fontsize=8)
+        ax2.plot(rounds, [r["budget"]["k"] for r in rows], label="k")
+        ax2.plot(rounds, [r["budget"]["step_fraction"] for r in rows], label="step fraction")
+        ax2.set_xlabel("round")
+        ax2.set_ylabel("controller")
+        ax2.grid(True, alpha=0.3)
+        ax2.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out_png, dpi=100)
+    finally:
+        plt.close(fig)
+    return out_png
 
 
 def plot_overview(run_dir: Path, dense_run_dir: Path, out_png: Path) -> Path:

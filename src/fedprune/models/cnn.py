@@ -74,6 +74,10 @@ class CNNFemnist(nn.Module):
         """Logits of shape (N, num_classes)."""
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
+    def as_sequence(self) -> list[nn.Module]:
+        """The modules ``forward`` applies, in order (used by batched client training)."""
+        return [*self.features, self.pool, nn.Flatten(), self.classifier]
+
     def get_classifier(self) -> nn.Module:
         """The final Linear; its outputs must never be pruned."""
         return self.classifier
@@ -108,6 +112,10 @@ class CNNCeleba(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of shape (N, num_classes)."""
         return self.classifier(self.flatten(self.features(x)))
+
+    def as_sequence(self) -> list[nn.Module]:
+        """The modules ``forward`` applies, in order (used by batched client training)."""
+        return [*self.features, self.flatten, self.classifier]
 
     def get_classifier(self) -> nn.Module:
         """The final Linear; its outputs must never be pruned."""

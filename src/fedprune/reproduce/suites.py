@@ -78,6 +78,8 @@ class Method:
     prune: Callable[[Setting], dict[str, Any]]
     cost: float = 1.0  # relative run time (dense = 1)
     description: str = ""
+    # overrides of other sections (budget mode: ``budget.*`` and ``data.val_fraction``)
+    other: Callable[[Setting], dict[str, Any]] | None = None
 
 
 def _dense(_: Setting) -> dict[str, Any]:
@@ -109,6 +111,23 @@ def _ratio(ratio: float) -> Callable[[Setting], dict[str, Any]]:
     return f
 
 
+def _budget_prune(s: Setting) -> dict[str, Any]:
+    # fedprune's defaults, tried every window interval from the window's start until the
+    # budget is met (or 80 % of the rounds have passed)
+    return {"enabled": True, "method": "auto", "mode": "low", "start_round": s.window.start,
+            "max_prune_round": max(s.window.stop, round(0.8 * s.rounds)),
+            "interval": s.window.interval}
+
+
+def _budget(fraction: float) -> Callable[[Setting], dict[str, Any]]:
+    def f(s: Setting) -> dict[str, Any]:
+        # guarded: 10 % of each client's samples become its validation split
+        return {"budget": {"params_fraction": fraction, "guard": True,
+                           "guard_recovery_rounds": s.window.interval},
+                "data": {"val_fraction": 0.1}}
+    return f
+
+
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("dense", "dense FedAvg", _dense, 1.0, "no pruning (prune.enabled=false)"),
     Method("paper", "paper rule, faithful", _paper, 0.3,
@@ -122,9 +141,13 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "L1, the lowest 50 % of every layer's filters, once, at the window's start"),
     Method("ratio85", "fixed ratio 85 % (one-shot)", _ratio(0.85), 0.5,
            "L1, the lowest 85 % of every layer's filters, once, at the window's start"),
+    Method("budget-p10", "fedprune budget: params <= 10 % (guarded)", _budget_prune, 0.6,
+           "budget mode: at most 10 % of the initial parameters, k adapted round by round, "
+           "federated-validation guard (tolerance 1 point, 10 % of each client's samples held "
+           "out for it)", other=_budget(0.1)),
 )}
 
-ALL_METHODS = tuple(METHODS)
+ALL_METHODS = tuple(m for m in METHODS if m != "budget-p10")
 
 
 @dataclass(frozen=True)
@@ -270,7 +293,8 @@ class PlannedRun:
 
 
 def run_overrides(setting: Setting, method: Method, seed: int) -> dict[str, Any]:
-    return merge(setting.overrides, {"seed": seed, "prune": method.prune(setting)})
+    over = merge(setting.overrides, {"seed": seed, "prune": method.prune(setting)})
+    return merge(over, method.other(setting)) if method.other is not None else over
 
 
 @dataclass

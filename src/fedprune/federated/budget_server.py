@@ -1,0 +1,206 @@
+"""Budget mode on the server: cuts, guard checks by federated validation, rollbacks.
+
+One :class:`BudgetServer` per run.  After each aggregated round the engine calls
+:meth:`BudgetServer.after_aggregate` with the aggregate and a ``validate`` callback that
+asks clients for their accuracy on their own validation split (no data leaves them): the
+in-process loop evaluates the clients' splits directly, the Flower strategy sends query
+messages.  The decisions themselves are :mod:`fedprune.pruning.budget`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import ExperimentConfig
+from ..metrics import count_macs, n_params
+from ..models import ModelSpec, build
+from ..pruning import budget as B
+from ..pruning import prune_model
+
+logger = logging.getLogger(__name__)
+
+# validate(model, its spec, client ids) -> (accuracy, number of validation samples)
+Validate = Callable[[nn.Module, ModelSpec, Sequence[int]], tuple[float, int]]
+
+
+@dataclass
+class BudgetStep:
+    model: nn.Module  # the model to train next (a restored one after a rollback)
+    spec: ModelSpec
+    changed: bool  # the architecture changed (cut or rollback): rebuild client workers
+    pruned: bool  # channels were cut this round
+    record: dict[str, Any]  # the round's "budget" entry for rounds.jsonl
+
+
+def measure(model: nn.Module, example: torch.Tensor, table: B.LatencyTable | None
+            ) -> dict[str, float]:
+    return B.measures(n_params(model), 2 * count_macs(model, example), table)
+
+
+def smallest_model(model: nn.Module, example: torch.Tensor, spec: ModelSpec,
+                   min_channels: int) -> nn.Module:
+    """A copy cut down to ``min_channels`` in every prunable group (the rule's floor)."""
+    small = copy.deepcopy(model)
+    record = spec.record
+    while True:
+        before = n_params(small)
+        record = prune_model(small, example, ratio=0.99, min_channels=min_channels,
+                             record=record).record
+        if n_params(small) >= before:
+            return small
+
+
+class BudgetServer:
+    def __init__(self, cfg: ExperimentConfig, model: nn.Module, example: torch.Tensor,
+                 spec: ModelSpec, params_initial: int, flops_initial: int,
+                 num_clients: int, has_validation: Sequence[bool]) -> None:
+        bc = cfg.budget
+        self.cfg = cfg
+        self.example = example
+        self.table = B.LatencyTable.load(bc.latency_table) if bc.latency_table else None
+        self.targets = B.resolve_targets(bc, params_initial, flops_initial)
+        self.floor = measure(smallest_model(model, example, spec, cfg.prune.min_channels),
+                             example, self.table)
+        B.check_reachable(self.targets, self.floor)
+        self.state = B.start(cfg.prune.k, cfg.prune.max_fraction)
+        self.snapshot: tuple[ModelSpec, dict[str, torch.Tensor]] | None = None
+        self.val_pool = [i for i in range(num_clients) if has_validation[i]]
+        if bc.guard and not self.val_pool:
+            raise B.BudgetError("budget.guard needs clients with a validation split: set "
+                                "data.val_fraction > 0")
+        logger.info("budget mode: targets %s (the rule's floor: %s)", self.targets.to_dict(),
+                    self.floor)
+
+    # ------------------------------------------------------------------ schedule
+
+    def _tries(self, rnd: int) -> bool:
+        p = self.cfg.prune
+        return (self.state.status == "pruning" and not self.state.pending
+                and p.start_round <= rnd <= p.max_prune_round
+                and (rnd - p.start_round) % p.interval == 0)
+
+    def _val_clients(self, rnd: int) -> list[int]:
+        rng = np.random.default_rng([self.cfg.seed, 5, rnd])
+        k = min(self.cfg.budget.guard_clients, len(self.val_pool))
+        return sorted(int(c) for c in rng.choice(self.val_pool, size=k, replace=False))
+
+    # ------------------------------------------------------------------ the round step
+
+    def after_aggregate(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate,
+                        last_round: bool = False) -> BudgetStep:
+        guard: dict[str, Any] | None = None
+        changed = pruned = False
+        if self._tries(rnd):
+            if B.is_met(self.targets, measure(model, self.example, self.table)):
+                self.state = B.finish_if_met(self.state, True)
+            else:
+                model, spec, pruned, guard = self._try(rnd, model, spec, validate)
+                changed = pruned
+        if self.state.pending and (rnd >= (self.state.check_round or 0) or last_round):
+            model, spec, rolled_back, guard = self._judge(rnd, model, spec, validate, guard)
+            changed = changed or rolled_back
+        p = self.cfg.prune
+        if self.state.status == "pruning" and not self.state.pending and rnd >= p.max_prune_round:
+            self.state = replace(self.state, status="deadline")
+            logger.warning("budget mode: prune.max_prune_round %d reached before the budget %s",
+                           p.max_prune_round, self.targets.to_dict())
+        measured = measure(model, self.example, self.table)
+        record = {"k": self.state.k, "step_fraction": self.state.step_fraction,
+                  "status": self.state.status, "gap": B.gaps(self.targets, measured),
+                  "pending": self.state.pending, "guard": guard}
+        if "latency_ms" in measured:
+            record["latency_ms"] = measured["latency_ms"]
+        return BudgetStep(model, spec, changed, pruned, record)
+
+    def _try(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate
+             ) -> tuple[nn.Module, ModelSpec, bool, dict[str, Any] | None]:
+        bc, p = self.cfg.budget, self.cfg.prune
+        clients: list[int] = []
+        acc_before: float | None = None
+        if bc.guard:
+            clients = self._val_clients(rnd)
+            acc_before, _ = validate(model, spec, clients)
+        snapshot = (spec, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        before = n_params(model)
+        res = prune_model(model, self.example, k=self.state.k, mode=p.mode,
+                          min_channels=p.min_channels, max_fraction=self.state.step_fraction,
+                          seed=int(self.cfg.seed * 100_003 + rnd), record=spec.record)
+        after = n_params(model)
+        if after >= before:
+            self.state = B.nothing_cut(bc, self.state)
+            logger.info("round %d: budget try cut nothing; k -> %.3g (%s)", rnd, self.state.k,
+                        self.state.status)
+            return model, spec, False, None
+        spec = replace(spec, record=res.record)
+        self.state = B.cut(bc, self.state, rnd, acc_before, clients)
+        logger.info("round %d: budget cut %d -> %d params at k=%.3g, widths %s", rnd, before,
+                    after, self.state.k, spec.widths_now())
+        if bc.guard:
+            self.snapshot = snapshot
+            return model, spec, True, {"decision": "candidate", "acc_before": acc_before,
+                                       "clients": len(clients)}
+        self.state = B.finish_if_met(self.state, B.is_met(self.targets, measure(
+            model, self.example, self.table)))
+        return model, spec, True, None
+
+    def _judge(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate,
+               guard: dict[str, Any] | None
+               ) -> tuple[nn.Module, ModelSpec, bool, dict[str, Any]]:
+        cut_round, acc_before = self.state.cut_round, self.state.acc_before
+        acc_after, _ = validate(model, spec, self.state.val_clients)
+        self.state, ok = B.judge(self.cfg.budget, self.state, acc_after)
+        verdict = {"decision": "accept" if ok else "rollback", "cut_round": cut_round,
+                   "acc_before": acc_before, "acc_after": acc_after}
+        if guard is not None and guard.get("decision") == "candidate":
+            verdict["clients"] = guard.get("clients")
+        rolled_back = False
+        if ok:
+            self.state = B.finish_if_met(self.state, B.is_met(self.targets, measure(
+                model, self.example, self.table)))
+        else:
+            assert self.snapshot is not None
+            spec, weights = self.snapshot
+            model = build(spec)
+            model.load_state_dict(weights)
+            rolled_back = True
+            logger.warning("round %d: guard rolled back the cut of round %s (validation "
+                           "accuracy %.4f -> %.4f); k -> %.3g, step fraction -> %.3g%s", rnd,
+                           cut_round, acc_before, acc_after, self.state.k,
+                           self.state.step_fraction,
+                           "; giving up" if self.state.status == "gave_up" else "")
+        self.snapshot = None
+        return model, spec, rolled_back, verdict
+
+    # ------------------------------------------------------------------ records
+
+    def summary(self, model: nn.Module) -> dict[str, Any]:
+        measured = measure(model, self.example, self.table)
+        return {"targets": self.targets.to_dict(), "status": self.state.status,
+                "met": B.is_met(self.targets, measured), "final": measured,
+                "gap": B.gaps(self.targets, measured), "floor": self.floor,
+                "k_final": self.state.k, "accepted": self.state.accepted,
+                "rollbacks": self.state.rollbacks}
+
+    def checkpoint_state(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """(JSON-able controller state, snapshot {spec, state_dict} or None) for resuming."""
+        snap = None
+        if self.snapshot is not None:
+            snap = {"spec": self.snapshot[0].to_json(), "state_dict": self.snapshot[1]}
+        return self.state.to_dict(), snap
+
+    def restore(self, state: dict[str, Any], snapshot: dict[str, Any] | None) -> None:
+        self.state = B.ControllerState.from_dict(state)
+        self.snapshot = None
+        if snapshot is not None:
+            self.snapshot = (ModelSpec.from_json(snapshot["spec"]), snapshot["state_dict"])
+        if self.state.pending and self.snapshot is None:
+            raise ValueError("checkpoint: a guard candidate is pending but its snapshot is "
+                             "missing")

@@ -1,0 +1,249 @@
+"""Budget mode: targets, the k controller, the accuracy guard with rollback, both engines."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from interrupt import Stop, stop_after
+
+import fedprune.federated.loop as loop_mod
+from fedprune.config import BudgetConfig, ConfigError, from_dict
+from fedprune.federated import run_simulation
+from fedprune.federated.budget_server import BudgetServer, measure, smallest_model
+from fedprune.metrics import n_params, plot_run
+from fedprune.models import new_model
+from fedprune.pruning import budget as B
+
+# ----------------------------------------------------------------------------- controller
+
+
+def test_tightening_lowers_k_until_k_min_then_reports_unreachable():
+    cfg = BudgetConfig(params=10, k_min=0.2, tighten=0.5)
+    st = B.start(1.0, 0.2)
+    ks = []
+    for _ in range(4):
+        st = B.nothing_cut(cfg, st)
+        ks.append(st.k)
+    assert ks[:3] == [0.5, 0.25, 0.2]
+    assert st.status == "unreachable"
+
+
+def test_guard_accepts_within_tolerance_and_rolls_back_beyond_it():
+    cfg = BudgetConfig(params=10, guard_tolerance=0.02, guard_recovery_rounds=3, relax=2.0,
+                       k_max=3.0, max_rollbacks=2)
+    st = B.cut(cfg, B.start(1.0, 0.4), rnd=10, acc_before=0.80, val_clients=[1, 2])
+    assert st.pending and st.check_round == 13 and st.val_clients == [1, 2]
+    ok_state, ok = B.judge(cfg, st, 0.785)
+    assert ok and ok_state.accepted == 1 and not ok_state.pending and ok_state.k == 1.0
+    bad, ok = B.judge(cfg, st, 0.75)
+    assert not ok and not bad.pending
+    assert (bad.k, bad.step_fraction, bad.rollbacks, bad.status) == (2.0, 0.2, 1, "pruning")
+    again, ok = B.judge(cfg, B.cut(cfg, bad, 14, 0.8, [1]), 0.7)
+    assert not ok and again.k == 3.0 and again.status == "gave_up"  # k_max caps; 2 in a row
+    with pytest.raises(ValueError, match="no candidate"):
+        B.judge(cfg, bad, 0.5)
+
+
+def test_without_the_guard_a_cut_is_accepted_at_once():
+    st = B.cut(BudgetConfig(params=10, guard=False), B.start(1.0, 0.2), 5, None, [])
+    assert st.accepted == 1 and not st.pending
+
+
+def test_targets_gaps_and_the_tightest_target_wins():
+    t = B.resolve_targets(BudgetConfig(params=900, params_fraction=0.05, flops_fraction=0.5),
+                          params_initial=10_000, flops_initial=1_000_000)
+    assert (t.params, t.flops, t.latency_ms) == (500, 500_000, None)
+    g = B.gaps(t, {"params": 1000, "flops": 400_000})
+    assert g["params"] == pytest.approx(1.0) and g["flops"] == pytest.approx(-0.2)
+    assert not B.is_met(t, {"params": 1000, "flops": 400_000})
+    assert B.is_met(t, {"params": 500, "flops": 500_000})
+    with pytest.raises(B.BudgetError, match="budget params = 500 is unreachable"):
+        B.check_reachable(t, {"params": 800, "flops": 100})
+
+
+def test_latency_table_interpolates_on_flops_and_rejects_bad_files(tmp_path):
+    table = B.LatencyTable.from_dict({"rows": [
+        {"flops": 4e6, "latency_ms": 2.0}, {"flops": 1e6, "latency_ms": 0.5},
+        {"flops": 2e6, "latency_ms": 1.0}]})
+    assert table.estimate(1.5e6) == pytest.approx(0.75)
+    assert table.estimate(0.5e6) == pytest.approx(0.25)
+    assert table.estimate(6e6) == pytest.approx(3.0)
+    bad = tmp_path / "t.json"
+    for doc, msg in [("{", "not readable"), ('{"rows": [{"flops": 1}]}', "at least two"),
+                     (('{"rows": [{"flops": 1, "latency_ms": 1}, {"flops": -1, '
+                       '"latency_ms": 1}]}'), "non-positive"),
+                     ('{"rows": [{"flops": 1, "latency_ms": 1}, {"x": 2}]}', "lacks numeric")]:
+        bad.write_text(doc)
+        with pytest.raises(B.BudgetError, match=msg):
+            B.LatencyTable.load(bad)
+    with pytest.raises(B.BudgetError, match="does not exist"):
+        B.LatencyTable.load(tmp_path / "missing.json")
+
+
+def test_config_rejects_a_guard_without_validation_data_and_non_rule_methods():
+    with pytest.raises(ConfigError, match="data.val_fraction"):
+        from_dict({"budget": {"params_fraction": 0.1}})
+    with pytest.raises(ConfigError, match="prune.method = 'auto'"):
+        from_dict({"budget": {"params_fraction": 0.1, "guard": False},
+                   "prune": {"method": "ratio"}})
+    with pytest.raises(ConfigError, match="budget.latency_table"):
+        from_dict({"budget": {"latency_ms": 2.0, "guard": False}})
+    assert not from_dict({}).budget.active
+
+
+# ----------------------------------------------------------------------------- server
+
+
+def _model():
+    return new_model("cnn_femnist", num_classes=10, in_channels=1, image_size=28,
+                     widths=[8, 16], seed=0)
+
+
+def test_the_floor_is_the_smallest_model_the_rule_can_reach():
+    model, spec = _model()
+    small = smallest_model(model, spec.example_input(), spec, min_channels=2)
+    assert [m.out_channels for m in small.modules() if isinstance(m, torch.nn.Conv2d)] == [2, 2]
+    assert n_params(model) > n_params(small)  # the original is untouched
+
+
+def test_budget_server_rolls_back_to_the_exact_pre_cut_model():
+    model, spec = _model()
+    cfg = from_dict({"data": {"val_fraction": 0.2}, "budget": {
+        "params_fraction": 0.2, "guard_recovery_rounds": 1, "guard_tolerance": 0.01},
+        "prune": {"start_round": 1, "interval": 1, "max_prune_round": 10, "k": 0.0,
+                  "max_fraction": 0.5}})
+    ex = spec.example_input()
+    srv = BudgetServer(cfg, model, ex, spec, n_params(model), 2 * 10**6, 4, [True] * 4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    accs = iter([0.9, 0.5])  # before the cut, then after recovery: a 40-point drop
+
+    def validate(m, s, ids):
+        return next(accs), 100
+
+    step = srv.after_aggregate(1, model, spec, validate)
+    assert step.pruned and step.changed and step.record["guard"]["decision"] == "candidate"
+    assert n_params(step.model) < n_params(model.__class__(10, 1, 28, [8, 16]))
+    step2 = srv.after_aggregate(2, step.model, step.spec, validate)
+    assert step2.changed and not step2.pruned
+    assert step2.record["guard"] == {"decision": "rollback", "cut_round": 1,
+                                     "acc_before": 0.9, "acc_after": 0.5}
+    assert step2.spec == spec
+    for k, v in step2.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert srv.state.k == 0.0 and srv.state.step_fraction == 0.25  # k*1.5 of 0 stays 0
+
+
+# ----------------------------------------------------------------------------- loop
+
+BASE = {
+    "threads": 1, "data": {"num_clients": 6, "val_fraction": 0.2},
+    "model": {"widths": [8, 16]}, "train": {"local_epochs": 1},
+    "fed": {"rounds": 12, "clients_per_round": 4, "eval_every": 4},
+    "prune": {"start_round": 2, "max_prune_round": 11, "interval": 1, "max_fraction": 0.4},
+}
+
+
+def _cfg(**budget):
+    return from_dict({**BASE, "budget": budget})
+
+
+def test_loop_reaches_a_reachable_params_budget_and_stops(tmp_path):
+    res = run_simulation(_cfg(params_fraction=0.3, guard=False), tmp_path)
+    s = res.summary["budget"]
+    assert s["status"] == "met" and s["met"]
+    assert res.summary["params_final"] <= 0.3 * res.summary["params_initial"]
+    rows = [json.loads(x) for x in (tmp_path / "rounds.jsonl").read_text().splitlines()]
+    met_at = next(r["round"] for r in rows if r["budget"]["status"] == "met")
+    assert len({r["params"] for r in rows if r["round"] >= met_at}) == 1  # no cut after
+    assert all(r["budget"]["gap"]["params"] <= 0 for r in rows if r["round"] >= met_at)
+    assert rows[0]["budget"]["gap"]["params"] > 0
+    plot_run(tmp_path)
+    assert (tmp_path / "budget.png").stat().st_size > 0
+
+
+def test_loop_rejects_an_unreachable_budget_before_training(tmp_path):
+    with pytest.raises(B.BudgetError, match="unreachable"):
+        run_simulation(_cfg(params=50, guard=False), tmp_path)
+
+
+def test_loop_guard_rolls_back_every_harmful_cut_and_gives_up(monkeypatch, tmp_path):
+    real = loop_mod.evaluate
+
+    def evaluate(model, x, y, batch_size=512):  # smaller models look worse on validation
+        acc, loss = real(model, x, y, batch_size)
+        return (n_params(model) / 10**4, loss) if len(y) < 100 else (acc, loss)
+
+    monkeypatch.setattr(loop_mod, "evaluate", evaluate)
+    res = run_simulation(_cfg(params_fraction=0.3, guard_recovery_rounds=1,
+                              max_rollbacks=3), tmp_path)
+    s = res.summary["budget"]
+    assert (s["status"], s["rollbacks"], s["accepted"]) == ("gave_up", 3, 0)
+    assert res.summary["params_final"] == res.summary["params_initial"]
+    rows = [json.loads(x) for x in (tmp_path / "rounds.jsonl").read_text().splitlines()]
+    decisions = [r["budget"]["guard"]["decision"] for r in rows if r["budget"]["guard"]]
+    assert decisions == ["candidate", "rollback"] * 3
+    ks = [r["budget"]["k"] for r in rows]
+    assert ks[-1] > ks[0]  # relaxed after each rollback
+
+
+def test_budget_run_resumes_bit_identically_with_a_pending_candidate(tmp_path):
+    cfg = _cfg(params_fraction=0.3, guard_recovery_rounds=2, guard_tolerance=1.0)
+    full = run_simulation(cfg, tmp_path / "full")
+    rows = [json.loads(x) for x in (tmp_path / "full" / "rounds.jsonl").read_text().splitlines()]
+    pending = [r["round"] for r in rows if r["budget"]["pending"]]
+    assert pending, "no round ended with a candidate under the guard"
+    cut = tmp_path / "cut"
+    with pytest.raises(Stop):
+        run_simulation(cfg, cut, on_round=stop_after(pending[0]))
+    resumed = run_simulation(cfg, cut, resume=True)
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[k], v), k
+    a, b = dict(full.summary), dict(resumed.summary)
+    a.pop("seconds"), b.pop("seconds")
+    assert a == b or (math.isnan(a["loss"]) and {**a, "loss": 0} == {**b, "loss": 0})
+
+
+def test_measure_uses_the_latency_table(tmp_path):
+    model, spec = _model()
+    table = B.LatencyTable.from_dict({"rows": [{"flops": 1e5, "latency_ms": 0.1},
+                                               {"flops": 1e7, "latency_ms": 10.0}]})
+    m = measure(model, spec.example_input(), table)
+    assert m["latency_ms"] == pytest.approx(table.estimate(m["flops"]))
+
+
+# ----------------------------------------------------------------------------- Flower
+
+
+def test_flower_strategy_runs_budget_mode_like_the_loop(tmp_path):
+    from fedprune.federated.flower_app import client_app, run_server
+    from fedprune.federated.flower_config import experiment_to_run_config
+    from fedprune.federated.flower_local import LocalGrid
+    from fedprune.metrics import read_rounds
+
+    cfg = from_dict({
+        **BASE, "data": {"num_clients": 4, "val_fraction": 0.2},
+        "train": {"local_epochs": 1, "engine": "per_client"},  # ClientApps train one by one
+        "fed": {"rounds": 8, "clients_per_round": 3, "eval_every": 4},
+        "budget": {"params_fraction": 0.4, "guard_recovery_rounds": 1, "guard_clients": 3,
+                   "guard_tolerance": 0.05},
+    })
+    loop = run_simulation(cfg, tmp_path / "loop")
+    grid = LocalGrid(client_app, [{"partition-id": i, "num-partitions": 4} for i in range(4)])
+    summary = run_server(grid, {**experiment_to_run_config(cfg),
+                                "out-dir": str(tmp_path / "flower")})
+    rows_l, rows_f = read_rounds(tmp_path / "loop"), read_rounds(tmp_path / "flower")
+    decisions = [(r["budget"]["guard"] or {}).get("decision") for r in rows_l]
+    assert "candidate" in decisions  # the guard was exercised through query messages
+    assert [r["widths"] for r in rows_f] == [r["widths"] for r in rows_l]
+    for a, b in zip(rows_l, rows_f, strict=True):
+        ga, gb = a["budget"].pop("guard") or {}, b["budget"].pop("guard") or {}
+        assert a["budget"] == b["budget"]
+        assert ga.keys() == gb.keys() and ga.get("decision") == gb.get("decision")
+        for key in ("acc_before", "acc_after"):
+            if key in ga:
+                assert gb[key] == pytest.approx(ga[key], abs=1e-9)
+    assert summary["budget"]["status"] == loop.summary["budget"]["status"]
+    assert summary["params_final"] == loop.summary["params_final"]
