@@ -29,6 +29,10 @@ def test_tightening_lowers_k_until_k_min_then_reports_unreachable():
         ks.append(st.k)
     assert ks[:3] == [0.5, 0.25, 0.2]
     assert st.status == "unreachable"
+    # at k_min but with a step cap shrunk by rollbacks: the cap grows back first
+    shrunk = B.ControllerState(k=0.2, step_fraction=0.05, step_cap=0.2)
+    grown = B.nothing_cut(cfg, shrunk)
+    assert grown.status == "pruning" and grown.step_fraction == pytest.approx(0.075)
 
 
 def test_guard_accepts_within_tolerance_and_rolls_back_beyond_it():
@@ -38,9 +42,12 @@ def test_guard_accepts_within_tolerance_and_rolls_back_beyond_it():
     assert st.pending and st.check_round == 13 and st.val_clients == [1, 2]
     ok_state, ok = B.judge(cfg, st, 0.785)
     assert ok and ok_state.accepted == 1 and not ok_state.pending and ok_state.k == 1.0
+    assert ok_state.step_fraction == 0.4  # already at its cap
     bad, ok = B.judge(cfg, st, 0.75)
     assert not ok and not bad.pending
     assert (bad.k, bad.step_fraction, bad.rollbacks, bad.status) == (2.0, 0.2, 1, "pruning")
+    regrow, ok = B.judge(cfg, B.cut(cfg, bad, 14, 0.8, [1]), 0.8)
+    assert ok and regrow.step_fraction == pytest.approx(0.25)  # x1.25 after an accepted cut
     again, ok = B.judge(cfg, B.cut(cfg, bad, 14, 0.8, [1]), 0.7)
     assert not ok and again.k == 3.0 and again.status == "gave_up"  # k_max caps; 2 in a row
     with pytest.raises(ValueError, match="no candidate"):
@@ -113,7 +120,7 @@ def test_budget_server_rolls_back_to_the_exact_pre_cut_model():
     model, spec = _model()
     cfg = from_dict({"data": {"val_fraction": 0.2}, "budget": {
         "params_fraction": 0.2, "guard_recovery_rounds": 1, "guard_tolerance": 0.01},
-        "prune": {"start_round": 1, "interval": 1, "max_prune_round": 10, "k": 0.0,
+        "prune": {"start_round": 1, "interval": 2, "max_prune_round": 10, "k": 0.0,
                   "max_fraction": 0.5}})
     ex = spec.example_input()
     srv = BudgetServer(cfg, model, ex, spec, n_params(model), 2 * 10**6, 4, [True] * 4)
@@ -124,12 +131,13 @@ def test_budget_server_rolls_back_to_the_exact_pre_cut_model():
         return next(accs), 100
 
     step = srv.after_aggregate(1, model, spec, validate)
-    assert step.pruned and step.changed and step.record["guard"]["decision"] == "candidate"
+    assert step.pruned and step.changed
+    assert [e["decision"] for e in step.record["guard"]] == ["candidate"]
     assert n_params(step.model) < n_params(model.__class__(10, 1, 28, [8, 16]))
     step2 = srv.after_aggregate(2, step.model, step.spec, validate)
     assert step2.changed and not step2.pruned
-    assert step2.record["guard"] == {"decision": "rollback", "cut_round": 1,
-                                     "acc_before": 0.9, "acc_after": 0.5}
+    assert step2.record["guard"] == [{"decision": "rollback", "cut_round": 1,
+                                      "acc_before": 0.9, "acc_after": 0.5}]
     assert step2.spec == spec
     for k, v in step2.model.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -183,8 +191,10 @@ def test_loop_guard_rolls_back_every_harmful_cut_and_gives_up(monkeypatch, tmp_p
     assert (s["status"], s["rollbacks"], s["accepted"]) == ("gave_up", 3, 0)
     assert res.summary["params_final"] == res.summary["params_initial"]
     rows = [json.loads(x) for x in (tmp_path / "rounds.jsonl").read_text().splitlines()]
-    decisions = [r["budget"]["guard"]["decision"] for r in rows if r["budget"]["guard"]]
+    decisions = [e["decision"] for r in rows for e in r["budget"]["guard"]]
     assert decisions == ["candidate", "rollback"] * 3
+    # judged and cut again in the same round: the rollback comes first
+    assert [e["decision"] for e in rows[2]["budget"]["guard"]] == ["rollback", "candidate"]
     ks = [r["budget"]["k"] for r in rows]
     assert ks[-1] > ks[0]  # relaxed after each rollback
 
@@ -235,15 +245,17 @@ def test_flower_strategy_runs_budget_mode_like_the_loop(tmp_path):
     summary = run_server(grid, {**experiment_to_run_config(cfg),
                                 "out-dir": str(tmp_path / "flower")})
     rows_l, rows_f = read_rounds(tmp_path / "loop"), read_rounds(tmp_path / "flower")
-    decisions = [(r["budget"]["guard"] or {}).get("decision") for r in rows_l]
+    decisions = [e["decision"] for r in rows_l for e in r["budget"]["guard"]]
     assert "candidate" in decisions  # the guard was exercised through query messages
     assert [r["widths"] for r in rows_f] == [r["widths"] for r in rows_l]
     for a, b in zip(rows_l, rows_f, strict=True):
-        ga, gb = a["budget"].pop("guard") or {}, b["budget"].pop("guard") or {}
+        ga, gb = a["budget"].pop("guard"), b["budget"].pop("guard")
         assert a["budget"] == b["budget"]
-        assert ga.keys() == gb.keys() and ga.get("decision") == gb.get("decision")
-        for key in ("acc_before", "acc_after"):
-            if key in ga:
-                assert gb[key] == pytest.approx(ga[key], abs=1e-9)
+        assert len(ga) == len(gb)
+        for ea, eb in zip(ga, gb, strict=True):
+            assert ea.keys() == eb.keys() and ea["decision"] == eb["decision"]
+            for key in ("acc_before", "acc_after"):
+                if key in ea:
+                    assert eb[key] == pytest.approx(ea[key], abs=1e-9)
     assert summary["budget"]["status"] == loop.summary["budget"]["status"]
     assert summary["params_final"] == loop.summary["params_final"]

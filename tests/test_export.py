@@ -119,3 +119,23 @@ def test_export_and_bench_latency_commands_on_a_real_run(tmp_path, capsys):
     assert [r["name"] for r in rows] == ["dense (initial)", "pruned (final)"]
     assert rows[1]["flops"] < rows[0]["flops"] and rows[0]["median_ms"] > 0
     assert main(["export", str(tmp_path / "missing")] + ["--out", "x.onnx"]) == 2
+
+
+def test_bench_latency_writes_a_latency_table_the_budget_can_use(tmp_path, capsys):
+    import json
+
+    from fedprune.cli import main
+    from fedprune.pruning.budget import LatencyTable
+
+    out = tmp_path / "table.json"
+    assert main(["bench-latency", "--table", str(out), "--model", "cnn_femnist",
+                 "--fractions", "1,0.5,0.25", "--runs", "5", "--warmup", "1"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["model"] == "cnn_femnist" and doc["input_shape"] == [1, 28, 28]
+    assert [r["widths"] for r in doc["rows"]] == [[32, 64], [16, 32], [8, 16]]
+    assert all(r["latency_ms"] > 0 for r in doc["rows"])
+    assert doc["rows"][0]["flops"] > doc["rows"][1]["flops"] > doc["rows"][2]["flops"]
+    table = LatencyTable.load(out)
+    assert table.estimate(doc["rows"][1]["flops"]) == pytest.approx(doc["rows"][1]["latency_ms"])
+    assert main(["bench-latency", "--table", str(out)]) == 2  # never overwrites
+    assert "exists" in capsys.readouterr().err

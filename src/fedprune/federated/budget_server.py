@@ -96,16 +96,25 @@ class BudgetServer:
 
     def after_aggregate(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate,
                         last_round: bool = False) -> BudgetStep:
-        guard: dict[str, Any] | None = None
+        events: list[dict[str, Any]] = []  # the guard's decisions this round, in order
         changed = pruned = False
+        # a candidate due now is judged first, so that a scheduled try can follow at once
+        if self.state.pending and rnd >= (self.state.check_round or 0):
+            model, spec, rolled_back, ev = self._judge(rnd, model, spec, validate)
+            events.append(ev)
+            changed = rolled_back
         if self._tries(rnd):
             if B.is_met(self.targets, measure(model, self.example, self.table)):
                 self.state = B.finish_if_met(self.state, True)
             else:
-                model, spec, pruned, guard = self._try(rnd, model, spec, validate)
-                changed = pruned
+                model, spec, pruned, ev = self._try(rnd, model, spec, validate)
+                changed = changed or pruned
+                if ev is not None:
+                    events.append(ev)
+        # a cut judged at once (no recovery rounds), or a candidate left at the last round
         if self.state.pending and (rnd >= (self.state.check_round or 0) or last_round):
-            model, spec, rolled_back, guard = self._judge(rnd, model, spec, validate, guard)
+            model, spec, rolled_back, ev = self._judge(rnd, model, spec, validate)
+            events.append(ev)
             changed = changed or rolled_back
         p = self.cfg.prune
         if self.state.status == "pruning" and not self.state.pending and rnd >= p.max_prune_round:
@@ -115,7 +124,7 @@ class BudgetServer:
         measured = measure(model, self.example, self.table)
         record = {"k": self.state.k, "step_fraction": self.state.step_fraction,
                   "status": self.state.status, "gap": B.gaps(self.targets, measured),
-                  "pending": self.state.pending, "guard": guard}
+                  "pending": self.state.pending, "guard": events}
         if "latency_ms" in measured:
             record["latency_ms"] = measured["latency_ms"]
         return BudgetStep(model, spec, changed, pruned, record)
@@ -151,16 +160,13 @@ class BudgetServer:
             model, self.example, self.table)))
         return model, spec, True, None
 
-    def _judge(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate,
-               guard: dict[str, Any] | None
+    def _judge(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate
                ) -> tuple[nn.Module, ModelSpec, bool, dict[str, Any]]:
         cut_round, acc_before = self.state.cut_round, self.state.acc_before
         acc_after, _ = validate(model, spec, self.state.val_clients)
         self.state, ok = B.judge(self.cfg.budget, self.state, acc_after)
         verdict = {"decision": "accept" if ok else "rollback", "cut_round": cut_round,
                    "acc_before": acc_before, "acc_after": acc_after}
-        if guard is not None and guard.get("decision") == "candidate":
-            verdict["clients"] = guard.get("clients")
         rolled_back = False
         if ok:
             self.state = B.finish_if_met(self.state, B.is_met(self.targets, measure(

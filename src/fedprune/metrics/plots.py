@@ -102,7 +102,8 @@ def plot_budget(rows: list[dict[str, Any]], out_png: Path) -> Path:
                  "rollback": ("x", "tab:red")}
         for decision, (marker, color) in marks.items():
             pts = [(r["round"], 100 * next(iter(r["budget"]["gap"].values())))
-                   for r in rows if (r["budget"].get("guard") or {}).get("decision") == decision]
+                   for r in rows
+                   if any(e.get("decision") == decision for e in r["budget"].get("guard") or [])]
             if pts:
                 ax1.scatter(*zip(*pts, strict=True), marker=marker, color=color, zorder=3,
                             label=f"guard: {decision}")

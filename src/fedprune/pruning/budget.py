@@ -10,8 +10,10 @@ Every try (the schedule's rounds) while the model is over budget runs the bounda
 the controller's ``k`` and a per-step cap ``step_fraction`` (starting at ``prune.k`` and
 ``prune.max_fraction``):
 
-* a try that cuts nothing **tightens**: ``k *= tighten`` (down to ``k_min``); a try that
-  cuts nothing at ``k_min`` means the rule can go no further: status ``unreachable``;
+* a try that cuts nothing **tightens**: ``k *= tighten`` (down to ``k_min``) and the step
+  cap grows back (``step_fraction *= relax``, up to ``prune.max_fraction``); a try that
+  cuts nothing at ``k_min`` with the full cap means the rule can go no further: status
+  ``unreachable``;
 * a cut becomes a **candidate**.  With the guard on, the candidate trains
   ``guard_recovery_rounds`` rounds and then sampled clients report its accuracy on their
   validation split; if it fell more than ``guard_tolerance`` below the accuracy the same
@@ -19,7 +21,8 @@ the controller's ``k`` and a per-step cap ``step_fraction`` (starting at ``prune
   restores the pre-cut model) and the controller **relaxes**: ``k *= relax`` (up to
   ``k_max``) and ``step_fraction`` halves.  ``max_rollbacks`` rollbacks in a row: status
   ``gave_up``;
-* an accepted candidate that meets every target: status ``met``, pruning stops.
+* an accepted candidate lets the step cap grow back a little (``step_fraction *= 1.25``, up
+  to ``prune.max_fraction``); one that meets every target: status ``met``, pruning stops.
 
 Budgets below the smallest model the rule can reach (every prunable group at
 ``prune.min_channels``) are rejected before training starts (:func:`check_reachable`).
@@ -162,6 +165,7 @@ class ControllerState:
 
     k: float
     step_fraction: float
+    step_cap: float = 1.0  # the largest step_fraction (prune.max_fraction)
     status: str = "pruning"
     accepted: int = 0
     rollbacks: int = 0
@@ -177,7 +181,8 @@ class ControllerState:
         return self.cut_round is not None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"k": self.k, "step_fraction": self.step_fraction, "status": self.status,
+        return {"k": self.k, "step_fraction": self.step_fraction, "step_cap": self.step_cap,
+                "status": self.status,
                 "accepted": self.accepted, "rollbacks": self.rollbacks,
                 "rollbacks_in_row": self.rollbacks_in_row, "cut_round": self.cut_round,
                 "check_round": self.check_round, "acc_before": self.acc_before,
@@ -190,22 +195,28 @@ class ControllerState:
         return cls(**d)
 
 
+GROW_ON_ACCEPT = 1.25
+
+
 def start(k: float, step_fraction: float) -> ControllerState:
-    return ControllerState(k=float(k), step_fraction=float(step_fraction))
+    return ControllerState(k=float(k), step_fraction=float(step_fraction),
+                           step_cap=float(step_fraction))
 
 
 def nothing_cut(cfg: BudgetConfig, st: ControllerState) -> ControllerState:
-    """A try over budget removed no channel: tighten k, or report that the rule is stuck."""
-    if st.k <= cfg.k_min + 1e-12:
+    """A try over budget removed no channel: tighten k and regrow the step cap, or report
+    that the rule is stuck (k at k_min and the full step cap)."""
+    if st.k <= cfg.k_min + 1e-12 and st.step_fraction >= st.step_cap - 1e-12:
         return replace(st, status="unreachable")
-    return replace(st, k=max(cfg.k_min, st.k * cfg.tighten))
+    return replace(st, k=max(cfg.k_min, st.k * cfg.tighten),
+                   step_fraction=min(st.step_cap, st.step_fraction * cfg.relax))
 
 
 def cut(cfg: BudgetConfig, st: ControllerState, rnd: int, acc_before: float | None,
         val_clients: list[int]) -> ControllerState:
     """A try removed channels: the candidate waits for the guard (or is accepted at once)."""
     if not cfg.guard:
-        return replace(st, accepted=st.accepted + 1, rollbacks_in_row=0)
+        return _accepted(st)
     return replace(st, cut_round=rnd, check_round=rnd + cfg.guard_recovery_rounds,
                    acc_before=acc_before, val_clients=list(val_clients))
 
@@ -218,13 +229,18 @@ def judge(cfg: BudgetConfig, st: ControllerState, acc_after: float
     drop = st.acc_before - acc_after
     cleared = replace(st, cut_round=None, check_round=None, acc_before=None, val_clients=[])
     if drop <= cfg.guard_tolerance + 1e-12:
-        return replace(cleared, accepted=st.accepted + 1, rollbacks_in_row=0), True
+        return _accepted(cleared), True
     in_row = st.rollbacks_in_row + 1
     relaxed = replace(cleared, k=min(cfg.k_max, st.k * cfg.relax),
                       step_fraction=st.step_fraction / 2, rollbacks=st.rollbacks + 1,
                       rollbacks_in_row=in_row,
                       status="gave_up" if in_row >= cfg.max_rollbacks else st.status)
     return relaxed, False
+
+
+def _accepted(st: ControllerState) -> ControllerState:
+    return replace(st, accepted=st.accepted + 1, rollbacks_in_row=0,
+                   step_fraction=min(st.step_cap, st.step_fraction * GROW_ON_ACCEPT))
 
 
 def finish_if_met(st: ControllerState, met: bool) -> ControllerState:
