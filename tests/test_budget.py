@@ -54,6 +54,18 @@ def test_guard_accepts_within_tolerance_and_rolls_back_beyond_it():
         B.judge(cfg, bad, 0.5)
 
 
+def test_the_guard_margin_allows_for_sampling_noise():
+    cfg = BudgetConfig(params=10, guard_tolerance=0.01, guard_z=1.0)
+    st = B.cut(cfg, B.start(1.0, 0.2), 3, acc_before=0.80, val_clients=[0], n_before=100)
+    se = math.sqrt(0.8 * 0.2 / 100 + 0.75 * 0.25 / 100)
+    assert B.guard_margin(cfg, 0.8, 100, 0.75, 100) == pytest.approx(0.01 + se)
+    assert B.judge(cfg, st, 0.75, n_after=100)[1]  # a 5-point drop on 100 samples: noise
+    assert not B.judge(cfg, st, 0.75, n_after=0)[1]  # unknown count: the tolerance alone
+    strict = BudgetConfig(params=10, guard_tolerance=0.01, guard_z=0.0)
+    assert not B.judge(strict, st, 0.75, n_after=100)[1]
+    assert not B.judge(cfg, st, float("nan"), n_after=100)[1]  # not judged: rolled back
+
+
 def test_without_the_guard_a_cut_is_accepted_at_once():
     st = B.cut(BudgetConfig(params=10, guard=False), B.start(1.0, 0.2), 5, None, [])
     assert st.accepted == 1 and not st.pending
@@ -136,8 +148,11 @@ def test_budget_server_rolls_back_to_the_exact_pre_cut_model():
     assert n_params(step.model) < n_params(model.__class__(10, 1, 28, [8, 16]))
     step2 = srv.after_aggregate(2, step.model, step.spec, validate)
     assert step2.changed and not step2.pruned
-    assert step2.record["guard"] == [{"decision": "rollback", "cut_round": 1,
-                                      "acc_before": 0.9, "acc_after": 0.5}]
+    (verdict,) = step2.record["guard"]
+    assert {k: verdict[k] for k in ("decision", "cut_round", "acc_before", "acc_after")} == {
+        "decision": "rollback", "cut_round": 1, "acc_before": 0.9, "acc_after": 0.5}
+    # tolerance + 1 standard error of two estimates from 100 samples each
+    assert verdict["margin"] == pytest.approx(0.01 + math.sqrt(0.09 / 100 + 0.25 / 100))
     assert step2.spec == spec
     for k, v in step2.model.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -185,7 +200,7 @@ def test_loop_guard_rolls_back_every_harmful_cut_and_gives_up(monkeypatch, tmp_p
         return (n_params(model) / 10**4, loss) if len(y) < 100 else (acc, loss)
 
     monkeypatch.setattr(loop_mod, "evaluate", evaluate)
-    res = run_simulation(_cfg(params_fraction=0.3, guard_recovery_rounds=1,
+    res = run_simulation(_cfg(params_fraction=0.3, guard_recovery_rounds=1, guard_z=0.0,
                               max_rollbacks=3), tmp_path)
     s = res.summary["budget"]
     assert (s["status"], s["rollbacks"], s["accepted"]) == ("gave_up", 3, 0)
@@ -254,7 +269,7 @@ def test_flower_strategy_runs_budget_mode_like_the_loop(tmp_path):
         assert len(ga) == len(gb)
         for ea, eb in zip(ga, gb, strict=True):
             assert ea.keys() == eb.keys() and ea["decision"] == eb["decision"]
-            for key in ("acc_before", "acc_after"):
+            for key in ("acc_before", "acc_after", "margin"):
                 if key in ea:
                     assert eb[key] == pytest.approx(ea[key], abs=1e-9)
     assert summary["budget"]["status"] == loop.summary["budget"]["status"]

@@ -178,7 +178,8 @@ class BudgetConfig:
     tighten: float = 0.7  # k *= tighten after a try that cut nothing while over budget
     relax: float = 1.5  # k *= relax and the step's max fraction halves when the guard fires
     guard: bool = True  # federated-validation accuracy guard (needs data.val_fraction > 0)
-    guard_tolerance: float = 0.01  # largest validation-accuracy drop a cut may cause
+    guard_tolerance: float = 0.01  # largest validation-accuracy drop a cut may cause ...
+    guard_z: float = 1.0  # ... plus this many standard errors of the two accuracy estimates
     guard_recovery_rounds: int = 2  # rounds a cut model trains before the guard judges it
     guard_clients: int = 10  # clients that report validation accuracy (fewer if fewer exist)
     max_rollbacks: int = 4  # rollbacks in a row before budget mode gives up
@@ -201,6 +202,7 @@ class BudgetConfig:
         _check(self.relax > 1, "budget.relax", "> 1", self.relax)
         _check(0 <= self.guard_tolerance <= 1, "budget.guard_tolerance", "in [0, 1]",
                self.guard_tolerance)
+        _check(0 <= self.guard_z <= 10, "budget.guard_z", "in [0, 10]", self.guard_z)
         _check(self.guard_recovery_rounds >= 0, "budget.guard_recovery_rounds", ">= 0",
                self.guard_recovery_rounds)
         _check(self.guard_clients >= 1, "budget.guard_clients", ">= 1", self.guard_clients)

@@ -134,9 +134,10 @@ class BudgetServer:
         bc, p = self.cfg.budget, self.cfg.prune
         clients: list[int] = []
         acc_before: float | None = None
+        n_before = 0
         if bc.guard:
             clients = self._val_clients(rnd)
-            acc_before, _ = validate(model, spec, clients)
+            acc_before, n_before = validate(model, spec, clients)
         snapshot = (spec, {k: v.detach().clone() for k, v in model.state_dict().items()})
         before = n_params(model)
         res = prune_model(model, self.example, k=self.state.k, mode=p.mode,
@@ -149,13 +150,13 @@ class BudgetServer:
                         self.state.status)
             return model, spec, False, None
         spec = replace(spec, record=res.record)
-        self.state = B.cut(bc, self.state, rnd, acc_before, clients)
+        self.state = B.cut(bc, self.state, rnd, acc_before, clients, n_before)
         logger.info("round %d: budget cut %d -> %d params at k=%.3g, widths %s", rnd, before,
                     after, self.state.k, spec.widths_now())
         if bc.guard:
             self.snapshot = snapshot
             return model, spec, True, {"decision": "candidate", "acc_before": acc_before,
-                                       "clients": len(clients)}
+                                       "clients": len(clients), "samples": n_before}
         self.state = B.finish_if_met(self.state, B.is_met(self.targets, measure(
             model, self.example, self.table)))
         return model, spec, True, None
@@ -163,10 +164,12 @@ class BudgetServer:
     def _judge(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate
                ) -> tuple[nn.Module, ModelSpec, bool, dict[str, Any]]:
         cut_round, acc_before = self.state.cut_round, self.state.acc_before
-        acc_after, _ = validate(model, spec, self.state.val_clients)
-        self.state, ok = B.judge(self.cfg.budget, self.state, acc_after)
+        n_before = self.state.n_before
+        acc_after, n_after = validate(model, spec, self.state.val_clients)
+        margin = B.guard_margin(self.cfg.budget, acc_before or 0.0, n_before, acc_after, n_after)
+        self.state, ok = B.judge(self.cfg.budget, self.state, acc_after, n_after)
         verdict = {"decision": "accept" if ok else "rollback", "cut_round": cut_round,
-                   "acc_before": acc_before, "acc_after": acc_after}
+                   "acc_before": acc_before, "acc_after": acc_after, "margin": margin}
         rolled_back = False
         if ok:
             self.state = B.finish_if_met(self.state, B.is_met(self.targets, measure(

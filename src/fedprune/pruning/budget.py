@@ -31,6 +31,7 @@ Budgets below the smallest model the rule can reach (every prunable group at
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,7 @@ class ControllerState:
     cut_round: int | None = None
     check_round: int | None = None
     acc_before: float | None = None
+    n_before: int = 0  # validation samples behind acc_before
     val_clients: list[int] = field(default_factory=list)
 
     @property
@@ -186,6 +188,7 @@ class ControllerState:
                 "accepted": self.accepted, "rollbacks": self.rollbacks,
                 "rollbacks_in_row": self.rollbacks_in_row, "cut_round": self.cut_round,
                 "check_round": self.check_round, "acc_before": self.acc_before,
+                "n_before": self.n_before,
                 "val_clients": list(self.val_clients)}
 
     @classmethod
@@ -213,22 +216,42 @@ def nothing_cut(cfg: BudgetConfig, st: ControllerState) -> ControllerState:
 
 
 def cut(cfg: BudgetConfig, st: ControllerState, rnd: int, acc_before: float | None,
-        val_clients: list[int]) -> ControllerState:
+        val_clients: list[int], n_before: int = 0) -> ControllerState:
     """A try removed channels: the candidate waits for the guard (or is accepted at once)."""
     if not cfg.guard:
         return _accepted(st)
     return replace(st, cut_round=rnd, check_round=rnd + cfg.guard_recovery_rounds,
-                   acc_before=acc_before, val_clients=list(val_clients))
+                   acc_before=acc_before, n_before=int(n_before), val_clients=list(val_clients))
 
 
-def judge(cfg: BudgetConfig, st: ControllerState, acc_after: float
+def guard_margin(cfg: BudgetConfig, acc_before: float, n_before: int, acc_after: float,
+                 n_after: int) -> float:
+    """The largest accepted drop: ``guard_tolerance + guard_z * SE``.
+
+    ``SE = sqrt(p1 (1 - p1) / n1 + p2 (1 - p2) / n2)`` is the standard error of the difference
+    of the two accuracy estimates (0 when a count is unknown), so that sampling noise of a few
+    hundred validation samples does not pass for damage.
+    """
+    se = 0.0
+    if n_before > 0 and n_after > 0:
+        p1, p2 = min(max(acc_before, 0.0), 1.0), min(max(acc_after, 0.0), 1.0)
+        se = math.sqrt(p1 * (1 - p1) / n_before + p2 * (1 - p2) / n_after)
+    return cfg.guard_tolerance + cfg.guard_z * se
+
+
+def judge(cfg: BudgetConfig, st: ControllerState, acc_after: float, n_after: int = 0
           ) -> tuple[ControllerState, bool]:
-    """The guard's verdict on the pending candidate: ``(new state, accepted)``."""
+    """The guard's verdict on the pending candidate: ``(new state, accepted)``.
+
+    A candidate no one could judge (``acc_after`` NaN) is rolled back.
+    """
     if not st.pending or st.acc_before is None:
         raise ValueError("no candidate is waiting for the guard")
     drop = st.acc_before - acc_after
-    cleared = replace(st, cut_round=None, check_round=None, acc_before=None, val_clients=[])
-    if drop <= cfg.guard_tolerance + 1e-12:
+    margin = guard_margin(cfg, st.acc_before, st.n_before, acc_after, n_after)
+    cleared = replace(st, cut_round=None, check_round=None, acc_before=None, n_before=0,
+                      val_clients=[])
+    if drop <= margin + 1e-12:
         return _accepted(cleared), True
     in_row = st.rollbacks_in_row + 1
     relaxed = replace(cleared, k=min(cfg.k_max, st.k * cfg.relax),
