@@ -130,18 +130,21 @@ def run_simulation(
                    for r in truncate_rounds(Path(run_dir), done)]  # type: ignore[arg-type]
         first_round = done + 1
         if budget is not None:
+            if "budget" not in state:
+                raise ValueError(f"checkpoint in {run_dir} holds no budget-mode state: it was "
+                                 "written by a run without budget mode")
             budget.restore(state["budget"], _load_snapshot(Path(run_dir) / CHECKPOINT_FILE))  # type: ignore[arg-type]
         logger.info("resuming %s after round %d", run_dir, done)
 
     trainer = make_trainer(model, cfg)
     logger.info("local training engine: %s", type(trainer).__name__)
 
-    def validate(m: nn.Module, _spec: ModelSpec, ids: list[int]) -> tuple[float, int]:
+    def validate(net: nn.Module, _spec: ModelSpec, ids: list[int]) -> tuple[float, int]:
         """Federated validation: each client's accuracy on its own validation split."""
         correct, total = 0.0, 0
         for cid in ids:
             cd = data.clients[cid]
-            acc, _ = evaluate(m, cd.val_x, cd.val_y)
+            acc, _ = evaluate(net, cd.val_x, cd.val_y)
             correct += acc * len(cd.val_y)
             total += len(cd.val_y)
         return correct / total, total
