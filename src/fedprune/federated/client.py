@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -100,8 +101,6 @@ class PerClientTrainer:
     """
 
     def __init__(self, model: nn.Module, cfg: TrainConfig) -> None:
-        import copy
-
         self.cfg = cfg
         self.worker = copy.deepcopy(model)
         self.optimizer = make_optimizer(self.worker, cfg)
