@@ -23,7 +23,8 @@ from ..config import ExperimentConfig
 from ..metrics import count_macs, n_params
 from ..models import ModelSpec, build
 from ..pruning import budget as B
-from ..pruning import prune_model
+from ..pruning import is_try_round, prune_model
+from .server import schedule_of
 
 logger = logging.getLogger(__name__)
 
@@ -82,10 +83,8 @@ class BudgetServer:
     # ------------------------------------------------------------------ schedule
 
     def _tries(self, rnd: int) -> bool:
-        p = self.cfg.prune
         return (self.state.status == "pruning" and not self.state.pending
-                and p.start_round <= rnd <= p.max_prune_round
-                and (rnd - p.start_round) % p.interval == 0)
+                and is_try_round(schedule_of(self.cfg), rnd))
 
     def _val_clients(self, rnd: int) -> list[int]:
         rng = np.random.default_rng([self.cfg.seed, 5, rnd])

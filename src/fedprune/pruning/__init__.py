@@ -11,7 +11,7 @@ from .apply import (
     widths_of,
 )
 from .rule import BoundaryRule, Decision, RatioRule, decide, decide_ratio
-from .schedule import Schedule, ScheduleState, advance, is_active
+from .schedule import Schedule, ScheduleState, advance, is_active, is_try_round
 
 __all__ = [
     "BoundaryRule",
@@ -27,6 +27,7 @@ __all__ = [
     "default_ignored_layers",
     "initial_record",
     "is_active",
+    "is_try_round",
     "prune_model",
     "rebuild",
     "reinitialise",

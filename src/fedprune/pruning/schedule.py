@@ -45,13 +45,15 @@ class ScheduleState:
     accepted_steps: int = 0
 
 
+def is_try_round(schedule: Schedule, rnd: int) -> bool:
+    """True when ``rnd`` is one of the schedule's rounds (every ``interval`` in the window)."""
+    return (schedule.start_round <= rnd <= schedule.max_prune_round
+            and (rnd - schedule.start_round) % schedule.interval == 0)
+
+
 def is_active(schedule: Schedule, state: ScheduleState, rnd: int) -> bool:
     """True when the server should try the pruning rule after aggregating round ``rnd``."""
-    return (
-        not state.stopped
-        and schedule.start_round <= rnd <= schedule.max_prune_round
-        and (rnd - schedule.start_round) % schedule.interval == 0
-    )
+    return not state.stopped and is_try_round(schedule, rnd)
 
 
 def advance(
