@@ -11,6 +11,7 @@ from nets import DepthwiseNet
 from fedprune.cli import main
 from fedprune.config import ConfigError, from_dict
 from fedprune.federated import run_simulation
+from fedprune.models import create_model, scaled_widths
 from fedprune.pruning import RatioRule, decide_ratio, prune_model, widths_of
 from fedprune.reproduce import get_suite, plan_suite, run_plan, run_state, write_report
 from fedprune.reproduce.report import collect, rows_of
@@ -129,6 +130,47 @@ def test_quick_suite_plan_equal_settings_across_methods(tmp_path):
             by["fedprune-low"].reinit) == (0.75, "low", 0.2, False)
     assert by["fedprune-both"].mode == "both"
     assert by["ratio50"].start_round == by["fedprune-low"].start_round
+
+
+def test_budget_suite_has_the_scratch_baseline_at_the_budget_size(tmp_path):
+    plan = plan_suite(get_suite("budget"), tmp_path)
+    assert len(plan.runs) == 2 * 5 * 3
+    for model in ("cnn_femnist", "inception"):
+        by = {r.method.name: r.config for r in plan.runs
+              if r.setting.model == model and r.seed == 0}
+        scratch, dense = by["scratch-p10"], by["dense"]
+        assert not scratch.prune.enabled
+        widths = scratch.model.widths
+        assert widths == scaled_widths(model, 0.1, num_classes=10, in_channels=1,
+                                       image_size=28)
+        n = {w: sum(p.numel() for p in create_model(
+            model, num_classes=10, in_channels=1, image_size=28, widths=w).parameters())
+            for w in (None, tuple(widths))}
+        assert 0.05 * n[None] < n[tuple(widths)] <= 0.1 * n[None]
+        # everything else equal to dense FedAvg's run
+        a, b = scratch.to_dict(), dense.to_dict()
+        a["model"].pop("widths"), b["model"].pop("widths")
+        assert a == b
+
+
+def test_scaled_widths_is_the_largest_uniform_scale_within_the_fraction():
+    kw = {"num_classes": 10, "in_channels": 1, "image_size": 28}
+
+    def params(w):
+        return sum(p.numel() for p in create_model("cnn_femnist", widths=w, **kw).parameters())
+
+    full = params([32, 64])
+    assert scaled_widths("cnn_femnist", 1.0, **kw) == [32, 64]
+    for frac in (0.5, 0.1, 0.03):
+        w = scaled_widths("cnn_femnist", frac, **kw)
+        assert params(w) <= frac * full
+        # the next scale at which a width grows no longer fits
+        nxt = min((w[0] + 1) / 32, (w[1] + 1) / 64)
+        assert params([int(32 * nxt + 1e-9), int(64 * nxt + 1e-9)]) > frac * full
+    with pytest.raises(ValueError, match="fraction"):
+        scaled_widths("cnn_femnist", 0.0, **kw)
+    with pytest.raises(ValueError, match="every width at 1"):
+        scaled_widths("cnn_femnist", 1e-4, **kw)
 
 
 def test_window_scales_the_default_and_is_the_default_at_100_rounds():

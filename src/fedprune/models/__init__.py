@@ -11,7 +11,13 @@ from __future__ import annotations
 from fedprune.models import cnn as _cnn  # noqa: F401  (registers cnn_femnist, cnn_celeba)
 from fedprune.models import inception as _inception  # noqa: F401  (inception, tiny_inception)
 from fedprune.models import resnet as _resnet  # noqa: F401  (resnet7, tiny_resnet)
-from fedprune.models.registry import create_model, list_models, model_defaults, register_model
+from fedprune.models.registry import (
+    create_model,
+    list_models,
+    model_defaults,
+    register_model,
+    scaled_widths,
+)
 from fedprune.models.spec import ModelSpec, build, new_model
 
 __all__ = [
@@ -22,4 +28,5 @@ __all__ = [
     "model_defaults",
     "new_model",
     "register_model",
+    "scaled_widths",
 ]

@@ -114,6 +114,43 @@ def create_model(
     return factory(num_classes, in_channels=in_channels, image_size=image_size, widths=widths)
 
 
+def scaled_widths(name: str, fraction: float, *, num_classes: int, in_channels: int,
+                  image_size: int) -> list[int]:
+    """The default widths of ``name`` scaled uniformly to fit ``fraction`` of its parameters.
+
+    Every width becomes ``max(1, floor(w * s))`` for the largest scale ``s`` in ``(0, 1]``
+    whose model has at most ``fraction`` x the default model's trainable parameters: the
+    "same budget, trained from scratch" baseline of a pruned model.  Raises ``ValueError``
+    when ``fraction`` is not in ``(0, 1]`` or even every width at 1 does not fit.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    defaults = model_defaults(name)["widths"]
+    kw = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
+
+    def params(widths: list[int]) -> int:
+        model = create_model(name, widths=widths, **kw)
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    def at(scale: float) -> list[int]:
+        return [max(1, int(w * scale)) for w in defaults]
+
+    limit = fraction * params(defaults)
+    if params(at(0.0)) > limit:
+        raise ValueError(f"{name!r} has more than {fraction:.3g} of its parameters even with "
+                         "every width at 1")
+    lo, hi = 0.0, 1.0  # params(at(lo)) <= limit; widths only grow with the scale
+    if params(at(hi)) <= limit:
+        return at(hi)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if params(at(mid)) <= limit:
+            lo = mid
+        else:
+            hi = mid
+    return at(lo)
+
+
 # ----------------------------------------------------------------- helpers for family modules
 
 

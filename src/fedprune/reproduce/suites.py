@@ -128,6 +128,21 @@ def _budget(fraction: float) -> Callable[[Setting], dict[str, Any]]:
     return f
 
 
+def _scratch(fraction: float) -> Callable[[Setting], dict[str, Any]]:
+    def f(s: Setting) -> dict[str, Any]:
+        # the budget's size trained from scratch: every default width scaled uniformly so that
+        # the model has at most ``fraction`` of the default model's parameters
+        from ..data.registry import SPECS
+        from ..models import scaled_widths
+
+        spec = SPECS[s.dataset]
+        size = int(s.overrides.get("data", {}).get("image_size", spec.shape[1]))
+        widths = scaled_widths(s.model, fraction, num_classes=spec.num_classes,
+                               in_channels=spec.shape[0], image_size=size)
+        return {"model": {"widths": widths}}
+    return f
+
+
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("dense", "dense FedAvg", _dense, 1.0, "no pruning (prune.enabled=false)"),
     Method("paper", "paper rule, faithful", _paper, 0.3,
@@ -145,9 +160,13 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "budget mode: at most 10 % of the initial parameters, k adapted round by round, "
            "federated-validation guard (tolerance 1 point, 10 % of each client's samples held "
            "out for it)", other=_budget(0.1)),
+    Method("scratch-p10", "small model from scratch: params <= 10 %", _dense, 0.3,
+           "no pruning: the model built at its default widths scaled uniformly to at most 10 % "
+           "of the parameters and trained from the first round (the budget's size without "
+           "pruning)", other=_scratch(0.1)),
 )}
 
-ALL_METHODS = tuple(m for m in METHODS if m != "budget-p10")
+ALL_METHODS = tuple(m for m in METHODS if m not in ("budget-p10", "scratch-p10"))
 
 
 @dataclass(frozen=True)
@@ -234,7 +253,7 @@ def _budget_suite() -> Suite:
                      note="5 clients per round and 30 rounds (Inception costs 4x the CNN's "
                           "FLOPs per sample)"),
         ),
-        methods=("dense", "paper", "fedprune-low", "budget-p10"),
+        methods=("dense", "paper", "fedprune-low", "budget-p10", "scratch-p10"),
         note="The budget rows hold out 10 % of every client's samples as its validation split "
              "for the guard (the other methods train on all of them). Rounds and local epochs "
              "are cut as in the quick suite so that the suite runs in about half an hour on 2 "
