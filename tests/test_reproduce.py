@@ -153,6 +153,16 @@ def test_budget_suite_has_the_scratch_baseline_at_the_budget_size(tmp_path):
         assert a == b
 
 
+def test_plan_filters_by_model_and_rejects_unknown_ones(tmp_path):
+    plan = plan_suite(get_suite("budget"), tmp_path, models=["inception"],
+                      methods=["dense", "scratch-p10"], sets=["fed.rounds=20"])
+    assert {(r.setting.model, r.method.name) for r in plan.runs} == {
+        ("inception", "dense"), ("inception", "scratch-p10")}
+    assert all(r.config.fed.rounds == 20 for r in plan.runs)
+    with pytest.raises(ValueError, match="model 'resnet7' is not in suite budget"):
+        plan_suite(get_suite("budget"), tmp_path, models=["resnet7"])
+
+
 def test_scaled_widths_is_the_largest_uniform_scale_within_the_fraction():
     kw = {"num_classes": 10, "in_channels": 1, "image_size": 28}
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from .runner import record_report_seconds, run_plan, run_state
-from .suites import SUITES, get_suite, plan_suite
+from .suites import METHODS, SUITES, get_suite, plan_suite
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,10 +33,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     rp.add_argument("--seeds", type=int, nargs="+", default=None,
                     help="override the suite's seeds (default 0 1 2)")
     rp.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                    help="run only these of the suite's methods (dense, paper, fedprune-low, "
-                         "fedprune-both, ratio50, ratio85)")
+                    help="run only these of the suite's methods (" + ", ".join(METHODS) + ")")
     rp.add_argument("--datasets", nargs="+", default=None, metavar="DATASET",
                     help="run only these of the suite's datasets")
+    rp.add_argument("--models", nargs="+", default=None, metavar="MODEL",
+                    help="run only these of the suite's models")
     rp.add_argument("--data", action="append", default=[], metavar="NAME=PATH",
                     help="files of a dataset the suite needs (paper suite: femnist, celeba)")
     rp.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -75,7 +76,7 @@ def cmd_reproduce(args: argparse.Namespace, argv: list[str] | None = None) -> in
     suite = get_suite(args.suite)
     plan = plan_suite(suite, args.out, seeds=args.seeds, sets=args.sets,
                       data_paths=_data_paths(args.data), methods=args.methods,
-                      datasets=args.datasets)
+                      datasets=args.datasets, models=args.models)
     if not plan.runs:
         reasons = "; ".join(why for _, why in plan.skipped_settings)
         raise ValueError(f"suite {suite.name}: nothing to run ({reasons})")
