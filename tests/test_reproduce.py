@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from interrupt import Stop, stop_after
 from nets import DepthwiseNet
 
 from fedprune.cli import main
@@ -16,7 +17,6 @@ from fedprune.pruning import RatioRule, decide_ratio, prune_model, widths_of
 from fedprune.reproduce import get_suite, plan_suite, run_plan, run_state, write_report
 from fedprune.reproduce.report import collect, rows_of
 from fedprune.reproduce.suites import Window
-from interrupt import Stop, stop_after
 
 # ---------------------------------------------------------------- the fixed-ratio rule
 
