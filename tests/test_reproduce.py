@@ -134,7 +134,7 @@ def test_quick_suite_plan_equal_settings_across_methods(tmp_path):
 
 def test_budget_suite_has_the_scratch_baseline_at_the_budget_size(tmp_path):
     plan = plan_suite(get_suite("budget"), tmp_path)
-    assert len(plan.runs) == 2 * 5 * 3
+    assert len(plan.runs) == 2 * 6 * 3
     for model in ("cnn_femnist", "inception"):
         by = {r.method.name: r.config for r in plan.runs
               if r.setting.model == model and r.seed == 0}
@@ -147,6 +147,11 @@ def test_budget_suite_has_the_scratch_baseline_at_the_budget_size(tmp_path):
             model, num_classes=10, in_channels=1, image_size=28, widths=w).parameters())
             for w in (None, tuple(widths))}
         assert 0.05 * n[None] < n[tuple(widths)] <= 0.1 * n[None]
+        guarded, free = by["budget-p10"], by["budget-p10-noguard"]
+        assert guarded.budget.guard and guarded.data.val_fraction == 0.1
+        assert not free.budget.guard and free.data.val_fraction == 0.0
+        assert guarded.budget.params_fraction == free.budget.params_fraction == 0.1
+        assert guarded.prune == free.prune
         # everything else equal to dense FedAvg's run
         a, b = scratch.to_dict(), dense.to_dict()
         a["model"].pop("widths"), b["model"].pop("widths")
