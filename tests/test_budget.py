@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -16,6 +17,7 @@ from fedprune.federated.budget_server import BudgetServer, measure, smallest_mod
 from fedprune.metrics import n_params, plot_run
 from fedprune.models import new_model
 from fedprune.pruning import budget as B
+from fedprune.pruning import prune_model
 
 # ----------------------------------------------------------------------------- controller
 
@@ -157,6 +159,27 @@ def test_budget_server_rolls_back_to_the_exact_pre_cut_model():
     for k, v in step2.model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert srv.state.k == 0.0 and srv.state.step_fraction == 0.25  # k*1.5 of 0 stays 0
+
+
+@pytest.mark.parametrize("guard", [False, True])
+def test_the_cut_that_meets_the_budget_takes_only_what_it_needs(guard):
+    model, spec = _model()
+    ex = spec.example_input()
+    full = copy.deepcopy(model)  # the same cut at the controller's full step
+    prune_model(full, ex, k=0.0, mode="low", min_channels=1, max_fraction=0.5,
+                seed=1 * 100_003 + 1, record=spec.record)
+    target = n_params(model) - 300  # a few channels' worth below the model
+    assert n_params(full) < target - 1000  # the full step would overshoot it by far
+    cfg = from_dict({"seed": 1, "data": {"val_fraction": 0.2 if guard else 0.0}, "budget": {
+        "params": target, "guard": guard, "guard_recovery_rounds": 0},
+        "prune": {"start_round": 1, "interval": 1, "max_prune_round": 10, "k": 0.0,
+                  "max_fraction": 0.5}})
+    srv = BudgetServer(cfg, model, ex, spec, n_params(model), 2 * 10**6, 4, [True] * 4)
+    step = srv.after_aggregate(1, model, spec, lambda m, s, ids: (0.9, 100))
+    assert step.pruned
+    assert n_params(full) < n_params(step.model) <= target
+    assert 0 < step.record["cut_step"] < 0.5
+    assert srv.state.status == "met"
 
 
 # ----------------------------------------------------------------------------- loop

@@ -28,6 +28,9 @@ from .server import schedule_of
 
 logger = logging.getLogger(__name__)
 
+# bisection steps for the last cut's size (the step is found within 2**-8 of the cap)
+FINAL_STEP_SEARCH = 8
+
 # validate(model, its spec, client ids) -> (accuracy, number of validation samples)
 Validate = Callable[[nn.Module, ModelSpec, Sequence[int]], tuple[float, int]]
 
@@ -73,6 +76,7 @@ class BudgetServer:
         B.check_reachable(self.targets, self.floor)
         self.state = B.start(cfg.prune.k, cfg.prune.max_fraction)
         self.snapshot: tuple[ModelSpec, dict[str, torch.Tensor]] | None = None
+        self.cut_step: float | None = None  # the step of the latest round's cut, if any
         self.val_pool = [i for i in range(num_clients) if has_validation[i]]
         if bc.guard and not self.val_pool:
             raise B.BudgetError("budget.guard needs clients with a validation split: set "
@@ -96,6 +100,7 @@ class BudgetServer:
     def after_aggregate(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate,
                         last_round: bool = False) -> BudgetStep:
         events: list[dict[str, Any]] = []  # the guard's decisions this round, in order
+        self.cut_step = None
         changed = pruned = False
         # a candidate due now is judged first, so that a scheduled try can follow at once
         if self.state.pending and rnd >= (self.state.check_round or 0):
@@ -123,7 +128,7 @@ class BudgetServer:
         measured = measure(model, self.example, self.table)
         record = {"k": self.state.k, "step_fraction": self.state.step_fraction,
                   "status": self.state.status, "gap": B.gaps(self.targets, measured),
-                  "pending": self.state.pending, "guard": events}
+                  "pending": self.state.pending, "guard": events, "cut_step": self.cut_step}
         if "latency_ms" in measured:
             record["latency_ms"] = measured["latency_ms"]
         return BudgetStep(model, spec, changed, pruned, record)
@@ -139,9 +144,11 @@ class BudgetServer:
             acc_before, n_before = validate(model, spec, clients)
         snapshot = (spec, {k: v.detach().clone() for k, v in model.state_dict().items()})
         before = n_params(model)
+        seed = int(self.cfg.seed * 100_003 + rnd)
+        step = self._step(model, spec, seed)
         res = prune_model(model, self.example, k=self.state.k, mode=p.mode,
-                          min_channels=p.min_channels, max_fraction=self.state.step_fraction,
-                          seed=int(self.cfg.seed * 100_003 + rnd), record=spec.record)
+                          min_channels=p.min_channels, max_fraction=step, seed=seed,
+                          record=spec.record)
         after = n_params(model)
         if after >= before:
             self.state = B.nothing_cut(bc, self.state)
@@ -150,15 +157,42 @@ class BudgetServer:
             return model, spec, False, None
         spec = replace(spec, record=res.record)
         self.state = B.cut(bc, self.state, rnd, acc_before, clients, n_before)
-        logger.info("round %d: budget cut %d -> %d params at k=%.3g, widths %s", rnd, before,
-                    after, self.state.k, spec.widths_now())
+        self.cut_step = step
+        logger.info("round %d: budget cut %d -> %d params at k=%.3g, step %.3g, widths %s",
+                    rnd, before, after, self.state.k, step, spec.widths_now())
         if bc.guard:
             self.snapshot = snapshot
             return model, spec, True, {"decision": "candidate", "acc_before": acc_before,
-                                       "clients": len(clients), "samples": n_before}
+                                       "clients": len(clients), "samples": n_before,
+                                       "step": step}
         self.state = B.finish_if_met(self.state, B.is_met(self.targets, measure(
             model, self.example, self.table)))
         return model, spec, True, None
+
+    def _step(self, model: nn.Module, spec: ModelSpec, seed: int) -> float:
+        """The cap for this cut: the controller's step, or, when a cut at that step would
+        already meet the budget, the smallest step that still meets it (found by cutting
+        copies), so that the last cut removes only what the budget needs."""
+        p = self.cfg.prune
+
+        def meets(step: float) -> bool:
+            trial = copy.deepcopy(model)
+            prune_model(trial, self.example, k=self.state.k, mode=p.mode,
+                        min_channels=p.min_channels, max_fraction=step, seed=seed,
+                        record=spec.record)
+            return B.is_met(self.targets, measure(trial, self.example, self.table))
+
+        hi = self.state.step_fraction
+        if not meets(hi):
+            return hi
+        lo = 0.0  # a step of 0 cuts nothing, and the model is over budget
+        for _ in range(FINAL_STEP_SEARCH):
+            mid = (lo + hi) / 2
+            if meets(mid):
+                hi = mid
+            else:
+                lo = mid
+        return hi
 
     def _judge(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate
                ) -> tuple[nn.Module, ModelSpec, bool, dict[str, Any]]:
