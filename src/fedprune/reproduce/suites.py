@@ -4,7 +4,8 @@ A *setting* fixes everything that must be equal across methods: the data and its
 model, training (optimizer, lr, local epochs, batch), the federation (rounds, clients per
 round, evaluation) and the pruning *window* (the rounds in which fedprune's rule may act;
 fedprune's default is rounds 30-40 every 2 rounds of a 100-round run, shorter suites scale it).
-A *method* adds only ``prune.*`` settings.  A suite is settings x methods x seeds; each run
+A *method* adds ``prune.*`` settings (budget mode also ``budget.*`` and a validation split,
+the from-scratch baseline ``model.widths``).  A suite is settings x methods x seeds; each run
 goes to ``OUT/<dataset>/<model>/<method>/seed<k>/``.
 
 Suites:
@@ -12,6 +13,9 @@ Suites:
 * ``test``: digits, CNN-FEMNIST at tiny widths, 3 rounds, 2 seeds (the test suite, seconds);
 * ``quick``: digits and Fashion-MNIST, CNN-FEMNIST at full width, 3 seeds, fewer rounds and
   local epochs than the defaults so that the whole suite fits 20 minutes on 2 cores;
+* ``budget``: Fashion-MNIST, CNN-FEMNIST (40 rounds) and Inception (60 rounds): budget mode
+  (params <= 10 %, with and without the guard) beside dense FedAvg, the paper's rule,
+  fedprune's default and the budget's size trained from scratch, 3 seeds;
 * ``paper``: FEMNIST and CelebA (when their files are given), the paper's three
   architectures (CNN, ResNet-7, Inception) at full width, 100 rounds, 3 seeds.
 """
@@ -78,7 +82,8 @@ class Method:
     prune: Callable[[Setting], dict[str, Any]]
     cost: float = 1.0  # relative run time (dense = 1)
     description: str = ""
-    # overrides of other sections (budget mode: ``budget.*`` and ``data.val_fraction``)
+    # overrides of other sections (budget mode: ``budget.*``, ``data.val_fraction``; the
+    # from-scratch baseline: ``model.widths``)
     other: Callable[[Setting], dict[str, Any]] | None = None
 
 
