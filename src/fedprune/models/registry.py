@@ -123,14 +123,15 @@ def scaled_widths(name: str, fraction: float, *, num_classes: int, in_channels: 
     "same budget, trained from scratch" baseline of a pruned model.  Raises ``ValueError``
     when ``fraction`` is not in ``(0, 1]`` or even every width at 1 does not fit.
     """
+    from ..metrics.size import n_params
+
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     defaults = model_defaults(name)["widths"]
     kw = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
 
     def params(widths: list[int]) -> int:
-        model = create_model(name, widths=widths, **kw)
-        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return n_params(create_model(name, widths=widths, **kw))
 
     def at(scale: float) -> list[int]:
         return [max(1, int(w * scale)) for w in defaults]
