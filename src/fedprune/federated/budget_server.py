@@ -135,7 +135,7 @@ class BudgetServer:
 
     def _try(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate
              ) -> tuple[nn.Module, ModelSpec, bool, dict[str, Any] | None]:
-        bc, p = self.cfg.budget, self.cfg.prune
+        bc = self.cfg.budget
         clients: list[int] = []
         acc_before: float | None = None
         n_before = 0
@@ -145,17 +145,14 @@ class BudgetServer:
         snapshot = (spec, {k: v.detach().clone() for k, v in model.state_dict().items()})
         before = n_params(model)
         seed = int(self.cfg.seed * 100_003 + rnd)
-        step = self._step(model, spec, seed)
-        res = prune_model(model, self.example, k=self.state.k, mode=p.mode,
-                          min_channels=p.min_channels, max_fraction=step, seed=seed,
-                          record=spec.record)
-        after = n_params(model)
+        step, cut_model, record, met = self._cut(model, spec, seed)
+        after = n_params(cut_model)
         if after >= before:
             self.state = B.nothing_cut(bc, self.state)
             logger.info("round %d: budget try cut nothing; k -> %.3g (%s)", rnd, self.state.k,
                         self.state.status)
             return model, spec, False, None
-        spec = replace(spec, record=res.record)
+        model, spec = cut_model, replace(spec, record=record)
         self.state = B.cut(bc, self.state, rnd, acc_before, clients, n_before)
         self.cut_step = step
         logger.info("round %d: budget cut %d -> %d params at k=%.3g, step %.3g, widths %s",
@@ -165,34 +162,40 @@ class BudgetServer:
             return model, spec, True, {"decision": "candidate", "acc_before": acc_before,
                                        "clients": len(clients), "samples": n_before,
                                        "step": step}
-        self.state = B.finish_if_met(self.state, B.is_met(self.targets, measure(
-            model, self.example, self.table)))
+        self.state = B.finish_if_met(self.state, met)
         return model, spec, True, None
 
-    def _step(self, model: nn.Module, spec: ModelSpec, seed: int) -> float:
-        """The cap for this cut: the controller's step, or, when a cut at that step would
-        already meet the budget, the smallest step that still meets it (found by cutting
-        copies), so that the last cut removes only what the budget needs."""
+    def _cut(self, model: nn.Module, spec: ModelSpec, seed: int
+             ) -> tuple[float, nn.Module, dict[str, Any], bool]:
+        """A cut copy of ``model``: ``(step, cut model, its pruning record, meets the budget)``.
+
+        The step is the controller's, or, when a cut at that step would already meet the
+        budget, the smallest step that still meets it (bisection over cut copies), so that the
+        last cut removes only what the budget needs.
+        """
         p = self.cfg.prune
 
-        def meets(step: float) -> bool:
+        def cut(step: float) -> tuple[nn.Module, dict[str, Any], bool]:
             trial = copy.deepcopy(model)
-            prune_model(trial, self.example, k=self.state.k, mode=p.mode,
-                        min_channels=p.min_channels, max_fraction=step, seed=seed,
-                        record=spec.record)
-            return B.is_met(self.targets, measure(trial, self.example, self.table))
+            res = prune_model(trial, self.example, k=self.state.k, mode=p.mode,
+                              min_channels=p.min_channels, max_fraction=step, seed=seed,
+                              record=spec.record)
+            met = B.is_met(self.targets, measure(trial, self.example, self.table))
+            return trial, res.record, met
 
         hi = self.state.step_fraction
-        if not meets(hi):
-            return hi
+        best = cut(hi)
+        if not best[2]:
+            return (hi, *best)
         lo = 0.0  # a step of 0 cuts nothing, and the model is over budget
         for _ in range(FINAL_STEP_SEARCH):
             mid = (lo + hi) / 2
-            if meets(mid):
-                hi = mid
+            trial = cut(mid)
+            if trial[2]:
+                hi, best = mid, trial
             else:
                 lo = mid
-        return hi
+        return (hi, *best)
 
     def _judge(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate
                ) -> tuple[nn.Module, ModelSpec, bool, dict[str, Any]]:
