@@ -250,8 +250,7 @@ def _quick_suite() -> Suite:
 # Inception: 60 rounds of 10 clients (about 8.5 s per dense round single-threaded here).  At
 # 30 rounds of 5 clients dense FedAvg's final accuracy spread over 0.69-0.82 across seeds,
 # too noisy to judge a 1-point target.
-BUDGET_INCEPTION = {"data": {"num_clients": 100, "alpha": 0.5, "max_test_samples": 2000},
-                    "train": {"local_epochs": 1}, "fed": {"rounds": 60, "clients_per_round": 10}}
+BUDGET_INCEPTION = merge(QUICK_FASHION, {"fed": {"rounds": 60}})
 
 
 def _budget_suite() -> Suite:
