@@ -41,14 +41,21 @@ def main() -> int:
     ap.add_argument("--plot", type=Path, default=None,
                     help="write a pruned-vs-dense overview PNG of the first seed here")
     args = ap.parse_args()
-    out = args.out or Path(tempfile.mkdtemp(prefix="fedprune-bench-"))
+    if args.out is not None:
+        return report(args, args.out)
+    with tempfile.TemporaryDirectory(prefix="fedprune-bench-") as tmp:  # removed afterwards
+        return report(args, Path(tmp))
+
+
+def report(args: argparse.Namespace, out: Path) -> int:
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     jobs = [(s, d) for s in args.seeds for d in (False, True)]
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda j: run(j[0], j[1], args.sets, out, threads), jobs))
     rows = {(s, d): r for (s, d), r in zip(jobs, results, strict=True)}
 
-    print(f"runs under {out}")
+    if args.out is not None:
+        print(f"runs under {out}")
     print(f"{'seed':>4} {'dense acc':>9} {'pruned acc':>10} {'params cut':>10} {'FLOPs cut':>9} "
           f"{'bytes ratio':>11} {'widths final':>20} {'dense s':>7} {'pruned s':>8}")
     acc_d, acc_p, pcut, fcut, bratio = [], [], [], [], []

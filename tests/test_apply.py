@@ -1,12 +1,14 @@
 """The pruning engine on hand-built nets: grouping, weight preservation, records, rebuild."""
 
 import copy
+import inspect
 import json
 
 import pytest
 import torch
 from torch import nn
 
+from fedprune.config import PruneConfig
 from fedprune.pruning import initial_record, prune_model, rebuild, widths_of
 from nets import ConcatNet, DepthwiseNet, ResidualNet
 
@@ -130,7 +132,8 @@ def test_record_rebuilds_the_pruned_architecture_after_several_steps(cls):
     x = torch.randn(3, 1, 8, 8)
     record = None
     for _ in range(3):
-        record = prune_model(net, x[:1], k=0.7, mode="both", record=record).record
+        record = prune_model(net, x[:1], k=0.7, mode="both", record=record,
+                             max_fraction=1.0).record
     wire = json.loads(json.dumps(record))  # what travels is plain JSON
     fresh = rebuild(cls(), wire, x[:1])
     fresh.load_state_dict(net.state_dict(), strict=True)
@@ -144,7 +147,8 @@ def test_min_channels_is_never_crossed():
     x = torch.randn(1, 1, 8, 8)
     record = None
     for _ in range(6):
-        record = prune_model(net, x, k=0.0, mode="both", min_channels=2, record=record).record
+        record = prune_model(net, x, k=0.0, mode="both", min_channels=2, record=record,
+                             max_fraction=1.0).record
     assert min(widths_of(record).values()) == 2
 
 
@@ -197,3 +201,17 @@ def test_pruning_with_a_stale_record_is_refused():
     prune_model(net, x, k=0.0, record=record)
     with pytest.raises(ValueError, match="does not match"):
         prune_model(net, x, k=0.0, record=record)
+
+
+def test_the_library_and_the_configuration_share_one_set_of_defaults():
+    sig = inspect.signature(prune_model).parameters
+    cfg = PruneConfig()
+    for name in ("k", "mode", "min_channels", "max_fraction"):
+        assert sig[name].default == getattr(cfg, name), name
+    # and they act as such: one call removes at most 20 % of a group, weak filters only
+    torch.manual_seed(5)
+    net = ConcatNet()
+    before = {n: m.out_channels for n, m in net.named_modules() if isinstance(m, nn.Conv2d)}
+    prune_model(net, torch.randn(1, 1, 8, 8))
+    after = {n: m.out_channels for n, m in net.named_modules() if isinstance(m, nn.Conv2d)}
+    assert all(after[n] >= before[n] - int(0.2 * before[n]) for n in before)

@@ -199,7 +199,9 @@ def _cfg(**budget):
 def test_loop_reaches_a_reachable_params_budget_and_stops(tmp_path):
     res = run_simulation(_cfg(params_fraction=0.3, guard=False), tmp_path)
     s = res.summary["budget"]
-    assert s["status"] == "met" and s["met"]
+    assert s["status"] == "met" and s["met"] and res.summary["budget_status"] == "met"
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["budget_status"] == "met"
     assert res.summary["params_final"] <= 0.3 * res.summary["params_initial"]
     rows = [json.loads(x) for x in (tmp_path / "rounds.jsonl").read_text().splitlines()]
     met_at = next(r["round"] for r in rows if r["budget"]["status"] == "met")
@@ -227,6 +229,7 @@ def test_loop_guard_rolls_back_every_harmful_cut_and_gives_up(monkeypatch, tmp_p
                               max_rollbacks=3), tmp_path)
     s = res.summary["budget"]
     assert (s["status"], s["rollbacks"], s["accepted"]) == ("gave_up", 3, 0)
+    assert res.summary["budget_status"] == "gave_up"
     assert res.summary["params_final"] == res.summary["params_initial"]
     rows = [json.loads(x) for x in (tmp_path / "rounds.jsonl").read_text().splitlines()]
     decisions = [e["decision"] for r in rows for e in r["budget"]["guard"]]

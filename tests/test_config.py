@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from fedprune import config
-from fedprune.config import ConfigError, ExperimentConfig, load_config, parse_overrides
+from fedprune.config import (
+    ConfigError,
+    ExperimentConfig,
+    default_window,
+    from_dict,
+    load_config,
+    parse_overrides,
+)
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -23,6 +30,7 @@ def test_defaults_build_and_match_dataclass_defaults() -> None:
     assert (cfg.seed, cfg.data.name, cfg.model.name) == (0, "digits", "cnn_femnist")
     assert (cfg.fed.rounds, cfg.fed.clients_per_round, cfg.data.num_clients) == (100, 10, 20)
     assert (cfg.prune.k, cfg.prune.start_round, cfg.prune.max_prune_round) == (0.75, 30, 40)
+    assert (cfg.prune.interval, cfg.threads, cfg.data.partition) == (2, 1, "dirichlet")
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.seed = 3  # type: ignore[misc]
 
@@ -34,7 +42,8 @@ def test_toml_file_overrides_defaults_and_set_wins_over_file(tmp_path: Path) -> 
     layered = load_config(path, ["prune.k=0.5", "fed.rounds=3"])
 
     assert (from_file.seed, from_file.prune.k, from_file.fed.rounds) == (7, 2.0, 12)
-    assert (from_file.prune.mode, from_file.prune.interval) == ("both", 2)  # 2: the default
+    # 1: the automatic window of a 12-round run tries every round (rounds 4 to 9)
+    assert (from_file.prune.mode, from_file.prune.interval) == ("both", 1)
     assert (layered.prune.k, layered.fed.rounds) == (0.5, 3)  # --set wins
     assert (layered.seed, layered.prune.mode) == (7, "both")  # the rest of the file stays
     assert load_config(path, ["prune.k=-1", "prune.k=2"]).prune.k == 2.0  # last --set wins
@@ -102,7 +111,9 @@ def test_unknown_key_in_section_names_key_and_lists_known(tmp_path: Path) -> Non
         (["fed.clients_per_round=21"], "fed.clients_per_round"),  # 20 clients by default
         (["data.num_clients=3", "fed.clients_per_round=4"], "fed.clients_per_round"),
         (["prune.start_round=10", "prune.max_prune_round=9"], "prune.max_prune_round"),
-        (["prune.interval=0"], "prune.interval"),
+        (["prune.interval=-1"], "prune.interval"),
+        (["prune.start_round=-1"], "prune.start_round"),
+        (["data.num_clients=-1"], "data.num_clients"),
         (["data.test_fraction=1"], "data.test_fraction"),
         (["data.image_size=7"], "data.image_size"),
         (["seed=-1"], "seed"),
@@ -195,3 +206,50 @@ def test_to_dict_round_trips_through_from_dict() -> None:
     with pytest.raises(ConfigError, match="table"):
         config.from_dict([("seed", 1)])  # type: ignore[arg-type]
 
+
+
+@pytest.mark.parametrize(("sets", "window"), [
+    ([], (30, 40, 2)),  # the default 100 rounds
+    (["fed.rounds=3"], (1, 6, 1)),  # a short run still prunes from round 1
+    (["fed.rounds=20"], (6, 11, 1)),
+    (["fed.rounds=200"], (60, 70, 2)),
+    (["budget.params_fraction=0.1", "budget.guard=false"], (30, 80, 2)),  # budget: to 80 %
+    (["prune.start_round=10"], (10, 40, 2)),  # explicit keys win
+    (["prune.max_prune_round=10"], (10, 10, 2)),  # the automatic start moves to fit
+    (["prune.interval=3"], (30, 40, 3)),
+])
+def test_the_pruning_window_follows_the_rounds(sets: list[str],
+                                                window: tuple[int, int, int]) -> None:
+    p = load_config(None, sets).prune
+
+    assert (p.start_round, p.max_prune_round, p.interval) == window
+    assert default_window(100) == (30, 40, 2)
+
+
+def test_a_start_after_the_last_round_is_refused_unless_pruning_is_off() -> None:
+    with pytest.raises(ConfigError, match=r"prune.start_round = 20 .*<= fed.rounds \(10\)"):
+        load_config(None, ["fed.rounds=10", "prune.start_round=20"])
+    assert not load_config(None, ["fed.rounds=10", "prune.start_round=20",
+                                  "prune.enabled=false"]).prune.enabled
+
+
+def test_the_resolved_config_round_trips_unchanged() -> None:
+    cfg = load_config(None, ["fed.rounds=7", "data.name=femnist", "data.path=/x"])
+
+    assert from_dict(cfg.to_dict()) == cfg
+    assert (cfg.data.partition, cfg.data.num_clients) == ("natural", 0)  # every writer
+
+
+@pytest.mark.parametrize(("sets", "split"), [
+    ([], ("dirichlet", 20)),
+    (["data.name=femnist"], ("natural", 0)),
+    (["data.name=celeba"], ("natural", 0)),
+    (["data.name=femnist", "data.partition=dirichlet"], ("dirichlet", 20)),
+    (["data.name=femnist", "data.num_clients=50"], ("natural", 50)),
+    (["data.name=fashion-mnist", "data.num_clients=100"], ("dirichlet", 100)),
+])
+def test_files_with_client_ids_default_to_their_natural_clients(
+        sets: list[str], split: tuple[str, int]) -> None:
+    d = load_config(None, sets).data
+
+    assert (d.partition, d.num_clients) == split

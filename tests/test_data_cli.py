@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from fedprune.cli import main
+from fedprune.config import from_dict
+from fedprune.data import load_federated
 from fedprune.data.synthetic import (
     femnist_clients,
     split_clients,
@@ -17,7 +19,6 @@ from fedprune.data.synthetic import (
     write_tff_sqlite,
 )
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 SHORT_RUN = ["--set", "fed.rounds=2", "--set", "fed.eval_every=2", "--set",
              "train.local_epochs=1", "--set", "threads=1", "--no-progress", "--no-plots"]
 
@@ -134,15 +135,41 @@ def test_run_fashion_mnist_dirichlet_on_idx_files(tmp_path: Path) -> None:
     assert cfg["data"]["partition"] == "dirichlet"
 
 
-@pytest.mark.skipif(not FASHION.is_dir(), reason="needs apt-get install dataset-fashion-mnist")
-def test_run_fashion_mnist_from_the_debian_package(tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["run", "--out", str(tmp_path / "run"), "--set", "data.name=fashion-mnist",
-               "--set", "data.partition=dirichlet", "--set", "data.num_clients=100",
-               "--set", "fed.clients_per_round=2", "--set", "data.max_test_samples=1000",
-               *SHORT_RUN])
+@pytest.fixture
+def three_writers(tmp_path: Path) -> Path:
+    writers = femnist_clients(3, np.random.default_rng(2), mean_size=6)
+    return write_leaf_femnist(tmp_path / "leaf3", writers)
 
-    assert rc == 0, capsys.readouterr().err
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["config"]["data"]["name"] == "fashion-mnist"
-    assert summary["accuracy"] > 0.2  # 10 classes; two rounds already beat chance
+
+def test_files_with_client_ids_are_split_by_their_own_clients(three_writers: Path,
+                                                             capsys: pytest.CaptureFixture[str]
+                                                             ) -> None:
+    rc = main(["data", "info", str(three_writers), "--set", "data.min_client_size=1"])
+
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "clients     3 writers in the files" in out
+    assert "partition   data.partition=natural, 3 clients" in out
+
+
+def test_data_info_describes_the_files_when_the_partition_does_not_fit(
+        three_writers: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["data", "info", str(three_writers), "--set", "data.num_clients=20",
+               "--set", "data.min_client_size=1"])
+
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "clients     3 writers in the files" in out and "classes     62" in out
+    assert "data.num_clients=20: cannot be drawn from these files" in out
+    assert "data.num_clients = 20 but only 3 writers hold at least" in out
+
+
+def test_a_natural_run_uses_every_writer_by_default(leaf: Path, tmp_path: Path) -> None:
+    rc = main(["run", "--out", str(tmp_path / "run"), "--set", "data.name=femnist",
+               "--set", f"data.path={leaf}", "--set", "data.min_client_size=1",
+               "--set", "fed.clients_per_round=3", *SHORT_RUN])
+
+    assert rc == 0
+    cfg = from_dict(json.loads((tmp_path / "run" / "config.json").read_text()))
+    assert cfg.data.partition == "natural" and cfg.data.num_clients == 0
+    assert len(load_federated(cfg.data, cfg.seed).clients) == 12  # every writer is a client

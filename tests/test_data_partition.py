@@ -125,9 +125,11 @@ def test_validation_split_per_client_and_test_cap(tmp_path: Path, leaf: Path) ->
 
 
 def test_dirichlet_and_iid_over_a_natural_dataset(tmp_path: Path, leaf: Path) -> None:
-    d = _load(tmp_path, leaf, num_clients=4, min_client_size=5)
+    d = _load(tmp_path, leaf, num_clients=4, min_client_size=5,
+              partition="dirichlet")
     i = _load(tmp_path, leaf, num_clients=4, partition="iid")
-    other_seed = _load(tmp_path, leaf, seed=1, num_clients=4, min_client_size=5)
+    other_seed = _load(tmp_path, leaf, seed=1, num_clients=4, min_client_size=5,
+                       partition="dirichlet")
 
     assert all(c.name == "" for c in d.clients)
     assert sum(len(c) for c in d.clients) == sum(len(c) for c in i.clients)

@@ -22,6 +22,34 @@ class ConfigError(ValueError):
     """A configuration key or value is not valid; the message says how to fix it."""
 
 
+DEFAULT_SYNTHETIC_CLIENTS = 20  # data.num_clients = 0 for a dataset split without client ids
+
+
+def default_window(rounds: int) -> tuple[int, int, int]:
+    """fedprune's pruning window for a run of ``rounds`` rounds: (start, last, interval).
+
+    Six tries whatever the length: at 100 rounds rounds 30 to 40 every 2 rounds (warm-up of
+    30 %, then a cut every other round so each cut gets a recovery round); shorter runs start
+    at 30 % of the rounds and try every 2 rounds while that fits before 60 % of the rounds,
+    else every round.  Used where ``prune.start_round``, ``prune.max_prune_round`` or
+    ``prune.interval`` is 0 (automatic, the default), and by ``fedprune reproduce``.
+    """
+    start = max(1, round(0.3 * rounds))
+    interval = 2 if start + 10 <= round(0.6 * rounds) or rounds >= 100 else 1
+    return start, start + 5 * interval, interval
+
+
+def default_budget_deadline(rounds: int) -> int:
+    """The last try round of budget mode when ``prune.max_prune_round`` is automatic.
+
+    Budget mode keeps trying until the budget is met, so it gets a longer window than the
+    rule's six tries: up to 80 % of the rounds (at 100 rounds, round 80), leaving a fifth
+    of the run for the final model to recover.
+    """
+    start, last, _ = default_window(rounds)
+    return max(last, round(0.8 * rounds))
+
+
 def _check(ok: bool, key: str, allowed: str, value: Any) -> None:
     if not ok:
         raise ConfigError(f"{key} = {value!r} is out of range: allowed {allowed}")
@@ -34,6 +62,7 @@ class DataConfig:
     # dataset names and on-disk formats (fedprune.data.registry holds the details)
     _NAMES = ("digits", "femnist", "celeba", "fashion-mnist", "mnist", "emnist")
     _FORMATS = ("auto", "leaf", "tff-sqlite", "tff-hdf5", "parquet", "idx", "hub")
+    _NATURAL = ("femnist", "celeba")  # datasets whose files name each sample's client
 
     name: str = "digits"  # embedded offline default: scikit-learn's handwritten digits
     path: str = ""  # local file or folder; "" = the dataset's default (fashion-mnist: Debian's)
@@ -41,8 +70,13 @@ class DataConfig:
     subset: str = ""  # TFF EMNIST: all | digits_only; EMNIST IDX: byclass, letters, ...
     attribute: str = "Male"  # CelebA's binary label; "json" = the LEAF JSON's own y
     image_dir: str = ""  # LEAF CelebA images; "" = img_align_celeba found next to the JSON
-    num_clients: int = 20  # clients the training split is divided over (natural: drawn)
-    partition: Literal["dirichlet", "iid", "natural"] = "dirichlet"
+    # clients the training split is divided over (natural: drawn from the files' clients);
+    # 0 = automatic: every natural client that holds data.min_client_size samples, or 20 for
+    # a split of a dataset without client ids
+    num_clients: int = 0
+    # "auto" = "natural" for files that carry their own client ids (femnist: writers, celeba:
+    # celebrities), "dirichlet" for the others; the resolved value is what config.json shows
+    partition: Literal["auto", "dirichlet", "iid", "natural"] = "auto"
     partitioner: Literal["fedprune", "flwr"] = "fedprune"  # whose Dirichlet/IID code splits
     alpha: float = 0.5  # Dirichlet concentration over labels; smaller = more non-IID
     min_client_size: int = 10  # samples every client must get (re-drawn until it holds)
@@ -58,10 +92,17 @@ class DataConfig:
                self.name)
         _check(self.format in self._FORMATS, "data.format", "one of " + ", ".join(self._FORMATS),
                self.format)
-        _check(self.num_clients >= 1, "data.num_clients", ">= 1", self.num_clients)
-        _check(self.partition in ("dirichlet", "iid", "natural"), "data.partition",
-               "'dirichlet', 'iid' or 'natural'", self.partition)
-        _check(self.partition != "natural" or self.name in ("femnist", "celeba"),
+        _check(self.partition in ("auto", "dirichlet", "iid", "natural"), "data.partition",
+               "'auto', 'dirichlet', 'iid' or 'natural'", self.partition)
+        if self.partition == "auto":  # resolved here, so every reader sees the real split
+            object.__setattr__(self, "partition", "natural" if self.name in self._NATURAL
+                               else "dirichlet")
+        _check(self.num_clients >= 0, "data.num_clients",
+               ">= 1, or 0 for automatic (every natural client; 20 for a synthetic split)",
+               self.num_clients)
+        if self.num_clients == 0 and self.partition != "natural":
+            object.__setattr__(self, "num_clients", DEFAULT_SYNTHETIC_CLIENTS)
+        _check(self.partition != "natural" or self.name in self._NATURAL,
                "data.partition", "'dirichlet' or 'iid' for a dataset without client ids "
                "('natural' needs femnist or celeba)", self.partition)
         _check(self.partitioner in ("fedprune", "flwr"), "data.partitioner",
@@ -132,10 +173,12 @@ class PruneConfig:
     mode: Literal["both", "low"] = "low"  # "both" = the paper's rule (also cuts strong filters)
     min_channels: int = 1  # fewest channels a prunable group may keep
     max_fraction: float = 0.2  # most of a group's channels one step may remove
-    start_round: int = 30  # warm-up: cutting an untrained net kills it (paper: round 1)
-    max_prune_round: int = 40  # last round pruning may happen (paper: 50 or 100)
+    # The pruning window; 0 = automatic from fed.rounds (config.default_window): at the
+    # default 100 rounds, rounds 30 to 40 every 2 rounds, and in budget mode up to round 80.
+    start_round: int = 0  # warm-up: cutting an untrained net kills it (paper: round 1)
+    max_prune_round: int = 0  # last round pruning may happen (paper: 50 or 100)
     patience: int = 3  # stop after this many tried rounds in a row without a params drop
-    interval: int = 2  # try the rule every N rounds (N-1 recovery rounds between cuts)
+    interval: int = 0  # try the rule every N rounds (N-1 recovery rounds between cuts)
     reinit: bool = False  # true = re-initialise survivors after each cut (the paper's code)
     # "auto" = the boundary rule above; "ratio" = the fixed-ratio L1 baseline: each tried
     # round removes floor(ratio * channels) lowest-L1 filters of every layer (k, mode and
@@ -151,11 +194,16 @@ class PruneConfig:
         _check(self.mode in ("both", "low"), "prune.mode", "'both' or 'low'", self.mode)
         _check(self.min_channels >= 1, "prune.min_channels", ">= 1", self.min_channels)
         _check(0 < self.max_fraction <= 1, "prune.max_fraction", "in (0, 1]", self.max_fraction)
-        _check(self.start_round >= 1, "prune.start_round", ">= 1", self.start_round)
-        _check(self.max_prune_round >= self.start_round, "prune.max_prune_round",
-               f">= prune.start_round ({self.start_round})", self.max_prune_round)
+        _check(self.start_round >= 0, "prune.start_round", ">= 1, or 0 for automatic",
+               self.start_round)
+        _check(self.max_prune_round >= 0, "prune.max_prune_round", ">= 1, or 0 for automatic",
+               self.max_prune_round)
+        _check(not (self.start_round and self.max_prune_round)
+               or self.max_prune_round >= self.start_round, "prune.max_prune_round",
+               f">= prune.start_round ({self.start_round}), or 0 for automatic",
+               self.max_prune_round)
         _check(self.patience >= 1, "prune.patience", ">= 1", self.patience)
-        _check(self.interval >= 1, "prune.interval", ">= 1", self.interval)
+        _check(self.interval >= 0, "prune.interval", ">= 1, or 0 for automatic", self.interval)
 
 
 @dataclass(frozen=True)
@@ -217,7 +265,11 @@ class BudgetConfig:
 @dataclass(frozen=True)
 class ExperimentConfig:
     seed: int = 0  # seeds data split, model init, client sampling and local shuffling
-    threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    # torch intra-op threads.  1 by default: a run's figures then do not depend on the
+    # machine or its load (more threads than idle cores slow training down several-fold on
+    # a busy machine), and every figure in the docs was measured so.  0 = torch's default
+    # (one per core).
+    threads: int = 1
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -227,6 +279,7 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         _check(self.seed >= 0, "seed", ">= 0", self.seed)
+        self._resolve_window()
         if self.budget.active:
             _check(self.prune.enabled and self.prune.method == "auto", "budget",
                    "only with prune.enabled = true and prune.method = 'auto'",
@@ -235,8 +288,26 @@ class ExperimentConfig:
                    "false, or set data.val_fraction > 0 (e.g. 0.1) so that clients hold a "
                    "validation split for the guard", self.budget.guard)
         _check(self.threads >= 0, "threads", ">= 0", self.threads)
-        _check(self.fed.clients_per_round <= self.data.num_clients, "fed.clients_per_round",
-               f"<= data.num_clients ({self.data.num_clients})", self.fed.clients_per_round)
+        _check(not self.data.num_clients or self.fed.clients_per_round <= self.data.num_clients,
+               "fed.clients_per_round", f"<= data.num_clients ({self.data.num_clients})",
+               self.fed.clients_per_round)
+
+    def _resolve_window(self) -> None:
+        """Fill the automatic (0) pruning-window keys from fed.rounds; check explicit ones."""
+        p, rounds = self.prune, self.fed.rounds
+        start, last, interval = default_window(rounds)
+        if self.budget.active:
+            last = default_budget_deadline(rounds)
+        start = p.start_round or (min(start, p.max_prune_round) if p.max_prune_round
+                                  else start)
+        resolved = dataclasses.replace(p, start_round=start,
+                                       max_prune_round=p.max_prune_round or max(last, start),
+                                       interval=p.interval or interval)
+        object.__setattr__(self, "prune", resolved)
+        if resolved.enabled:
+            _check(resolved.start_round <= rounds, "prune.start_round",
+                   f"<= fed.rounds ({rounds}), or 0 for automatic: pruning would never run "
+                   "(set prune.enabled = false for dense FedAvg)", resolved.start_round)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

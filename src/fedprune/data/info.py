@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import DataConfig
+from ..config import ConfigError, DataConfig
 from .cache import Prepared
 from .registry import SPECS
 
@@ -91,7 +91,12 @@ def describe(cfg: DataConfig, seed: int = 0) -> str:
                        f"samples per {spec.client_key}: {_stats(s['client_sizes'])}"),
                       f"train samples per {spec.client_key} (all {s['clients']}):"]
             lines += histogram(s["client_sizes"])
-        p = plan(prep, cfg, seed)
+        try:
+            p = plan(prep, cfg, seed)
+        except (ConfigError, ValueError) as exc:  # the files are described all the same
+            lines.append(f"partition   data.partition={cfg.partition}, data.num_clients="
+                         f"{cfg.num_clients or 'auto'}: cannot be drawn from these files: {exc}")
+            return "\n".join(lines)
         part_sizes = np.array([b.size for b in p.train])
     lines.append(f"partition   data.partition={cfg.partition}, {len(part_sizes)} clients "
                  f"(seed {seed}): train samples per client {_stats(part_sizes)}")

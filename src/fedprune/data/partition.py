@@ -80,12 +80,19 @@ def natural_partition(
 
     ``clients`` holds each sample's client index.  Clients with fewer than ``min_size``
     samples are dropped; of the rest, ``num_clients`` are drawn (seeded, without replacement)
-    and returned in index order.  Returns ``(parts, chosen client indices)``.
+    and returned in index order, or all of them when ``num_clients`` is 0.  Returns
+    ``(parts, chosen client indices)``.
     """
     clients = np.asarray(clients)
     order = np.argsort(clients, kind="stable")
     ids, starts, counts = np.unique(clients[order], return_index=True, return_counts=True)
     eligible = np.flatnonzero(counts >= min_size)
+    if eligible.size == 0:
+        raise ValueError(
+            f"no {client_key} holds at least data.min_client_size = {min_size} training samples "
+            f"({ids.size} {client_key}s in all, the largest with "
+            f"{int(counts.max()) if counts.size else 0}): lower data.min_client_size")
+    num_clients = num_clients or int(eligible.size)
     if num_clients > eligible.size:
         dropped = ids.size - eligible.size
         raise ValueError(

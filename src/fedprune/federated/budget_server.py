@@ -234,6 +234,12 @@ class BudgetServer:
                 "k_final": self.state.k, "accepted": self.state.accepted,
                 "rollbacks": self.state.rollbacks}
 
+    def summary_entries(self, model: nn.Module) -> dict[str, Any]:
+        """The keys budget mode adds to ``summary.json`` (every engine adds the same)."""
+        budget = self.summary(model)
+        return {"budget": budget, "budget_status": budget["status"],
+                "prune_steps": self.state.accepted}
+
     def checkpoint_state(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """(JSON-able controller state, snapshot {spec, state_dict} or None) for resuming."""
         snap = None

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import ExperimentConfig
+from ..config import ConfigError, ExperimentConfig
 from ..data import FederatedData, load_federated
 from ..metrics import (
     ROUNDS_FILE,
@@ -93,6 +93,9 @@ def run_simulation(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = data if data is not None else load_federated(cfg.data, cfg.seed)
+    if cfg.fed.clients_per_round > len(data.clients):
+        raise ConfigError(f"fed.clients_per_round = {cfg.fed.clients_per_round} but the data "
+                          f"give only {len(data.clients)} clients: lower fed.clients_per_round")
     c, h, _ = data.input_shape
     model, spec = new_model(cfg.model.name, num_classes=data.num_classes, in_channels=c,
                             image_size=h, widths=cfg.model.widths, seed=cfg.seed)
@@ -222,8 +225,7 @@ def run_simulation(
         bytes_total=bytes_total, bytes_total_dense=bytes_total_dense, seconds=elapsed(),
     )
     if budget is not None:
-        summary["budget"] = budget.summary(model)
-        summary["prune_steps"] = budget.state.accepted
+        summary.update(budget.summary_entries(model))
     if recorder is not None:
         recorder.write_summary(summary)
     return RunResult(summary=summary, model=model, spec=spec, records=records)

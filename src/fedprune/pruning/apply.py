@@ -24,6 +24,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ..config import PruneConfig
 from .importance import GroupScores, group_l1_scores
 from .rule import BoundaryRule, Decision, RatioRule, decide_any
 
@@ -179,10 +180,10 @@ def prune_model(
     model: nn.Module,
     example_inputs: torch.Tensor,
     *,
-    k: float = 2.0,
-    mode: str = "both",
-    min_channels: int = 1,
-    max_fraction: float = 1.0,
+    k: float = PruneConfig.k,
+    mode: str = PruneConfig.mode,
+    min_channels: int = PruneConfig.min_channels,
+    max_fraction: float = PruneConfig.max_fraction,
     ignored_layers: Sequence[nn.Module] | None = None,
     reinit: bool = False,
     seed: int = 0,
@@ -194,7 +195,10 @@ def prune_model(
     Args:
         model: any module with Conv2d layers; pruned in place (surviving weights kept).
         example_inputs: a batch (size 1 is enough) used to trace the dependency graph.
-        k, mode, min_channels, max_fraction: the :class:`~.rule.BoundaryRule`.
+        k, mode, min_channels, max_fraction: the :class:`~.rule.BoundaryRule`; the defaults
+            are the configuration's (``fedprune config``): k = 0.75, the low tail only, at
+            most 20 % of a group's channels per call.  The paper's rule is ``k=2.0,
+            mode="both", max_fraction=1.0``.
         ignored_layers: layers whose outputs must not be pruned; by default the classifier
             (``get_classifier()``) and the layer producing the model's output.
         reinit: re-initialise all parameters after the cut (the paper's behaviour), seeded
