@@ -1,4 +1,22 @@
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir(tmp_path_factory):
+    """A folder of Fashion-MNIST's four gzipped IDX files, named as Debian's
+    dataset-fashion-mnist installs them (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,
+    t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz), in the real format: 600 training and
+    100 test images of 28x28, labels 0-9."""
+    from fedprune.data.synthetic import write_idx
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (700, 28, 28), dtype=np.uint8)
+    y = rng.permutation(np.arange(700) % 10).astype(np.uint8)
+    return write_idx(tmp_path_factory.mktemp("fashion-mnist"), (x[:600], y[:600]),
+                     (x[600:], y[600:]))

@@ -116,10 +116,12 @@ def test_tiny_run_writes_all_records(tmp_path: Path, capsys: pytest.CaptureFixtu
 
     rc = main(["run", "--out", str(out_dir), *TINY_RUN])
 
-    stdout = capsys.readouterr().out
+    stdout, stderr = capsys.readouterr()
     assert rc == 0
+    assert "budget" not in stderr
     printed = json.loads(stdout)
     assert printed["out"] == str(out_dir)
+    assert printed["budget_status"] is None  # not a budget run
     expected_files = {"rounds.jsonl", "summary.json", "config.json", "checkpoint.pt",
                       "accuracy.png", "params.png", "bytes.png"}
     assert expected_files <= {p.name for p in out_dir.iterdir()}
@@ -164,3 +166,143 @@ def test_module_entry_point_runs_config() -> None:
 
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["seed"] == 3
+
+
+# ----------------------------------------------------------------------------- version, pipes
+
+
+def test_version_is_the_installed_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+
+    assert exc.value.code == 0
+    assert capsys.readouterr().out == f"fedprune {version('fedprune')}\n"
+
+
+@pytest.mark.parametrize("argv", [["config"], ["--help"]], ids=["config", "help"])
+def test_a_closed_stdout_pipe_ends_quietly(argv: list[str]) -> None:
+    """``fedprune ... | head``: the reader is gone before anything is written."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to the pipe now fails with EPIPE
+    try:
+        proc = subprocess.run([sys.executable, "-m", "fedprune", *argv], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120, check=False)
+    finally:
+        os.close(write_end)
+
+    assert proc.stderr == ""  # no traceback, no "Exception ignored" at exit
+    # 128 + SIGPIPE, as for a filter stopped by its reader; argparse drops its own write errors
+    assert proc.returncode == 141 if argv != ["--help"] else proc.returncode in (0, 141)
+
+
+def test_piping_into_head_keeps_the_first_lines() -> None:
+    proc = subprocess.run(f"'{sys.executable}' -m fedprune config | head -3", shell=True,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert proc.stdout.splitlines() == ["{", '  "seed": 0,', '  "threads": 1,']
+
+
+# ----------------------------------------------------------------------------- help texts
+
+
+def _help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--help"])
+    assert exc.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # unwrapped
+
+
+@pytest.mark.parametrize("command", ["info", "prepare"])
+def test_data_commands_explain_their_own_settings(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = _help(["data", command], capsys)
+
+    assert "prune." not in text  # the data commands train nothing
+    assert "--set KEY=VALUE override a data setting, e.g. --set data." in text
+    assert ("--seed" in text) == (command == "info")  # prepare builds no partition
+
+
+def test_run_help_names_the_dense_baseline_and_budget(capsys: pytest.CaptureFixture[str]) -> None:
+    text = _help(["run"], capsys)
+
+    assert "--set prune.enabled=false runs the dense FedAvg baseline" in text
+    assert "budget.params_fraction=0.1" in text
+
+
+@pytest.mark.parametrize("command", ["export", "bench-latency", "compare"])
+def test_every_argument_has_help_and_shows_its_default(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    from fedprune.cli import _parser
+
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parser = sub.choices[command]
+    text = _help([command], capsys)
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        name = "/".join(action.option_strings) or action.dest
+        assert action.help and len(action.help) > 15, name
+        takes_value = action.option_strings and action.nargs != 0 and not action.required
+        if takes_value:
+            assert "default" in action.help, name  # said in words or as (default: X)
+        if action.default not in (None, False, [], argparse.SUPPRESS):
+            assert f"(default: {action.default})" in text, name
+
+
+# ----------------------------------------------------------------------------- budget outcome
+
+TINY_BUDGET = [
+    "--set", "fed.rounds=4", "--set", "fed.clients_per_round=2", "--set", "data.num_clients=4",
+    "--set", "train.local_epochs=1", "--set", "model.widths=[8,16]",
+    "--set", "prune.start_round=2", "--set", "prune.max_prune_round=3",
+    "--set", "prune.interval=1", "--set", "prune.max_fraction=0.4",
+    "--set", "budget.guard=false", "--set", "threads=1", "--no-progress", "--no-plots",
+]
+
+
+@pytest.mark.parametrize(("fraction", "status"), [(0.3, "met"), (0.1, "deadline")])
+def test_run_ends_with_the_budget_outcome(
+    fraction: float, status: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_dir = tmp_path / "run"
+
+    rc = main(["run", "--out", str(out_dir), "--set", f"budget.params_fraction={fraction}",
+               *TINY_BUDGET])
+
+    out, err = capsys.readouterr()
+    assert rc == 0
+    summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
+    budget = summary["budget"]
+    assert budget["status"] == status
+    assert json.loads(out)["budget_status"] == status
+    final, target = budget["final"]["params"], budget["targets"]["params"]
+    assert target == int(fraction * summary["params_initial"])
+    last = err.strip().splitlines()[-1]
+    if status == "met":
+        assert final <= target and last == f"budget met: params {final:,} <= {target:,}"
+    else:
+        assert final > target
+        assert last == f"budget NOT met (deadline): params {final:,} > {target:,}"
+
+
+def test_budget_line_lists_every_target() -> None:
+    from fedprune.cli import budget_line
+
+    budget = {"status": "gave_up", "met": False,
+              "targets": {"params": 5274, "flops": 900_000, "latency_ms": None},
+              "final": {"params": 24144, "flops": 800_000}}
+
+    assert budget_line(budget) == ("budget NOT met (gave_up): params 24,144 > 5,274, "
+                                   "flops 800,000 <= 900,000")
+    assert budget_line({**budget, "status": "met", "met": True,
+                        "targets": {"latency_ms": 2.0}, "final": {"latency_ms": 1.5}}) == (
+        "budget met: latency 1.500 ms <= 2.000 ms")

@@ -139,3 +139,119 @@ def test_bench_latency_writes_a_latency_table_the_budget_can_use(tmp_path, capsy
     assert table.estimate(doc["rows"][1]["flops"]) == pytest.approx(doc["rows"][1]["latency_ms"])
     assert main(["bench-latency", "--table", str(out)]) == 2  # never overwrites
     assert "exists" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- format of --out
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from fedprune.config import from_dict
+    from fedprune.federated import run_simulation
+
+    cfg = from_dict({"threads": 1, "data": {"num_clients": 4},
+                     "model": {"widths": [4, 8]}, "train": {"local_epochs": 1},
+                     "fed": {"rounds": 3, "clients_per_round": 2, "eval_every": 3},
+                     "prune": {"start_round": 2, "max_prune_round": 3, "interval": 1,
+                               "k": 0.5, "max_fraction": 0.5}})
+    run_dir = tmp_path_factory.mktemp("export") / "run"
+    run_simulation(cfg, run_dir)
+    return run_dir
+
+
+@pytest.mark.parametrize(("out", "fmt", "expected"), [
+    ("m.onnx", None, "onnx"), ("m.pte", None, "executorch"), ("M.ONNX", None, "onnx"),
+    ("m.onnx", "onnx", "onnx"), ("m.pte", "executorch", "executorch"),
+    ("m.bin", "onnx", "onnx"), ("model", "executorch", "executorch"),
+])
+def test_export_format_follows_the_extension(out, fmt, expected):
+    from pathlib import Path
+
+    from fedprune.export.commands import export_format
+
+    assert export_format(Path(out), fmt) == expected
+
+
+@pytest.mark.parametrize(("out", "fmt", "message"), [
+    ("m.pte", "onnx", r"--format onnx writes an ONNX model, but --out m.pte has the extension "
+                      r"of an ExecuTorch program: use --out m.onnx, or drop --format"),
+    ("y.onnx", "executorch", r"--format executorch writes an ExecuTorch program, but --out "
+                             r"y.onnx .*use --out y.pte"),
+    ("m.bin", None, r"cannot tell the format from the extension '.bin': name the file .onnx "
+                    r"\(onnx\) or .pte \(executorch\), or give --format"),
+    ("model", None, r"a name without extension"),
+])
+def test_export_format_refuses_a_mismatch_or_an_unknown_extension(out, fmt, message):
+    from pathlib import Path
+
+    from fedprune.export.commands import export_format
+
+    with pytest.raises(ValueError, match=message):
+        export_format(Path(out), fmt)
+
+
+@pytest.mark.parametrize(("name", "fmt"), [("y.onnx", "executorch"), ("x.pte", "onnx"),
+                                           ("x.bin", None)])
+def test_export_command_writes_nothing_on_a_format_mismatch(tiny_run, tmp_path, capsys, name,
+                                                            fmt):
+    from fedprune.cli import main
+
+    out = tmp_path / name
+    rc = main(["export", str(tiny_run), "--out", str(out),
+               *(["--format", fmt] if fmt else [])])
+
+    captured = capsys.readouterr()
+    assert rc == 2 and captured.out == ""
+    assert captured.err.startswith("fedprune: error: ") and "--format" in captured.err
+    assert not out.exists()
+
+
+def test_export_command_writes_onnx_for_onnx_names(tiny_run, tmp_path, capsys):
+    import json
+
+    import onnx
+
+    from fedprune.cli import main
+
+    for name, extra in (("m.onnx", []), ("m.bin", ["--format", "onnx"])):
+        assert main(["export", str(tiny_run), "--out", str(tmp_path / name), *extra]) == 0
+        printed = json.loads(capsys.readouterr().out)
+        assert printed["format"] == "onnx" and printed["file"] == str(tmp_path / name)
+        onnx.checker.check_model(onnx.load(str(tmp_path / name)))  # a real ONNX file
+
+
+@pytest.mark.slow
+def test_export_command_writes_executorch_for_pte_names(tiny_run, tmp_path, capsys):
+    import json
+
+    from fedprune.cli import main
+
+    pytest.importorskip("executorch.runtime")
+    out = tmp_path / "m.pte"
+    assert main(["export", str(tiny_run), "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["format"] == "executorch" and printed["max_abs_diff_vs_pytorch"] <= ATOL
+    assert out.read_bytes()[4:8] == b"ET12"  # the ExecuTorch program's file identifier
+
+
+def test_export_command_without_executorch_says_how_to_install(tiny_run, tmp_path, capsys,
+                                                               monkeypatch):
+    import sys
+
+    from fedprune.cli import main
+
+    monkeypatch.setitem(sys.modules, "executorch", None)  # import executorch -> ImportError
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "m.pte")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedprune: error: ExecuTorch is not installed")
+    assert "pip install 'fedprune[executorch]'" in err and not (tmp_path / "m.pte").exists()
+
+
+def test_bench_latency_save_needs_a_run_and_checks_before_timing(tiny_run, capsys):
+    from fedprune.cli import main
+
+    assert main(["bench-latency", "--save", "--paper-models"]) == 2
+    assert "--save and --force need at least one run directory" in capsys.readouterr().err
+    assert main(["bench-latency", str(tiny_run), "--force"]) == 2
+    assert "--force only applies with --save" in capsys.readouterr().err
+    assert not (tiny_run / "latency.json").exists()

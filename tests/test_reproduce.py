@@ -14,8 +14,20 @@ from fedprune.config import ConfigError, from_dict
 from fedprune.federated import run_simulation
 from fedprune.models import create_model, scaled_widths
 from fedprune.pruning import RatioRule, decide_ratio, prune_model, widths_of
-from fedprune.reproduce import get_suite, plan_suite, run_plan, run_state, write_report
-from fedprune.reproduce.report import collect, rows_of
+from fedprune.data.registry import SPECS
+from fedprune.reproduce import (
+    RunEvent,
+    TaskInfo,
+    TimeLeft,
+    format_left,
+    get_suite,
+    plan_suite,
+    run_plan,
+    run_state,
+    write_report,
+)
+from fedprune.reproduce.commands import ProgressView
+from fedprune.reproduce.report import _fmt, collect, rows_of
 from fedprune.reproduce.suites import Window
 
 # ---------------------------------------------------------------- the fixed-ratio rule
@@ -105,9 +117,26 @@ def test_loop_runs_the_ratio_method_one_shot():
 # ---------------------------------------------------------------- suite planning
 
 
-def test_quick_suite_plan_equal_settings_across_methods(tmp_path):
-    plan = plan_suite(get_suite("quick"), tmp_path)
+@pytest.fixture
+def no_default_fashion(tmp_path, monkeypatch):
+    """Fashion-MNIST's default folder made one that does not exist, and no $FEDPRUNE_*: the
+    plan then depends on nothing installed on the machine."""
+    spec = SPECS["fashion-mnist"]
+    absent = tmp_path / "not-installed" / "fashion-mnist"
+    monkeypatch.setitem(SPECS, "fashion-mnist",
+                        type(spec)(**{**spec.__dict__, "default_path": str(absent)}))
+    for var in ("FEDPRUNE_FEMNIST", "FEDPRUNE_CELEBA", "FEDPRUNE_FASHION_MNIST"):
+        monkeypatch.delenv(var, raising=False)
+    return absent
+
+
+def test_quick_suite_plan_equal_settings_across_methods(tmp_path, fashion_mnist_dir,
+                                                        no_default_fashion):
+    plan = plan_suite(get_suite("quick"), tmp_path,
+                      data_paths={"fashion-mnist": str(fashion_mnist_dir)})
     assert len(plan.runs) == 2 * 6 * 3 and not plan.skipped_settings
+    assert {r.config.data.path for r in plan.runs if r.setting.dataset == "fashion-mnist"} == {
+        str(fashion_mnist_dir)}
     run = next(r for r in plan.runs if r.key == ("fashion-mnist", "cnn_femnist", "ratio85", 1))
     assert run.run_dir == tmp_path / "fashion-mnist" / "cnn_femnist" / "ratio85" / "seed1"
     assert run.config.prune.method == "ratio" and run.config.prune.ratio == 0.85
@@ -132,8 +161,10 @@ def test_quick_suite_plan_equal_settings_across_methods(tmp_path):
     assert by["ratio50"].start_round == by["fedprune-low"].start_round
 
 
-def test_budget_suite_has_the_scratch_baseline_at_the_budget_size(tmp_path):
-    plan = plan_suite(get_suite("budget"), tmp_path)
+def test_budget_suite_has_the_scratch_baseline_at_the_budget_size(tmp_path, fashion_mnist_dir,
+                                                                no_default_fashion):
+    plan = plan_suite(get_suite("budget"), tmp_path,
+                      data_paths={"fashion-mnist": str(fashion_mnist_dir)})
     assert len(plan.runs) == 2 * 6 * 3
     for model in ("cnn_femnist", "inception"):
         by = {r.method.name: r.config for r in plan.runs
@@ -158,7 +189,9 @@ def test_budget_suite_has_the_scratch_baseline_at_the_budget_size(tmp_path):
         assert a == b
 
 
-def test_plan_filters_by_model_and_rejects_unknown_ones(tmp_path):
+def test_plan_filters_by_model_and_rejects_unknown_ones(tmp_path, fashion_mnist_dir,
+                                                       no_default_fashion, monkeypatch):
+    monkeypatch.setenv("FEDPRUNE_FASHION_MNIST", str(fashion_mnist_dir))
     plan = plan_suite(get_suite("budget"), tmp_path, models=["inception"],
                       methods=["dense", "scratch-p10"], sets=["fed.rounds=20"])
     assert {(r.setting.model, r.method.name) for r in plan.runs} == {
@@ -166,6 +199,68 @@ def test_plan_filters_by_model_and_rejects_unknown_ones(tmp_path):
     assert all(r.config.fed.rounds == 20 for r in plan.runs)
     with pytest.raises(ValueError, match="model 'resnet7' is not in suite budget"):
         plan_suite(get_suite("budget"), tmp_path, models=["resnet7"])
+
+
+def test_fashion_mnist_files_come_from_data_paths_the_environment_or_the_default(
+        tmp_path, fashion_mnist_dir, no_default_fashion, monkeypatch):
+    suite = get_suite("quick")
+    # no files anywhere: the setting is skipped, saying how to give them
+    plan = plan_suite(suite, tmp_path / "out")
+    assert {r.setting.dataset for r in plan.runs} == {"digits"}
+    [(setting, why)] = plan.skipped_settings
+    assert setting.dataset == "fashion-mnist"
+    assert "--data fashion-mnist=PATH" in why and "$FEDPRUNE_FASHION_MNIST" in why
+    assert str(no_default_fashion) in why
+
+    def fashion_paths(plan):
+        return {r.config.data.path for r in plan.runs if r.setting.dataset == "fashion-mnist"}
+
+    # the environment variable, then --data over it; digits never gets a path
+    monkeypatch.setenv("FEDPRUNE_FASHION_MNIST", str(fashion_mnist_dir))
+    plan = plan_suite(suite, tmp_path / "out")
+    assert fashion_paths(plan) == {str(fashion_mnist_dir)} and not plan.skipped_settings
+    assert {r.config.data.path for r in plan.runs if r.setting.dataset == "digits"} == {""}
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    plan = plan_suite(suite, tmp_path / "out", data_paths={"fashion-mnist": str(other)})
+    assert fashion_paths(plan) == {str(other)}
+    # a path given that does not exist is an error, not a silently smaller suite
+    with pytest.raises(ValueError, match="does not exist"):
+        plan_suite(suite, tmp_path / "out", data_paths={"fashion-mnist": str(tmp_path / "x")})
+    monkeypatch.setenv("FEDPRUNE_FASHION_MNIST", str(tmp_path / "typo"))
+    with pytest.raises(ValueError, match="typo does not exist"):
+        plan_suite(suite, tmp_path / "out")
+    assert plan_suite(suite, tmp_path / "out", datasets=["digits"]).runs  # not needed: fine
+    monkeypatch.delenv("FEDPRUNE_FASHION_MNIST")
+    # the default folder, when it holds the files: data.path stays empty (configs as before)
+    monkeypatch.setitem(SPECS, "fashion-mnist", type(SPECS["fashion-mnist"])(
+        **{**SPECS["fashion-mnist"].__dict__, "default_path": str(fashion_mnist_dir)}))
+    plan = plan_suite(suite, tmp_path / "out")
+    assert fashion_paths(plan) == {""} and not plan.skipped_settings
+    # --data names only datasets the suite reads from files
+    with pytest.raises(ValueError, match="suite quick reads no femnist files.*fashion-mnist"):
+        plan_suite(suite, tmp_path / "out", data_paths={"femnist": str(other)})
+    with pytest.raises(ValueError, match="all its data is embedded"):
+        plan_suite(get_suite("test"), tmp_path / "out", data_paths={"fashion-mnist": str(other)})
+    with pytest.raises(ValueError, match="--data NAME=PATH"):
+        plan_suite(suite, tmp_path / "out", sets=[f"data.path={fashion_mnist_dir}"])
+
+
+def test_quick_suite_trains_on_fashion_mnist_idx_files(tmp_path, fashion_mnist_dir,
+                                                       no_default_fashion, monkeypatch, capsys):
+    monkeypatch.setenv("FEDPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "quick"
+    rc = main(["reproduce", "--suite", "quick", "--out", str(out), "--datasets", "fashion-mnist",
+               "--methods", "dense", "--seeds", "0", "--data", f"fashion-mnist={fashion_mnist_dir}",
+               "--set", "data.num_clients=4", "--set", "fed.clients_per_round=2",
+               "--set", "fed.rounds=2", "--no-progress", "--no-report"])
+    assert rc == 0, capsys.readouterr().err
+    run = out / "fashion-mnist" / "cnn_femnist" / "dense" / "seed0"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["config"]["data"]["name"] == "fashion-mnist"
+    assert summary["config"]["data"]["path"] == str(fashion_mnist_dir)
+    assert summary["params_initial"] == summary["params_final"] > 50_000  # full width
+    assert "run 1/1 done (fashion-mnist/cnn_femnist/dense/seed0, ran in" in capsys.readouterr().out
 
 
 def test_scaled_widths_is_the_largest_uniform_scale_within_the_fraction():
@@ -236,12 +331,14 @@ def finished(tmp_path_factory):
     (early.run_dir / "config.json").write_text(json.dumps(early.config.to_dict()))
     (early.run_dir / "rounds.jsonl").write_text('{"round": 1}\n')  # no checkpoint yet
     states = {r.key: run_state(r) for r in plan.runs}
-    outcome = run_plan(plan, jobs=1, argv=["reproduce", "--suite", "test"])
-    return out, plan, killed, early, states, outcome
+    events = []
+    outcome = run_plan(plan, jobs=1, argv=["reproduce", "--suite", "test"],
+                       progress=events.append)
+    return out, plan, killed, early, states, outcome, events
 
 
 def test_states_and_resume_of_an_interrupted_suite(finished, tmp_path):
-    out, plan, killed, early, states, outcome = finished
+    out, plan, killed, early, states, outcome, events = finished
     assert states[killed.key] == "resume" and states[early.key] == "fresh"
     assert sum(s == "fresh" for s in states.values()) == len(plan.runs) - 1
     assert not outcome.failed and len(outcome.executed) == len(plan.runs)
@@ -260,6 +357,21 @@ def test_states_and_resume_of_an_interrupted_suite(finished, tmp_path):
     assert lat["timed"] and lat["ratio"] > 0
     log = json.loads((out / "suite.json").read_text())
     assert log["suite"] == "test" and log["invocations"][0]["states_before"]["resume"] == 1
+    # progress: the runs listed once, then a start and a done per run, in that order
+    assert [e.kind for e in events] == ["begin"] + ["start", "done"] * len(plan.runs)
+    assert events[0].states == {"done": 0, "resume": 1, "fresh": len(plan.runs) - 1}
+    by_run = {t.run: t for t in events[0].tasks}
+    rel = lambda r: str(r.run_dir.relative_to(out))  # noqa: E731
+    # the resumed run has 1 of its 3 rounds left: a third of its cost; the run killed
+    # before its first checkpoint starts over: all of it
+    assert by_run[rel(killed)].state == "resume"
+    assert by_run[rel(killed)].cost == pytest.approx(killed.cost / 3)
+    assert by_run[rel(early)].state == "fresh" and by_run[rel(early)].cost == early.cost
+    costs = [t.cost for t in events[0].tasks]
+    assert costs == sorted(costs, reverse=True)  # longest first
+    assert [e.task for e in events[1::2]] == [e.task for e in events[2::2]] == list(
+        events[0].tasks)
+    assert all(e.result["ok"] for e in events[2::2])
 
 
 def test_finished_runs_are_skipped(finished):
@@ -337,3 +449,196 @@ def test_a_run_or_suite_in_use_is_not_touched(tmp_path):
     finally:
         held.close()
     assert not run_plan(plan, jobs=1).failed
+
+
+# ---------------------------------------------------------------- progress and time left
+
+
+def _tasks(*costs):
+    return [TaskInfo(name, "fresh", c) for name, c in zip("abcdef", costs, strict=False)]
+
+
+def test_time_left_weights_finished_runs_by_cost_and_packs_the_rest_over_the_workers():
+    left = TimeLeft(_tasks(4, 1, 1), jobs=2)
+    left.start("a", 0)
+    left.start("b", 0)
+    assert left.seconds_left(5) is None  # nothing finished: nothing to go by
+    left.finish("b", 100, ok=True)  # cost 1 in 100 s
+    assert left.seconds_per_cost() == 100
+    # a (400 s expected) has run 100 s: 300 s left; c (100 s) fits on the other worker
+    assert left.seconds_left(100) == 300
+    left.start("c", 100)
+    assert left.seconds_left(150) == 250
+    left.finish("c", 100, ok=True)
+    assert left.seconds_left(200) == 200 and left.done == 2 and left.total == 3
+    # a run past its estimate counts as ending now, never negative
+    assert left.seconds_left(1000) == 0
+    left.finish("a", 800, ok=True)
+    assert left.seconds_left(1000) == 0.0
+    assert left.seconds_per_cost() == pytest.approx((100 + 100 + 800) / 6)
+
+
+def test_time_left_in_parallel_is_not_the_sequential_sum():
+    tasks = _tasks(1, 1, 1, 1, 1)
+    one, two = TimeLeft(tasks, jobs=1), TimeLeft(tasks, jobs=2)
+    for left in (one, two):
+        left.start("a", 0)
+        left.finish("a", 60, ok=True)
+    assert one.seconds_left(60) == 4 * 60
+    assert two.seconds_left(60) == 2 * 60  # b, c side by side, then d, e
+    two.start("b", 60)
+    two.start("c", 60)
+    assert two.seconds_left(90) == 30 + 60  # b and c half done, then d and e together
+    two.finish("b", 60, ok=True)
+    two.start("d", 120)
+    assert two.seconds_left(120) == 60  # c is due now, e follows it, beside d: both at 180
+
+
+def test_time_left_ignores_failed_and_latency_only_runs_for_the_rate():
+    tasks = [TaskInfo("a", "fresh", 2.0), TaskInfo("b", "fresh", 2.0),
+             TaskInfo("t", "done", 0.0), TaskInfo("c", "fresh", 1.0)]
+    left = TimeLeft(tasks, jobs=1)
+    left.start("a", 0)
+    left.finish("a", 1.0, ok=False)  # failed at once: says nothing about run time
+    assert left.seconds_per_cost() is None and left.seconds_left(1) is None
+    left.start("b", 1)
+    left.finish("b", 200, ok=True)
+    left.start("t", 201)
+    left.finish("t", 6, ok=True)  # latency only: cost 0, not in the rate
+    assert left.seconds_per_cost() == 100
+    assert left.seconds_left(207) == 100
+    with pytest.raises(KeyError):
+        left.start("zz", 0)
+    with pytest.raises(ValueError):
+        TimeLeft(tasks, jobs=0)
+
+
+def test_format_left():
+    assert format_left(None) == "time left not known yet"
+    assert format_left(12) == "less than a minute left"
+    assert format_left(9 * 60 + 10) == "about 9 min left"
+    assert format_left(3 * 3600) == "about 3.0 h left"
+
+
+def _feed(view, clock, events):
+    for t, ev in events:
+        clock[0] = t
+        view(ev)
+
+
+def _script(jobs=2):
+    tasks = tuple(_tasks(4, 1, 1))
+    a, b, c = tasks
+
+    def done(task, seconds, ok=True):
+        return RunEvent("done", tasks, jobs, task=task, result={
+            "ok": ok, "seconds": seconds, "error": "" if ok else "RuntimeError: boom"})
+    return tasks, [
+        (0, RunEvent("begin", tasks, jobs, states={"done": 0, "resume": 0, "fresh": 3})),
+        (0, RunEvent("start", tasks, jobs, task=a)), (0, RunEvent("start", tasks, jobs, task=b)),
+        (100, done(b, 100)), (100, RunEvent("start", tasks, jobs, task=c)),
+        (130, RunEvent("tick", tasks, jobs)),
+        (200, done(c, 100, ok=False)), (400, done(a, 400))]
+
+
+def test_progress_lines_count_finished_runs_and_say_the_time_left():
+    import io
+
+    clock = [0.0]
+    out = io.StringIO()
+    view = ProgressView(bar=False, stream=out, clock=lambda: clock[0])
+    _, events = _script()
+    _feed(view, clock, events)
+    assert out.getvalue().splitlines() == [
+        "run 1/3 done (b, ran in 100 s), about 5 min left",  # a: 300 s left, c beside it
+        "run 2/3 FAILED (c: RuntimeError: boom), about 3 min left",  # a: 400 - 200 s
+        "run 3/3 done (a, ran in 400 s)",
+    ]
+
+
+def test_progress_bar_shows_the_runs_under_way_and_the_time_left():
+    import io
+
+    clock = [0.0]
+    bar = io.StringIO()
+    view = ProgressView(bar=True, stream=io.StringIO(), bar_file=bar, clock=lambda: clock[0])
+    _, events = _script()
+    _feed(view, clock, events[:1])
+    assert view.postfix() == "time left not known yet"
+    _feed(view, clock, events[1:5])
+    assert view.bar.n == 1 and view.bar.total == 3
+    assert view.postfix() == "about 5 min left; running a, c"
+    clock[0] = 130
+    assert view.postfix() == "about 4 min left; running a, c"  # a: 400 - 130 = 270 s
+    _feed(view, clock, events[5:])
+    assert view.postfix() == "all done"
+    view.close()
+    text = bar.getvalue()
+    assert "running a, b" in text and "3/3 runs" in text
+    assert "run 2/3 FAILED (c: RuntimeError: boom)" in text  # failures above the bar
+
+
+def test_parallel_runs_report_progress_as_they_start_and_end(tmp_path, monkeypatch):
+    plan = plan_suite(get_suite("test"), tmp_path, methods=["dense", "ratio50"])
+    events = []
+    outcome = run_plan(plan, jobs=2, progress=events.append)
+    assert not outcome.failed and len(outcome.executed) == 4
+    assert events[0].kind == "begin" and len(events[0].tasks) == 4
+    under_way, most, ended = set(), 0, []
+    for ev in events[1:]:
+        assert ev.kind in ("start", "done", "tick")
+        if ev.kind == "start":
+            assert ev.task not in under_way and ev.task not in ended
+            under_way.add(ev.task)
+        elif ev.kind == "done":
+            under_way.remove(ev.task)
+            ended.append(ev.task)
+            assert ev.result["ok"]
+        most = max(most, len(under_way))
+    assert most == 2 and not under_way and sorted(ended, key=str) == sorted(events[0].tasks,
+                                                                           key=str)
+    # the same events drive the estimate to its end
+    left = TimeLeft(events[0].tasks, 2)
+    for t, ev in enumerate(events[1:]):
+        if ev.kind == "start":
+            left.start(ev.task.run, t)
+        elif ev.kind == "done":
+            left.finish(ev.task.run, ev.result["seconds"], ev.result["ok"])
+    assert left.done == 4 and left.seconds_left(len(events)) == 0.0
+
+
+# ---------------------------------------------------------------- defaults and one seed
+
+
+def test_default_out_is_runs_suite_and_the_report_goes_beside_its_runs(tmp_path, monkeypatch,
+                                                                       capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["reproduce", "--suite", "test", "--plan"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert "runs/test/digits/cnn_femnist/dense/seed0" in listed
+    assert main(["reproduce", "--suite", "test", "--methods", "dense", "ratio85", "--seeds", "0",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "report: runs/test/report.md" in out and "run 2/2 done (" in out
+    root = tmp_path / "runs" / "test"
+    assert (root / "digits" / "cnn_femnist" / "ratio85" / "seed0" / "summary.json").exists()
+    text = (root / "report.md").read_text()
+    assert (root / "report" / "digits_cnn_femnist_accuracy.png").stat().st_size > 1000
+    assert "(report/digits_cnn_femnist_accuracy.png)" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # nothing written elsewhere
+    # one seed: every value says n = 1, none shows a zero spread
+    assert "± 0.0" not in text and "1 seed)" in text
+    rows = [line for line in text.splitlines()
+            if line.startswith(("| dense FedAvg |", "| fixed ratio 85 % (one-shot) |"))]
+    assert len(rows) == 2
+    for row in rows:
+        assert "±" not in row and row.count("(n = 1)") == 6  # acc, params, FLOPs, bytes, 2 ratios
+
+
+def test_a_spread_of_one_value_is_n_1_and_of_equal_values_zero():
+    from fedprune.reproduce.report import _mean_sd
+
+    assert _fmt(*_mean_sd([0.5]), ".4f") == "0.5000 (n = 1)"
+    assert _fmt(*_mean_sd([0.5, 0.5]), ".4f") == "0.5000 ± 0.0000"
+    assert _fmt(*_mean_sd([1.0, 3.0]), ".2f", " MB") == "2.00 MB ± 1.41 MB"
+    assert _fmt(*_mean_sd([]), ".2f") == "-"

@@ -6,7 +6,11 @@
     fedprune data info NAME_OR_PATH [--set key=value ...]        # clients, samples, classes
     fedprune data prepare NAME_OR_PATH [--set key=value ...]     # build the prepared cache
     fedprune data list                                           # the named datasets
-    fedprune reproduce --suite quick --out DIR [--report FILE.md]  # methods x seeds, report
+    fedprune reproduce --suite quick [--out DIR] [--report FILE.md]  # methods x seeds, report
+    fedprune export RUN_DIR --out FILE.onnx|FILE.pte [--initial]  # the model, for phones
+    fedprune bench-latency RUN_DIR [--save]                      # dense vs pruned latency
+    fedprune compare RUN_DIR [RUN_DIR ...] [--plot FILE.png] [--markdown]  # runs side by side
+    fedprune --version
 """
 
 from __future__ import annotations
@@ -15,52 +19,105 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from .config import ConfigError, from_dict, load_config
+from .export import ExportError
 from .export import commands as export_commands
 from .reproduce import commands as reproduce_commands
 
 logger = logging.getLogger("fedprune")
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, default=None, help="TOML file of overrides")
+SET_HELP = {
+    "run": "override one setting, e.g. --set prune.k=1.5 (repeatable); --set "
+           "prune.enabled=false runs the dense FedAvg baseline, --set "
+           "budget.params_fraction=0.1 prunes to a budget",
+    "config": "override one setting, e.g. --set fed.rounds=50 (repeatable); the JSON shows "
+              "the result",
+    "info": "override a data setting, e.g. --set data.num_clients=100 or --set data.alpha=0.1 "
+            "(repeatable); the partition shown is the one 'fedprune run' makes with them",
+    "prepare": "override a data setting, e.g. --set data.format=leaf or --set "
+               "data.cache_dir=DIR (repeatable)",
+}
+
+
+def _add_config_args(p: argparse.ArgumentParser, command: str) -> None:
+    p.add_argument("--config", type=Path, default=None, metavar="FILE.toml",
+                   help="TOML file of settings, applied before --set (default: the built-in "
+                        "defaults; 'fedprune config' prints them)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one setting, e.g. --set prune.k=1.5 (repeatable); "
-                        "--set prune.enabled=false runs the dense FedAvg baseline")
+                   help=SET_HELP[command])
+
+
+def _version() -> str:
+    try:
+        return version("fedprune")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        from . import __version__
+
+        return __version__
 
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fedprune", description="Automatic structured pruning "
-                                 "during federated training.")
+                                 "during federated training.",
+                                 epilog="'fedprune COMMAND --help' shows the options of a "
+                                        "command.")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = ap.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run one federated experiment in process")
-    _add_config_args(run)
+    sub = ap.add_subparsers(title="commands", dest="command", required=True,
+                           metavar="COMMAND")
+    run = sub.add_parser(
+        "run", help="run one federated experiment in process",
+        description="Run one federated experiment in process and write its records to --out: "
+                    "rounds.jsonl, summary.json, config.json, checkpoint.pt and PNG plots.")
+    _add_config_args(run, "run")
     where = run.add_mutually_exclusive_group(required=True)
-    where.add_argument("--out", type=Path, help="new run directory for records")
+    where.add_argument("--out", type=Path, metavar="DIR",
+                       help="new (or empty) run directory for the records")
     where.add_argument("--resume", type=Path, metavar="DIR",
                        help="continue the interrupted run in DIR (its own config.json)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    cfg = sub.add_parser("config", help="print the resolved configuration as JSON")
-    _add_config_args(cfg)
+    cfg = sub.add_parser("config", help="print the resolved configuration as JSON",
+                         description="Print the configuration a run with these --config and "
+                                     "--set options would use, every setting included.")
+    _add_config_args(cfg, "config")
     sub.add_parser("models", help="list the registered models")
-    export_commands.add_parsers(sub)
-    reproduce_commands.add_parser(sub)
     data = sub.add_parser("data", help="inspect or prepare datasets (docs/data.md)")
-    dsub = data.add_subparsers(dest="data_command", required=True)
+    dsub = data.add_subparsers(title="commands", dest="data_command", required=True,
+                              metavar="COMMAND")
     for name, text in (("info", "clients, samples, classes and a per-client size histogram"),
                        ("prepare", "read the files once into the prepared-data cache")):
-        p = dsub.add_parser(name, help=text)
+        p = dsub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         p.add_argument("target", metavar="NAME_OR_PATH",
                        help="a dataset name (femnist, celeba, fashion-mnist, ...) or the path "
                             "to its files (the dataset is then guessed from them)")
-        _add_config_args(p)
-        p.add_argument("--seed", type=int, default=None, help="seed of the partition shown")
+        _add_config_args(p, name)
+        if name == "info":
+            p.add_argument("--seed", type=int, default=None,
+                           help="seed of the partition shown (default: the config's seed)")
     dsub.add_parser("list", help="the named datasets, their formats and default paths")
+    reproduce_commands.add_parser(sub)
+    cmp_ = sub.add_parser(
+        "compare", help="runs side by side: a table, and their curves on one figure",
+        description="Compare run directories (finished or running, in-process or Flower): "
+                    "final accuracy, params, FLOPs, bytes on the wire and their ratio to the "
+                    "first dense FedAvg run (else the first run), the budget outcome, and the "
+                    "latency where it was measured with 'fedprune bench-latency --save'.")
+    cmp_.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR",
+                      help="run directories (the --out of 'fedprune run', the out-dir of the "
+                           "Flower app)")
+    cmp_.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
+                      help="also draw accuracy and params per round of every run on one "
+                           "figure, pruning rounds marked (default: no figure)")
+    cmp_.add_argument("--markdown", action="store_true",
+                      help="print a Markdown table (default: aligned plain text)")
+    export_commands.add_parsers(sub)
     return ap
 
 
@@ -97,9 +154,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
                   f"files: {where}")
         return 0
     cfg = _data_config(args)
-    seed = cfg.seed if args.seed is None else args.seed
     if args.data_command == "info":
-        print(describe(cfg.data, seed))
+        print(describe(cfg.data, cfg.seed if args.seed is None else args.seed))
         return 0
     if cfg.data.name == "digits":
         print("digits is embedded in scikit-learn: nothing to prepare")
@@ -124,7 +180,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         try:
             cfg = from_dict(json.loads(cfg_file.read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"cannot resume {args.resume}: {cfg_file} unreadable ({exc})") from None
+            raise ConfigError(f"cannot resume {args.resume}: {cfg_file} unreadable ({exc})"
+                              ) from None
         args.out = args.resume
     else:
         cfg = load_config(args.config, args.sets)
@@ -159,6 +216,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not args.no_plots:
         plot_run(args.out)
     s = result.summary
+    budget_status = s.get("budget_status", (s.get("budget") or {}).get("status"))
     print(json.dumps({
         "accuracy": round(s["accuracy"], 4),
         "params": f"{s['params_initial']} -> {s['params_final']}",
@@ -166,10 +224,35 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "bytes_total": s["bytes_total"],
         "bytes_total_dense": s["bytes_total_dense"],
         "widths_final": s["widths_final"],
+        "budget_status": budget_status,
         "seconds": round(s["seconds"], 1),
         "out": str(args.out),
     }, indent=2))
+    if s.get("budget"):
+        sys.stdout.flush()
+        print(budget_line(s["budget"], budget_status), file=sys.stderr)
     return 0
+
+
+def budget_line(budget: dict, status: str | None = None) -> str:
+    """One line on a budget run's outcome, e.g. ``budget met: params 5,229 <= 5,274``."""
+    status = status or budget.get("status") or "?"
+    final, targets = budget.get("final") or {}, budget.get("targets") or {}
+    parts = []
+    for key, target in targets.items():
+        if target is None or key not in final:
+            continue
+        value = final[key]
+        unit = " ms" if key == "latency_ms" else ""
+        name = "latency" if key == "latency_ms" else key
+        fmt = (lambda v: f"{v:,.3f}") if key == "latency_ms" else (lambda v: f"{int(v):,}")
+        sign = "<=" if value <= target * (1 + 1e-12) else ">"
+        parts.append(f"{name} {fmt(value)}{unit} {sign} {fmt(target)}{unit}")
+    if budget.get("met"):
+        head = "budget met" if status == "met" else f"budget met ({status})"
+    else:
+        head = f"budget NOT met ({status})"
+    return head + (": " + ", ".join(parts) if parts else "")
 
 
 def _rounds_done(run_dir: Path) -> int:
@@ -178,33 +261,76 @@ def _rounds_done(run_dir: Path) -> int:
     return load_checkpoint(run_dir / CHECKPOINT_FILE)[2]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.command == "run":
-            return _cmd_run(args)
-        if args.command == "config":
-            print(json.dumps(load_config(args.config, args.sets).to_dict(), indent=2))
-            return 0
-        if args.command == "data":
-            return _cmd_data(args)
-        if args.command == "export":
-            return export_commands.cmd_export(args)
-        if args.command == "bench-latency":
-            return export_commands.cmd_bench_latency(args)
-        if args.command == "reproduce":
-            return reproduce_commands.cmd_reproduce(
-                args, argv if argv is not None else sys.argv[1:])
-        if args.command == "models":
-            from .models import list_models
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .metrics.compare import format_table, label_runs, plot_compare, read_run
 
-            print("\n".join(list_models()))
-            return 0
-    except (ConfigError, ValueError) as exc:
+    if args.plot is not None:
+        from matplotlib.figure import Figure
+
+        kinds = Figure().canvas.get_supported_filetypes()
+        ext = args.plot.suffix.lower().lstrip(".")
+        if ext not in kinds:
+            raise ValueError(f"--plot {args.plot}: give a file name ending in .png (or .pdf, "
+                             ".svg, another format matplotlib writes)")
+    runs = [read_run(d, label) for d, label in zip(args.run_dirs, label_runs(args.run_dirs),
+                                                    strict=True)]
+    print(format_table(runs, markdown=args.markdown))
+    if args.plot is not None:
+        print(f"wrote {plot_compare(runs, args.plot)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; the exit status (2 for bad input, 141 when stdout is closed early)."""
+    try:
+        try:
+            args = _parser().parse_args(argv)
+        except SystemExit:  # --help, --version, a usage error: flush while we can catch
+            sys.stdout.flush()
+            raise
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
+        code = _dispatch(args, argv)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+    except BrokenPipeError:
+        # the reader went away (fedprune ... | head): stop quietly, as a Unix filter does; the
+        # interpreter's last flush writes to /dev/null instead of raising again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a file descriptor (embedded use)
+            pass
+        finally:
+            os.close(devnull)
+        return 141  # 128 + SIGPIPE, the status of a filter stopped by its reader
+    except (ConfigError, ValueError, ExportError) as exc:
         print(f"fedprune: error: {exc}", file=sys.stderr)
         return 2
+    return code
+
+
+def _dispatch(args: argparse.Namespace, argv: list[str] | None) -> int:
+    if args.command == "run":
+        return _cmd_run(args)
+    if args.command == "config":
+        print(json.dumps(load_config(args.config, args.sets).to_dict(), indent=2))
+        return 0
+    if args.command == "data":
+        return _cmd_data(args)
+    if args.command == "compare":
+        return _cmd_compare(args)
+    if args.command == "export":
+        return export_commands.cmd_export(args)
+    if args.command == "bench-latency":
+        return export_commands.cmd_bench_latency(args)
+    if args.command == "reproduce":
+        return reproduce_commands.cmd_reproduce(
+            args, argv if argv is not None else sys.argv[1:])
+    if args.command == "models":
+        from .models import list_models
+
+        print("\n".join(list_models()))
+        return 0
     return 1  # pragma: no cover
 
 

@@ -15,6 +15,9 @@ from ..metrics.size import count_flops, n_params
 from .onnx import export_onnx, ort_session
 
 
+LATENCY_SETUP = "onnxruntime, 1 thread, batch 1, interleaved"
+
+
 @dataclass(frozen=True)
 class LatencyRow:
     name: str
@@ -67,3 +70,16 @@ def format_rows(rows: list[LatencyRow]) -> str:
                      f"{r.stats.median_ms:>9.3f} {r.stats.p90_ms:>8.3f} "
                      f"{r.speedup_vs_first:>7.2f}x")
     return "\n".join(lines)
+
+
+def run_latency_record(rows: list[LatencyRow]) -> dict:
+    """The ``latency.json`` of a run from its [initial dense, final] rows.
+
+    ``ratio`` is the final model's median latency over the initial dense model's (lower is
+    better); ``dense`` and ``final`` are the two rows (``median_ms``, ``p90_ms``, ...).
+    """
+    if len(rows) != 2:
+        raise ValueError(f"a run's latency record needs 2 rows (dense, final), got {len(rows)}")
+    dense, final = rows
+    return {"ratio": final.stats.median_ms / dense.stats.median_ms, "timed": True,
+            "dense": dense.to_dict(), "final": final.to_dict(), "setup": LATENCY_SETUP}

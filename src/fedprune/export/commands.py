@@ -4,48 +4,111 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
+from ..metrics.compare import LATENCY_FILE
 from ..models import model_defaults, new_model
-from .bench import bench_onnx_latency, format_rows
+from .bench import bench_onnx_latency, format_rows, run_latency_record
 from .runs import load_run
 
 PAPER_MODELS = ("cnn_femnist", "cnn_celeba", "resnet7", "inception")
+FORMATS = {".onnx": "onnx", ".pte": "executorch"}  # file extension -> export format
+FORMAT_NAMES = {"onnx": "an ONNX model", "executorch": "an ExecuTorch program"}
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    ex = sub.add_parser("export", help="export a run's final (or initial) model for phones")
-    ex.add_argument("run_dir", type=Path)
-    ex.add_argument("--format", choices=("onnx", "executorch"), default="onnx")
-    ex.add_argument("--out", type=Path, required=True, help="file to write (.onnx or .pte)")
+    ex = sub.add_parser(
+        "export", help="export a run's final (or initial) model for phones",
+        description="Export the pruned model of a finished run (or, with --initial, the dense "
+                    "model it started from) to ONNX or ExecuTorch, and check the file against "
+                    "PyTorch on random inputs. The format follows the extension of --out "
+                    "(.onnx: ONNX, .pte: ExecuTorch) unless --format names it.")
+    ex.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                    help="a run directory (the --out of 'fedprune run': checkpoint.pt, "
+                         "config.json)")
+    ex.add_argument("--out", type=Path, required=True, metavar="FILE",
+                    help="file to write: FILE.onnx (ONNX) or FILE.pte (ExecuTorch); never "
+                         "overwritten")
+    ex.add_argument("--format", choices=("onnx", "executorch"), default=None,
+                    help="onnx (verified with onnxruntime) or executorch (XNNPACK; needs "
+                         "'fedprune[executorch]'); must agree with a .onnx or .pte --out "
+                         "(default: from the --out extension)")
     ex.add_argument("--initial", action="store_true",
-                    help="export the dense model the run started from, not the pruned one")
-    bl = sub.add_parser("bench-latency",
-                        help="single-thread batch-1 latency of dense vs pruned (onnxruntime)")
-    bl.add_argument("run_dirs", type=Path, nargs="*", help="runs whose dense/pruned pair to time")
+                    help="export the dense model the run started from, not the pruned one "
+                         "(default: the pruned final model)")
+    bl = sub.add_parser(
+        "bench-latency",
+        help="single-thread batch-1 latency of dense vs pruned (onnxruntime)",
+        description="Time models in onnxruntime (1 thread, batch 1, interleaved runs, median "
+                    "and 90th percentile): the dense/pruned pair of each run given, the "
+                    "paper's architectures, or a latency table for budget.latency_table.")
+    bl.add_argument("run_dirs", type=Path, nargs="*", metavar="RUN_DIR",
+                    help="runs whose initial dense and final pruned models to time")
+    bl.add_argument("--save", action="store_true",
+                    help=f"also write each run's figures to RUN_DIR/{LATENCY_FILE}, where "
+                         "'fedprune compare' reads them (an existing file is an error unless "
+                         "--force)")
+    bl.add_argument("--force", action="store_true",
+                    help=f"with --save: replace an existing RUN_DIR/{LATENCY_FILE}")
     bl.add_argument("--paper-models", action="store_true",
                     help="also time the paper's four architectures at their initial widths")
-    bl.add_argument("--runs", type=int, default=200)
-    bl.add_argument("--warmup", type=int, default=20)
-    bl.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    bl.add_argument("--runs", type=int, default=200, metavar="N",
+                    help="timed runs per model (default: %(default)s)")
+    bl.add_argument("--warmup", type=int, default=20, metavar="N",
+                    help="untimed warm-up runs per model (default: %(default)s)")
+    bl.add_argument("--json", type=Path, default=None, metavar="FILE",
+                    help="also write all rows as JSON to FILE (default: none)")
     bl.add_argument("--table", type=Path, default=None, metavar="FILE",
                     help="write a latency table for budget.latency_table: --model at widths "
-                         "scaled by --fractions, timed on this device")
-    bl.add_argument("--model", default="cnn_femnist", help="model of the --table")
-    bl.add_argument("--num-classes", type=int, default=None)
-    bl.add_argument("--in-channels", type=int, default=None)
-    bl.add_argument("--image-size", type=int, default=None)
-    bl.add_argument("--fractions", default="1,0.75,0.5,0.35,0.25,0.15,0.1",
-                    help="width scales of the --table rows (comma-separated)")
+                         "scaled by --fractions, timed on this device; never overwritten "
+                         "(default: no table)")
+    bl.add_argument("--model", default="cnn_femnist",
+                    help="model of the --table, one of 'fedprune models' (default: %(default)s)")
+    bl.add_argument("--num-classes", type=int, default=None, metavar="N",
+                    help="classes of the --table model (default: 62 for 1 input channel, "
+                         "else 2)")
+    bl.add_argument("--in-channels", type=int, default=None, metavar="N",
+                    help="input channels of the --table model (default: the model's own)")
+    bl.add_argument("--image-size", type=int, default=None, metavar="PIXELS",
+                    help="input height and width of the --table model (default: the model's "
+                         "own)")
+    bl.add_argument("--fractions", default="1,0.75,0.5,0.35,0.25,0.15,0.1", metavar="LIST",
+                    help="width scales of the --table rows, comma-separated "
+                         "(default: %(default)s)")
+
+
+def export_format(out: Path, fmt: str | None) -> str:
+    """The export format for ``--out`` and ``--format``: inferred from, and checked against,
+    the extension (``.onnx`` ONNX, ``.pte`` ExecuTorch); raise ``ValueError`` otherwise."""
+    ext = out.suffix.lower()
+    implied = FORMATS.get(ext)
+    known = " or ".join(f"{e} ({f})" for e, f in FORMATS.items())
+    if fmt is None:
+        if implied is None:
+            raise ValueError(
+                f"--out {out}: cannot tell the format from "
+                f"{'the extension ' + repr(ext) if ext else 'a name without extension'}: "
+                f"name the file {known}, or give --format")
+        return implied
+    if fmt not in FORMAT_NAMES:
+        raise ValueError(f"--format {fmt!r}: choose {' or '.join(FORMAT_NAMES)}")
+    if implied is not None and implied != fmt:
+        right = next(e for e, f in FORMATS.items() if f == fmt)
+        raise ValueError(
+            f"--format {fmt} writes {FORMAT_NAMES[fmt]}, but --out {out} has the extension of "
+            f"{FORMAT_NAMES[implied]}: use --out {out.with_suffix(right)}, or drop --format")
+    return fmt
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    fmt = export_format(args.out, args.format)
+    if args.out.exists():
+        raise ValueError(f"--out {args.out} exists: choose a new file (exports never overwrite)")
     rm = load_run(args.run_dir)
     model = rm.initial if args.initial else rm.final
     x = rm.spec.example_input()
-    if args.out.exists():
-        raise ValueError(f"--out {args.out} exists: choose a new file (exports never overwrite)")
-    if args.format == "onnx":
+    if fmt == "onnx":
         from .onnx import export_onnx
 
         report = export_onnx(model, x, args.out)
@@ -53,7 +116,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         from .executorch import export_executorch
 
         report = export_executorch(model, x, args.out)
-    print(json.dumps({"file": str(report.path), "bytes": report.bytes,
+    print(json.dumps({"file": str(report.path), "format": fmt, "bytes": report.bytes,
                       "max_abs_diff_vs_pytorch": report.max_abs_diff,
                       "input": {"name": "input", "shape": list(x.shape), "dtype": "float32",
                                 "layout": "NCHW"},
@@ -66,14 +129,28 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
         raise ValueError("give at least one run directory, --paper-models or --table FILE")
     if args.runs < 1 or args.warmup < 0:
         raise ValueError("--runs must be >= 1 and --warmup >= 0")
+    if (args.save or args.force) and not args.run_dirs:
+        raise ValueError("--save and --force need at least one run directory")
+    if args.force and not args.save:
+        raise ValueError("--force only applies with --save")
+    if args.save and not args.force:
+        for run_dir in args.run_dirs:
+            if (Path(run_dir) / LATENCY_FILE).exists():
+                raise ValueError(f"{Path(run_dir) / LATENCY_FILE} exists: add --force to "
+                                 "measure again and replace it")
+    models = [(run_dir, load_run(run_dir)) for run_dir in args.run_dirs]  # all readable first
     out = []
-    for run_dir in args.run_dirs:
-        rm = load_run(run_dir)
+    for run_dir, rm in models:
         rows = bench_onnx_latency({"dense (initial)": rm.initial, "pruned (final)": rm.final},
                                   rm.spec.example_input(), runs=args.runs, warmup=args.warmup)
         print(f"{run_dir}: {rm.spec.name}, widths {rm.spec.widths_now()}")
         print(format_rows(rows))
-        print(f"dense/pruned median latency ratio: {rows[1].speedup_vs_first:.2f}x\n")
+        print(f"dense/pruned median latency ratio: {rows[1].speedup_vs_first:.2f}x")
+        if args.save:
+            path = Path(run_dir) / LATENCY_FILE
+            _write_json_atomic(path, run_latency_record(rows))
+            print(f"wrote {path}")
+        print()
         out.append({"run": str(run_dir), "rows": [r.to_dict() for r in rows]})
     if args.paper_models:
         for name in PAPER_MODELS:
@@ -90,6 +167,12 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps(out, indent=2))
     return 0
+
+
+def _write_json_atomic(path: Path, obj: object) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def write_latency_table(args: argparse.Namespace) -> Path:

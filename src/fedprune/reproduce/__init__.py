@@ -1,8 +1,9 @@
 """Reproduce the paper's tables beside baselines: suites of runs, resumable, and their report.
 
-``fedprune reproduce --suite quick --out runs/quick --report docs/results/quick.md``
+``fedprune reproduce --suite quick`` (run folders and ``report.md`` under ``runs/quick/``)
 """
 
+from .progress import RunEvent, TaskInfo, TimeLeft, format_left
 from .report import write_report
 from .runner import measure_latency, run_plan, run_state
 from .suites import (
@@ -24,9 +25,13 @@ __all__ = [
     "Method",
     "Plan",
     "PlannedRun",
+    "RunEvent",
     "Setting",
     "Suite",
+    "TaskInfo",
+    "TimeLeft",
     "Window",
+    "format_left",
     "get_suite",
     "measure_latency",
     "plan_suite",

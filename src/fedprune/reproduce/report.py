@@ -1,7 +1,8 @@
 """The Markdown report of a suite, built from its run folders alone (plus ``suite.json``).
 
 Per (dataset, model) setting: a table of methods (mean +- sample std over seeds of final
-accuracy, params, FLOPs, total bytes, bytes and latency ratios vs dense FedAvg), checks of
+accuracy, params, FLOPs, total bytes, bytes and latency ratios vs dense FedAvg; a value of a
+single run is marked ``n = 1``, as it has no spread), checks of
 fedprune's targets, and three plots (accuracy vs round, params vs round, accuracy vs FLOPs).
 The paper's published numbers (docs: ``method.md``) stand beside ours in one table.
 """
@@ -70,9 +71,10 @@ class Cell:
 
 
 def _mean_sd(xs: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation; the deviation is NaN for fewer than two values."""
     if not xs:
         return math.nan, math.nan
-    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else math.nan
 
 
 def collect(plan: Plan) -> dict[tuple[str, str], dict[str, Cell]]:
@@ -101,8 +103,11 @@ def _bytes_ratios(cell: Cell, dense: Cell | None) -> list[float]:
 
 
 def _fmt(mean: float, sd: float, spec: str, unit: str = "") -> str:
+    """``mean ± sd``; a single value (no spread) as ``value (n = 1)``; nothing as ``-``."""
     if math.isnan(mean):
         return "-"
+    if math.isnan(sd):
+        return f"{mean:{spec}}{unit} (n = 1)"
     return f"{mean:{spec}}{unit} ± {sd:{spec}}{unit}"
 
 
@@ -260,6 +265,9 @@ def plots(cells: dict[tuple[str, str], dict[str, Cell]], out_dir: Path) -> dict[
         setting = next(iter(by.values())).setting
         slug = _slug(setting)
         files = []
+        # one seed everywhere: no spread to show, and the labels say so
+        single = max((len(c.runs) for c in by.values()), default=0) <= 1
+        over_seeds = "one seed, n = 1" if single else "mean ± std over seeds"
         for kind in ("accuracy", "params"):
             fig, ax = plt.subplots(figsize=(6.4, 4.2))
             try:
@@ -277,16 +285,18 @@ def plots(cells: dict[tuple[str, str], dict[str, Cell]], out_dir: Path) -> dict[
                     lw = 2.2 if name == HEADLINE_METHOD else 1.3
                     (line,) = ax.plot(xs, ms, style, lw=lw, label=METHODS[name].label)
                     if kind == "accuracy" and len(cell.runs) > 1:
-                        sds = [statistics.stdev(series[x]) if len(series[x]) > 1 else 0.0
+                        # no band at rounds that only one seed reached
+                        sds = [statistics.stdev(series[x]) if len(series[x]) > 1 else math.nan
                                for x in xs]
                         ax.fill_between(xs, [m - s for m, s in zip(ms, sds, strict=True)],
                                         [m + s for m, s in zip(ms, sds, strict=True)],
                                         color=line.get_color(), alpha=0.12, lw=0)
                 ax.set_xlabel("round")
                 if kind == "accuracy":
-                    ax.set_ylabel("test accuracy (mean ± std over seeds)")
+                    ax.set_ylabel(f"test accuracy ({over_seeds})")
                 else:
-                    ax.set_ylabel("trainable parameters (mean over seeds)")
+                    ax.set_ylabel("trainable parameters ("
+                                  + ("one seed, n = 1" if single else "mean over seeds") + ")")
                     ax.set_yscale("log")
                 ax.set_title(f"{setting.title}\n{kind} per round", fontsize=9)
                 ax.grid(True, alpha=0.3)
@@ -306,16 +316,18 @@ def plots(cells: dict[tuple[str, str], dict[str, Cell]], out_dir: Path) -> dict[
                 a = cell.values("accuracy")
                 (pts,) = ax.plot(f, a, "o", ms=3, alpha=0.35)
                 fm, (am, asd) = statistics.fmean(f), _mean_sd(a)
-                ax.errorbar([fm], [am], yerr=[asd], fmt="s" if name == "dense" else "o", ms=7,
-                            capsize=3, color=pts.get_color(), label=METHODS[name].label)
+                ax.errorbar([fm], [am], yerr=None if math.isnan(asd) else [asd],
+                            fmt="s" if name == "dense" else "o", ms=7, capsize=3,
+                            color=pts.get_color(), label=METHODS[name].label)
             ax.set_xscale("log")
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.xaxis.set_minor_formatter(FuncFormatter(
                 lambda v, _: f"{v:g}" if f"{v:.1e}"[0] in "25" else ""))
             ax.set_xlabel("final FLOPs per sample (millions, log scale)")
             ax.set_ylabel("final test accuracy")
-            ax.set_title(f"{setting.title}\naccuracy vs FLOPs (mean ± std over seeds; dots: "
-                         "single seeds)", fontsize=9)
+            ax.set_title(f"{setting.title}\naccuracy vs FLOPs ("
+                         + ("one seed, n = 1" if single else
+                            "mean ± std over seeds; dots: single seeds") + ")", fontsize=9)
             ax.grid(True, alpha=0.3, which="both")
             ax.legend(fontsize=7.5)
             fig.tight_layout()
@@ -372,7 +384,9 @@ def render(plan: Plan, cells: dict[tuple[str, str], dict[str, Cell]],
     n_met = len({r.method.name for r in plan.runs})
     n_seed = len({r.seed for r in plan.runs})
     out.append(f"{suite.description}. This report: {len(plan.runs)} runs ({n_set} setting"
-               f"{'s' if n_set > 1 else ''} × {n_met} methods × {n_seed} seeds). Generated from the run folders under `{plan.out}` by the report step "
+               f"{'s' if n_set != 1 else ''} × {n_met} method{'s' if n_met != 1 else ''} × "
+               f"{n_seed} seed{'s' if n_seed != 1 else ''}). Generated from the run folders "
+               f"under `{plan.out}` by the report step "
                "of `fedprune reproduce` (it runs alone with `--report-only`): every number "
                "below is read from the runs' `summary.json`, `rounds.jsonl` and "
                "`latency.json`.")
@@ -416,7 +430,8 @@ def render(plan: Plan, cells: dict[tuple[str, str], dict[str, Cell]],
         out.append(f"- Not run: {setting.title} ({why}).")
     if plan.skipped_settings:
         out.append("")
-    out.append("Columns: mean ± sample standard deviation over the seeds of the final round; "
+    out.append("Columns: mean ± sample standard deviation over the seeds of the final round "
+               "(a value from a single run has no spread and is marked *n = 1*); "
                "params are PyTorch trainable parameters, FLOPs = 2 × MACs of one sample's "
                "forward pass, total bytes the float32 payload down and up over the run "
                "(architecture JSON included), *bytes vs dense* that total over dense FedAvg's "

@@ -11,6 +11,9 @@ A folder holding a run of another configuration is an error, never overwritten. 
 its latency ratio (initial dense model vs final model, onnxruntime, 1 thread, batch 1,
 interleaved) is measured once and cached in ``latency.json``.
 
+Progress goes to a callback as :class:`~fedprune.reproduce.progress.RunEvent` objects (the
+command line draws a bar or prints a line per run from them); per-run lines are also logged.
+
 Each run holds an exclusive lock (``.lock``, ``flock``) while it trains, and a suite holds one
 on ``OUT/.suite.lock``: a second invocation on the same folder, or a worker orphaned by a killed
 suite and still finishing its run, can never write a run folder at the same time.
@@ -28,12 +31,14 @@ import platform
 import sys
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .progress import RunEvent, TaskInfo
 from .suites import Plan, PlannedRun
 
 logger = logging.getLogger(__name__)
@@ -48,6 +53,22 @@ def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(cfg, sort_keys=True))
 
 
+def _differences(stored: dict[str, Any], planned: dict[str, Any], limit: int = 3) -> str:
+    """``key: stored there, planned`` for the first few (dotted) keys that differ."""
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, key: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k), b.get(k), f"{key}.{k}" if key else k)
+        elif a != b:
+            out.append(f"{key}: {json.dumps(a)} there, {json.dumps(b)} planned")
+
+    walk(stored, planned, "")
+    more = f" and {len(out) - limit} more" if len(out) > limit else ""
+    return "; ".join(out[:limit]) + more
+
+
 def run_state(run: PlannedRun) -> str:
     """``done``, ``resume`` or ``fresh`` (see the module docstring); raises on a foreign run."""
     d = run.run_dir
@@ -58,9 +79,10 @@ def run_state(run: PlannedRun) -> str:
         except (OSError, json.JSONDecodeError):
             stored = None
         if stored is not None and _comparable(stored) != _comparable(run.config.to_dict()):
+            diff = _differences(_comparable(stored), _comparable(run.config.to_dict()))
             raise ValueError(
                 f"{d} holds a run of another configuration (its config.json differs from the "
-                "suite's): choose another --out, or remove that folder")
+                f"suite's in {diff}): choose another --out, or remove that folder")
     if (d / "summary.json").exists():
         return "done"
     if (d / "checkpoint.pt").exists() and cfg_file.exists():
@@ -70,6 +92,21 @@ def run_state(run: PlannedRun) -> str:
 
 def latency_needed(run: PlannedRun) -> bool:
     return not (run.run_dir / LATENCY_FILE).exists()
+
+
+def fraction_left(run: PlannedRun, state: str) -> float:
+    """The share of the run's rounds still to train: 1 (fresh), 0 (done), else from
+    ``rounds.jsonl`` (a resumed run continues after its last checkpointed round)."""
+    if state == "fresh":
+        return 1.0
+    if state == "done":
+        return 0.0
+    try:
+        lines = (run.run_dir / "rounds.jsonl").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return 1.0
+    rounds = max(1, run.config.fed.rounds)
+    return min(1.0, max(0.0, 1.0 - sum(1 for x in lines if x.strip()) / rounds))
 
 
 def measure_latency(run_dir: Path, *, dense: bool, runs: int, warmup: int) -> dict[str, Any]:
@@ -188,11 +225,18 @@ def run_plan(
     plan: Plan,
     *,
     jobs: int = 2,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[RunEvent], None] | None = None,
     argv: list[str] | None = None,
 ) -> SuiteOutcome:
-    """Execute every unfinished run of ``plan`` (longest first) and log the invocation."""
-    say = progress or (lambda _msg: None)
+    """Execute every unfinished run of ``plan`` (longest first) and log the invocation.
+
+    ``progress`` receives a :class:`RunEvent` when the runs are listed (``begin``), when each
+    run starts and ends (``start``, ``done``) and, with ``jobs > 1``, every 15 s in between
+    (``tick``); at most ``jobs`` runs are under way at any time.
+    """
+    if jobs < 1:
+        raise ValueError("jobs must be >= 1")
+    emit = progress or (lambda _ev: None)
     suite_in_out = read_suite_log(plan.out).get("suite")
     if suite_in_out not in (None, plan.suite.name):
         raise ValueError(f"{plan.out} holds suite {suite_in_out!r}, not {plan.suite.name!r}: "
@@ -202,48 +246,72 @@ def run_plan(
     if suite_lock is None:
         raise ValueError(f"{plan.out} is in use by another fedprune reproduce")
     with contextlib.closing(suite_lock):
-        return _run_plan(plan, jobs, say, argv)
+        return _run_plan(plan, jobs, emit, argv)
 
 
-def _run_plan(plan: Plan, jobs: int, say: Callable[[str], None],
+def _run_plan(plan: Plan, jobs: int, emit: Callable[[RunEvent], None],
               argv: list[str] | None) -> SuiteOutcome:
     t0 = time.perf_counter()
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     load_before = os.getloadavg()
     states = {"done": 0, "resume": 0, "fresh": 0}
-    tasks: list[tuple[float, Task]] = []
+    todo: list[tuple[TaskInfo, Task]] = []
     for run in plan.runs:
         state = run_state(run)
         states[state] += 1
         if state == "done" and not latency_needed(run):
             continue
-        tasks.append((run.cost, Task(str(run.run_dir), run.config.to_dict(), state,
-                                     run.method.name == "dense", plan.suite.latency_runs,
-                                     plan.suite.latency_warmup)))
-    tasks.sort(key=lambda t: -t[0])  # longest first: better packing over the workers
-    say(f"suite {plan.suite.name}: {len(plan.runs)} runs, {states['done']} finished, "
-        f"{states['resume']} to resume, {states['fresh']} to start; {jobs} in parallel")
+        info = TaskInfo(os.path.relpath(run.run_dir, plan.out), state,
+                        run.cost * fraction_left(run, state))
+        todo.append((info, Task(str(run.run_dir), run.config.to_dict(), state,
+                                run.method.name == "dense", plan.suite.latency_runs,
+                                plan.suite.latency_warmup)))
+    # longest first (better packing over the workers); latency-only work last
+    todo.sort(key=lambda t: -t[0].cost)
+    infos = tuple(info for info, _ in todo)
+    logger.info("suite %s: %d runs, %d finished, %d to resume, %d to start; %d in parallel",
+                plan.suite.name, len(plan.runs), states["done"], states["resume"],
+                states["fresh"], jobs)
     for setting, why in plan.skipped_settings:
-        say(f"skipped {setting.title}: {why}")
+        logger.info("skipped %s: %s", setting.title, why)
+    emit(RunEvent("begin", infos, jobs, states=dict(states)))
     results: list[dict[str, Any]] = []
     loads: list[float] = [load_before[0]]  # 1-minute load average, sampled while running
-    todo = [t for _, t in tasks]
+
+    def finished(info: TaskInfo, result: dict[str, Any]) -> None:
+        results.append(result)
+        logger.info("%s", _line(result, len(results), len(todo), plan.out))
+        emit(RunEvent("done", infos, jobs, task=info, result=result))
+
     if jobs <= 1 or len(todo) <= 1:
-        for i, task in enumerate(todo, 1):
-            results.append(execute(task))
+        for info, task in todo:
+            emit(RunEvent("start", infos, jobs, task=info))
+            result = execute(task)
             loads.append(os.getloadavg()[0])
-            say(_line(results[-1], i, len(todo), plan.out))
+            finished(info, result)
     else:
         ctx = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init)
         try:
-            pending: set[Future] = {pool.submit(execute, t) for t in todo}
-            while pending:
-                done, pending = wait(pending, timeout=15, return_when=FIRST_COMPLETED)
+            queue = deque(todo)
+            running: dict[Future, TaskInfo] = {}
+
+            def hand_out() -> None:  # a run starts when a worker is free for it
+                while queue and len(running) < jobs:
+                    info, task = queue.popleft()
+                    running[pool.submit(execute, task)] = info
+                    emit(RunEvent("start", infos, jobs, task=info))
+
+            hand_out()
+            while running:
+                done, _ = wait(running, timeout=15, return_when=FIRST_COMPLETED)
                 loads.append(os.getloadavg()[0])
+                if not done:
+                    emit(RunEvent("tick", infos, jobs))
+                    continue
                 for f in done:
-                    results.append(f.result())
-                    say(_line(results[-1], len(results), len(todo), plan.out))
+                    finished(running.pop(f), f.result())
+                hand_out()
         except BaseException:
             # interrupted (Ctrl-C, SIGTERM): stop the workers now; their runs resume next time
             for proc in list(getattr(pool, "_processes", {}).values()):

@@ -18,6 +18,12 @@ Suites:
   fedprune's default and the budget's size trained from scratch, 3 seeds;
 * ``paper``: FEMNIST and CelebA (when their files are given), the paper's three
   architectures (CNN, ResNet-7, Inception) at full width, 100 rounds, 3 seeds.
+
+Data files: FEMNIST and CelebA are given with ``data_paths`` (``--data NAME=PATH``) or
+``$FEDPRUNE_FEMNIST`` / ``$FEDPRUNE_CELEBA``; Fashion-MNIST is read from its default folder
+(``/usr/share/datasets/fashion-mnist``, Debian's ``dataset-fashion-mnist``) unless
+``--data fashion-mnist=PATH`` or ``$FEDPRUNE_FASHION_MNIST`` names another folder of its IDX
+files.  A setting whose files are absent is skipped (and listed as such in the report).
 """
 
 from __future__ import annotations
@@ -29,7 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ExperimentConfig, from_dict, merge, parse_overrides
+from ..config import (
+    ExperimentConfig,
+    default_budget_deadline,
+    default_window,
+    from_dict,
+    merge,
+    parse_overrides,
+)
 
 SUMMARY = "summary.json"
 
@@ -44,15 +57,9 @@ class Window:
 
     @classmethod
     def scaled(cls, rounds: int) -> Window:
-        """fedprune's default window (30-40 every 2 of 100 rounds) scaled to ``rounds``.
-
-        Six tries, as in the default, whatever the length: at 100 rounds this is exactly the
-        default (30, 40, 2); shorter runs start at 30 % of the rounds and try every 2 rounds
-        while that fits before 60 % of the rounds, else every round.
-        """
-        start = max(1, round(0.3 * rounds))
-        interval = 2 if start + 10 <= round(0.6 * rounds) or rounds >= 100 else 1
-        return cls(start, start + 5 * interval, interval)
+        """fedprune's automatic window for ``rounds`` (:func:`fedprune.config.default_window`:
+        six tries; at 100 rounds rounds 30 to 40 every 2)."""
+        return cls(*default_window(rounds))
 
 
 @dataclass(frozen=True)
@@ -120,7 +127,7 @@ def _budget_prune(s: Setting) -> dict[str, Any]:
     # fedprune's defaults, tried every window interval from the window's start until the
     # budget is met (or 80 % of the rounds have passed)
     return {"enabled": True, "method": "auto", "mode": "low", "start_round": s.window.start,
-            "max_prune_round": max(s.window.stop, round(0.8 * s.rounds)),
+            "max_prune_round": max(s.window.stop, default_budget_deadline(s.rounds)),
             "interval": s.window.interval}
 
 
@@ -276,7 +283,9 @@ def _budget_suite() -> Suite:
     )
 
 
-PAPER_DATA_ENV = {"femnist": "FEDPRUNE_FEMNIST", "celeba": "FEDPRUNE_CELEBA"}
+# the environment variables naming a dataset's files (``--data NAME=PATH`` takes precedence)
+DATA_ENV = {"femnist": "FEDPRUNE_FEMNIST", "celeba": "FEDPRUNE_CELEBA",
+            "fashion-mnist": "FEDPRUNE_FASHION_MNIST"}
 
 
 def _paper_suite() -> Suite:
@@ -365,7 +374,44 @@ class Plan:
 
 
 def data_paths_from_env() -> dict[str, str]:
-    return {name: os.environ[var] for name, var in PAPER_DATA_ENV.items() if os.environ.get(var)}
+    """``{dataset: path}`` from ``$FEDPRUNE_FEMNIST``, ``$FEDPRUNE_CELEBA`` and
+    ``$FEDPRUNE_FASHION_MNIST`` (those set and not empty)."""
+    return {name: os.environ[var] for name, var in DATA_ENV.items() if os.environ.get(var)}
+
+
+def file_datasets(suite: Suite) -> list[str]:
+    """The suite's datasets that are read from files (all but the embedded ``digits``)."""
+    from ..data.registry import SPECS
+
+    return sorted({s.dataset for s in suite.settings if SPECS[s.dataset].formats})
+
+
+def _data_path(setting: Setting, suite: Suite, given: str) -> tuple[str | None, str]:
+    """``(data.path to set or None, why the setting is skipped or "")`` for one setting.
+
+    A path given for the dataset (``--data`` or its environment variable) must exist; without
+    one, the dataset's default folder (Fashion-MNIST) is used where it exists, else the setting
+    is skipped.
+    """
+    from ..data.registry import SPECS
+
+    name = setting.dataset
+    env = DATA_ENV.get(name, "")
+    how = f"--data {name}=PATH" + (f" or ${env}" if env else "")
+    if given:
+        path = Path(given).expanduser()
+        if not path.exists():
+            raise ValueError(f"{name} files: {given} does not exist (given with {how})")
+        return str(path), ""
+    default = SPECS[name].default_path
+    if name in suite.needs_files or not default:
+        return None, f"no {name} files: give {how}"
+    if not Path(default).exists():
+        install = (" (apt-get install dataset-fashion-mnist)" if name == "fashion-mnist"
+                   else "")
+        return None, (f"{name} files absent: {default} does not exist; give {how}, or install "
+                      f"them there{install}")
+    return None, ""
 
 
 def plan_suite(
@@ -382,7 +428,9 @@ def plan_suite(
     """Every run of ``suite`` under ``out``; settings whose data files are absent are skipped.
 
     ``sets`` (``key=value``) override the settings of every run alike; a changed ``fed.rounds``
-    rescales the pruning windows.  ``data_paths`` maps a dataset name to its files.
+    rescales the pruning windows.  ``data_paths`` maps a dataset name to its files (it takes
+    precedence over the environment, see :func:`data_paths_from_env`); a path given for a
+    dataset must exist, and only the suite's datasets read from files may be named.
     ``methods``, ``datasets`` and ``models`` keep a subset of the suite's.
     """
     for name in methods or []:
@@ -399,32 +447,33 @@ def plan_suite(
         if name not in known_models:
             raise ValueError(f"model {name!r} is not in suite {suite.name}: "
                              + ", ".join(sorted(known_models)))
+    with_files = file_datasets(suite)
+    for name in data_paths or {}:
+        if name not in with_files:
+            raise ValueError(
+                f"--data {name}=...: suite {suite.name} reads no {name} files ("
+                + (f"its datasets read from files: {', '.join(with_files)}" if with_files
+                   else "all its data is embedded") + ")")
     paths = {**data_paths_from_env(), **(data_paths or {})}
     extra = parse_overrides(list(sets or []))
     if "prune" in extra or "seed" in extra:
         raise ValueError("--set cannot change prune.* or seed: they define the methods and seeds")
+    if "path" in extra.get("data", {}):
+        raise ValueError("--set data.path would give every dataset of the suite the same files: "
+                         "name each dataset's files with --data NAME=PATH")
     plan = Plan(suite, Path(out), [])
     for setting in suite.settings:
         if (datasets and setting.dataset not in datasets) or (models and setting.model
                                                                not in models):
             continue
         over = merge(setting.overrides, extra)
-        if setting.dataset in suite.needs_files:
-            path = paths.get(setting.dataset, "")
-            if not path or not Path(path).expanduser().exists():
-                plan.skipped_settings.append((setting, (
-                    f"no {setting.dataset} files: give --data {setting.dataset}=PATH or "
-                    f"${PAPER_DATA_ENV.get(setting.dataset, '')}" if not path else
-                    f"{path} does not exist")))
-                continue
-            over = merge(over, {"data": {"path": str(Path(path).expanduser())}})
-        elif setting.dataset == "fashion-mnist" and not over.get("data", {}).get("path"):
-            from ..data.registry import SPECS
-
-            if not Path(SPECS["fashion-mnist"].default_path).exists():
-                why = "Fashion-MNIST files absent (apt-get install dataset-fashion-mnist)"
+        if setting.dataset in with_files:
+            path, why = _data_path(setting, suite, paths.get(setting.dataset, ""))
+            if why:
                 plan.skipped_settings.append((setting, why))
                 continue
+            if path is not None:
+                over = merge(over, {"data": {"path": path}})
         rounds = int(over.get("fed", {}).get("rounds", 100))
         window = setting.window if rounds == setting.rounds else Window.scaled(rounds)
         setting = Setting(setting.dataset, setting.model, over, window, setting.title,

@@ -1,0 +1,420 @@
+"""Side by side: the final figures of several runs in one table, and their curves on one figure.
+
+A run directory is what ``fedprune run --out DIR`` (or the Flower app's ``out-dir``) writes:
+``rounds.jsonl`` and ``config.json`` from the first round on, ``summary.json`` once it has
+finished, and ``latency.json`` where its latency was measured (``fedprune bench-latency
+--save`` or ``fedprune reproduce``).  A run that has not finished is read from its last round.
+
+    runs = [read_run(d) for d in dirs]
+    print(format_table(runs))            # or format_table(runs, markdown=True)
+    plot_compare(runs, "compare.png")    # accuracy and params per round, pruning rounds marked
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedprune.metrics.plots import _series
+from fedprune.metrics.recorder import CONFIG_FILE, ROUNDS_FILE, SUMMARY_FILE, read_rounds
+
+__all__ = ["LATENCY_FILE", "NotARunError", "RunFacts", "compare_figure", "format_table",
+           "label_runs", "plot_compare", "read_run", "reference_run"]
+
+LATENCY_FILE = "latency.json"  # written by fedprune.export.bench.run_latency_record
+
+
+class NotARunError(ValueError):
+    """A directory given as a run holds no run records."""
+
+
+@dataclass
+class RunFacts:
+    """The figures of one run that ``fedprune compare`` shows."""
+
+    path: Path
+    label: str
+    config: dict[str, Any]
+    rows: list[dict[str, Any]]  # rounds.jsonl
+    finished: bool  # summary.json present
+    accuracy: float | None
+    params_initial: int | None  # None: an unfinished run that pruned in its first round
+    params_final: int
+    flops_initial: int | None
+    flops_final: int
+    bytes_total: int
+    engine: str  # "loop" or "flower"
+    budget: dict[str, Any] | None  # summary["budget"] (targets, status, met, final, gap, ...)
+    latency: dict[str, Any] | None  # latency.json
+
+    @property
+    def dense(self) -> bool:
+        """A dense FedAvg run (pruning switched off)."""
+        return not self.config.get("prune", {}).get("enabled", True)
+
+    @property
+    def rounds_done(self) -> int:
+        return int(self.rows[-1]["round"])
+
+    @property
+    def rounds_planned(self) -> int | None:
+        return self.config.get("fed", {}).get("rounds")
+
+    @property
+    def flops_cut(self) -> float | None:
+        """Fraction of the initial FLOPs removed."""
+        if not self.flops_initial:
+            return None
+        return 1.0 - self.flops_final / self.flops_initial
+
+    @property
+    def budget_status(self) -> str | None:
+        return None if self.budget is None else self.budget.get("status")
+
+    @property
+    def latency_ms(self) -> float | None:
+        """Median latency (ms) of the final model, where it was timed."""
+        if not self.latency or not self.latency.get("timed"):
+            return None
+        return float(self.latency["final"]["median_ms"])
+
+    @property
+    def latency_ratio(self) -> float | None:
+        """Final model's median latency / the initial dense model's (1 for dense FedAvg)."""
+        if not self.latency or self.latency.get("ratio") is None:
+            return None
+        return float(self.latency["ratio"])
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: malformed JSON ({exc.msg}, line {exc.lineno})") from None
+
+
+def _runs_below(directory: Path, limit: int = 3, depth: int = 4) -> list[Path]:
+    """Up to ``limit`` run directories at most ``depth`` levels below ``directory`` (a
+    ``fedprune reproduce`` folder holds its runs 4 levels down)."""
+    found: list[Path] = []
+    for level in range(1, depth + 1):
+        pattern = "/".join(["*"] * level + [ROUNDS_FILE])
+        found += sorted(p.parent for p in directory.glob(pattern))
+        if len(found) >= limit:
+            break
+    return found[:limit]
+
+
+def read_run(run_dir: Path, label: str | None = None) -> RunFacts:
+    """Read one run directory (finished or not, in-process loop or Flower).
+
+    Raises:
+        NotARunError: ``run_dir`` is not a directory, or holds no ``rounds.jsonl``/
+            ``config.json`` (the message names run directories below it, if any).
+        ValueError: a record file is malformed.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        what = "is a file" if run_dir.exists() else "does not exist"
+        raise NotARunError(f"{run_dir} {what}: give the directory of a run (the --out of "
+                           "'fedprune run')")
+    if not (run_dir / ROUNDS_FILE).is_file():
+        below = _runs_below(run_dir)
+        hint = ("; it holds runs in subdirectories, e.g. " + ", ".join(map(str, below))
+                if below else "; give the directory of a run (the --out of 'fedprune run')")
+        started = (run_dir / CONFIG_FILE).is_file()
+        raise NotARunError(f"{run_dir} is not a run directory: no {ROUNDS_FILE}"
+                           + (" yet (the run has not finished a round)" if started else hint))
+    rows = read_rounds(run_dir)
+    if not rows:
+        raise NotARunError(f"{run_dir}: {ROUNDS_FILE} is empty (the run has not finished a "
+                           "round)")
+    summary = (_read_json(run_dir / SUMMARY_FILE) if (run_dir / SUMMARY_FILE).is_file()
+               else None)
+    if (run_dir / CONFIG_FILE).is_file():
+        config = _read_json(run_dir / CONFIG_FILE)
+    elif summary is not None and isinstance(summary.get("config"), dict):
+        config = summary["config"]
+    else:
+        raise NotARunError(f"{run_dir} is not a run directory: no {CONFIG_FILE}")
+    latency = (_read_json(run_dir / LATENCY_FILE) if (run_dir / LATENCY_FILE).is_file()
+               else None)
+    try:
+        return _facts_from(run_dir, label, rows, summary, config, latency)
+    except KeyError as exc:
+        raise ValueError(f"{run_dir}: a record lacks the key {exc} (not written by fedprune?)"
+                         ) from None
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{run_dir}: a record holds an unexpected value ({exc})") from None
+
+
+def _facts_from(run_dir: Path, label: str | None, rows: list[dict[str, Any]],
+                summary: dict[str, Any] | None, config: dict[str, Any],
+                latency: dict[str, Any] | None) -> RunFacts:
+    last = rows[-1]
+    if summary is not None:
+        accuracy = summary.get("accuracy")
+        params_initial, params_final = summary["params_initial"], summary["params_final"]
+        flops_initial, flops_final = summary["flops_initial"], summary["flops_final"]
+        bytes_total = summary["bytes_total"]
+        budget = summary.get("budget")
+        engine = summary.get("engine", "loop")
+    else:  # unfinished: the last round; the initial size is round 1's unless it pruned
+        accuracy = next((r["accuracy"] for r in reversed(rows)
+                         if r.get("accuracy") is not None), None)
+        first_dense = not rows[0].get("pruned")
+        params_initial = rows[0]["params"] if first_dense else None
+        flops_initial = rows[0]["flops"] if first_dense else None
+        params_final, flops_final = last["params"], last["flops"]
+        bytes_total = last["bytes_cumulative"]
+        budget = _budget_so_far(last)
+        engine = "flower" if "failures" in last else "loop"
+    if accuracy is not None and isinstance(accuracy, float) and math.isnan(accuracy):
+        accuracy = None
+    return RunFacts(path=run_dir, label=label or run_dir.resolve().name, config=config,
+                    rows=rows, finished=summary is not None, accuracy=accuracy,
+                    params_initial=params_initial, params_final=int(params_final),
+                    flops_initial=flops_initial, flops_final=int(flops_final),
+                    bytes_total=int(bytes_total), engine=engine, budget=budget,
+                    latency=latency)
+
+
+def _budget_so_far(row: dict[str, Any]) -> dict[str, Any] | None:
+    """An unfinished budget run's outcome so far, from its last round's ``budget`` record
+    (status and gaps; the params and FLOPs targets follow from the gaps)."""
+    rec = row.get("budget")
+    if not rec:
+        return None
+    gap = rec.get("gap") or {}
+    targets = {k: round(row[k] / (1.0 + g)) for k, g in gap.items()
+               if k in ("params", "flops") and 1.0 + g > 0}
+    return {"status": rec.get("status"), "met": all(g <= 1e-12 for g in gap.values()),
+            "targets": targets, "final": {k: row[k] for k in targets}, "gap": gap}
+
+
+def label_runs(paths: list[Path]) -> list[str]:
+    """Short distinct labels: the directory names, with as many parent folders as it takes
+    to tell them apart (``low/seed0``, ``dense/seed0``); a path given twice gets ``#2``."""
+    parts = [Path(p).resolve().parts for p in paths]
+    distinct = set(parts)
+    depth = 1
+    while depth < max(len(p) for p in parts) and len(
+            {p[-depth:] for p in distinct}) < len(distinct):
+        depth += 1
+    labels = ["/".join(p[-depth:]).lstrip("/") or "/" for p in parts]
+    seen: dict[str, int] = {}
+    out = []
+    for lab in labels:
+        seen[lab] = seen.get(lab, 0) + 1
+        out.append(lab if seen[lab] == 1 else f"{lab}#{seen[lab]}")
+    return out
+
+
+def reference_run(runs: list[RunFacts]) -> RunFacts:
+    """The run the byte ratios are taken against: the first dense FedAvg run, else the first."""
+    return next((r for r in runs if r.dense), runs[0])
+
+
+def _method(run: RunFacts) -> str:
+    prune = run.config.get("prune", {})
+    if run.dense:
+        return "dense FedAvg"
+    if run.budget is not None:
+        targets = {k: v for k, v in (run.budget.get("targets") or {}).items() if v is not None}
+        if targets:
+            return "budget " + ", ".join(f"{k} <= {_num(v)}" for k, v in targets.items())
+        return "budget"
+    if prune.get("method") == "ratio":
+        return f"ratio {prune.get('ratio', 0):g}"
+    text = f"rule {prune.get('mode', '?')} k={prune.get('k', 0):g}"
+    return text + (", reinit" if prune.get("reinit") else "")
+
+
+def _facts(run: RunFacts) -> dict[str, str]:
+    """The settings that tell runs apart, in the order they are shown."""
+    cfg = run.config
+    data, model, fed = cfg.get("data", {}), cfg.get("model", {}), cfg.get("fed", {})
+    widths = model.get("widths")
+    return {
+        "data": f"{data.get('name', '?')}" + (f" ({data.get('num_clients')} clients)"
+                                             if data.get("num_clients") else ""),
+        "model": f"{model.get('name', '?')}" + (f" {widths}" if widths else ""),
+        "method": _method(run),
+        "rounds": f"{fed.get('rounds', '?')} rounds x {fed.get('clients_per_round', '?')} "
+                  f"clients x {_plural(cfg.get('train', {}).get('local_epochs', '?'), 'epoch')}",
+        "seed": f"seed {cfg.get('seed', '?')}",
+        "engine": "Flower" if run.engine == "flower" else "in-process",
+    }
+
+
+def _plural(n: object, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _num(v: float | int | None) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and not v.is_integer():
+        return f"{v:,.3g}"
+    return f"{int(v):,}"
+
+
+def _budget_cell(run: RunFacts) -> str:
+    if run.budget is None:
+        return "-"
+    status = run.budget_status or "?"
+    if run.budget.get("met"):
+        return "met" if status == "met" else f"met ({status})"
+    return f"NOT met ({status})"
+
+
+def _table(runs: list[RunFacts]) -> tuple[list[str], list[list[str]], list[str]]:
+    """(header, cells, notes) of the comparison table."""
+    facts = [_facts(r) for r in runs]
+    varying = [k for k in facts[0] if len({f[k] for f in facts}) > 1]
+    common = [k for k in facts[0] if k not in varying]
+    ref = reference_run(runs)
+    has_latency = any(r.latency is not None for r in runs)
+    has_budget = any(r.budget is not None for r in runs)
+    header = ["run"] + (["setting"] if varying else []) + [
+        "rounds", "accuracy", "params", "FLOPs", "FLOPs cut", "MB total", "bytes vs ref"]
+    if has_latency:
+        header += ["latency ms", "latency vs dense"]
+    if has_budget:
+        header += ["budget"]
+    cells = []
+    for run, f in zip(runs, facts, strict=True):
+        rounds = str(run.rounds_done) if run.finished else (
+            f"{run.rounds_done} of {run.rounds_planned} (unfinished)")
+        row = [run.label] + ([", ".join(f[k] for k in varying)] if varying else []) + [
+            rounds,
+            "-" if run.accuracy is None else f"{run.accuracy:.4f}",
+            f"{_num(run.params_initial) if run.params_initial is not None else '?'} -> "
+            f"{_num(run.params_final)}",
+            _num(run.flops_final),
+            "-" if run.flops_cut is None else f"{100 * run.flops_cut:.1f} %",
+            f"{run.bytes_total / 1e6:,.2f}",
+            f"{run.bytes_total / ref.bytes_total:.2f}x" if ref.bytes_total else "-",
+        ]
+        if has_latency:
+            row += ["-" if run.latency_ms is None else f"{run.latency_ms:.3f}",
+                    "-" if run.latency_ratio is None else f"{run.latency_ratio:.2f}x"]
+        if has_budget:
+            row += [_budget_cell(run)]
+        cells.append(row)
+    notes = []
+    if common:
+        notes.append("all runs: " + "; ".join(facts[0][k] for k in common))
+    notes.append(f"bytes vs ref: total bytes over those of {ref.label}"
+                 + (" (dense FedAvg)" if ref.dense else " (the first run)"))
+    if has_latency:
+        notes.append("latency: final model, median of onnxruntime runs (1 thread, batch 1); "
+                     "vs dense: over the run's own initial dense model; '-': not measured "
+                     "(fedprune bench-latency --save RUN_DIR)")
+    return header, cells, notes
+
+
+def format_table(runs: list[RunFacts], *, markdown: bool = False) -> str:
+    """The comparison as aligned text, or as a Markdown table (with the notes below it)."""
+    if not runs:
+        raise ValueError("no runs to compare")
+    header, cells, notes = _table(runs)
+    left = {0, 1} if header[1] == "setting" else {0}
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |",
+                 "|" + "|".join("---" if i in left else "---:" for i in range(len(header)))
+                 + "|"]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |"
+                  for row in cells]
+        return "\n".join(lines + [""] + [f"- {n}" for n in notes])
+    widths = [max(len(row[i]) for row in [header, *cells]) for i in range(len(header))]
+
+    def line(row: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+
+    return "\n".join([line(header)] + [line(r) for r in cells] + [""] + notes)
+
+
+def plot_compare(runs: list[RunFacts], out_png: Path) -> Path:
+    """Write :func:`compare_figure` of ``runs`` to ``out_png`` (any format matplotlib writes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = compare_figure(runs)
+    try:
+        out_png = Path(out_png)
+        out_png.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out_png, dpi=100)
+    finally:
+        plt.close(fig)
+    return out_png
+
+
+def compare_figure(runs: list[RunFacts]):  # noqa: ANN201 - matplotlib Figure
+    """Accuracy and parameters per round of every run on one figure (two panels).
+
+    Each run has one colour; its pruning rounds (``pruned`` in ``rounds.jsonl``) are marked
+    with triangles on its parameter curve and as ticks along the bottom of the accuracy
+    panel; dense FedAvg runs are dashed; a budget's parameter target is a dotted line.  The
+    caller closes the figure (``matplotlib.pyplot.close``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    if not runs:
+        raise ValueError("no runs to plot")
+    fig, (ax_acc, ax_par) = plt.subplots(1, 2, figsize=(13, 4.4), layout="constrained")
+    try:
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        all_params: list[float] = []
+        for i, run in enumerate(runs):
+            color = colors[i % len(colors)]
+            style = "--" if run.dense else "-"
+            xs, ys = _series(run.rows, "accuracy")
+            ax_acc.plot(xs, ys, style, color=color, label=run.label,
+                        marker="." if len(xs) < 30 else None)
+            px, py = _series(run.rows, "params")
+            all_params += py
+            ax_par.plot(px, py, style, color=color, label=run.label)
+            cuts = [(r["round"], r["params"]) for r in run.rows if r.get("pruned")]
+            if cuts:
+                ax_par.scatter(*zip(*cuts, strict=True), marker="v", color=color, zorder=3,
+                               s=28)
+                # ticks along the bottom of the accuracy panel, one row per run
+                ax_acc.plot([c[0] for c in cuts], [0.025 + 0.04 * i] * len(cuts), "|",
+                            color=color, markersize=7, mew=1.5,
+                            transform=ax_acc.get_xaxis_transform())
+            target = ((run.budget or {}).get("targets") or {}).get("params")
+            if target:
+                ax_par.axhline(target, color=color, ls=":", lw=1)
+        if all_params and min(all_params) > 0 and max(all_params) / min(all_params) > 20:
+            ax_par.set_yscale("log")
+        ax_acc.set_title("Accuracy per round (ticks: pruning rounds)")
+        ax_acc.set_ylabel("test accuracy")
+        ax_par.set_title("Parameters per round (triangles: pruning rounds)")
+        ax_par.set_ylabel("trainable parameters")
+        for ax in (ax_acc, ax_par):
+            ax.set_xlabel("round")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(True, alpha=0.3)
+        handles, labels = ax_acc.get_legend_handles_labels()
+        handles.append(Line2D([], [], color="gray", marker="v", ls="none"))
+        labels.append("pruning round")
+        if any(((r.budget or {}).get("targets") or {}).get("params") for r in runs):
+            handles.append(Line2D([], [], color="gray", ls=":"))
+            labels.append("params budget")
+        fig.legend(handles, labels, loc="outside right upper", fontsize=8)
+    except BaseException:
+        plt.close(fig)
+        raise
+    return fig
