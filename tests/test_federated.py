@@ -121,6 +121,16 @@ def test_loop_records_bytes_params_and_pruning(tmp_path):
     torch.testing.assert_close(model(data.test_x), res.model(data.test_x))
 
 
+def test_a_run_shorter_than_the_default_window_still_prunes():
+    # no prune.* window keys: the window follows fed.rounds (3 rounds: tries from round 1)
+    cfg = from_dict({"data": {"num_clients": 6}, "model": {"widths": [8, 16]},
+                     "train": {"local_epochs": 1, "batch_size": 16},
+                     "fed": {"rounds": 3, "clients_per_round": 3, "eval_every": 3}})
+    assert (cfg.prune.start_round, cfg.prune.interval) == (1, 1)
+    s = run_simulation(cfg, data=_synthetic_data()).summary
+    assert s["prune_steps"] >= 1 and s["params_final"] < s["params_initial"]
+
+
 def test_dense_baseline_sends_what_it_would_and_never_prunes(tmp_path):
     cfg = _tiny_cfg(prune={"enabled": False})
     s = run_simulation(cfg, tmp_path, data=_synthetic_data()).summary

@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import logging
+import time
 import tomllib
 
 import numpy as np
@@ -19,13 +20,23 @@ import torch
 
 flwr = pytest.importorskip("flwr")
 
-from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    Context,
+    Error,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.common.config import flatten_dict
 
 from fedprune.config import ConfigError, from_dict
 from fedprune.federated import run_simulation
 from fedprune.federated.flower_app import client_app, run_server
 from fedprune.federated.flower_config import (
+    SNAKE_ALIASES,
+    declared_run_config,
     default_run_config,
     experiment_to_run_config,
     parse_run_config,
@@ -78,13 +89,18 @@ def test_app_pyproject_declares_every_setting_with_fedprunes_defaults():
     assert app["components"] == {"serverapp": "fedprune.federated.flower_app:server_app",
                                  "clientapp": "fedprune.federated.flower_app:client_app"}
     declared = flatten_dict(app["config"])
-    expected = default_run_config()
+    expected = declared_run_config()
     missing, extra = sorted(set(expected) - set(declared)), sorted(set(declared) - set(expected))
     assert not missing and not extra, (
         f"flower/pyproject.toml [tool.flwr.app.config] is out of date: add {missing}, "
-        f"remove {extra} (fedprune.federated.flower_config.default_run_config() lists them)")
+        f"remove {extra} (fedprune.federated.flower_config.declared_run_config() lists them)")
     assert declared == expected
-    assert all("_" not in part for key in declared for part in key.split("."))  # kebab-case
+    kebab_keys = set(default_run_config())
+    assert all("_" not in part for key in kebab_keys for part in key.split("."))  # kebab-case
+    # every multi-word key also in snake_case, with the same default
+    assert {k for k in declared if k not in kebab_keys} == set(SNAKE_ALIASES)
+    assert all(declared[a] == declared[k] for a, k in SNAKE_ALIASES.items())
+    assert SNAKE_ALIASES["fed.clients_per_round"] == "fed.clients-per-round"
 
 
 def test_app_pyproject_is_a_valid_flower_app():
@@ -108,13 +124,31 @@ def test_run_config_round_trips_every_setting():
     ({"prune.max-fraction": 2.0}, "prune.max-fraction"),
     ({"fed.clients-per-round": 50}, "fed.clients-per-round"),
     ({"prune.bogus": 1}, "unknown run-config key 'prune.bogus'"),
-    ({"prune.max_fraction": 0.1}, "kebab-case"),
+    ({"prune.max_fraction": 2.0}, "prune.max-fraction"),  # an alias: the error names the key
+    ({"fed.clients-per-round": 3, "fed.clients_per_round": 4},
+     "'fed.clients-per-round' = 3 and 'fed.clients_per_round' = 4 disagree"),
     ({"round-timeout": 0.0}, "round-timeout"),
     ({"min-nodes": "3"}, "min-nodes must be an integer"),
+    ({"plots": 1}, "plots must be true or false"),
 ])
 def test_bad_run_config_names_the_run_config_key(over, message):
     with pytest.raises(ConfigError, match=message):
-        parse_run_config({**default_run_config(), **over})
+        parse_run_config({**declared_run_config(), **over})
+
+
+def test_snake_case_aliases_count_when_they_differ_from_the_default():
+    # what Flower passes when the user writes --run-config "fed.clients_per_round=3 ..."
+    rc = {**declared_run_config(), "fed.clients_per_round": 3, "prune.start_round": 2,
+          "out_dir": "/x", "plots": False}
+    cfg, settings = parse_run_config(rc)
+    assert (cfg.fed.clients_per_round, cfg.prune.start_round) == (3, 2)
+    assert settings.out_dir == "/x" and settings.plots is False
+    # both spellings, same value: fine; kebab-case set, alias at its default: kebab wins
+    cfg, _ = parse_run_config({**rc, "fed.clients-per-round": 3})
+    assert cfg.fed.clients_per_round == 3
+    cfg, _ = parse_run_config({**declared_run_config(), "fed.clients-per-round": 4})
+    assert cfg.fed.clients_per_round == 4
+    assert parse_run_config(declared_run_config()) == parse_run_config(default_run_config())
 
 
 def test_config_file_then_run_config_keys_that_differ_from_the_defaults(tmp_path):
@@ -160,8 +194,62 @@ def test_local_grid_run_matches_the_in_process_loop_exactly(tmp_path, prune):
                 assert b[key] == a[key], key
     on_disk = json.loads((tmp_path / "flower" / "summary.json").read_text())
     assert set(loop.summary) <= set(on_disk)
+    assert on_disk["status"] == "completed" and "error" not in on_disk
     assert {p.name for p in (tmp_path / "flower").iterdir()} >= {
-        "rounds.jsonl", "summary.json", "config.json", "checkpoint.pt"}
+        "rounds.jsonl", "summary.json", "config.json", "checkpoint.pt",
+        "accuracy.png", "params.png", "bytes.png"}  # the plots of `fedprune run`
+    for png in ("accuracy.png", "params.png", "bytes.png"):
+        assert (tmp_path / "flower" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plots_false_writes_no_pngs(tmp_path):
+    _, rc = _tiny(**{"out-dir": str(tmp_path), "plots": False, "fed.rounds": 1,
+                     "prune.enabled": False})
+    run_server(_grid(), rc)
+    assert (tmp_path / "summary.json").is_file() and not list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.parametrize("simulation, names", [
+    (True, ["num-supernodes = 3", "data.num-clients = 4", "num-supernodes=4"]),
+    (False, ["num-partitions = 3", "data.num-clients = 4", "num-partitions=4"]),
+])
+def test_nodes_with_another_partition_count_stop_the_run_before_round_1(simulation, names):
+    # 3 nodes that split the data in 3, an experiment that splits it in 4 (the simulation
+    # engine's num-supernodes vs data.num-clients): an error at once, not a 300 s wait
+    _, rc = _tiny(**{"node-wait-timeout": 300.0})
+    grid = LocalGrid(client_app, [{"partition-id": i, "num-partitions": 3} for i in range(3)])
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError) as err:
+        run_server(grid, rc, simulation=simulation)
+    assert time.monotonic() - t0 < 30
+    for name in names:
+        assert name in str(err.value)
+    assert not any(m.metadata.message_type == MessageType.TRAIN for m in grid.sent)
+
+
+def test_a_run_in_which_no_round_got_a_valid_reply_fails(tmp_path):
+    _, rc = _tiny(**{"out-dir": str(tmp_path), "fed.rounds": 2})
+
+    def fail_training(msg: Message, reply: Message) -> Message:
+        if msg.metadata.message_type != MessageType.TRAIN:
+            return reply
+        return Message(Error(code=0, reason="RuntimeError: out of memory"), reply_to=msg)
+
+    with _captured_log() as lines, pytest.raises(RuntimeError, match="no round aggregated"):
+        run_server(_grid(tamper=fail_training), rc)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert "no round aggregated a valid reply (2 rounds, 6 failed" in summary["error"]
+    assert summary["replies_per_round"] == [0, 0] and summary["failures_total"] == 6
+    assert any("run failed" in line for line in lines)
+    assert (tmp_path / "accuracy.png").is_file()  # the records and plots are still written
+
+
+def test_no_node_that_can_serve_the_experiment_is_an_error():
+    _, rc = _tiny(**{"node-wait-timeout": 0.5})
+    grid = LocalGrid(client_app, [{"num-partitions": 4}])  # no partition-id
+    with pytest.raises(RuntimeError, match="1 SuperNode.*none can serve.*partition-id"):
+        run_server(grid, rc)
 
 
 def test_out_dir_is_never_overwritten(tmp_path):

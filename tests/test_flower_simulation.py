@@ -12,6 +12,7 @@ between torch builds/CPUs.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -21,7 +22,7 @@ pytest.importorskip("ray")
 from fedprune.config import from_dict
 from fedprune.federated import run_simulation
 from fedprune.federated.flower_config import experiment_to_run_config
-from fedprune.federated.flower_local import LocalFlower
+from fedprune.federated.flower_local import FlowerProcessError, LocalFlower
 from fedprune.metrics import read_rounds
 
 pytestmark = pytest.mark.slow
@@ -41,17 +42,35 @@ CFG = from_dict({
 })
 
 
-def test_simulation_engine_matches_the_in_process_loop(tmp_path):
+@pytest.fixture(scope="module")
+def simulation_link(tmp_path_factory):
+    lf = LocalFlower(tmp_path_factory.mktemp("flwr"))
+    try:
+        lf.start_superlink(simulation=True)
+        yield lf
+    finally:
+        lf.close()
+        assert lf.pids() == [], "Flower processes left running"
+
+
+def _snake_case(run_config, keys):
+    """``fedprune run --set`` spellings for ``keys``: Flower must pass them to the app."""
+    out = dict(run_config)
+    for key in keys:
+        out[key.replace("-", "_")] = out.pop(key)
+    return out
+
+
+def test_simulation_engine_matches_the_in_process_loop(tmp_path, simulation_link):
     loop = run_simulation(CFG, tmp_path / "loop")
 
     out = tmp_path / "flower"
-    with LocalFlower(tmp_path / "flwr") as lf:
-        lf.start_superlink(simulation=True)
-        lf.run({**experiment_to_run_config(CFG), "out-dir": str(out), "round-timeout": 300.0},
-               federation_config={"num-supernodes": CFG.data.num_clients, "backend": "ray",
-                                  "client-resources-num-cpus": 1},
-               timeout=400)
-    assert lf.pids() == []
+    rc = _snake_case({**experiment_to_run_config(CFG), "out-dir": str(out),
+                      "round-timeout": 300.0},
+                     ["fed.clients-per-round", "prune.start-round", "out-dir"])
+    simulation_link.run(rc, federation_config={"num-supernodes": CFG.data.num_clients,
+                                               "backend": "ray", "client-resources-num-cpus": 1},
+                        timeout=400)
 
     rows = read_rounds(out)
     summary = json.loads((out / "summary.json").read_text())
@@ -68,3 +87,23 @@ def test_simulation_engine_matches_the_in_process_loop(tmp_path):
     for key in ("params_final", "flops_final", "widths_final", "prune_steps", "bytes_total",
                 "bytes_total_dense"):
         assert summary[key] == loop.summary[key], key
+    assert summary["status"] == "completed"
+    for png in ("accuracy.png", "params.png", "bytes.png"):  # the plots of `fedprune run`
+        assert (out / png).stat().st_size > 1000, png
+
+
+def test_num_supernodes_other_than_data_num_clients_fails_at_once(tmp_path, simulation_link):
+    # 3 virtual SuperNodes for an experiment split over 4 partitions: the ServerApp stops
+    # before round 1 naming both settings (it used to wait node-wait-timeout, 300 s, and then
+    # report a completed run at chance accuracy)
+    rc = {**experiment_to_run_config(CFG), "out-dir": str(tmp_path / "out"),
+          "node-wait-timeout": 300.0}
+    t0 = time.monotonic()
+    with pytest.raises(FlowerProcessError) as err:
+        simulation_link.run(rc, federation_config={"num-supernodes": 3,
+                                                   "client-resources-num-cpus": 1}, timeout=200)
+    assert time.monotonic() - t0 < 150  # Ray's start-up, not the 300 s wait
+    text = str(err.value)
+    assert "finished:failed" in text
+    assert "num-supernodes = 3" in text and "data.num-clients = 4" in text
+    assert not (tmp_path / "out" / "rounds.jsonl").exists()

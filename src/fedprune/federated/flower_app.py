@@ -8,10 +8,14 @@ The app is declared in ``flower/pyproject.toml``::
 
 **ServerApp** -- resolves the run config into an :class:`~fedprune.config.ExperimentConfig`
 (:mod:`.flower_config`), creates the seeded initial model like the in-process loop, waits for
-``min-nodes`` SuperNodes, and runs :class:`~fedprune.federated.strategy.PruningFedAvg` for
+``min-nodes`` SuperNodes (asking each for its partition as it connects: one whose
+``num-partitions`` is not ``data.num-clients`` -- in simulation, ``num-supernodes`` -- stops
+the run at once), and runs :class:`~fedprune.federated.strategy.PruningFedAvg` for
 ``fed.rounds`` rounds.  With ``out-dir`` set it writes the loop's files there:
-``config.json``, ``rounds.jsonl`` (one line per round), ``summary.json`` and
-``checkpoint.pt``.
+``config.json``, ``rounds.jsonl`` (one line per round), ``summary.json``, ``checkpoint.pt``
+and, unless ``plots = false``, the plots of ``fedprune run``.  A run in which no round
+aggregated a valid reply raises after writing them (``status: failed``), so Flower reports
+it as failed.
 
 **ClientApp** -- knows only its partition id, from the SuperNode's node config
 (``partition-id``, set by the simulation engine or by ``flower-supernode --node-config``).
@@ -39,7 +43,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from ..config import ConfigError, ExperimentConfig, from_dict
 from ..data import FederatedData, load_federated
-from ..metrics import Recorder, RoundRecord
+from ..metrics import Recorder, RoundRecord, plot_run
 from ..models import ModelSpec, build, new_model
 from .client import evaluate, train_local
 from .flower_config import FlowerSettings, parse_run_config
@@ -55,7 +59,7 @@ from .strategy import (
 
 logger = logging.getLogger("flwr.fedprune")
 
-__all__ = ["client_app", "run_server", "server_app", "wait_for_nodes"]
+__all__ = ["client_app", "is_simulation", "run_server", "server_app", "wait_for_nodes"]
 
 server_app = ServerApp()
 client_app = ClientApp()
@@ -73,9 +77,23 @@ def run_server(
     grid: Grid,
     run_config: dict[str, Any],
     on_round: Callable[[RoundRecord], None] | None = None,
+    simulation: bool | None = None,
 ) -> dict[str, Any]:
-    """Run one experiment on ``grid``; return the summary (also written to ``out-dir``)."""
+    """Run one experiment on ``grid``; return the summary (also written to ``out-dir``).
+
+    ``simulation`` words the errors for the simulation engine (``None``: from the grid).
+
+    Raises :class:`~fedprune.config.ConfigError` on a bad run config or when a SuperNode's
+    ``num-partitions`` differs from ``data.num-clients``, and ``RuntimeError`` when no
+    SuperNode can serve the experiment or no round aggregated a valid reply (the records,
+    with ``status: failed`` in ``summary.json``, are written first).
+    """
     cfg, settings = parse_run_config(run_config)
+    if cfg.data.num_clients == 0:
+        raise ConfigError("data.num-clients = 0 (automatic: every natural client) needs the "
+                          "data to count the partitions, and in Flower one SuperNode serves "
+                          "each: set data.num-clients to the number of SuperNodes "
+                          "(num-supernodes in simulation)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = _out_dir(settings)
@@ -92,7 +110,11 @@ def run_server(
                              recorder=recorder, query_timeout=settings.round_timeout,
                              max_client_size=max(len(cl) for cl in data.clients),
                              on_round=on_round)
-    wait_for_nodes(grid, settings.min_nodes or cfg.data.num_clients, settings.node_wait_timeout)
+    strategy.simulation = is_simulation(grid) if simulation is None else simulation
+    # ask every SuperNode for its partition while waiting: a node whose num-partitions is not
+    # data.num-clients (in simulation: num-supernodes) stops the run here, not 300 s later
+    wait_for_nodes(grid, settings.min_nodes or cfg.data.num_clients, settings.node_wait_timeout,
+                   probe=lambda: strategy.probe_nodes(grid), problems=strategy.node_problems)
     strategy.start(grid, ArrayRecord.from_torch_state_dict(model.state_dict()),
                    num_rounds=cfg.fed.rounds, timeout=settings.round_timeout,
                    evaluate_fn=strategy.evaluate_round)
@@ -101,9 +123,21 @@ def run_server(
     if recorder is not None and out is not None:
         strategy.save(out)
         recorder.write_summary(summary)
+        if settings.plots:
+            logger.info("plots: %s", ", ".join(p.name for p in plot_run(out)))
+    if summary["status"] != "completed":
+        logger.error("fedprune: run failed: %s", summary["error"])
+        raise RuntimeError(f"fedprune run failed: {summary['error']}")
     logger.info("fedprune: accuracy %.4f, params %d -> %d, widths %s", summary["accuracy"],
                 summary["params_initial"], summary["params_final"], summary["widths_final"])
     return summary
+
+
+def is_simulation(grid: Grid) -> bool:
+    """Whether ``grid`` is the simulation engine's (virtual SuperNodes, fixed in number)."""
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    return isinstance(grid, InMemoryGrid)
 
 
 def _out_dir(settings: FlowerSettings) -> Path | None:
@@ -118,22 +152,34 @@ def _out_dir(settings: FlowerSettings) -> Path | None:
     return out
 
 
-def wait_for_nodes(grid: Grid, n: int, timeout: float, poll: float = 0.5) -> int:
-    """Wait until ``n`` SuperNodes are connected, at most ``timeout`` seconds.
+def wait_for_nodes(grid: Grid, n: int, timeout: float, poll: float = 0.5,
+                   probe: Callable[[], int] | None = None,
+                   problems: dict[int, str] | None = None) -> int:
+    """Wait until ``n`` SuperNodes are there, at most ``timeout`` seconds.
 
-    Returns the number connected.  Past the timeout the run goes on with the nodes there are
-    (partitions without a node are skipped each round); with none it raises ``RuntimeError``.
+    Without ``probe`` a node counts once connected; with it, ``probe()`` (called every
+    ``poll`` seconds) returns how many nodes can serve the experiment.  Returns that count.
+    Past the timeout the run goes on with the nodes there are (partitions without a node are
+    skipped each round); with none it raises ``RuntimeError`` (listing ``problems``: node id
+    -> why it cannot serve).
     """
     deadline = time.monotonic() + timeout
     while True:
-        have = len(list(grid.get_node_ids()))
+        connected = len(list(grid.get_node_ids()))
+        have = probe() if probe is not None else connected
         if have >= n:
             return have
         if time.monotonic() >= deadline:
             if have == 0:
-                raise RuntimeError(f"no SuperNode connected within {timeout:.0f} s")
-            logger.warning("only %d of %d SuperNodes connected after %.0f s; going on", have,
-                           n, timeout)
+                if connected == 0:
+                    raise RuntimeError(f"no SuperNode connected within {timeout:.0f} s "
+                                       "(node-wait-timeout)")
+                why = "; ".join(f"node {k}: {v}" for k, v in sorted((problems or {}).items()))
+                raise RuntimeError(f"{connected} SuperNode(s) connected within {timeout:.0f} s "
+                                   "but none can serve this experiment"
+                                   + (f": {why}" if why else ""))
+            logger.warning("only %d of %d SuperNodes serve a partition after %.0f s "
+                           "(node-wait-timeout); going on", have, n, timeout)
             return have
         time.sleep(poll)
 
@@ -191,8 +237,17 @@ def _client_query(msg: Message, context: Context) -> Message:
         return _client_validate(msg, context)
     if kind != QUERY_KIND:
         raise ValueError(f"unknown query {kind!r}")
-    pid = _partition_id(context, _experiment(msg, context))
-    return Message(RecordDict({METRICS_KEY: MetricRecord({"partition-id": pid})}), reply_to=msg)
+    # the server checks the partition against the experiment (and can then name the settings:
+    # data.num-clients, num-supernodes in simulation); the node only says what it serves
+    pid = context.node_config.get("partition-id")
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise TypeError("this SuperNode has no integer partition-id in its node config; start "
+                        "it with --node-config 'partition-id=N num-partitions=M'")
+    metrics: dict[str, int | float] = {"partition-id": pid}
+    parts = context.node_config.get("num-partitions")
+    if isinstance(parts, int) and not isinstance(parts, bool):
+        metrics["num-partitions"] = parts
+    return Message(RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)
 
 
 def _client_validate(msg: Message, context: Context) -> Message:

@@ -11,9 +11,14 @@ part in kebab-case::
 
 Every :class:`ExperimentConfig` setting has a key (:func:`default_run_config` lists them with
 fedprune's defaults), plus the Flower-only keys of :class:`FlowerSettings` (``out-dir``,
-``config-file``, ``round-timeout``, ``min-nodes``, ``node-wait-timeout``).  Values are checked
-exactly as ``fedprune run`` checks them: a bad value raises :class:`ConfigError` naming the
-run-config key.
+``config-file``, ``round-timeout``, ``min-nodes``, ``node-wait-timeout``, ``plots``).  Values
+are checked exactly as ``fedprune run`` checks them: a bad value raises :class:`ConfigError`
+naming the run-config key.
+
+Flower itself refuses a ``--run-config`` key that the app does not declare, before any of
+this code runs, and says only "Invalid run configuration.".  So that ``fedprune run``'s
+snake_case spelling (``fed.clients_per_round``) works too, the app also declares every
+multi-word key in snake_case (:data:`SNAKE_ALIASES`, :func:`declared_run_config`).
 
 Only the ServerApp reads the run config.  It sends the resolved experiment (JSON) to the
 ClientApps in every message, so SuperNodes never need the config file or the run config.
@@ -31,7 +36,9 @@ from ..config import ConfigError, ExperimentConfig, from_dict, load_config, merg
 
 __all__ = [
     "FLOWER_KEYS",
+    "SNAKE_ALIASES",
     "FlowerSettings",
+    "declared_run_config",
     "default_run_config",
     "experiment_to_run_config",
     "kebab",
@@ -57,6 +64,7 @@ class FlowerSettings:
     round_timeout: float = 600.0  # seconds to wait for the replies of one round
     min_nodes: int = 0  # wait for this many SuperNodes before round 1; 0 = data.num-clients
     node_wait_timeout: float = 300.0  # give up waiting for min-nodes after this many seconds
+    plots: bool = True  # write accuracy.png, params.png, bytes.png (budget.png) into out-dir
 
     def __post_init__(self) -> None:
         if not (self.round_timeout > 0 and math.isfinite(self.round_timeout)):
@@ -103,12 +111,72 @@ def experiment_to_run_config(cfg: ExperimentConfig) -> dict[str, bool | int | fl
     return {k: _run_value(v) for k, v in _leaf_items(cfg.to_dict())}
 
 
+def _field_defaults(cls: type) -> dict[str, Any]:
+    """The declared defaults of a config dataclass tree, before ``__post_init__`` resolves
+    its automatic values (``data.num_clients = 0``, ``prune.start_round = 0``, ...)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+            out[f.name] = (_field_defaults(type(value)) if dataclasses.is_dataclass(value)
+                           else value)
+    return out
+
+
+def _experiment_defaults() -> dict[str, bool | int | float | str]:
+    return {k: _run_value(v) for k, v in _leaf_items(_field_defaults(ExperimentConfig))}
+
+
 def default_run_config() -> dict[str, bool | int | float | str]:
-    """Every run-config key the app understands, with fedprune's defaults."""
-    return {**experiment_to_run_config(ExperimentConfig()), **FlowerSettings().to_run_config()}
+    """Every run-config key the app understands, with fedprune's defaults.
+
+    The defaults are the declared ones, automatic values included (``prune.start-round = 0``
+    = from ``fed.rounds``), so that a run config that changes ``fed.rounds`` alone gets the
+    same automatic pruning window as ``fedprune run --set fed.rounds=...``.
+    """
+    return {**_experiment_defaults(), **FlowerSettings().to_run_config()}
 
 
-_EXPERIMENT_DEFAULTS = experiment_to_run_config(ExperimentConfig())
+_EXPERIMENT_DEFAULTS = _experiment_defaults()
+
+
+def _snake_key(key: str) -> str:
+    return ".".join(_snake(p) for p in key.split("."))
+
+
+#: snake_case spelling -> run-config key, for every key with a ``-`` (``fed.clients_per_round``
+#: -> ``fed.clients-per-round``): the spelling of ``fedprune run --set``.  Flower refuses a
+#: ``--run-config`` key that ``flower/pyproject.toml`` does not declare (before the app runs,
+#: with only "Invalid run configuration."), so the app declares these spellings too.
+SNAKE_ALIASES: dict[str, str] = {_snake_key(k): k for k in default_run_config() if "-" in k}
+
+
+def declared_run_config() -> dict[str, bool | int | float | str]:
+    """What ``flower/pyproject.toml`` declares: every key and its snake_case alias."""
+    defaults = default_run_config()
+    return {**defaults, **{alias: defaults[key] for alias, key in SNAKE_ALIASES.items()}}
+
+
+def _fold_aliases(run_config: dict[str, Any]) -> dict[str, Any]:
+    """Replace the snake_case aliases by their run-config keys.
+
+    Flower passes every declared key, so an alias at its default value says nothing; one with
+    another value is what the user set.  Both spellings set to different values is an error.
+    """
+    defaults = default_run_config()
+    out = {k: v for k, v in run_config.items() if k not in SNAKE_ALIASES}
+    for alias, key in SNAKE_ALIASES.items():
+        if alias not in run_config or run_config[alias] == defaults[key]:
+            continue
+        value = run_config[alias]
+        other = run_config.get(key, defaults[key])
+        if other != defaults[key] and other != value:
+            raise ConfigError(f"run-config keys '{key}' = {other!r} and '{alias}' = {value!r} "
+                              f"disagree: set only one ('{key}' is the documented spelling)")
+        out[key] = value
+    return out
 
 
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:
@@ -134,15 +202,16 @@ def parse_run_config(
     if its value differs from fedprune's default (Flower always passes every key, so a key left
     at its default cannot be told apart from one the user set to the default).
 
+    A snake_case alias of a key (:data:`SNAKE_ALIASES`, ``fed.clients_per_round``) counts as
+    that key when its value differs from the default.
+
     Raises :class:`ConfigError` on an unknown key or a bad value, naming the run-config key.
     """
     flower_values: dict[str, Any] = {}
     experiment_flat: dict[str, Any] = {}
-    for key, value in run_config.items():
+    for key, value in _fold_aliases(dict(run_config)).items():
         if key in FLOWER_KEYS:
             flower_values[_snake(key)] = value
-        elif "_" in key:
-            raise ConfigError(f"run-config key '{key}': use kebab-case ('{kebab(key)}')")
         else:
             experiment_flat[key] = value
 
@@ -173,7 +242,11 @@ def _flower_settings(values: dict[str, Any]) -> FlowerSettings:
     for name, value in values.items():
         tp = fields[name]
         key = kebab(name)
-        if tp == "str":
+        if tp == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{key} must be true or false, got {value!r}")
+            kwargs[name] = value
+        elif tp == "str":
             if not isinstance(value, str):
                 raise ConfigError(f"{key} must be a string, got {value!r}")
             kwargs[name] = value

@@ -9,12 +9,18 @@
   ClientApp directly: the strategy's logic without any Flower process (unit tests).
 
 The Flower configuration (``FLWR_HOME``) lives in the work directory, never in ``~/.flwr``.
+
+* :func:`set_connection` adds or replaces one SuperLink connection in Flower's config file,
+  idempotently (``python -m fedprune.federated.flower_local set-connection NAME ADDRESS``,
+  the step docs/flower.md uses for the deployment engine).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -30,7 +36,7 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 
 __all__ = ["FLOWER_APP_DIR", "FlowerProcessError", "LocalFlower", "LocalGrid",
-           "format_run_config", "free_port"]
+           "flwr_config_path", "format_run_config", "free_port", "main", "set_connection"]
 
 #: ``flower/`` at the repository root: the Flower App's ``pyproject.toml``.
 FLOWER_APP_DIR = Path(__file__).resolve().parents[3] / "flower"
@@ -89,6 +95,109 @@ def _marked_pids(mark: str) -> list[int]:
         if needle in env.split(b"\0"):
             out.append(int(entry.name))
     return out
+
+
+# ---------------------------------------------------------------- Flower's config file
+
+
+def flwr_config_path() -> Path:
+    """Flower's configuration file, as ``flwr`` 1.41 finds it: ``$FLWR_HOME/config.toml``,
+    else ``~/.flwr/config.toml``."""
+    from flwr.supercore.utils import get_flwr_home
+
+    return get_flwr_home() / "config.toml"
+
+
+_HEADER = re.compile(r"^\s*\[(?!\[)\s*([^\]]+?)\s*\]\s*(#.*)?$")
+
+
+def _table_name(header: str) -> str:
+    """``superlink . "local-deployment"`` -> ``superlink.local-deployment``."""
+    return ".".join(part.strip().strip("\"'") for part in header.split("."))
+
+
+def _drop_table(text: str, table: str) -> str:
+    """``text`` without the TOML table ``[table]`` and its sub-tables, however many times
+    they occur (a file that has the table twice is not valid TOML; this repairs it)."""
+    out, dropping = [], False
+    for line in text.splitlines(keepends=True):
+        header = _HEADER.match(line) or re.match(r"^\s*\[\[\s*([^\]]+?)\s*\]\]", line)
+        if header:
+            name = _table_name(header.group(1))
+            dropping = name == table or name.startswith(table + ".")
+        if not dropping:
+            out.append(line)
+    return "".join(out)
+
+
+def set_connection(name: str, address: str, *, insecure: bool = True,
+                   path: Path | None = None) -> Path:
+    """Add or replace the SuperLink connection ``[superlink.<name>]`` in Flower's config file.
+
+    Idempotent: running it again (or after a hand-appended copy of the table) leaves exactly
+    one table with these values; the rest of the file is kept as it is.  A missing file is
+    created with Flower's default content first (its ``local`` connection).  The result is
+    checked to be valid TOML before it replaces the file (atomically).  Returns the path.
+    """
+    import tomllib
+
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise ValueError(f"connection name {name!r}: use letters, digits, '-' and '_' only")
+    if '"' in address or "\n" in address:
+        raise ValueError(f"address {address!r} cannot hold '\"' or a newline")
+    path = Path(path) if path is not None else flwr_config_path()
+    if path.exists():
+        text = path.read_text(encoding="utf-8")
+    else:
+        from flwr.cli.constant import DEFAULT_FLOWER_CONFIG_TOML
+
+        text = DEFAULT_FLOWER_CONFIG_TOML
+    table = f'[superlink.{name}]\naddress = "{address}"\n'
+    if insecure:
+        table += "insecure = true\n"
+    kept = _drop_table(text, f"superlink.{name}").rstrip("\n")
+    new = f"{kept}\n\n{table}" if kept else table
+    try:
+        doc = tomllib.loads(new)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path} is not valid TOML even without [superlink.{name}] ({exc}); "
+                         "fix it by hand") from None
+    if doc["superlink"][name] != {"address": address, **({"insecure": True} if insecure else {})}:
+        raise ValueError(f"{path}: [superlink.{name}] is also set elsewhere in the file "
+                         "(dotted keys); fix it by hand")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(new, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fedprune.federated.flower_local set-connection NAME ADDRESS [--secure]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m fedprune.federated.flower_local",
+        description="Add or update a SuperLink connection in Flower's config file "
+                    "($FLWR_HOME/config.toml, else ~/.flwr/config.toml); safe to repeat.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sc = sub.add_parser("set-connection", help="add or replace [superlink.NAME]")
+    sc.add_argument("name", help="connection name, e.g. local-deployment")
+    sc.add_argument("address", help="SuperLink Control API address, e.g. 127.0.0.1:9091")
+    sc.add_argument("--secure", action="store_true",
+                    help="TLS (default: insecure = true, for a SuperLink started --insecure)")
+    args = parser.parse_args(argv)
+    try:
+        path = set_connection(args.name, args.address, insecure=not args.secure)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{path}: [superlink.{args.name}] address = \"{args.address}\""
+          + ("" if args.secure else ", insecure = true"))
+    return 0
+
+
+# ---------------------------------------------------------------- processes
 
 
 class LocalFlower:
@@ -205,7 +314,9 @@ class LocalFlower:
             federation_config: Mapping[str, Any] | None = None) -> str:
         """``flwr run <app> <connection> --run-config ... --stream``; returns its output.
 
-        Raises :class:`FlowerProcessError` when ``flwr`` fails or outlives ``timeout``.
+        Raises :class:`FlowerProcessError` when ``flwr`` fails or outlives ``timeout``, or
+        when the run did not end ``finished:completed`` (``flwr run --stream`` exits with 0
+        either way; ``flwr ls`` has the status).
         """
         proc = self.submit(run_config, federation_config=federation_config)
         try:
@@ -216,7 +327,32 @@ class LocalFlower:
         out = self.logs["flwr-run"].read_text(errors="replace")
         if proc.returncode != 0:
             raise FlowerProcessError(f"flwr run exited with {proc.returncode}:\n{out[-6000:]}")
+        match = re.search(r"Successfully started run (\d+)", out)
+        if match is None:
+            raise FlowerProcessError(f"flwr run started no run:\n{out[-6000:]}")
+        info = self.run_info(int(match.group(1)))
+        if info.get("status") != "finished:completed":
+            raise FlowerProcessError(f"run {match.group(1)} ended {info.get('status')}: "
+                                     f"{info.get('status-details', '')}\n{out[-6000:]}")
         return out
+
+    def run_info(self, run_id: int, wait: float = 10.0) -> dict[str, Any]:
+        """``flwr ls --run-id`` as JSON (``status``: ``finished:completed``, ``finished:failed``,
+        ...), waiting up to ``wait`` seconds for the run to be finished."""
+        deadline = time.monotonic() + wait
+        while True:
+            res = subprocess.run([_bin("flwr"), "ls", self.connection, "--run-id", str(run_id),
+                                  "--format", "json"], env=self.env, cwd=self.workdir,
+                                 capture_output=True, text=True, timeout=60, check=False)
+            try:
+                info: dict[str, Any] = json.loads(res.stdout)["runs"][0]
+            except (ValueError, KeyError, IndexError):
+                raise FlowerProcessError(f"flwr ls failed ({res.returncode}): "
+                                         f"{res.stdout[-2000:]}{res.stderr[-2000:]}") from None
+            if str(info.get("status", "")).startswith("finished") or (
+                    time.monotonic() >= deadline):
+                return info
+            time.sleep(0.5)
 
     def submit(self, run_config: Mapping[str, Any], *,
                federation_config: Mapping[str, Any] | None = None) -> subprocess.Popen[bytes]:
@@ -331,3 +467,7 @@ class LocalGrid(Grid):
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
         return self.pull_messages(self.push_messages(messages))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -55,7 +55,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from torch import nn
 
-from ..config import ExperimentConfig
+from ..config import ConfigError, ExperimentConfig
 from ..metrics import Recorder, RoundRecord, count_macs, n_params, payload_bytes
 from ..models import ModelSpec
 from ..pruning import ScheduleState
@@ -139,6 +139,8 @@ class PruningFedAvg(FedAvg):
         self.partition_of: dict[int, int] = {}  # node id -> partition id
         self.node_of: dict[int, int] = {}  # partition id -> node id
         self.excluded: set[int] = set()  # nodes that failed a query or missed a deadline
+        self.node_problems: dict[int, str] = {}  # node id -> why it cannot serve (for errors)
+        self.simulation = False  # set by run_server: error messages name num-supernodes
         self.params_initial = n_params(model)
         self.macs_initial = count_macs(model, self.example)
         self.widths_initial = spec.widths_now()
@@ -343,8 +345,24 @@ class PruningFedAvg(FedAvg):
             out["loss"] = self.loss
         return out
 
+    def failure(self) -> str | None:
+        """Why the run failed -- no round aggregated a valid reply -- or ``None``."""
+        if any(r.clients > 0 for r in self.records):
+            return None
+        failures = sum(r.extra["failures"] for r in self.records)
+        dropped = sum(r.extra["dropped"] for r in self.records)
+        why = "; ".join(f"node {n}: {p}" for n, p in sorted(self.node_problems.items()))
+        return (f"no round aggregated a valid reply ({len(self.records)} rounds, {failures} "
+                f"failed or missing replies, {dropped} dropped)"
+                + (f"; SuperNodes excluded: {why}" if why else ""))
+
     def run_summary(self) -> dict[str, Any]:
-        """The loop's ``summary.json`` keys, plus ``engine`` and per-round reply counts."""
+        """The loop's ``summary.json`` keys, plus ``engine``, ``status`` and per-round replies.
+
+        ``status`` is ``"completed"``, or ``"failed"`` (with ``error``) when no round
+        aggregated a valid reply.
+        """
+        failure = self.failure()
         return {
             **run_summary(
                 self.cfg, self.model, self.example, self.spec, self.sched_state,
@@ -354,12 +372,13 @@ class PruningFedAvg(FedAvg):
                 seconds=time.perf_counter() - self.t0,
             ),
             "engine": "flower",
+            "status": "failed" if failure else "completed",
+            **({"error": failure} if failure else {}),
             "arch_version": self.arch_version,
             "replies_per_round": [r.clients for r in self.records],
             "failures_total": sum(r.extra["failures"] for r in self.records),
             "dropped_total": sum(r.extra["dropped"] for r in self.records),
-            **({"budget": self.budget.summary(self.model),
-                "prune_steps": self.budget.state.accepted} if self.budget is not None else {}),
+            **(self.budget.summary_entries(self.model) if self.budget is not None else {}),
         }
 
     def save(self, run_dir: Path) -> None:
@@ -376,8 +395,15 @@ class PruningFedAvg(FedAvg):
 
     # ------------------------------------------------------------------ nodes
 
-    def refresh_nodes(self, grid: Grid) -> None:
-        """Learn the partition id of every SuperNode not seen before (one ``query`` each)."""
+    def refresh_nodes(self, grid: Grid, strict: bool = False) -> None:
+        """Learn the partition id of every SuperNode not seen before (one ``query`` each).
+
+        A node that cannot serve this experiment (no partition id, one out of range or taken,
+        a ``num-partitions`` other than ``data.num_clients``) is excluded with a warning.
+        With ``strict`` (before round 1) a ``num-partitions`` mismatch raises
+        :class:`~fedprune.config.ConfigError` instead: it is a setting of the run or of the
+        federation, and no round could use that node.
+        """
         live = set(grid.get_node_ids())
         for node in list(self.partition_of):
             if node not in live:
@@ -398,28 +424,61 @@ class PruningFedAvg(FedAvg):
             if node is None or node in answered:
                 continue
             answered.add(node)
-            pid = None
+            pid = parts = None
             if not msg.has_error():
                 rec = msg.content.metric_records.get(METRICS_KEY)
                 pid = rec.get("partition-id") if rec is not None else None
-            if isinstance(pid, bool) or not isinstance(pid, int) or not (
-                    0 <= pid < self.cfg.data.num_clients):
+                parts = rec.get("num-partitions") if rec is not None else None
+            n_clients = self.cfg.data.num_clients
+            if isinstance(parts, int) and not isinstance(parts, bool) and parts != n_clients:
+                problem = self._partitions_mismatch(node, parts)
+                if strict:
+                    raise ConfigError(problem)
+                logger.warning("%s; excluded", problem)
+                self.excluded.add(node)
+                self.node_problems[node] = problem
+                continue
+            if isinstance(pid, bool) or not isinstance(pid, int) or not 0 <= pid < n_clients:
                 reason = msg.error.reason if msg.has_error() else f"partition id {pid!r}"
                 logger.warning("node %d cannot serve this experiment (%s); excluded", node,
                                reason.strip())
                 self.excluded.add(node)
+                self.node_problems[node] = reason.strip()
                 continue
             if pid in self.node_of:
                 logger.warning("node %d also serves partition %d (node %d has it); excluded",
                                node, pid, self.node_of[pid])
                 self.excluded.add(node)
+                self.node_problems[node] = f"partition {pid} is served by node {self.node_of[pid]}"
                 continue
             self.partition_of[node] = pid
             self.node_of[pid] = node
         for node in set(new) - answered:
             logger.warning("node %d did not answer the partition query; excluded", node)
             self.excluded.add(node)
+            self.node_problems[node] = "no answer to the partition query"
         logger.info("partitions served: %s", dict(sorted(self.node_of.items())))
+
+    def probe_nodes(self, grid: Grid) -> int:
+        """Before round 1: query the SuperNodes not seen yet; the number serving a partition.
+
+        Raises :class:`~fedprune.config.ConfigError` when a node's ``num-partitions`` differs
+        from ``data.num_clients``.
+        """
+        self.refresh_nodes(_PollingGrid(grid, self.poll_interval), strict=True)
+        return len(self.node_of)
+
+    def _partitions_mismatch(self, node: int, parts: int) -> str:
+        n = self.cfg.data.num_clients
+        if self.simulation:
+            return (f"the simulation has num-supernodes = {parts} (each virtual SuperNode's "
+                    f"num-partitions) but the run config has data.num-clients = {n}: they "
+                    f"must be equal; run with --federation-config \"num-supernodes={n}\" or "
+                    f"--run-config \"data.num-clients={parts}\"")
+        return (f"SuperNode {node} has num-partitions = {parts} in its node config but the run "
+                f"config has data.num-clients = {n}: they must be equal; start the SuperNodes "
+                f"with --node-config 'partition-id=I num-partitions={n}' or run with "
+                f"--run-config \"data.num-clients={parts}\"")
 
     def _forget(self, node: int) -> None:
         pid = self.partition_of.pop(node, None)
