@@ -69,3 +69,15 @@ def test_resume_errors_are_clear(tmp_path, capsys):
     assert "cannot resume" in capsys.readouterr().err
     assert main(["run", "--resume", str(tmp_path), "--set", "seed=1"]) == 2
     assert "drop --config/--set" in capsys.readouterr().err
+
+
+def test_resuming_a_finished_run_is_refused(tmp_path, capsys):
+    from fedprune.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), "--no-progress", "--no-plots", "--set",
+                 "fed.rounds=1", "--set", "train.local_epochs=1", "--set",
+                 "fed.clients_per_round=2"]) == 0
+    capsys.readouterr()
+    assert main(["run", "--resume", str(out), "--no-progress"]) == 2
+    assert "the run finished" in capsys.readouterr().err

@@ -28,6 +28,7 @@ from .config import ConfigError, from_dict, load_config
 from .export import ExportError
 from .export import commands as export_commands
 from .reproduce import commands as reproduce_commands
+from .rundir import RunDir
 
 logger = logging.getLogger("fedprune")
 
@@ -176,12 +177,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.resume is not None:
         if args.config is not None or args.sets:
             raise ConfigError("--resume takes the run's own config.json; drop --config/--set")
-        cfg_file = args.resume / "config.json"
+        rd = RunDir(args.resume)
+        if rd.state() == "finished":
+            raise ConfigError(f"cannot resume {args.resume}: the run finished "
+                              f"({rd.summary_file.name} is there)")
         try:
-            cfg = from_dict(json.loads(cfg_file.read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"cannot resume {args.resume}: {cfg_file} unreadable ({exc})"
-                              ) from None
+            cfg = from_dict(rd.read_config_dict())
+        except ValueError as exc:
+            raise ConfigError(f"cannot resume {args.resume}: {exc}") from None
         args.out = args.resume
     else:
         cfg = load_config(args.config, args.sets)
@@ -195,7 +198,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.fed.rounds, unit="round", dynamic_ncols=True,
-                   initial=_rounds_done(args.resume) if args.resume is not None else 0)
+                   initial=RunDir(args.resume).rounds_done() if args.resume is not None else 0)
 
     last_acc = math.nan
 
@@ -253,12 +256,6 @@ def budget_line(budget: dict, status: str | None = None) -> str:
     else:
         head = f"budget NOT met ({status})"
     return head + (": " + ", ".join(parts) if parts else "")
-
-
-def _rounds_done(run_dir: Path) -> int:
-    from .federated.loop import CHECKPOINT_FILE, load_checkpoint
-
-    return load_checkpoint(run_dir / CHECKPOINT_FILE)[2]
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:

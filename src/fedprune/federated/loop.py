@@ -7,9 +7,7 @@ the model's initial weights, client sampling, and each client's batch order per 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,16 +21,15 @@ from torch import nn
 from ..config import ConfigError, ExperimentConfig
 from ..data import FederatedData, load_federated
 from ..metrics import (
-    ROUNDS_FILE,
     Recorder,
     RoundRecord,
     count_macs,
     n_params,
     payload_bytes,
-    read_rounds,
 )
 from ..models import ModelSpec, new_model
 from ..pruning import ScheduleState
+from ..rundir import CHECKPOINT_FILE, RunDir, load_checkpoint, save_checkpoint  # noqa: F401
 from .aggregate import fedavg, screen_replies
 from .batched import BatchedTrainer, ClientJob, batched_support
 from .budget_server import BudgetServer
@@ -40,8 +37,6 @@ from .client import PerClientTrainer, evaluate
 from .server import maybe_prune, run_summary
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_FILE = "checkpoint.pt"
 
 
 @dataclass
@@ -121,8 +116,8 @@ def run_simulation(
                               len(data.clients),
                               [c.val_y is not None and len(c.val_y) > 0 for c in data.clients])
     if resume:
-        spec, model, done, state = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE,  # type: ignore[arg-type]
-                                                   with_state=True)
+        rd = RunDir(run_dir)  # type: ignore[arg-type]
+        spec, model, done, state = rd.load_checkpoint(with_state=True)
         sched_state = ScheduleState(**state["schedule"])
         sample_rng.bit_generator.state = state["sample_rng"]
         bytes_total, bytes_total_dense = state["bytes_total"], state["bytes_total_dense"]
@@ -130,13 +125,13 @@ def run_simulation(
         fields = set(RoundRecord.__dataclass_fields__) - {"extra"}
         records = [RoundRecord(**{k: v for k, v in r.items() if k in fields},
                                extra={k: v for k, v in r.items() if k not in fields})
-                   for r in truncate_rounds(Path(run_dir), done)]  # type: ignore[arg-type]
+                   for r in rd.truncate_rounds(done)]
         first_round = done + 1
         if budget is not None:
             if "budget" not in state:
                 raise ValueError(f"checkpoint in {run_dir} holds no budget-mode state: it was "
                                  "written by a run without budget mode")
-            budget.restore(state["budget"], _load_snapshot(Path(run_dir) / CHECKPOINT_FILE))  # type: ignore[arg-type]
+            budget.restore(state["budget"], rd.load_snapshot())
         logger.info("resuming %s after round %d", run_dir, done)
 
     trainer = make_trainer(model, cfg)
@@ -214,8 +209,8 @@ def run_simulation(
             snapshot = None
             if budget is not None:
                 loop_state["budget"], snapshot = budget.checkpoint_state()
-            save_checkpoint(Path(run_dir) / CHECKPOINT_FILE, spec, model, rnd,  # type: ignore[arg-type]
-                            loop_state, snapshot=snapshot)
+            RunDir(run_dir).save_checkpoint(spec, model, rnd,  # type: ignore[arg-type]
+                                            loop_state, snapshot=snapshot)
         if on_round is not None:
             on_round(rec)
 
@@ -229,82 +224,3 @@ def run_simulation(
     if recorder is not None:
         recorder.write_summary(summary)
     return RunResult(summary=summary, model=model, spec=spec, records=records)
-
-
-def save_checkpoint(
-    path: Path, spec: ModelSpec, model: nn.Module, rnd: int, state: dict[str, Any] | None = None,
-    snapshot: dict[str, Any] | None = None,
-) -> None:
-    """Atomically write ``{spec, state_dict, round, state}`` (temp file, fsync, rename).
-
-    ``spec`` and ``state`` (the loop's counters and RNG state) are JSON text, so the file loads
-    with ``torch.load(..., weights_only=True)``: no pickled objects.  ``snapshot`` (budget
-    mode: the model before a cut that the guard has not judged yet) is ``{spec JSON text,
-    state_dict}``.
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    payload = {"spec": spec.to_json(), "state_dict": model.state_dict(), "round": rnd,
-               "state": json.dumps(state or {})}
-    if snapshot is not None:
-        payload["budget_snapshot"] = snapshot
-    with open(tmp, "wb") as fh:
-        torch.save(payload, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def load_checkpoint(path: Path, with_state: bool = False):  # noqa: ANN201
-    """Rebuild the model of a checkpoint from its spec and load its weights (no pickle).
-
-    Returns ``(spec, model, round)``, plus the loop state dict when ``with_state``.
-    """
-    from ..models import build
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ValueError(f"checkpoint {path} does not exist") from None
-    except Exception as exc:  # noqa: BLE001 - corrupt or foreign file
-        raise ValueError(f"checkpoint {path} cannot be read safely: {exc}") from None
-    if not isinstance(ckpt, dict) or not {"spec", "state_dict", "round"} <= set(ckpt):
-        raise ValueError(f"checkpoint {path} lacks spec, state_dict or round")
-    spec = ModelSpec.from_json(ckpt["spec"])
-    model = build(spec)
-    try:
-        model.load_state_dict(ckpt["state_dict"], strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"checkpoint {path}: weights do not fit its architecture: {exc}") from None
-    if not with_state:
-        return spec, model, int(ckpt["round"])
-    try:
-        state = json.loads(ckpt.get("state", "{}"))
-    except (TypeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"checkpoint {path}: unreadable loop state ({exc})") from None
-    if not state:
-        raise ValueError(f"checkpoint {path} holds no loop state to resume from")
-    return spec, model, int(ckpt["round"]), state
-
-
-def _load_snapshot(path: Path) -> dict[str, Any] | None:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    return ckpt.get("budget_snapshot")
-
-
-def truncate_rounds(run_dir: Path, last_round: int) -> list[dict[str, Any]]:
-    """Keep the round records up to ``last_round`` (those after it are redone on resume)."""
-    rows = [r for r in read_rounds(run_dir) if r["round"] <= last_round]
-    path = run_dir / ROUNDS_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for r in rows:
-            fh.write(json.dumps(r) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return rows

@@ -344,16 +344,9 @@ def plot_compare(runs: list[RunFacts], out_png: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import save_figure
 
-    fig = compare_figure(runs)
-    try:
-        out_png = Path(out_png)
-        out_png.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out_png, dpi=100)
-    finally:
-        plt.close(fig)
-    return out_png
+    return save_figure(compare_figure(runs), out_png)
 
 
 def compare_figure(runs: list[RunFacts]):  # noqa: ANN201 - matplotlib Figure

@@ -12,9 +12,23 @@ from typing import Any
 
 from fedprune.metrics.recorder import read_rounds
 
-__all__ = ["plot_budget", "plot_overview", "plot_run"]
+__all__ = ["plot_budget", "plot_overview", "plot_run", "save_figure"]
 
 _MB = 1e6
+
+
+def save_figure(fig, out_png: Path) -> Path:  # noqa: ANN001 - matplotlib Figure
+    """Write ``fig`` to ``out_png`` (parent folders made; any format matplotlib writes) and
+    close it, also when writing fails."""
+    import matplotlib.pyplot as plt
+
+    try:
+        out_png = Path(out_png)
+        out_png.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out_png, dpi=100)
+    finally:
+        plt.close(fig)
+    return out_png
 
 
 def _series(rows: list[dict[str, Any]], key: str, scale: float = 1.0) -> tuple[list, list]:
@@ -146,9 +160,7 @@ def plot_overview(run_dir: Path, dense_run_dir: Path, out_png: Path) -> Path:
             ax.grid(True, alpha=0.3)
         axes[0].legend()
         fig.tight_layout()
-        out_png = Path(out_png)
-        out_png.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out_png, dpi=100)
-    finally:
+    except BaseException:
         plt.close(fig)
-    return out_png
+        raise
+    return save_figure(fig, out_png)

@@ -1,0 +1,208 @@
+"""The run directory: its file names, its state, its checkpoint, and reading a finished run.
+
+Every engine writes the same files (docs/run-files.md): ``config.json``, ``rounds.jsonl``,
+``summary.json`` (its presence means the run finished), ``checkpoint.pt`` (after every
+round), ``latency.json`` (``fedprune bench-latency --save``) and PNG plots.  Everything that
+reads or writes them by name goes through :class:`RunDir`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .metrics.recorder import CONFIG_FILE, ROUNDS_FILE, SUMMARY_FILE, Recorder, read_rounds
+from .models import ModelSpec
+
+__all__ = ["CHECKPOINT_FILE", "CONFIG_FILE", "LATENCY_FILE", "ROUNDS_FILE", "SUMMARY_FILE",
+           "RunDir", "RunState", "load_checkpoint", "save_checkpoint"]
+
+CHECKPOINT_FILE = "checkpoint.pt"
+LATENCY_FILE = "latency.json"
+PLOT_FILES = ("accuracy.png", "params.png", "bytes.png", "budget.png")
+# what an interrupted run leaves that a fresh start must clear (temporary files included)
+RUN_FILES = (CONFIG_FILE, ROUNDS_FILE, SUMMARY_FILE, CHECKPOINT_FILE)
+
+RunState = Literal["fresh", "resumable", "finished"]
+
+
+class RunDir:
+    """One run directory (it need not exist yet)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # ------------------------------------------------------------------ file names
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def rounds_file(self) -> Path:
+        return self.path / ROUNDS_FILE
+
+    @property
+    def summary_file(self) -> Path:
+        return self.path / SUMMARY_FILE
+
+    @property
+    def checkpoint_file(self) -> Path:
+        return self.path / CHECKPOINT_FILE
+
+    @property
+    def latency_file(self) -> Path:
+        return self.path / LATENCY_FILE
+
+    def stale_files(self) -> list[Path]:
+        """The run files (and their temporary files) present, for a clean restart."""
+        names = [n for f in RUN_FILES for n in (f, f + ".tmp")]
+        return [self.path / n for n in names if (self.path / n).exists()]
+
+    # ------------------------------------------------------------------ state
+
+    def state(self) -> RunState:
+        """``finished`` (``summary.json``), ``resumable`` (config and checkpoint), else
+        ``fresh`` (absent, empty, or killed before its first checkpoint)."""
+        if self.summary_file.is_file():
+            return "finished"
+        if self.checkpoint_file.is_file() and self.config_file.is_file():
+            return "resumable"
+        return "fresh"
+
+    def is_empty(self) -> bool:
+        return not self.path.exists() or (self.path.is_dir() and not any(self.path.iterdir()))
+
+    # ------------------------------------------------------------------ reading
+
+    def read_config_dict(self) -> dict[str, Any]:
+        """``config.json`` as written (a dict); ``ValueError`` naming the file if unreadable."""
+        return _read_json(self.config_file)
+
+    def read_config(self):  # noqa: ANN201 - ExperimentConfig (imported lazily: no cycle)
+        from .config import from_dict
+
+        return from_dict(self.read_config_dict())
+
+    def read_summary(self) -> dict[str, Any]:
+        return _read_json(self.summary_file)
+
+    def read_rounds(self) -> list[dict[str, Any]]:
+        return read_rounds(self.path)
+
+    def rounds_done(self) -> int:
+        """The last round the checkpoint holds."""
+        return load_checkpoint(self.checkpoint_file)[2]
+
+    def recorder(self) -> Recorder:
+        return Recorder(self.path)
+
+    # ------------------------------------------------------------------ checkpoint
+
+    def save_checkpoint(self, spec: ModelSpec, model: nn.Module, rnd: int,
+                        state: dict[str, Any] | None = None,
+                        snapshot: dict[str, Any] | None = None) -> None:
+        save_checkpoint(self.checkpoint_file, spec, model, rnd, state, snapshot)
+
+    def load_checkpoint(self, with_state: bool = False):  # noqa: ANN201 - see load_checkpoint
+        return load_checkpoint(self.checkpoint_file, with_state)
+
+    def load_snapshot(self) -> dict[str, Any] | None:
+        """Budget mode's snapshot of the model before an unjudged cut, if the checkpoint
+        holds one."""
+        ckpt = torch.load(self.checkpoint_file, map_location="cpu", weights_only=True)
+        return ckpt.get("budget_snapshot")
+
+    def truncate_rounds(self, last_round: int) -> list[dict[str, Any]]:
+        """Keep the round records up to ``last_round`` (those after it are redone on resume)."""
+        rows = [r for r in self.read_rounds() if r["round"] <= last_round]
+        path = self.rounds_file
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for r in rows:
+                fh.write(json.dumps(r) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        return rows
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        out = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is unreadable: {exc}") from None
+    if not isinstance(out, dict):
+        raise ValueError(f"{path} does not hold a JSON object")
+    return out
+
+
+def save_checkpoint(
+    path: Path, spec: ModelSpec, model: nn.Module, rnd: int, state: dict[str, Any] | None = None,
+    snapshot: dict[str, Any] | None = None,
+) -> None:
+    """Atomically write ``{spec, state_dict, round, state}`` (temp file, fsync, rename).
+
+    ``spec`` and ``state`` (the server's counters and RNG state) are JSON text, so the file
+    loads with ``torch.load(..., weights_only=True)``: no pickled objects.  ``snapshot``
+    (budget mode: the model before a cut that the guard has not judged yet) is ``{spec JSON
+    text, state_dict}``.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    payload = {"spec": spec.to_json(), "state_dict": model.state_dict(), "round": rnd,
+               "state": json.dumps(state or {})}
+    if snapshot is not None:
+        payload["budget_snapshot"] = snapshot
+    with open(tmp, "wb") as fh:
+        torch.save(payload, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: Path, with_state: bool = False):  # noqa: ANN201
+    """Rebuild the model of a checkpoint from its spec and load its weights (no pickle).
+
+    Returns ``(spec, model, round)``, plus the server state dict when ``with_state``.
+    """
+    from .models import build
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"checkpoint {path} does not exist") from None
+    except Exception as exc:  # noqa: BLE001 - corrupt or foreign file
+        raise ValueError(f"checkpoint {path} cannot be read safely: {exc}") from None
+    if not isinstance(ckpt, dict) or not {"spec", "state_dict", "round"} <= set(ckpt):
+        raise ValueError(f"checkpoint {path} lacks spec, state_dict or round")
+    spec = ModelSpec.from_json(ckpt["spec"])
+    model = build(spec)
+    try:
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"checkpoint {path}: weights do not fit its architecture: {exc}") from None
+    if not with_state:
+        return spec, model, int(ckpt["round"])
+    try:
+        state = json.loads(ckpt.get("state", "{}"))
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"checkpoint {path}: unreadable loop state ({exc})") from None
+    if not state:
+        raise ValueError(f"checkpoint {path} holds no loop state to resume from")
+    return spec, model, int(ckpt["round"]), state

@@ -1,0 +1,120 @@
+"""Short reference runs whose results must not change when the code is restructured.
+
+Each scenario runs a real experiment and returns its *fingerprint*: every ``summary.json``
+figure and every ``rounds.jsonl`` field except wall times, plus a SHA-256 of the final
+weights (read back from ``checkpoint.pt``).  ``tests/golden/<name>.json`` holds the
+fingerprints recorded from a known-good tree; ``tests/test_golden.py`` compares, bit for bit.
+
+Record them anew (only when a change of results is intended, and say so in the commit):
+
+    python tests/golden_runs.py --write
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+GOLDEN_DIR = HERE / "golden"
+VOLATILE = {"seconds"}  # wall times: the only figures that may differ between two runs
+
+SHORT = ["fed.rounds=12", "train.local_epochs=1"]  # the default digits run, shortened
+SCENARIOS: dict[str, list[str]] = {
+    "default": SHORT,
+    "budget": SHORT + ["budget.params_fraction=0.3", "data.val_fraction=0.2",
+                       "budget.guard_recovery_rounds=1"],
+    "ratio": SHORT + ["prune.method=ratio", "prune.ratio=0.3"],
+    "flower": SHORT + ["data.num_clients=4", "fed.clients_per_round=3",
+                       "budget.params_fraction=0.3", "data.val_fraction=0.2",
+                       "budget.guard_recovery_rounds=1", "budget.guard_clients=3"],
+}
+RESUME_AFTER = {"resumed": ("default", 7)}  # killed after round 7, then resumed
+
+
+def weights_sha256(state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().contiguous().cpu()
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def fingerprint(run_dir: Path) -> dict[str, Any]:
+    from fedprune.federated.loop import CHECKPOINT_FILE, load_checkpoint
+
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    rows = [json.loads(line) for line in
+            (run_dir / "rounds.jsonl").read_text(encoding="utf-8").splitlines()]
+    _, model, rnd = load_checkpoint(run_dir / CHECKPOINT_FILE)
+    return {
+        # config (and the Flower app's settings) hold the run's own path
+        "summary": {k: v for k, v in summary.items() if k not in VOLATILE | {"config", "flower"}},
+        "rounds": [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows],
+        "checkpoint_round": rnd,
+        "weights_sha256": weights_sha256(model.state_dict()),
+    }
+
+
+def run_scenario(name: str, out: Path) -> dict[str, Any]:
+    """Run scenario ``name`` into ``out`` (a new folder) and return its fingerprint."""
+    from fedprune.config import load_config
+    from fedprune.federated import run_simulation
+
+    if name in RESUME_AFTER:
+        from interrupt import Stop, stop_after
+
+        base, after = RESUME_AFTER[name]
+        cfg = load_config(None, SCENARIOS[base])
+        try:
+            run_simulation(cfg, out, on_round=stop_after(after))
+        except Stop:
+            pass
+        run_simulation(cfg, out, resume=True)
+        return fingerprint(out)
+    cfg = load_config(None, SCENARIOS[name])
+    if name == "flower":
+        from fedprune.federated.flower_app import client_app, run_server
+        from fedprune.federated.flower_config import experiment_to_run_config
+        from fedprune.federated.flower_local import LocalGrid
+
+        n = cfg.data.num_clients
+        grid = LocalGrid(client_app, [{"partition-id": i, "num-partitions": n}
+                                      for i in range(n)])
+        run_server(grid, {**experiment_to_run_config(cfg), "out-dir": str(out),
+                          "plots": False})
+    else:
+        run_simulation(cfg, out)
+    return fingerprint(out)
+
+
+NAMES = [*SCENARIOS, *RESUME_AFTER]
+
+
+def main(argv: list[str]) -> int:
+    import tempfile
+
+    if argv != ["--write"]:
+        print(__doc__)
+        return 2
+    sys.path.insert(0, str(HERE))
+    GOLDEN_DIR.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in NAMES:
+            fp = run_scenario(name, Path(tmp) / name)
+            (GOLDEN_DIR / f"{name}.json").write_text(json.dumps(fp, indent=1, sort_keys=True)
+                                                      + "\n", encoding="utf-8")
+            print(f"{name}: {fp['summary']['params_final']} params, accuracy "
+                  f"{fp['summary']['accuracy']:.4f}, weights {fp['weights_sha256'][:12]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
