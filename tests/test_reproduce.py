@@ -395,6 +395,51 @@ def test_a_folder_of_another_configuration_is_refused(finished):
         run_plan(other, jobs=1)
 
 
+def test_a_stored_configuration_is_compared_by_its_resolved_values(tmp_path, capsys):
+    args = ["reproduce", "--suite", "test", "--out", str(tmp_path), "--seeds", "0",
+            "--methods", "dense"]
+    assert main([*args, "--no-report", "--no-progress"]) == 0
+    run = plan_suite(get_suite("test"), tmp_path, seeds=[0], methods=["dense"]).runs[0]
+    cfg_file = run.run_dir / "config.json"
+    written = json.loads(cfg_file.read_text())
+    # settings added after the run was written: absent from its config.json, and their
+    # defaults are what the suite plans
+    stored = json.loads(json.dumps(written))
+    del stored["fed"]["min_replies"]
+    del stored["budget"]["guard_z"]
+    cfg_file.write_text(json.dumps(stored))
+    assert run_state(run) == "done"
+    capsys.readouterr()
+    assert main([*args, "--plan"]) == 0
+    assert capsys.readouterr().out.startswith(f"done    {run.run_dir}")
+    assert main([*args, "--no-report", "--no-progress"]) == 0
+    assert "0 runs executed" in capsys.readouterr().out
+    # an absent key whose default is not the planned value is a real difference
+    del stored["train"]["local_epochs"]  # default 5, the test suite plans 1
+    cfg_file.write_text(json.dumps(stored))
+    with pytest.raises(ValueError, match=r"another configuration .*train\.local_epochs: 5 "
+                                         r"there, 1 planned"):
+        run_state(run)
+    # so is a changed value, named with both sides
+    stored = json.loads(json.dumps(written))
+    stored["train"]["lr"] = 0.5
+    cfg_file.write_text(json.dumps(stored))
+    with pytest.raises(ValueError, match=r"train\.lr: 0\.5 there, 0\.003 planned"):
+        run_state(run)
+    assert main([*args, "--no-report", "--no-progress"]) == 2
+    assert "train.lr: 0.5 there" in capsys.readouterr().err
+    # a stored configuration that no longer parses is refused, saying why
+    stored = json.loads(json.dumps(written))
+    stored["fed"]["retired_setting"] = 1
+    cfg_file.write_text(json.dumps(stored))
+    with pytest.raises(ValueError, match=r"configuration cannot be read .*fed\.retired_setting"):
+        run_state(run)
+    cfg_file.write_text("{not json")
+    with pytest.raises(ValueError, match="configuration cannot be read"):
+        run_state(run)
+    assert json.loads((run.run_dir / "summary.json").read_text())["rounds"] == 3  # untouched
+
+
 # ---------------------------------------------------------------- the report
 
 

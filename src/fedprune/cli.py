@@ -28,7 +28,7 @@ from .config import ConfigError, from_dict, load_config
 from .export import ExportError
 from .export import commands as export_commands
 from .reproduce import commands as reproduce_commands
-from .rundir import RunDir
+from .rundir import CHECKPOINT_FILE, CONFIG_FILE, ROUNDS_FILE, SUMMARY_FILE, RunDir
 
 logger = logging.getLogger("fedprune")
 
@@ -75,13 +75,14 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run", help="run one federated experiment in process",
         description="Run one federated experiment in process and write its records to --out: "
-                    "rounds.jsonl, summary.json, config.json, checkpoint.pt and PNG plots.")
+                    f"{ROUNDS_FILE}, {SUMMARY_FILE}, {CONFIG_FILE}, {CHECKPOINT_FILE} and PNG "
+                    "plots.")
     _add_config_args(run, "run")
     where = run.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", type=Path, metavar="DIR",
                        help="new (or empty) run directory for the records")
     where.add_argument("--resume", type=Path, metavar="DIR",
-                       help="continue the interrupted run in DIR (its own config.json)")
+                       help=f"continue the interrupted run in DIR (its own {CONFIG_FILE})")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     cfg = sub.add_parser("config", help="print the resolved configuration as JSON",
@@ -174,10 +175,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .federated import run_simulation
     from .metrics import RoundRecord, plot_run
 
+    rd = RunDir(args.resume if args.resume is not None else args.out)
     if args.resume is not None:
         if args.config is not None or args.sets:
-            raise ConfigError("--resume takes the run's own config.json; drop --config/--set")
-        rd = RunDir(args.resume)
+            raise ConfigError(f"--resume takes the run's own {rd.config_file.name}; drop "
+                              "--config/--set")
         if rd.state() == "finished":
             raise ConfigError(f"cannot resume {args.resume}: the run finished "
                               f"({rd.summary_file.name} is there)")
@@ -188,17 +190,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         args.out = args.resume
     else:
         cfg = load_config(args.config, args.sets)
-    if args.resume is None and args.out.exists() and not args.out.is_dir():
-        raise ConfigError(f"--out {args.out} is a file, not a directory")
-    if args.resume is None and args.out.exists() and any(args.out.iterdir()):
-        raise ConfigError(f"--out {args.out} exists and is not empty: choose a new directory "
-                          "(results are never overwritten)")
+        if rd.path.exists() and not rd.path.is_dir():
+            raise ConfigError(f"--out {args.out} is a file, not a directory")
+        if not rd.is_empty():
+            raise ConfigError(f"--out {args.out} exists and is not empty: choose a new "
+                              "directory (results are never overwritten)")
     bar = None
     if not args.no_progress:
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.fed.rounds, unit="round", dynamic_ncols=True,
-                   initial=RunDir(args.resume).rounds_done() if args.resume is not None else 0)
+                   initial=rd.rounds_done() if args.resume is not None else 0)
 
     last_acc = math.nan
 

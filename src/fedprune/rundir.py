@@ -134,6 +134,37 @@ class RunDir:
         os.replace(tmp, path)
         return rows
 
+    # ------------------------------------------------------------------ latency, listing
+
+    def read_latency(self) -> dict[str, Any] | None:
+        """``latency.json`` where the run's latency was measured, else ``None``."""
+        return _read_json(self.latency_file) if self.latency_file.is_file() else None
+
+    def write_latency(self, record: dict[str, Any]) -> Path:
+        """Atomically write ``latency.json`` (temporary file, then rename); return its path."""
+        path = self.latency_file
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    def has_rounds(self) -> bool:
+        """Whether ``rounds.jsonl`` exists (the run got as far as writing a round)."""
+        return self.rounds_file.is_file()
+
+    @classmethod
+    def below(cls, directory: Path | str, limit: int = 3, depth: int = 4) -> list[RunDir]:
+        """Up to ``limit`` run directories (holding ``rounds.jsonl``) at most ``depth``
+        levels below ``directory``, the shallowest first (a ``fedprune reproduce`` folder
+        holds its runs 4 levels down)."""
+        found: list[Path] = []
+        for level in range(1, depth + 1):
+            pattern = "/".join(["*"] * level + [ROUNDS_FILE])
+            found += sorted(p.parent for p in Path(directory).glob(pattern))
+            if len(found) >= limit:
+                break
+        return [cls(p) for p in found[:limit]]
+
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:

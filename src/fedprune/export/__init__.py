@@ -1,6 +1,6 @@
 """Export for phones: ONNX (verified with onnxruntime) and, optionally, ExecuTorch."""
 
-from ..metrics.compare import LATENCY_FILE
+from ..rundir import LATENCY_FILE
 from .bench import LatencyRow, bench_onnx_latency, format_rows, run_latency_record
 from .onnx import ATOL, RTOL, ExportError, ExportReport, export_onnx, ort_session
 from .runs import RunModels, load_run

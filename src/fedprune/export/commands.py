@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-from ..metrics.compare import LATENCY_FILE
 from ..models import model_defaults, new_model
+from ..rundir import CHECKPOINT_FILE, CONFIG_FILE, LATENCY_FILE, RunDir
 from .bench import bench_onnx_latency, format_rows, run_latency_record
 from .runs import load_run
 
@@ -25,8 +24,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     "PyTorch on random inputs. The format follows the extension of --out "
                     "(.onnx: ONNX, .pte: ExecuTorch) unless --format names it.")
     ex.add_argument("run_dir", type=Path, metavar="RUN_DIR",
-                    help="a run directory (the --out of 'fedprune run': checkpoint.pt, "
-                         "config.json)")
+                    help=f"a run directory (the --out of 'fedprune run': {CHECKPOINT_FILE}, "
+                         f"{CONFIG_FILE})")
     ex.add_argument("--out", type=Path, required=True, metavar="FILE",
                     help="file to write: FILE.onnx (ONNX) or FILE.pte (ExecuTorch); never "
                          "overwritten")
@@ -135,8 +134,8 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
         raise ValueError("--force only applies with --save")
     if args.save and not args.force:
         for run_dir in args.run_dirs:
-            if (Path(run_dir) / LATENCY_FILE).exists():
-                raise ValueError(f"{Path(run_dir) / LATENCY_FILE} exists: add --force to "
+            if RunDir(run_dir).latency_file.exists():
+                raise ValueError(f"{RunDir(run_dir).latency_file} exists: add --force to "
                                  "measure again and replace it")
     models = [(run_dir, load_run(run_dir)) for run_dir in args.run_dirs]  # all readable first
     out = []
@@ -147,9 +146,7 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
         print(format_rows(rows))
         print(f"dense/pruned median latency ratio: {rows[1].speedup_vs_first:.2f}x")
         if args.save:
-            path = Path(run_dir) / LATENCY_FILE
-            _write_json_atomic(path, run_latency_record(rows))
-            print(f"wrote {path}")
+            print(f"wrote {RunDir(run_dir).write_latency(run_latency_record(rows))}")
         print()
         out.append({"run": str(run_dir), "rows": [r.to_dict() for r in rows]})
     if args.paper_models:
@@ -167,12 +164,6 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps(out, indent=2))
     return 0
-
-
-def _write_json_atomic(path: Path, obj: object) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_latency_table(args: argparse.Namespace) -> Path:

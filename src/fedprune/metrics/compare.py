@@ -12,19 +12,16 @@ finished, and ``latency.json`` where its latency was measured (``fedprune bench-
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fedprune.metrics.plots import _series
-from fedprune.metrics.recorder import CONFIG_FILE, ROUNDS_FILE, SUMMARY_FILE, read_rounds
+from fedprune.rundir import LATENCY_FILE, RunDir
 
 __all__ = ["LATENCY_FILE", "NotARunError", "RunFacts", "compare_figure", "format_table",
            "label_runs", "plot_compare", "read_run", "reference_run"]
-
-LATENCY_FILE = "latency.json"  # written by fedprune.export.bench.run_latency_record
 
 
 class NotARunError(ValueError):
@@ -89,25 +86,6 @@ class RunFacts:
         return float(self.latency["ratio"])
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: malformed JSON ({exc.msg}, line {exc.lineno})") from None
-
-
-def _runs_below(directory: Path, limit: int = 3, depth: int = 4) -> list[Path]:
-    """Up to ``limit`` run directories at most ``depth`` levels below ``directory`` (a
-    ``fedprune reproduce`` folder holds its runs 4 levels down)."""
-    found: list[Path] = []
-    for level in range(1, depth + 1):
-        pattern = "/".join(["*"] * level + [ROUNDS_FILE])
-        found += sorted(p.parent for p in directory.glob(pattern))
-        if len(found) >= limit:
-            break
-    return found[:limit]
-
-
 def read_run(run_dir: Path, label: str | None = None) -> RunFacts:
     """Read one run directory (finished or not, in-process loop or Flower).
 
@@ -116,39 +94,38 @@ def read_run(run_dir: Path, label: str | None = None) -> RunFacts:
             ``config.json`` (the message names run directories below it, if any).
         ValueError: a record file is malformed.
     """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        what = "is a file" if run_dir.exists() else "does not exist"
-        raise NotARunError(f"{run_dir} {what}: give the directory of a run (the --out of "
+    rd = RunDir(run_dir)
+    if not rd.path.is_dir():
+        what = "is a file" if rd.path.exists() else "does not exist"
+        raise NotARunError(f"{rd.path} {what}: give the directory of a run (the --out of "
                            "'fedprune run')")
-    if not (run_dir / ROUNDS_FILE).is_file():
-        below = _runs_below(run_dir)
+    rounds_name, config_name = rd.rounds_file.name, rd.config_file.name
+    if not rd.has_rounds():
+        below = [r.path for r in RunDir.below(rd.path)]
         hint = ("; it holds runs in subdirectories, e.g. " + ", ".join(map(str, below))
                 if below else "; give the directory of a run (the --out of 'fedprune run')")
-        started = (run_dir / CONFIG_FILE).is_file()
-        raise NotARunError(f"{run_dir} is not a run directory: no {ROUNDS_FILE}"
+        started = rd.config_file.is_file()
+        raise NotARunError(f"{rd.path} is not a run directory: no {rounds_name}"
                            + (" yet (the run has not finished a round)" if started else hint))
-    rows = read_rounds(run_dir)
+    rows = rd.read_rounds()
     if not rows:
-        raise NotARunError(f"{run_dir}: {ROUNDS_FILE} is empty (the run has not finished a "
+        raise NotARunError(f"{rd.path}: {rounds_name} is empty (the run has not finished a "
                            "round)")
-    summary = (_read_json(run_dir / SUMMARY_FILE) if (run_dir / SUMMARY_FILE).is_file()
-               else None)
-    if (run_dir / CONFIG_FILE).is_file():
-        config = _read_json(run_dir / CONFIG_FILE)
+    summary = rd.read_summary() if rd.state() == "finished" else None
+    if rd.config_file.is_file():
+        config = rd.read_config_dict()
     elif summary is not None and isinstance(summary.get("config"), dict):
         config = summary["config"]
     else:
-        raise NotARunError(f"{run_dir} is not a run directory: no {CONFIG_FILE}")
-    latency = (_read_json(run_dir / LATENCY_FILE) if (run_dir / LATENCY_FILE).is_file()
-               else None)
+        raise NotARunError(f"{rd.path} is not a run directory: no {config_name}")
+    latency = rd.read_latency()
     try:
-        return _facts_from(run_dir, label, rows, summary, config, latency)
+        return _facts_from(rd.path, label, rows, summary, config, latency)
     except KeyError as exc:
-        raise ValueError(f"{run_dir}: a record lacks the key {exc} (not written by fedprune?)"
+        raise ValueError(f"{rd.path}: a record lacks the key {exc} (not written by fedprune?)"
                          ) from None
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{run_dir}: a record holds an unexpected value ({exc})") from None
+        raise ValueError(f"{rd.path}: a record holds an unexpected value ({exc})") from None
 
 
 def _facts_from(run_dir: Path, label: str | None, rows: list[dict[str, Any]],

@@ -9,7 +9,6 @@ The paper's published numbers (docs: ``method.md``) stand beside ours in one tab
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shlex
@@ -19,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ExperimentConfig
-from ..metrics import read_rounds
-from .runner import LATENCY_FILE, read_suite_log
+from ..rundir import LATENCY_FILE, ROUNDS_FILE, SUMMARY_FILE, RunDir
+from .runner import read_suite_log
 from .suites import METHODS, Plan, Setting
 
 # What the authors' saved runs show (method.md, "The numbers to meet and beat"); the Keras
@@ -85,14 +84,11 @@ def collect(plan: Plan) -> dict[tuple[str, str], dict[str, Cell]]:
         cell = cells.setdefault(key, {}).setdefault(
             run.method.name, Cell(run.setting, run.method.name, 0))
         cell.planned += 1
-        summary_file = run.run_dir / "summary.json"
-        if not summary_file.exists():
+        rd = RunDir(run.run_dir)
+        if rd.state() != "finished":
             continue
-        lat_file = run.run_dir / LATENCY_FILE
-        cell.runs.append(RunData(
-            run.seed, json.loads(summary_file.read_text(encoding="utf-8")),
-            read_rounds(run.run_dir),
-            json.loads(lat_file.read_text(encoding="utf-8")) if lat_file.exists() else None))
+        cell.runs.append(RunData(run.seed, rd.read_summary(), rd.read_rounds(),
+                                 rd.read_latency()))
     return cells
 
 
@@ -388,8 +384,8 @@ def render(plan: Plan, cells: dict[tuple[str, str], dict[str, Cell]],
                f"{n_seed} seed{'s' if n_seed != 1 else ''}). Generated from the run folders "
                f"under `{plan.out}` by the report step "
                "of `fedprune reproduce` (it runs alone with `--report-only`): every number "
-               "below is read from the runs' `summary.json`, `rounds.jsonl` and "
-               "`latency.json`.")
+               f"below is read from the runs' `{SUMMARY_FILE}`, `{ROUNDS_FILE}` and "
+               f"`{LATENCY_FILE}`.")
     out.append("")
     out.append("## Command and machine")
     out.append("")

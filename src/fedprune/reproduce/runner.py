@@ -38,15 +38,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..rundir import RunDir
 from .progress import RunEvent, TaskInfo
 from .suites import Plan, PlannedRun
 
 logger = logging.getLogger(__name__)
 
-LATENCY_FILE = "latency.json"
 SUITE_LOG = "suite.json"
-STALE_FILES = ("rounds.jsonl", "rounds.jsonl.tmp", "config.json", "config.json.tmp",
-               "checkpoint.pt.tmp", LATENCY_FILE)
+
+# RunDir.state() -> the suite's word for it
+STATES = {"finished": "done", "resumable": "resume", "fresh": "fresh"}
 
 
 def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -69,29 +70,39 @@ def _differences(stored: dict[str, Any], planned: dict[str, Any], limit: int = 3
     return "; ".join(out[:limit]) + more
 
 
+def check_same_config(run: PlannedRun) -> None:
+    """Raise ``ValueError`` unless the run folder is empty of a configuration or holds the
+    planned one.
+
+    The stored ``config.json`` is compared by its *resolved* values (parsed into the
+    configuration tree and written out again), so a setting added since the run was written
+    takes its default there as in the plan; a stored file that no longer parses is an error.
+    """
+    rd = RunDir(run.run_dir)
+    if not rd.config_file.exists():
+        return
+    try:
+        stored = _comparable(rd.read_config().to_dict())
+    except ValueError as exc:  # unreadable JSON, or ConfigError: a key or value not valid now
+        raise ValueError(
+            f"{rd.path} holds a run whose configuration cannot be read ({exc}): choose another "
+            "--out, or remove that folder") from None
+    planned = _comparable(run.config.to_dict())
+    if stored != planned:
+        raise ValueError(
+            f"{rd.path} holds a run of another configuration (its {rd.config_file.name} differs "
+            f"from the suite's in {_differences(stored, planned)}): choose another --out, or "
+            "remove that folder")
+
+
 def run_state(run: PlannedRun) -> str:
     """``done``, ``resume`` or ``fresh`` (see the module docstring); raises on a foreign run."""
-    d = run.run_dir
-    cfg_file = d / "config.json"
-    if cfg_file.exists():
-        try:
-            stored = json.loads(cfg_file.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            stored = None
-        if stored is not None and _comparable(stored) != _comparable(run.config.to_dict()):
-            diff = _differences(_comparable(stored), _comparable(run.config.to_dict()))
-            raise ValueError(
-                f"{d} holds a run of another configuration (its config.json differs from the "
-                f"suite's in {diff}): choose another --out, or remove that folder")
-    if (d / "summary.json").exists():
-        return "done"
-    if (d / "checkpoint.pt").exists() and cfg_file.exists():
-        return "resume"
-    return "fresh"
+    check_same_config(run)
+    return STATES[RunDir(run.run_dir).state()]
 
 
 def latency_needed(run: PlannedRun) -> bool:
-    return not (run.run_dir / LATENCY_FILE).exists()
+    return not RunDir(run.run_dir).latency_file.exists()
 
 
 def fraction_left(run: PlannedRun, state: str) -> float:
@@ -102,34 +113,31 @@ def fraction_left(run: PlannedRun, state: str) -> float:
     if state == "done":
         return 0.0
     try:
-        lines = (run.run_dir / "rounds.jsonl").read_text(encoding="utf-8").splitlines()
-    except OSError:
+        recorded = len(RunDir(run.run_dir).read_rounds())
+    except (OSError, ValueError):
         return 1.0
     rounds = max(1, run.config.fed.rounds)
-    return min(1.0, max(0.0, 1.0 - sum(1 for x in lines if x.strip()) / rounds))
+    return min(1.0, max(0.0, 1.0 - recorded / rounds))
 
 
 def measure_latency(run_dir: Path, *, dense: bool, runs: int, warmup: int) -> dict[str, Any]:
     """Median latency of the run's final model / its initial dense model; cached on disk."""
-    path = Path(run_dir) / LATENCY_FILE
-    if path.exists():
-        return json.loads(path.read_text(encoding="utf-8"))
+    rd = RunDir(run_dir)
+    cached = rd.read_latency()
+    if cached is not None:
+        return cached
     if dense:
         # the final model has the initial model's architecture: the ratio is 1 by construction
         out: dict[str, Any] = {"ratio": 1.0, "timed": False,
                                "why": "dense FedAvg: final and initial architectures are equal"}
     else:
-        from ..export import bench_onnx_latency, load_run
+        from ..export import bench_onnx_latency, load_run, run_latency_record
 
         rm = load_run(run_dir)
-        rows = bench_onnx_latency({"dense": rm.initial, "final": rm.final},
-                                  rm.spec.example_input(), runs=runs, warmup=warmup)
-        out = {"ratio": rows[1].stats.median_ms / rows[0].stats.median_ms, "timed": True,
-               "dense": rows[0].to_dict(), "final": rows[1].to_dict(),
-               "setup": "onnxruntime, 1 thread, batch 1, interleaved"}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(out, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+        out = run_latency_record(bench_onnx_latency({"dense": rm.initial, "final": rm.final},
+                                                    rm.spec.example_input(), runs=runs,
+                                                    warmup=warmup))
+    rd.write_latency(out)
     return out
 
 
@@ -162,10 +170,10 @@ def execute(task: Task) -> dict[str, Any]:
         if task.state in ("fresh", "resume"):
             cfg = from_dict(task.config)
             torch.set_num_threads(max(1, cfg.threads))
-            if task.state == "fresh":
-                run_dir.mkdir(parents=True, exist_ok=True)
-                for name in STALE_FILES:  # a run killed before its first checkpoint
-                    (run_dir / name).unlink(missing_ok=True)
+            if task.state == "fresh":  # a run killed before its first checkpoint
+                rd = RunDir(run_dir)
+                for path in [*rd.stale_files(), rd.latency_file]:
+                    path.unlink(missing_ok=True)
             run_simulation(cfg, run_dir, resume=task.state == "resume")
         measure_latency(run_dir, dense=task.dense, runs=task.latency_runs,
                         warmup=task.latency_warmup)

@@ -44,8 +44,6 @@ from ..config import (
     parse_overrides,
 )
 
-SUMMARY = "summary.json"
-
 
 @dataclass(frozen=True)
 class Window:
