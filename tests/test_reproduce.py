@@ -11,10 +11,10 @@ from nets import DepthwiseNet
 
 from fedprune.cli import main
 from fedprune.config import ConfigError, from_dict
+from fedprune.data.registry import SPECS
 from fedprune.federated import run_simulation
 from fedprune.models import create_model, scaled_widths
 from fedprune.pruning import RatioRule, decide_ratio, prune_model, widths_of
-from fedprune.data.registry import SPECS
 from fedprune.reproduce import (
     RunEvent,
     TaskInfo,
@@ -27,8 +27,8 @@ from fedprune.reproduce import (
     write_report,
 )
 from fedprune.reproduce.commands import ProgressView
-from fedprune.reproduce.report import _fmt, collect, rows_of
-from fedprune.reproduce.suites import Window
+from fedprune.reproduce.methods import Window
+from fedprune.reproduce.tables import _fmt, collect, rows_of
 
 # ---------------------------------------------------------------- the fixed-ratio rule
 
@@ -681,9 +681,9 @@ def test_default_out_is_runs_suite_and_the_report_goes_beside_its_runs(tmp_path,
 
 
 def test_a_spread_of_one_value_is_n_1_and_of_equal_values_zero():
-    from fedprune.reproduce.report import _mean_sd
+    from fedprune.reproduce.tables import mean_sd
 
-    assert _fmt(*_mean_sd([0.5]), ".4f") == "0.5000 (n = 1)"
-    assert _fmt(*_mean_sd([0.5, 0.5]), ".4f") == "0.5000 ± 0.0000"
-    assert _fmt(*_mean_sd([1.0, 3.0]), ".2f", " MB") == "2.00 MB ± 1.41 MB"
-    assert _fmt(*_mean_sd([]), ".2f") == "-"
+    assert _fmt(*mean_sd([0.5]), ".4f") == "0.5000 (n = 1)"
+    assert _fmt(*mean_sd([0.5, 0.5]), ".4f") == "0.5000 ± 0.0000"
+    assert _fmt(*mean_sd([1.0, 3.0]), ".2f", " MB") == "2.00 MB ± 1.41 MB"
+    assert _fmt(*mean_sd([]), ".2f") == "-"

@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from .methods import METHODS
 from .progress import RunEvent, TimeLeft, format_left
 from .runner import record_report_seconds, run_plan, run_state
-from .suites import METHODS, SUITES, get_suite, plan_suite
+from .suites import SUITES, get_suite, plan_suite
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
