@@ -6,17 +6,19 @@ pixels as ``v / 255`` floats) in a temporary folder, then measures, each in a fr
 
 1. ``fedprune data prepare DIR``: reading the JSON into the memory-mapped cache (wall time,
    peak RSS);
-2. ``fedprune run`` (the command line's own ``main``, with probes) with
-   ``data.partition=natural`` over all 3,400 writers: seconds from launching the process
-   until the first client of round 1 starts training (and when imports were done and
-   ``load_federated`` returned), plus the run's peak RSS (2 rounds of 10 clients, 1 local
-   epoch; round 2 evaluates the full 77,483-image test set);
+2. a run as ``fedprune run`` makes it, through the library's public calls
+   (``load_config``, ``fedprune.data.load_federated``, ``run_simulation`` with an
+   ``on_round`` callback), with ``data.partition=natural`` over all 3,400 writers: seconds
+   from launching the process until the imports are done, until the federated data are
+   loaded, and until the first round has finished, plus the process's peak RSS (2 rounds of
+   10 clients, 1 local epoch; the last round evaluates the full 77,483-image test set);
 3. the same with ``data.partition=dirichlet`` over 3,400 clients (one gathered copy);
 
-then deletes the JSON and the cache (unless ``--keep``).  Targets (issue 3): first round starts
-under 10 s once the cache exists, peak memory under 3 GB.
+then deletes the JSON and the cache (unless ``--keep``).  Targets: the first round has
+finished within 10 s of launch once the cache exists, and peak memory stays under 3 GB.
 
     python benchmarks/data_femnist.py [--scale 1.0] [--workdir /tmp] [--keep]
+    python benchmarks/data_femnist.py --quick       # 10 writers, 1 round: a few seconds
 
 Images are drawn from a pool of 62 x 64 distinct synthetic glyphs (white background, dark
 strokes, ~19% ink pixels like FEMNIST), so the text has FEMNIST's size and number mix; the
@@ -37,6 +39,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from fedprune.rundir import RunDir
 
 WRITERS, TRAIN, TEST = 3_400, 671_585, 77_483
 PER_FILE = 100  # LEAF's MAX_WRITERS per JSON file
@@ -98,31 +102,30 @@ def write_split(folder: Path, names: list[str], counts: np.ndarray, pool: list[l
     return total
 
 
-# ``fedprune run`` exactly as the command line runs it (``fedprune.cli.main``), with probes
-# printing when imports are done, when ``load_federated`` returns, and when the first client
-# of round 1 starts training; times are seconds since the parent launched the process.
+# A run as ``fedprune run`` makes it, through the library's public calls, with probes printing
+# when the imports are done, when the federated data are loaded and when the first round has
+# finished; times are seconds since the parent launched the process.  Arguments: the run
+# directory, then ``key=value`` settings.
 PROBE = """
 import os, sys, time
 T0 = float(os.environ["BENCH_T0"])
 def say(name):
     print(f"PROBE {name} {time.time() - T0:.3f}", file=sys.stderr, flush=True)
-import fedprune.federated.loop as loop
-from fedprune.cli import main
+import torch
+from fedprune import load_config, run_simulation
+from fedprune.data import load_federated
 say("imported")
-_load, _train = loop.load_federated, loop.train_local
-def load(*a, **k):
-    out = _load(*a, **k)
-    say("data_loaded")
-    return out
-def train(*a, **k):
-    if not getattr(train, "seen", False):
-        train.seen = True
-        say("first_round_start")
-    return _train(*a, **k)
-loop.load_federated, loop.train_local = load, train
-sys.exit(main(sys.argv[1:]))
+cfg = load_config(None, sys.argv[2:])
+if cfg.threads:
+    torch.set_num_threads(cfg.threads)
+data = load_federated(cfg.data, cfg.seed)
+say("data_loaded")
+def on_round(record):
+    if not getattr(on_round, "seen", False):
+        on_round.seen = True
+        say("first_round_done")
+run_simulation(cfg, sys.argv[1], on_round=on_round, data=data)
 """
-
 
 def run_measured(cmd: list[str], env: dict, logs: Path) -> dict:
     """Run ``cmd``: wall time, the child's own peak RSS (``wait4``) and its PROBE lines."""
@@ -144,14 +147,29 @@ def run_measured(cmd: list[str], env: dict, logs: Path) -> dict:
             "probes": probes, "stdout": out_f.read_text()}
 
 
-def main() -> int:
+QUICK_SCALE = 0.003  # --quick: 10 writers, 2,015 train and 232 test images
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of the full size")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of each run (default 2)")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"a few seconds: --scale {QUICK_SCALE} (10 writers) and 1 round")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of each run")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     ap.add_argument("--keep", action="store_true", help="keep the JSON and the cache")
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.scale, args.rounds = QUICK_SCALE, 1
+    if args.rounds < 1 or not 0 < args.scale <= 1:
+        ap.error("--rounds must be >= 1 and --scale in (0, 1]")
+    return args
 
+
+def run(args: argparse.Namespace) -> dict:
+    """Generate the data, measure preparing it and the two runs; print and return the figures."""
     scale = args.scale
     free = shutil.disk_usage(args.workdir).free
     need = (TRAIN + TEST) * scale * (BYTES_PER_IMAGE + 784) * 1.1
@@ -164,6 +182,7 @@ def main() -> int:
     train_n = sizes(n_writers, round(TRAIN * scale), rng, floor=1)
     test_n = sizes(n_writers, round(TEST * scale), rng, floor=1)
     names = [f"f{i:04d}_{i % 100:02d}" for i in range(n_writers)]
+    clients = min(10, n_writers)
 
     work = Path(tempfile.mkdtemp(prefix="fedprune-femnist-", dir=args.workdir))
     leaf, cache = work / "leaf", work / "cache"
@@ -199,40 +218,47 @@ def main() -> int:
                            "data.min_client_size=1", "data.alpha=0.5"]),
         ):
             out = work / f"run-{label}"
-            cmd = [sys.executable, "-c", PROBE, "run", "--out", str(out), "--no-progress",
-                   "--no-plots"]
-            for s in ("data.name=femnist", f"data.path={leaf}", *extra, "fed.rounds=2",
-                      "fed.eval_every=2", "fed.clients_per_round=10", "train.local_epochs=1",
-                      "prune.enabled=false", "threads=2"):
-                cmd += ["--set", s]
+            cmd = [sys.executable, "-c", PROBE, str(out), "data.name=femnist",
+                   f"data.path={leaf}", *extra, f"fed.rounds={args.rounds}",
+                   f"fed.eval_every={args.rounds}", f"fed.clients_per_round={clients}",
+                   "train.local_epochs=1", "prune.enabled=false", f"threads={args.threads}"]
             r = run_measured(cmd, env, work / f"logs-{label}")
             p = r["probes"]
-            rounds = [json.loads(ln) for ln in (out / "rounds.jsonl").read_text().splitlines()]
+            rounds = RunDir(out).read_rounds()
+            r["rounds"], r["accuracy"] = len(rounds), rounds[-1]["accuracy"]
             results[label] = r
-            print(f"run ({label:9}):     first round starts {p['first_round_start']:.2f} s "
+            print(f"run ({label:9}):     first round done {p['first_round_done']:.2f} s "
                   f"after launch (imports done {p['imported']:.2f} s, data loaded "
-                  f"{p['data_loaded']:.2f} s); 2 rounds of 10 clients + evaluating "
+                  f"{p['data_loaded']:.2f} s); {args.rounds} round"
+                  f"{'s' if args.rounds > 1 else ''} of {clients} clients + evaluating "
                   f"{int(test_n.sum())} test images: {r['wall_s']:.1f} s (accuracy "
-                  f"{rounds[-1]['accuracy']:.3f}); peak RSS {r['peak_rss_mb']} MB")
-        ok = all(r["probes"]["first_round_start"] < 10 and r["peak_rss_mb"] < 3072
+                  f"{r['accuracy']:.3f}); peak RSS {r['peak_rss_mb']} MB")
+        ok = all(r["probes"]["first_round_done"] < 10 and r["peak_rss_mb"] < 3072
                  for r in results.values())
-        print(json.dumps({
+        figures = {
             "writers": n_writers, "train_images": int(train_n.sum()),
             "test_images": int(test_n.sum()), "json_gb": round(json_bytes / 1e9, 2),
             "cache_mb": round(cache_bytes / 1e6), "prepare_s": prep["wall_s"],
-            "prepare_peak_rss_mb": prep["peak_rss_mb"],
-            **{f"{k}_first_round_start_s": v["probes"]["first_round_start"]
+            "prepare_peak_rss_mb": prep["peak_rss_mb"], "rounds": args.rounds,
+            **{f"{k}_first_round_done_s": v["probes"]["first_round_done"]
                for k, v in results.items()},
             **{f"{k}_data_load_s": round(v["probes"]["data_loaded"] - v["probes"]["imported"], 2)
                for k, v in results.items()},
             **{f"{k}_peak_rss_mb": v["peak_rss_mb"] for k, v in results.items()},
+            **{f"{k}_accuracy": v["accuracy"] for k, v in results.items()},
             "targets_met": ok, "scale": round(scale, 4),
-        }, indent=2))
+        }
+        print(json.dumps(figures, indent=2))
     finally:
         if args.keep:
             print(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    run(parse_args(argv))
     return 0
 
 
