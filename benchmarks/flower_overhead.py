@@ -27,9 +27,12 @@ from pathlib import Path
 
 from fedprune.config import load_config
 from fedprune.federated import run_simulation
-from fedprune.federated.flower_config import experiment_to_run_config
-from fedprune.federated.flower_local import LocalFlower
+from fedprune.flower.run_config import experiment_to_run_config
 from fedprune.metrics import read_rounds
+
+# the harness that starts (and reliably stops) Flower processes lives with the tests
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from flower_harness import LocalFlower
 
 DEFAULTS = [
     "threads=1", "data.num_clients=4", "model.widths=[16,32]", "train.local_epochs=2",

@@ -44,9 +44,9 @@ from fedprune.data import load_federated
 from fedprune.data.synthetic import femnist_clients, write_leaf_femnist
 from fedprune.data.transform import to_float_batch
 from fedprune.federated.batched import BatchedTrainer, ClientJob
-from fedprune.federated.loop import client_generator
 from fedprune.metrics import count_macs, read_rounds
 from fedprune.models import new_model
+from fedprune.seeds import batch_order as client_generator
 
 
 def matmul_peak(threads: int, n: int = 2048, reps: int = 15) -> float:
@@ -105,8 +105,10 @@ def fast_round(trainer, state, data, seed: int, rnd: int) -> None:
 
 def flower_round_seconds(cfg_sets: list[str], rounds: int, cpus: int, workdir: Path) -> float:
     """(c) Steady seconds per round of the Flower app on the simulation engine."""
-    from fedprune.federated.flower_config import experiment_to_run_config
-    from fedprune.federated.flower_local import LocalFlower
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # flower_harness
+    from flower_harness import LocalFlower
+
+    from fedprune.flower.run_config import experiment_to_run_config
 
     cfg = load_config(None, [*cfg_sets, f"threads={cpus}", f"fed.rounds={rounds}",
                              f"fed.eval_every={rounds}"])

@@ -48,7 +48,7 @@ def weights_sha256(state: dict[str, torch.Tensor]) -> str:
 
 
 def fingerprint(run_dir: Path) -> dict[str, Any]:
-    from fedprune.federated.loop import CHECKPOINT_FILE, load_checkpoint
+    from fedprune.rundir import CHECKPOINT_FILE, load_checkpoint
 
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     rows = [json.loads(line) for line in
@@ -81,9 +81,10 @@ def run_scenario(name: str, out: Path) -> dict[str, Any]:
         return fingerprint(out)
     cfg = load_config(None, SCENARIOS[name])
     if name == "flower":
-        from fedprune.federated.flower_app import client_app, run_server
-        from fedprune.federated.flower_config import experiment_to_run_config
-        from fedprune.federated.flower_local import LocalGrid
+        from fedprune.flower.client_app import client_app
+        from fedprune.flower.grid import LocalGrid
+        from fedprune.flower.run_config import experiment_to_run_config
+        from fedprune.flower.server_app import run_server
 
         n = cfg.data.num_clients
         grid = LocalGrid(client_app, [{"partition-id": i, "num-partitions": n}

@@ -269,9 +269,10 @@ def test_measure_uses_the_latency_table(tmp_path):
 
 
 def test_flower_strategy_runs_budget_mode_like_the_loop(tmp_path):
-    from fedprune.federated.flower_app import client_app, run_server
-    from fedprune.federated.flower_config import experiment_to_run_config
-    from fedprune.federated.flower_local import LocalGrid
+    from fedprune.flower.client_app import client_app
+    from fedprune.flower.grid import LocalGrid
+    from fedprune.flower.run_config import experiment_to_run_config
+    from fedprune.flower.server_app import run_server
     from fedprune.metrics import read_rounds
 
     cfg = from_dict({

@@ -39,9 +39,10 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     """Real runs: dense FedAvg, the boundary rule, a met and a missed budget, the same rule
     through the Flower app, and one stopped after round 2 (no summary.json).  One client at a
     time everywhere, as the Flower app trains, so that its run equals the loop's."""
-    from fedprune.federated.flower_app import client_app, run_server
-    from fedprune.federated.flower_config import experiment_to_run_config
-    from fedprune.federated.flower_local import LocalGrid
+    from fedprune.flower.client_app import client_app
+    from fedprune.flower.grid import LocalGrid
+    from fedprune.flower.run_config import experiment_to_run_config
+    from fedprune.flower.server_app import run_server
 
     root = tmp_path_factory.mktemp("compare")
     out = {name: root / name for name in

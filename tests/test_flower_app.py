@@ -20,6 +20,7 @@ import torch
 
 flwr = pytest.importorskip("flwr")
 
+from flower_harness import FLOWER_APP_DIR
 from flwr.app import (
     ArrayRecord,
     Context,
@@ -33,15 +34,17 @@ from flwr.common.config import flatten_dict
 
 from fedprune.config import ConfigError, from_dict
 from fedprune.federated import run_simulation
-from fedprune.federated.flower_app import client_app, run_server
-from fedprune.federated.flower_config import (
+from fedprune.flower.client_app import client_app
+from fedprune.flower.grid import LocalGrid
+from fedprune.flower.run_config import (
     SNAKE_ALIASES,
     declared_run_config,
     default_run_config,
     experiment_to_run_config,
+    format_run_config,
     parse_run_config,
 )
-from fedprune.federated.flower_local import FLOWER_APP_DIR, LocalGrid, format_run_config
+from fedprune.flower.server_app import run_server
 from fedprune.metrics import read_rounds
 from fedprune.models import ModelSpec, build
 
@@ -86,14 +89,14 @@ def _grid(n=4, **kw):
 def test_app_pyproject_declares_every_setting_with_fedprunes_defaults():
     doc = tomllib.loads((FLOWER_APP_DIR / "pyproject.toml").read_text(encoding="utf-8"))
     app = doc["tool"]["flwr"]["app"]
-    assert app["components"] == {"serverapp": "fedprune.federated.flower_app:server_app",
-                                 "clientapp": "fedprune.federated.flower_app:client_app"}
+    assert app["components"] == {"serverapp": "fedprune.flower.server_app:server_app",
+                                 "clientapp": "fedprune.flower.client_app:client_app"}
     declared = flatten_dict(app["config"])
     expected = declared_run_config()
     missing, extra = sorted(set(expected) - set(declared)), sorted(set(declared) - set(expected))
     assert not missing and not extra, (
         f"flower/pyproject.toml [tool.flwr.app.config] is out of date: add {missing}, "
-        f"remove {extra} (fedprune.federated.flower_config.declared_run_config() lists them)")
+        f"remove {extra} (fedprune.flower.run_config.declared_run_config() lists them)")
     assert declared == expected
     kebab_keys = set(default_run_config())
     assert all("_" not in part for key in kebab_keys for part in key.split("."))  # kebab-case

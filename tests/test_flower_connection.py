@@ -1,6 +1,6 @@
 """The documented step that points ``flwr`` at a local SuperLink: repeatable, and a repair.
 
-``python -m fedprune.federated.flower_local set-connection NAME ADDRESS`` adds or replaces
+``python -m fedprune.flower set-connection NAME ADDRESS`` adds or replaces
 ``[superlink.NAME]`` in Flower's config file.  Appending the table with ``cat >>`` (the way
 the step used to be written) breaks every ``flwr`` command the second time; the command
 gives the same, valid file however often it runs, and repairs a file that has the table
@@ -19,7 +19,7 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from fedprune.federated.flower_local import flwr_config_path, set_connection
+from fedprune.flower.connection import flwr_config_path, set_connection
 
 BIN = Path(sys.executable).parent
 TABLE = '\n[superlink.local-deployment]\naddress = "127.0.0.1:9091"\ninsecure = true\n'
@@ -36,7 +36,7 @@ def _flwr_config_ls(home: Path) -> subprocess.CompletedProcess[str]:
 
 
 def _set_connection(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fedprune.federated.flower_local",
+    return subprocess.run([sys.executable, "-m", "fedprune.flower",
                            "set-connection", *args], env=_env(home), capture_output=True,
                           text=True, timeout=120, check=False)
 

@@ -21,10 +21,11 @@ import pytest
 
 pytest.importorskip("flwr")
 
+from flower_harness import LocalFlower
+
 from fedprune.config import from_dict
 from fedprune.federated import run_simulation
-from fedprune.federated.flower_config import experiment_to_run_config
-from fedprune.federated.flower_local import LocalFlower
+from fedprune.flower.run_config import experiment_to_run_config
 from fedprune.metrics import read_rounds
 
 pytestmark = pytest.mark.slow

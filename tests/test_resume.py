@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
+from interrupt import Stop, stop_after
 
 from fedprune.config import from_dict
 from fedprune.federated import run_simulation
-from fedprune.federated.loop import CHECKPOINT_FILE, load_checkpoint
-from interrupt import Stop, stop_after
+from fedprune.rundir import CHECKPOINT_FILE, load_checkpoint
 
 VOLATILE = {"seconds"}
 
@@ -41,7 +41,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, stop_at):
     s_res = json.loads((cut / "summary.json").read_text())
     assert {k: v for k, v in s_ref.items() if k not in VOLATILE} == \
         {k: v for k, v in s_res.items() if k not in VOLATILE}
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]  # noqa: E731
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
     assert strip(_rows(full)) == strip(_rows(cut))
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import seeds
 from ..config import ConfigError, DataConfig
 from .cache import Prepared, prepare
 from .digits import load_digits_arrays
@@ -89,14 +90,14 @@ def _partition(cfg: DataConfig, labels: np.ndarray, rng: np.random.Generator,
 
 def _digits(cfg: DataConfig, seed: int) -> FederatedData:
     x, y = load_digits_arrays(cfg.image_size)
-    rng = np.random.default_rng([seed, 1])  # a stream of its own: data split, not training
+    rng = seeds.data_split(seed)
     y_np = y.numpy()
     train_idx, test_idx = _stratified_split(y_np, cfg.test_fraction, rng)
     train_y = y_np[train_idx]
     parts = _partition(cfg, train_y, rng, seed)
     report = partition_report(parts, train_y)
     logger.info("partition of %s: %s", cfg.name, report)
-    vrng = np.random.default_rng([seed, 4])
+    vrng = seeds.validation_split(seed)
     clients = []
     for p in parts:
         tr, va = split_validation(train_idx[p], cfg.val_fraction, vrng)
@@ -151,7 +152,7 @@ def plan(prep: Prepared, cfg: DataConfig, seed: int) -> Plan:
     """Hold out a test split if the files have none, partition, split validation (seeded)."""
     meta = prep.meta
     spec = SPECS[cfg.name]
-    rng = np.random.default_rng([seed, 1])
+    rng = seeds.data_split(seed)
     labels, splits = prep.labels, prep.splits
     train_idx = np.flatnonzero(splits == 0)
     test_idx = np.flatnonzero(splits == 1)
@@ -173,14 +174,14 @@ def plan(prep: Prepared, cfg: DataConfig, seed: int) -> Plan:
         parts = _partition(cfg, labels[train_idx], rng, seed)
     report = partition_report(parts, labels[train_idx])
     logger.info("partition of %s: %s", cfg.name, report)
-    vrng = np.random.default_rng([seed, 4])
+    vrng = seeds.validation_split(seed)
     train_blocks, val_blocks = [], []
     for p in parts:
         tr, va = split_validation(train_idx[p], cfg.val_fraction, vrng)
         train_blocks.append(tr)
         val_blocks.append(va)
     if cfg.max_test_samples and test_idx.size > cfg.max_test_samples:
-        trng = np.random.default_rng([seed, 5])
+        trng = seeds.test_subset(seed)
         test_idx = np.sort(trng.choice(test_idx, size=cfg.max_test_samples, replace=False))
     return Plan(train_blocks, val_blocks, test_idx, names, report)
 

@@ -1,11 +1,16 @@
-"""Federated training: client work, FedAvg, and the in-process round loop."""
+"""Federated training: client work, FedAvg, the server's round, and the in-process loop.
+
+Engine-neutral: nothing here imports Flower (the Flower app is :mod:`fedprune.flower`).
+"""
 
 from .aggregate import AggregationError, check_replies, fedavg
 from .client import evaluate, make_optimizer, train_local
 from .loop import RunResult, load_checkpoint, run_simulation, save_checkpoint
+from .server import PruningServer
 
 __all__ = [
     "AggregationError",
+    "PruningServer",
     "RunResult",
     "check_replies",
     "evaluate",

@@ -11,37 +11,27 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from .. import seeds
 from ..config import ExperimentConfig
 from ..metrics import count_macs, n_params
 from ..models import ModelSpec, build
 from ..pruning import budget as B
 from ..pruning import is_try_round, prune_model
-from .server import schedule_of
+from .schedule import PruneStep, Validate, schedule_of
 
 logger = logging.getLogger(__name__)
 
 # bisection steps for the last cut's size (the step is found within 2**-8 of the cap)
 FINAL_STEP_SEARCH = 8
 
-# validate(model, its spec, client ids) -> (accuracy, number of validation samples)
-Validate = Callable[[nn.Module, ModelSpec, Sequence[int]], tuple[float, int]]
-
-
-@dataclass
-class BudgetStep:
-    model: nn.Module  # the model to train next (a restored one after a rollback)
-    spec: ModelSpec
-    changed: bool  # the architecture changed (cut or rollback): rebuild client workers
-    pruned: bool  # channels were cut this round
-    record: dict[str, Any]  # the round's "budget" entry for rounds.jsonl
+BudgetStep = PruneStep  # ``record`` holds the round's "budget" entry for rounds.jsonl
 
 
 def measure(model: nn.Module, example: torch.Tensor, table: B.LatencyTable | None
@@ -63,6 +53,8 @@ def smallest_model(model: nn.Module, example: torch.Tensor, spec: ModelSpec,
 
 
 class BudgetServer:
+    """Budget mode's pruning decisions (a :class:`~.schedule.Pruner`)."""
+
     def __init__(self, cfg: ExperimentConfig, model: nn.Module, example: torch.Tensor,
                  spec: ModelSpec, params_initial: int, flops_initial: int,
                  num_clients: int, has_validation: Sequence[bool]) -> None:
@@ -91,7 +83,7 @@ class BudgetServer:
                 and is_try_round(schedule_of(self.cfg), rnd))
 
     def _val_clients(self, rnd: int) -> list[int]:
-        rng = np.random.default_rng([self.cfg.seed, 5, rnd])
+        rng = seeds.guard_clients(self.cfg.seed, rnd)
         k = min(self.cfg.budget.guard_clients, len(self.val_pool))
         return sorted(int(c) for c in rng.choice(self.val_pool, size=k, replace=False))
 
@@ -144,7 +136,7 @@ class BudgetServer:
             acc_before, n_before = validate(model, spec, clients)
         snapshot = (spec, {k: v.detach().clone() for k, v in model.state_dict().items()})
         before = n_params(model)
-        seed = int(self.cfg.seed * 100_003 + rnd)
+        seed = seeds.pruning_seed(self.cfg.seed, rnd)
         step, cut_model, record, met = self._cut(model, spec, seed)
         after = n_params(cut_model)
         if after >= before:
@@ -255,3 +247,15 @@ class BudgetServer:
         if self.state.pending and self.snapshot is None:
             raise ValueError("checkpoint: a guard candidate is pending but its snapshot is "
                              "missing")
+
+    # ------------------------------------------------------------------ Pruner interface
+
+    def state_entries(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        state, snapshot = self.checkpoint_state()
+        return {"budget": state}, snapshot
+
+    def restore_entries(self, state: dict[str, Any], snapshot: dict[str, Any] | None) -> None:
+        if "budget" not in state:
+            raise ValueError("the checkpoint holds no budget-mode state: it was written by a "
+                             "run without budget mode")
+        self.restore(state["budget"], snapshot)

@@ -1,12 +1,12 @@
-"""The in-process reference loop: sample -> train -> aggregate -> maybe prune -> broadcast.
+"""The in-process engine: sample -> train -> aggregate -> maybe prune -> broadcast.
 
-No Flower needed.  Every source of randomness is derived from ``cfg.seed``: the data split,
-the model's initial weights, client sampling, and each client's batch order per round.
+No Flower needed.  The server side of each round is :class:`~.server.PruningServer`; this
+module trains the sampled clients in process.  Every source of randomness is a named stream
+of ``cfg.seed`` (:mod:`fedprune.seeds`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -14,29 +14,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from .. import seeds
 from ..config import ConfigError, ExperimentConfig
 from ..data import FederatedData, load_federated
-from ..metrics import (
-    Recorder,
-    RoundRecord,
-    count_macs,
-    n_params,
-    payload_bytes,
-)
+from ..metrics import RoundRecord, payload_bytes
 from ..models import ModelSpec, new_model
-from ..pruning import ScheduleState
-from ..rundir import CHECKPOINT_FILE, RunDir, load_checkpoint, save_checkpoint  # noqa: F401
-from .aggregate import fedavg, screen_replies
+from ..rundir import CHECKPOINT_FILE, load_checkpoint, save_checkpoint  # noqa: F401
 from .batched import BatchedTrainer, ClientJob, batched_support
-from .budget_server import BudgetServer
 from .client import PerClientTrainer, evaluate
-from .server import maybe_prune, run_summary
+from .server import PruningServer
 
 logger = logging.getLogger(__name__)
+
+client_generator = seeds.batch_order  # the batch-order generator of (seed, round, client)
 
 
 @dataclass
@@ -45,16 +38,6 @@ class RunResult:
     model: nn.Module
     spec: ModelSpec
     records: list[RoundRecord]
-
-
-def client_generator(seed: int, rnd: int, cid: int) -> torch.Generator:
-    """The batch-order generator of client ``cid`` in round ``rnd`` (independent streams)."""
-    state = np.random.SeedSequence([seed, 3, rnd, cid]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
-
-
-def sample_clients(rng: np.random.Generator, num_clients: int, k: int) -> list[int]:
-    return sorted(int(c) for c in rng.choice(num_clients, size=k, replace=False))
 
 
 def make_trainer(model: nn.Module, cfg: ExperimentConfig) -> BatchedTrainer | PerClientTrainer:
@@ -94,47 +77,14 @@ def run_simulation(
     c, h, _ = data.input_shape
     model, spec = new_model(cfg.model.name, num_classes=data.num_classes, in_channels=c,
                             image_size=h, widths=cfg.model.widths, seed=cfg.seed)
-    example = spec.example_input()
-    recorder = Recorder(Path(run_dir)) if run_dir is not None else None
-    if recorder is not None and not resume:
-        recorder.write_config(cfg.to_dict())
-
-    params_initial, macs_initial = n_params(model), count_macs(model, example)
-    widths_initial = spec.widths_now()
-    dense_payload = payload_bytes(model)
-    sched_state = ScheduleState()
-    sample_rng = np.random.default_rng([cfg.seed, 2])
-    m = cfg.fed.clients_per_round
-    max_client_size = max(len(c) for c in data.clients)
-    bytes_total = bytes_total_dense = 0
-    accuracy = loss = float("nan")
-    records: list[RoundRecord] = []
-    first_round, seconds_before = 1, 0.0
-    budget = None
-    if cfg.budget.active:
-        budget = BudgetServer(cfg, model, example, spec, params_initial, 2 * macs_initial,
-                              len(data.clients),
-                              [c.val_y is not None and len(c.val_y) > 0 for c in data.clients])
-    if resume:
-        rd = RunDir(run_dir)  # type: ignore[arg-type]
-        spec, model, done, state = rd.load_checkpoint(with_state=True)
-        sched_state = ScheduleState(**state["schedule"])
-        sample_rng.bit_generator.state = state["sample_rng"]
-        bytes_total, bytes_total_dense = state["bytes_total"], state["bytes_total_dense"]
-        accuracy, loss, seconds_before = state["accuracy"], state["loss"], state["seconds"]
-        fields = set(RoundRecord.__dataclass_fields__) - {"extra"}
-        records = [RoundRecord(**{k: v for k, v in r.items() if k in fields},
-                               extra={k: v for k, v in r.items() if k not in fields})
-                   for r in rd.truncate_rounds(done)]
-        first_round = done + 1
-        if budget is not None:
-            if "budget" not in state:
-                raise ValueError(f"checkpoint in {run_dir} holds no budget-mode state: it was "
-                                 "written by a run without budget mode")
-            budget.restore(state["budget"], rd.load_snapshot())
-        logger.info("resuming %s after round %d", run_dir, done)
-
-    trainer = make_trainer(model, cfg)
+    server = PruningServer(
+        cfg, model, spec, num_clients=len(data.clients),
+        has_validation=[cl.val_y is not None and len(cl.val_y) > 0 for cl in data.clients],
+        test_x=data.test_x, test_y=data.test_y,
+        max_client_size=max(len(cl) for cl in data.clients), run_dir=run_dir, on_round=on_round)
+    server.begin(resume=resume)
+    server.start_clock(t0)
+    trainer = make_trainer(server.model, cfg)
     logger.info("local training engine: %s", type(trainer).__name__)
 
     def validate(net: nn.Module, _spec: ModelSpec, ids: list[int]) -> tuple[float, int]:
@@ -147,80 +97,19 @@ def run_simulation(
             total += len(cd.val_y)
         return correct / total, total
 
-    def elapsed() -> float:
-        return seconds_before + time.perf_counter() - t0
-
-    for rnd in range(first_round, cfg.fed.rounds + 1):
-        sampled = sample_clients(sample_rng, len(data.clients), m)
-        global_state = model.state_dict()
-        spec_bytes = len(spec.to_json().encode()) if cfg.prune.enabled else 0
-        bytes_down = m * (payload_bytes(global_state) + spec_bytes)
+    for rnd in range(server.rounds_done + 1, cfg.fed.rounds + 1):
+        sampled = server.sample(rnd)
+        bytes_down = server.bytes_down(len(sampled))
         jobs = [ClientJob(data.clients[cid].x, data.clients[cid].y,
-                          client_generator(cfg.seed, rnd, cid)) for cid in sampled]
-        replies = [(state, n) for state, n, _ in trainer.train(global_state, jobs)]
-        bytes_up = sum(payload_bytes(s) for s, _ in replies)
-        accepted, rejected = screen_replies(replies, global_state, max_samples=max_client_size)
-        skipped = len(accepted) < cfg.fed.min_replies
-        if skipped:
-            logger.warning("round %d skipped: %d valid replies, fed.min_replies = %d", rnd,
-                           len(accepted), cfg.fed.min_replies)
-        else:
-            model.load_state_dict(fedavg(accepted))
-        bytes_total += bytes_down + bytes_up
-        bytes_total_dense += 2 * m * dense_payload
+                          seeds.batch_order(cfg.seed, rnd, cid)) for cid in sampled]
+        replies = [(s, n) for s, n, _ in trainer.train(server.model.state_dict(), jobs)]
+        server.aggregate(rnd, replies)
+        if server.after_aggregate(rnd, validate).changed:
+            trainer = make_trainer(server.model, cfg)
+        server.finish_round(rnd, bytes_down=bytes_down,
+                            bytes_up=sum(payload_bytes(s) for s, _ in replies))
 
-        pruned = False
-        budget_record = None
-        if not skipped and budget is not None:
-            bstep = budget.after_aggregate(rnd, model, spec, validate,
-                                           last_round=rnd == cfg.fed.rounds)
-            model, spec, pruned, budget_record = bstep.model, bstep.spec, bstep.pruned, \
-                bstep.record
-            if bstep.changed:
-                trainer = make_trainer(model, cfg)
-        elif not skipped:
-            step = maybe_prune(cfg, sched_state, model, example, spec, rnd)
-            spec, sched_state, pruned = step.spec, step.state, step.pruned
-            if pruned:
-                trainer = make_trainer(model, cfg)
-
-        evaluated = rnd % cfg.fed.eval_every == 0 or rnd == cfg.fed.rounds
-        if evaluated:
-            accuracy, loss = evaluate(model, data.test_x, data.test_y)
-        macs = count_macs(model, example)
-        rec = RoundRecord(
-            round=rnd, accuracy=accuracy if evaluated else None, loss=loss if evaluated else None,
-            params=n_params(model), macs=macs, flops=2 * macs, widths=spec.widths_now(),
-            bytes_down=bytes_down, bytes_up=bytes_up, bytes_cumulative=bytes_total,
-            clients=0 if skipped else len(accepted), pruned=pruned,
-            seconds=elapsed(),
-            extra={"rejected": [r._asdict() for r in rejected], "skipped": skipped,
-                   **({"budget": budget_record} if budget is not None else {})},
-        )
-        records.append(rec)
-        if recorder is not None:
-            recorder.append(rec)
-            loop_state = {
-                "schedule": dataclasses.asdict(sched_state),
-                "sample_rng": sample_rng.bit_generator.state,
-                "bytes_total": bytes_total, "bytes_total_dense": bytes_total_dense,
-                "accuracy": accuracy, "loss": loss, "seconds": elapsed(),
-            }
-            snapshot = None
-            if budget is not None:
-                loop_state["budget"], snapshot = budget.checkpoint_state()
-            RunDir(run_dir).save_checkpoint(spec, model, rnd,  # type: ignore[arg-type]
-                                            loop_state, snapshot=snapshot)
-        if on_round is not None:
-            on_round(rec)
-
-    summary = run_summary(
-        cfg, model, example, spec, sched_state, accuracy=accuracy, loss=loss,
-        params_initial=params_initial, macs_initial=macs_initial, widths_initial=widths_initial,
-        bytes_total=bytes_total, bytes_total_dense=bytes_total_dense, seconds=elapsed(),
-    )
-    if budget is not None:
-        summary.update(budget.summary_entries(model))
-    if recorder is not None:
-        recorder.write_summary(summary)
-    return RunResult(summary=summary, model=model, spec=spec, records=records)
+    summary = server.summary()
+    server.write_summary(summary)
+    return RunResult(summary=summary, model=server.model, spec=server.spec,
+                     records=server.records)

@@ -1,103 +1,266 @@
-"""Server-side steps shared by the in-process loop and the Flower strategy.
+"""The server side of a federated round, and its state over a run, for every engine.
 
-One implementation of "prune the aggregate if the schedule says so" and of the run summary,
-so the two engines cannot drift apart.
+:class:`PruningServer` owns what the server decides and keeps: client sampling, bytes on the
+wire, screening and FedAvg, the ``fed.min_replies`` skip, the pruning step (the schedule's
+rule or budget mode, behind one :class:`~.schedule.Pruner` interface), central evaluation,
+the round records, the checkpoint and the summary.  An engine only moves weights to clients
+and back: the in-process loop (:func:`fedprune.federated.run_simulation`) trains them
+directly, the Flower strategy (:mod:`fedprune.flower.strategy`) sends messages.  A round is::
+
+    sampled = server.sample(rnd)
+    ... send server.model's weights to the sampled clients, collect their replies ...
+    outcome = server.aggregate(rnd, replies)
+    server.after_aggregate(rnd, validate)
+    record = server.finish_round(rnd, bytes_down=..., bytes_up=..., rejected=...)
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .. import seeds
 from ..config import ExperimentConfig
-from ..metrics import count_macs, n_params
+from ..metrics import Recorder, RoundRecord, count_macs, n_params, payload_bytes
 from ..models import ModelSpec
-from ..pruning import Schedule, ScheduleState, advance, is_active, prune_model
+from ..rundir import RunDir
+from .aggregate import Rejection, fedavg, screen_replies
+from .budget_server import BudgetServer
+from .client import evaluate
+from .schedule import Pruner, PruneStep, SchedulePruner, Validate
 
 logger = logging.getLogger(__name__)
 
-
-def schedule_of(cfg: ExperimentConfig) -> Schedule:
-    p = cfg.prune
-    return Schedule(p.start_round, p.max_prune_round, p.patience, p.interval)
+StateDict = dict[str, torch.Tensor]
 
 
-@dataclass(frozen=True)
-class PruneStep:
-    spec: ModelSpec  # the spec after the step (unchanged when nothing was cut)
-    state: ScheduleState
-    pruned: bool  # True when the parameter count dropped
+@dataclass
+class RoundOutcome:
+    """What the server did with the replies of the current round."""
+
+    clients: int = 0  # replies aggregated (0 when skipped)
+    skipped: bool = False  # fewer valid replies than fed.min_replies: nothing averaged
+    rejections: list[Rejection] = field(default_factory=list)  # screened out, by index
+    pruned: bool = False
+    budget: dict[str, Any] | None = None  # budget mode: the round's "budget" entry
 
 
-def maybe_prune(
-    cfg: ExperimentConfig,
-    state: ScheduleState,
-    model: nn.Module,
-    example: torch.Tensor,
-    spec: ModelSpec,
-    rnd: int,
-) -> PruneStep:
-    """After aggregating round ``rnd``: run the rule if the schedule is active, in place."""
-    schedule = schedule_of(cfg)
-    if not (cfg.prune.enabled and is_active(schedule, state, rnd)):
-        return PruneStep(spec, state, False)
-    p = cfg.prune
-    before = n_params(model)
-    res = prune_model(
-        model, example, k=p.k, mode=p.mode, min_channels=p.min_channels,
-        max_fraction=p.max_fraction, reinit=p.reinit, seed=int(cfg.seed * 100_003 + rnd),
-        record=spec.record, ratio=p.ratio if p.method == "ratio" else None,
-    )
-    after = n_params(model)
-    state = advance(schedule, state, rnd, before, after)
-    pruned = after < before
-    if pruned:
-        spec = replace(spec, record=res.record)
-        logger.info("round %d: pruned %d -> %d params, widths %s", rnd, before, after,
-                    spec.widths_now())
-    if state.stopped:
-        logger.info("round %d: pruning stopped (%d steps accepted)", rnd, state.accepted_steps)
-    return PruneStep(spec, state, pruned)
+class PruningServer:
+    """The server of one run: the global model, the pruning state, the records.
 
+    ``num_clients`` and ``has_validation`` (per client) describe the population the server
+    samples from; ``test_x``/``test_y`` are the held-out test split for central evaluation;
+    ``max_client_size`` bounds a plausible reply's sample count.  With ``run_dir``, every
+    finished round is appended to ``rounds.jsonl`` and checkpointed (:meth:`begin` writes
+    ``config.json`` or resumes).
+    """
 
-def run_summary(
-    cfg: ExperimentConfig,
-    model: nn.Module,
-    example: torch.Tensor,
-    spec: ModelSpec,
-    state: ScheduleState,
-    *,
-    accuracy: float,
-    loss: float,
-    params_initial: int,
-    macs_initial: int,
-    widths_initial: dict[str, int],
-    bytes_total: int,
-    bytes_total_dense: int,
-    seconds: float,
-) -> dict[str, Any]:
-    """The ``summary.json`` keys every engine writes."""
-    macs_final = count_macs(model, example)
-    return {
-        "accuracy": accuracy,
-        "loss": loss,
-        "params_initial": params_initial,
-        "params_final": n_params(model),
-        "macs_initial": macs_initial,
-        "macs_final": macs_final,
-        "flops_initial": 2 * macs_initial,
-        "flops_final": 2 * macs_final,
-        "bytes_total": bytes_total,
-        "bytes_total_dense": bytes_total_dense,
-        "widths_initial": widths_initial,
-        "widths_final": spec.widths_now(),
-        "prune_stopped_round": state.stopped_round,
-        "prune_steps": state.accepted_steps,
-        "rounds": cfg.fed.rounds,
-        "seconds": seconds,
-        "config": cfg.to_dict(),
-    }
+    def __init__(self, cfg: ExperimentConfig, model: nn.Module, spec: ModelSpec, *,
+                 num_clients: int, has_validation: Sequence[bool], test_x: torch.Tensor,
+                 test_y: torch.Tensor, max_client_size: int | None = None,
+                 run_dir: Path | str | None = None,
+                 on_round: Callable[[RoundRecord], None] | None = None) -> None:
+        self.cfg = cfg
+        self.model, self.spec = model, spec
+        self.num_clients = num_clients
+        self.test_x, self.test_y = test_x, test_y
+        self.max_client_size = max_client_size
+        self.run_dir = RunDir(run_dir) if run_dir is not None else None
+        self.on_round = on_round
+        self.example = spec.example_input()
+        self.params_initial = n_params(model)
+        self.macs_initial = count_macs(model, self.example)
+        self.widths_initial = spec.widths_now()
+        self.dense_payload = payload_bytes(model)
+        self.pruner: Pruner = (
+            BudgetServer(cfg, model, self.example, spec, self.params_initial,
+                         2 * self.macs_initial, num_clients, has_validation)
+            if cfg.budget.active else SchedulePruner(cfg, self.example))
+        self.sample_rng = seeds.client_sampling(cfg.seed)
+        self.arch_version = 0  # +1 whenever the architecture changes (cut or rollback)
+        self.bytes_total = self.bytes_total_dense = 0
+        self.accuracy = self.loss = float("nan")
+        self.records: list[RoundRecord] = []
+        self.rounds_done = 0
+        self.outcome = RoundOutcome()
+        self.t0 = time.perf_counter()
+        self.seconds_before = 0.0
+
+    # ------------------------------------------------------------------ run
+
+    def begin(self, resume: bool = False) -> None:
+        """Write ``config.json``, or, with ``resume``, continue from the run directory's
+        checkpoint."""
+        if resume:
+            if self.run_dir is None:
+                raise ValueError("resume needs the run directory of the interrupted run")
+            self.restore()
+        elif self.run_dir is not None:
+            Recorder(self.run_dir.path).write_config(self.cfg.to_dict())
+
+    def start_clock(self, started: float | None = None) -> None:
+        """Count the run's wall time from ``started`` (a ``time.perf_counter()`` value) or
+        now; a resumed run adds the seconds of the interrupted one."""
+        self.t0 = time.perf_counter() if started is None else started
+
+    def elapsed(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.t0
+
+    @property
+    def budget_mode(self) -> bool:
+        return isinstance(self.pruner, BudgetServer)
+
+    # ------------------------------------------------------------------ one round
+
+    def sample(self, rnd: int) -> list[int]:
+        """The clients of round ``rnd`` (sorted), from the sampling stream."""
+        self.outcome = RoundOutcome()
+        m = self.cfg.fed.clients_per_round
+        return sorted(int(c) for c in self.sample_rng.choice(self.num_clients, size=m,
+                                                              replace=False))
+
+    def bytes_down(self, sent: int) -> int:
+        """Bytes of sending the current model (weights, and the spec when pruning) to ``sent``
+        clients."""
+        spec_bytes = len(self.spec.to_json().encode()) if self.cfg.prune.enabled else 0
+        return sent * (payload_bytes(self.model.state_dict()) + spec_bytes)
+
+    def aggregate(self, rnd: int, replies: Sequence[tuple[StateDict, int]],
+                  versions: Sequence[int] | None = None) -> RoundOutcome:
+        """Screen ``replies`` (in client order) and FedAvg the valid ones into the model.
+
+        ``versions`` (the architecture version each reply trained) are checked against
+        :attr:`arch_version`.  Fewer valid replies than ``fed.min_replies`` skip the round.
+        """
+        accepted, rejected = screen_replies(
+            replies, self.model.state_dict(), versions=versions,
+            arch_version=self.arch_version if versions is not None else None,
+            max_samples=self.max_client_size)
+        skipped = len(accepted) < self.cfg.fed.min_replies
+        if skipped:
+            logger.warning("round %d skipped: %d valid replies, fed.min_replies = %d", rnd,
+                           len(accepted), self.cfg.fed.min_replies)
+        else:
+            self.model.load_state_dict(fedavg(accepted))
+        self.outcome = RoundOutcome(clients=0 if skipped else len(accepted), skipped=skipped,
+                                    rejections=rejected)
+        return self.outcome
+
+    def after_aggregate(self, rnd: int, validate: Validate) -> PruneStep:
+        """The pruning step after an aggregated round (none after a skipped one).
+
+        ``validate`` asks clients for a model's accuracy on their validation splits (budget
+        mode's guard).  ``changed`` in the result: rebuild anything built for the old
+        architecture.
+        """
+        if self.outcome.skipped:
+            return PruneStep(self.model, self.spec, False, False)
+        step = self.pruner.after_aggregate(rnd, self.model, self.spec, validate,
+                                           last_round=rnd == self.cfg.fed.rounds)
+        self.model, self.spec = step.model, step.spec
+        self.outcome.pruned, self.outcome.budget = step.pruned, step.record
+        if step.changed:
+            self.arch_version += 1
+            logger.info("round %d: arch-version %d", rnd, self.arch_version)
+        return step
+
+    def finish_round(self, rnd: int, *, bytes_down: int, bytes_up: int,
+                     rejected: list[dict[str, Any]] | None = None,
+                     extra: dict[str, Any] | None = None) -> RoundRecord:
+        """Evaluate when due, record the round, write it and the checkpoint.
+
+        ``rejected`` lists the replies left out (default: the screening's ``{index,
+        reason}``); ``extra`` adds engine fields to the record.
+        """
+        out = self.outcome
+        self.bytes_total += bytes_down + bytes_up
+        self.bytes_total_dense += 2 * self.cfg.fed.clients_per_round * self.dense_payload
+        evaluated = rnd % self.cfg.fed.eval_every == 0 or rnd == self.cfg.fed.rounds
+        if evaluated:
+            self.accuracy, self.loss = evaluate(self.model, self.test_x, self.test_y)
+        macs = count_macs(self.model, self.example)
+        if rejected is None:
+            rejected = [r._asdict() for r in out.rejections]
+        rec = RoundRecord(
+            round=rnd, accuracy=self.accuracy if evaluated else None,
+            loss=self.loss if evaluated else None, params=n_params(self.model), macs=macs,
+            flops=2 * macs, widths=self.spec.widths_now(), bytes_down=bytes_down,
+            bytes_up=bytes_up, bytes_cumulative=self.bytes_total, clients=out.clients,
+            pruned=out.pruned, seconds=self.elapsed(),
+            extra={"rejected": rejected, "skipped": out.skipped, **(extra or {}),
+                   **({"budget": out.budget} if self.budget_mode else {})},
+        )
+        self.records.append(rec)
+        self.rounds_done = rnd
+        if self.run_dir is not None:
+            self.run_dir.recorder().append(rec)
+            self.checkpoint()
+        if self.on_round is not None:
+            self.on_round(rec)
+        return rec
+
+    # ------------------------------------------------------------------ state
+
+    def state(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """(the server's JSON-able state, budget mode's snapshot or None)."""
+        entries, snapshot = self.pruner.state_entries()
+        return {**entries, "sample_rng": self.sample_rng.bit_generator.state,
+                "bytes_total": self.bytes_total, "bytes_total_dense": self.bytes_total_dense,
+                "accuracy": self.accuracy, "loss": self.loss, "seconds": self.elapsed(),
+                "arch_version": self.arch_version}, snapshot
+
+    def checkpoint(self) -> None:
+        """Write ``checkpoint.pt``: spec, weights, rounds done and :meth:`state`."""
+        assert self.run_dir is not None
+        state, snapshot = self.state()
+        self.run_dir.save_checkpoint(self.spec, self.model, self.rounds_done, state,
+                                     snapshot=snapshot)
+
+    def restore(self) -> None:
+        """Continue from the run directory's checkpoint; its later round records are dropped."""
+        assert self.run_dir is not None
+        rd = self.run_dir
+        self.spec, self.model, done, state = rd.load_checkpoint(with_state=True)
+        try:
+            self.pruner.restore_entries(state, rd.load_snapshot())
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"checkpoint in {rd.path}: {exc}") from None
+        self.sample_rng.bit_generator.state = state["sample_rng"]
+        self.bytes_total, self.bytes_total_dense = state["bytes_total"], state["bytes_total_dense"]
+        self.accuracy, self.loss = state["accuracy"], state["loss"]
+        self.seconds_before = state["seconds"]
+        self.arch_version = state.get("arch_version", 0)
+        fields = set(RoundRecord.__dataclass_fields__) - {"extra"}
+        self.records = [RoundRecord(**{k: v for k, v in r.items() if k in fields},
+                                    extra={k: v for k, v in r.items() if k not in fields})
+                        for r in rd.truncate_rounds(done)]
+        self.rounds_done = done
+        logger.info("resuming %s after round %d", rd.path, done)
+
+    def summary(self) -> dict[str, Any]:
+        """The ``summary.json`` keys every engine writes."""
+        macs_final = count_macs(self.model, self.example)
+        out = {
+            "accuracy": self.accuracy, "loss": self.loss,
+            "params_initial": self.params_initial, "params_final": n_params(self.model),
+            "macs_initial": self.macs_initial, "macs_final": macs_final,
+            "flops_initial": 2 * self.macs_initial, "flops_final": 2 * macs_final,
+            "bytes_total": self.bytes_total, "bytes_total_dense": self.bytes_total_dense,
+            "widths_initial": self.widths_initial, "widths_final": self.spec.widths_now(),
+            "prune_stopped_round": None, "prune_steps": 0,
+            "rounds": self.cfg.fed.rounds, "seconds": self.elapsed(),
+            "config": self.cfg.to_dict(),
+        }
+        out.update(self.pruner.summary_entries(self.model))
+        return out
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        if self.run_dir is not None:
+            self.run_dir.recorder().write_summary(summary)

@@ -11,7 +11,8 @@ part in kebab-case::
 
 Every :class:`ExperimentConfig` setting has a key (:func:`default_run_config` lists them with
 fedprune's defaults), plus the Flower-only keys of :class:`FlowerSettings` (``out-dir``,
-``config-file``, ``round-timeout``, ``min-nodes``, ``node-wait-timeout``, ``plots``).  Values
+``config-file``, ``round-timeout``, ``min-nodes``, ``node-wait-timeout``, ``plots``,
+``resume``).  Values
 are checked exactly as ``fedprune run`` checks them: a bad value raises :class:`ConfigError`
 naming the run-config key.
 
@@ -22,12 +23,14 @@ multi-word key in snake_case (:data:`SNAKE_ALIASES`, :func:`declared_run_config`
 
 Only the ServerApp reads the run config.  It sends the resolved experiment (JSON) to the
 ClientApps in every message, so SuperNodes never need the config file or the run config.
+:func:`format_run_config` writes the ``--run-config`` argument of ``flwr run``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,7 @@ __all__ = [
     "declared_run_config",
     "default_run_config",
     "experiment_to_run_config",
+    "format_run_config",
     "kebab",
     "parse_run_config",
 ]
@@ -65,6 +69,7 @@ class FlowerSettings:
     min_nodes: int = 0  # wait for this many SuperNodes before round 1; 0 = data.num-clients
     node_wait_timeout: float = 300.0  # give up waiting for min-nodes after this many seconds
     plots: bool = True  # write accuracy.png, params.png, bytes.png (budget.png) into out-dir
+    resume: bool = False  # continue the unfinished run whose checkpoint out-dir holds
 
     def __post_init__(self) -> None:
         if not (self.round_timeout > 0 and math.isfinite(self.round_timeout)):
@@ -276,3 +281,21 @@ def _kebab_message(message: str) -> str:
         if snake != key:
             message = message.replace(snake, key)
     return message
+
+
+def format_run_config(values: Mapping[str, Any]) -> str:
+    """``{"fed.rounds": 3, "out-dir": "/x"}`` -> ``fed.rounds=3 out-dir="/x"`` (``--run-config``)."""
+    parts = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            text = repr(value)
+        elif isinstance(value, str):
+            if '"' in value:
+                raise ValueError(f"run-config value for {key} cannot hold '\"': {value!r}")
+            text = f'"{value}"'
+        else:
+            raise TypeError(f"run-config value for {key} must be bool, int, float or str")
+        parts.append(f"{key}={text}")
+    return " ".join(parts)

@@ -1,18 +1,15 @@
-"""Run the Flower App on this machine, for tests, benchmarks and debugging.
+"""Real Flower processes on this machine, for the tests and the benchmarks.
 
-* :class:`LocalFlower` starts real Flower processes on loopback -- a ``flower-superlink``
-  (deployment or ``--simulation``), any number of ``flower-supernode`` processes, each with
-  its own ``partition-id`` -- submits runs with ``flwr run`` and shuts down **every** process
-  it started, by pid, including the ones Flower detaches (SuperExec, ServerApp, ClientApp,
-  Ray): each gets a unique marker in its environment, which all descendants inherit.
-* :class:`LocalGrid` is an in-process :class:`flwr.serverapp.Grid` whose nodes call the
-  ClientApp directly: the strategy's logic without any Flower process (unit tests).
+:class:`LocalFlower` starts them on loopback -- a ``flower-superlink`` (deployment or
+``--simulation``), any number of ``flower-supernode`` processes, each with its own
+``partition-id`` -- submits runs with ``flwr run`` and shuts down **every** process it
+started, by pid, including the ones Flower detaches (SuperExec, ServerApp, ClientApp, Ray):
+each gets a unique marker in its environment (``FEDPRUNE_FLOWER_MARK``), which all
+descendants inherit, and :meth:`LocalFlower.pids` finds them by scanning ``/proc``.  The
+Flower configuration (``FLWR_HOME``) lives in the work directory, never in ``~/.flwr``.
 
-The Flower configuration (``FLWR_HOME``) lives in the work directory, never in ``~/.flwr``.
-
-* :func:`set_connection` adds or replaces one SuperLink connection in Flower's config file,
-  idempotently (``python -m fedprune.federated.flower_local set-connection NAME ADDRESS``,
-  the step docs/flower.md uses for the deployment engine).
+Not part of the library: the tests import it from their folder, the benchmarks put
+``tests/`` on ``sys.path`` first.
 """
 
 from __future__ import annotations
@@ -28,20 +25,18 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self
 
-from flwr.app import Context, Error, Message, RecordDict
-from flwr.serverapp import Grid
+from fedprune.flower.run_config import format_run_config
 
-__all__ = ["FLOWER_APP_DIR", "FlowerProcessError", "LocalFlower", "LocalGrid",
-           "flwr_config_path", "format_run_config", "free_port", "main", "set_connection"]
+__all__ = ["FLOWER_APP_DIR", "MARK", "FlowerProcessError", "LocalFlower", "free_port"]
 
 #: ``flower/`` at the repository root: the Flower App's ``pyproject.toml``.
-FLOWER_APP_DIR = Path(__file__).resolve().parents[3] / "flower"
+FLOWER_APP_DIR = Path(__file__).resolve().parents[1] / "flower"
 
-_MARK = "FEDPRUNE_FLOWER_MARK"
+MARK = "FEDPRUNE_FLOWER_MARK"
 
 
 class FlowerProcessError(RuntimeError):
@@ -55,24 +50,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def format_run_config(values: Mapping[str, Any]) -> str:
-    """``{"fed.rounds": 3, "out-dir": "/x"}`` -> ``fed.rounds=3 out-dir="/x"`` (``--run-config``)."""
-    parts = []
-    for key, value in values.items():
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, (int, float)):
-            text = repr(value)
-        elif isinstance(value, str):
-            if '"' in value:
-                raise ValueError(f"run-config value for {key} cannot hold '\"': {value!r}")
-            text = f'"{value}"'
-        else:
-            raise TypeError(f"run-config value for {key} must be bool, int, float or str")
-        parts.append(f"{key}={text}")
-    return " ".join(parts)
-
-
 def _bin(name: str) -> str:
     path = Path(sys.executable).parent / name
     return str(path) if path.exists() else name
@@ -80,7 +57,7 @@ def _bin(name: str) -> str:
 
 def _marked_pids(mark: str) -> list[int]:
     """Pids of live processes whose environment holds ``FEDPRUNE_FLOWER_MARK=mark``."""
-    needle = f"{_MARK}={mark}".encode()
+    needle = f"{MARK}={mark}".encode()
     out = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -95,106 +72,6 @@ def _marked_pids(mark: str) -> list[int]:
         if needle in env.split(b"\0"):
             out.append(int(entry.name))
     return out
-
-
-# ---------------------------------------------------------------- Flower's config file
-
-
-def flwr_config_path() -> Path:
-    """Flower's configuration file, as ``flwr`` 1.41 finds it: ``$FLWR_HOME/config.toml``,
-    else ``~/.flwr/config.toml``."""
-    from flwr.supercore.utils import get_flwr_home
-
-    return get_flwr_home() / "config.toml"
-
-
-_HEADER = re.compile(r"^\s*\[(?!\[)\s*([^\]]+?)\s*\]\s*(#.*)?$")
-
-
-def _table_name(header: str) -> str:
-    """``superlink . "local-deployment"`` -> ``superlink.local-deployment``."""
-    return ".".join(part.strip().strip("\"'") for part in header.split("."))
-
-
-def _drop_table(text: str, table: str) -> str:
-    """``text`` without the TOML table ``[table]`` and its sub-tables, however many times
-    they occur (a file that has the table twice is not valid TOML; this repairs it)."""
-    out, dropping = [], False
-    for line in text.splitlines(keepends=True):
-        header = _HEADER.match(line) or re.match(r"^\s*\[\[\s*([^\]]+?)\s*\]\]", line)
-        if header:
-            name = _table_name(header.group(1))
-            dropping = name == table or name.startswith(table + ".")
-        if not dropping:
-            out.append(line)
-    return "".join(out)
-
-
-def set_connection(name: str, address: str, *, insecure: bool = True,
-                   path: Path | None = None) -> Path:
-    """Add or replace the SuperLink connection ``[superlink.<name>]`` in Flower's config file.
-
-    Idempotent: running it again (or after a hand-appended copy of the table) leaves exactly
-    one table with these values; the rest of the file is kept as it is.  A missing file is
-    created with Flower's default content first (its ``local`` connection).  The result is
-    checked to be valid TOML before it replaces the file (atomically).  Returns the path.
-    """
-    import tomllib
-
-    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
-        raise ValueError(f"connection name {name!r}: use letters, digits, '-' and '_' only")
-    if '"' in address or "\n" in address:
-        raise ValueError(f"address {address!r} cannot hold '\"' or a newline")
-    path = Path(path) if path is not None else flwr_config_path()
-    if path.exists():
-        text = path.read_text(encoding="utf-8")
-    else:
-        from flwr.cli.constant import DEFAULT_FLOWER_CONFIG_TOML
-
-        text = DEFAULT_FLOWER_CONFIG_TOML
-    table = f'[superlink.{name}]\naddress = "{address}"\n'
-    if insecure:
-        table += "insecure = true\n"
-    kept = _drop_table(text, f"superlink.{name}").rstrip("\n")
-    new = f"{kept}\n\n{table}" if kept else table
-    try:
-        doc = tomllib.loads(new)
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path} is not valid TOML even without [superlink.{name}] ({exc}); "
-                         "fix it by hand") from None
-    if doc["superlink"][name] != {"address": address, **({"insecure": True} if insecure else {})}:
-        raise ValueError(f"{path}: [superlink.{name}] is also set elsewhere in the file "
-                         "(dotted keys); fix it by hand")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(new, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m fedprune.federated.flower_local set-connection NAME ADDRESS [--secure]``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m fedprune.federated.flower_local",
-        description="Add or update a SuperLink connection in Flower's config file "
-                    "($FLWR_HOME/config.toml, else ~/.flwr/config.toml); safe to repeat.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sc = sub.add_parser("set-connection", help="add or replace [superlink.NAME]")
-    sc.add_argument("name", help="connection name, e.g. local-deployment")
-    sc.add_argument("address", help="SuperLink Control API address, e.g. 127.0.0.1:9091")
-    sc.add_argument("--secure", action="store_true",
-                    help="TLS (default: insecure = true, for a SuperLink started --insecure)")
-    args = parser.parse_args(argv)
-    try:
-        path = set_connection(args.name, args.address, insecure=not args.secure)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{path}: [superlink.{args.name}] address = \"{args.address}\""
-          + ("" if args.secure else ", insecure = true"))
-    return 0
 
 
 # ---------------------------------------------------------------- processes
@@ -223,7 +100,7 @@ class LocalFlower:
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             "PYTHONUNBUFFERED": "1",
             "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2",  # launch Client/ServerApps sooner
-            _MARK: self.mark,
+            MARK: self.mark,
         })
         self.env.update(env or {})
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -399,75 +276,3 @@ class LocalFlower:
         left = self.pids()
         if left:
             raise FlowerProcessError(f"processes still alive after SIGKILL: {left}")
-
-
-class LocalGrid(Grid):
-    """An in-process Grid: each node is the ClientApp called directly, one after the other.
-
-    ``node_configs[i]`` is node ``i``'s node config (its ``partition-id``).  ``dead`` holds
-    node ids that never answer; ``tamper(message, reply)`` may replace a reply (tests).
-    """
-
-    def __init__(self, client_app: Any, node_configs: Iterable[Mapping[str, Any]],
-                 tamper: Callable[[Message, Message], Message] | None = None) -> None:
-        from flwr.supercore.task_identity import TaskIdentity
-
-        for attr, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
-            if getattr(TaskIdentity, attr) is None:
-                setattr(TaskIdentity, attr, value)
-        self.client_app = client_app
-        self.contexts = {
-            1000 + i: Context(run_id=1, node_id=1000 + i, node_config=dict(c),
-                              state=RecordDict(), run_config={})
-            for i, c in enumerate(node_configs)
-        }
-        self.dead: set[int] = set()
-        self.tamper = tamper
-        self.sent: list[Message] = []
-        self._replies: dict[str, Message] = {}
-
-    def set_run(self, run: Any) -> None:  # pragma: no cover - not used in process
-        self._run = run
-
-    @property
-    def run(self) -> Any:  # pragma: no cover
-        return getattr(self, "_run", None)
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
-                       group_id: str, ttl: float | None = None) -> Message:
-        return Message(content, dst_node_id=dst_node_id, message_type=message_type,
-                       group_id=group_id, ttl=ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return sorted(self.contexts)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        """Deliver each message now; its reply waits for :meth:`pull_messages`."""
-        ids = []
-        for msg in messages:
-            msg.metadata.__dict__["_message_id"] = msg.object_id
-            self.sent.append(msg)
-            ids.append(msg.metadata.message_id)
-            node = msg.metadata.dst_node_id
-            if node in self.dead or node not in self.contexts:
-                continue
-            try:
-                reply = self.client_app(msg, self.contexts[node])
-            except Exception as exc:  # noqa: BLE001 - Flower turns it into an error reply
-                reply = Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"),
-                                reply_to=msg)
-            if self.tamper is not None:
-                reply = self.tamper(msg, reply)
-            self._replies[msg.metadata.message_id] = reply
-        return ids
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
-
-    def send_and_receive(self, messages: Iterable[Message], *,
-                         timeout: float | None = None) -> Iterable[Message]:
-        return self.pull_messages(self.push_messages(messages))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

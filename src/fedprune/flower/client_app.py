@@ -1,0 +1,148 @@
+"""fedprune's Flower ``ClientApp`` (flwr 1.41 message API).
+
+Declared in ``flower/pyproject.toml`` (``clientapp = "fedprune.flower.client_app:client_app"``).
+It knows only its partition id, from the SuperNode's node config (``partition-id``, set by
+the simulation engine or by ``flower-supernode --node-config``).  Each train message carries
+the weights (``ArrayRecord``) and, as JSON, the architecture
+(:class:`~fedprune.models.ModelSpec`) and the experiment config; the ClientApp rebuilds the
+model with :func:`fedprune.models.build`, loads the weights with ``strict=True``, trains with
+:func:`fedprune.federated.train_local` on its partition of
+:func:`fedprune.data.load_federated` with the batch order of
+:func:`fedprune.seeds.batch_order`, and replies with the weights, ``num-examples`` and the
+``arch-version`` it trained.  It also answers the server's queries: which partition it
+serves, and (budget mode) a model's accuracy on its validation split.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from .. import seeds
+from ..config import ExperimentConfig, from_dict
+from ..data import FederatedData, load_federated
+from ..federated.client import evaluate, train_local
+from ..models import ModelSpec, build
+from .messages import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, QUERY_KIND, VALIDATE_KIND
+
+__all__ = ["NODE_DATA_KEYS", "client_app"]
+
+client_app = ClientApp()
+
+_DATA_CACHE: dict[str, FederatedData] = {}
+
+
+#: Node-config keys a SuperNode may set to say where *its* copy of the data lives.
+NODE_DATA_KEYS = ("data.path", "data.image-dir", "data.cache-dir", "data.cache")
+
+
+def _experiment(msg: Message, context: Context) -> ExperimentConfig:
+    """The server's experiment config, with this node's data paths from its node config."""
+    text = msg.content.config_records[CONFIG_KEY]["experiment"]
+    if not isinstance(text, str):
+        raise TypeError("the message carries no experiment config")
+    values = json.loads(text)
+    for key in NODE_DATA_KEYS:
+        if key in context.node_config:
+            values["data"][key.split(".", 1)[1].replace("-", "_")] = context.node_config[key]
+    return from_dict(values)
+
+
+def _federated_data(cfg: ExperimentConfig) -> FederatedData:
+    key = json.dumps([cfg.seed, cfg.to_dict()["data"]], sort_keys=True)
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()  # one experiment at a time per process
+        _DATA_CACHE[key] = load_federated(cfg.data, cfg.seed)
+    return _DATA_CACHE[key]
+
+
+def _partition_id(context: Context, cfg: ExperimentConfig) -> int:
+    pid = context.node_config.get("partition-id")
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise TypeError("this SuperNode has no integer partition-id in its node config; start "
+                         "it with --node-config 'partition-id=N num-partitions=M'")
+    if not 0 <= pid < cfg.data.num_clients:
+        raise ValueError(f"partition-id {pid} is out of range for data.num-clients = "
+                         f"{cfg.data.num_clients}")
+    parts = context.node_config.get("num-partitions")
+    if parts is not None and parts != cfg.data.num_clients:
+        raise ValueError(f"node config num-partitions = {parts} but the experiment splits the "
+                         f"data over data.num-clients = {cfg.data.num_clients}")
+    return pid
+
+
+@client_app.query()
+def _client_query(msg: Message, context: Context) -> Message:
+    """Tell the server which partition this node serves (checked against the experiment)."""
+    cfg_rec = msg.content.config_records[CONFIG_KEY]
+    kind = cfg_rec.get("fedprune")
+    if kind == VALIDATE_KIND:
+        return _client_validate(msg, context)
+    if kind != QUERY_KIND:
+        raise ValueError(f"unknown query {kind!r}")
+    # the server checks the partition against the experiment (and can then name the settings:
+    # data.num-clients, num-supernodes in simulation); the node only says what it serves
+    pid = context.node_config.get("partition-id")
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise TypeError("this SuperNode has no integer partition-id in its node config; start "
+                        "it with --node-config 'partition-id=N num-partitions=M'")
+    metrics: dict[str, int | float] = {"partition-id": pid}
+    parts = context.node_config.get("num-partitions")
+    if isinstance(parts, int) and not isinstance(parts, bool):
+        metrics["num-partitions"] = parts
+    return Message(RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)
+
+
+def _client_validate(msg: Message, context: Context) -> Message:
+    """Budget guard: accuracy of the sent model on this partition's validation split."""
+    cfg = _experiment(msg, context)
+    pid = _partition_id(context, cfg)
+    spec_json = msg.content.config_records[CONFIG_KEY]["model-spec"]
+    if not isinstance(spec_json, str):
+        raise TypeError("the validation query carries no model spec")
+    model = build(ModelSpec.from_json(spec_json))
+    model.load_state_dict(msg.content.array_records[ARRAYS_KEY].to_torch_state_dict(),
+                          strict=True)
+    client = _federated_data(cfg).clients[pid]
+    metrics: dict[str, int | float] = {"partition-id": pid, "val-examples": 0}
+    if client.val_y is not None and len(client.val_y) > 0:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        acc, loss = evaluate(model, client.val_x, client.val_y)
+        metrics.update({"val-accuracy": float(acc), "val-loss": float(loss),
+                        "val-examples": len(client.val_y)})
+    return Message(RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)
+
+
+@client_app.train()
+def _client_train(msg: Message, context: Context) -> Message:
+    """Rebuild the model from the spec JSON, load the weights strictly, train, reply."""
+    cfg_rec = msg.content.config_records[CONFIG_KEY]
+    cfg = _experiment(msg, context)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    pid = _partition_id(context, cfg)
+    if cfg_rec.get("partition-id") != pid:
+        raise ValueError(f"asked to train partition {cfg_rec.get('partition-id')!r}, this node "
+                         f"serves partition {pid}")
+    rnd = cfg_rec["server-round"]
+    version = cfg_rec["arch-version"]
+    spec_json = cfg_rec["model-spec"]
+    if not isinstance(rnd, int) or not isinstance(version, int) or not isinstance(spec_json, str):
+        raise TypeError("train config needs integer server-round, arch-version and a "
+                         "model-spec string")
+    model = build(ModelSpec.from_json(spec_json))
+    model.load_state_dict(msg.content.array_records[ARRAYS_KEY].to_torch_state_dict(),
+                          strict=True)
+    cd = _federated_data(cfg).clients[pid]
+    state, n, metrics = train_local(model, cd.x, cd.y, cfg.train,
+                                    seeds.batch_order(cfg.seed, rnd, pid))
+    reply = RecordDict({
+        ARRAYS_KEY: ArrayRecord.from_torch_state_dict(state),
+        METRICS_KEY: MetricRecord({"num-examples": n, "train-loss": metrics["train_loss"],
+                                   "arch-version": version, "partition-id": pid}),
+    })
+    return Message(reply, reply_to=msg)

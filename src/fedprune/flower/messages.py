@@ -1,0 +1,119 @@
+"""What travels between the ServerApp and the ClientApps, packed and unpacked in one place.
+
+A train message carries the weights as an ``ArrayRecord`` (numpy arrays, no pickle) and a
+``ConfigRecord`` of plain values: the architecture as :class:`~fedprune.models.ModelSpec`
+JSON, its ``arch-version``, the resolved experiment config as JSON, the ``server-round`` and
+the ``partition-id`` -- never a pickled module or code.  Queries (``MessageType.QUERY``) ask a
+node for its partition (:data:`QUERY_KIND`) or, in budget mode, for a model's accuracy on its
+validation split (:data:`VALIDATE_KIND`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+
+ARRAYS_KEY = "arrays"
+CONFIG_KEY = "config"
+METRICS_KEY = "metrics"
+QUERY_KIND = "fedprune.partition"
+VALIDATE_KIND = "fedprune.validate"  # budget guard: accuracy on the client's validation split
+
+
+@dataclass
+class Reply:
+    """A train reply's content, as tensors."""
+
+    pid: int
+    node: int
+    state: dict[str, torch.Tensor]
+    n: int
+    version: int
+    loss: float
+
+
+def train_message(arrays: ArrayRecord, *, spec_json: str, experiment: str, rnd: int,
+                  arch_version: int, pid: int, node: int) -> Message:
+    cfg_rec = ConfigRecord({"server-round": rnd, "arch-version": arch_version,
+                            "model-spec": spec_json, "experiment": experiment,
+                            "partition-id": pid})
+    return Message(content=RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: cfg_rec}),
+                   dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(rnd))
+
+
+def partition_query(experiment: str, node: int) -> Message:
+    cfg_rec = ConfigRecord({"fedprune": QUERY_KIND, "experiment": experiment})
+    return Message(content=RecordDict({CONFIG_KEY: cfg_rec}), dst_node_id=node,
+                   message_type=MessageType.QUERY)
+
+
+def validation_query(arrays: ArrayRecord, *, experiment: str, spec_json: str,
+                     node: int) -> Message:
+    cfg_rec = ConfigRecord({"fedprune": VALIDATE_KIND, "experiment": experiment,
+                            "model-spec": spec_json})
+    return Message(content=RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: cfg_rec}),
+                   dst_node_id=node, message_type=MessageType.QUERY)
+
+
+def partition_answer(msg: Message) -> tuple[object, object]:
+    """(``partition-id``, ``num-partitions``) of a partition query's reply (``None`` if absent)."""
+    if msg.has_error():
+        return None, None
+    rec = msg.content.metric_records.get(METRICS_KEY)
+    if rec is None:
+        return None, None
+    return rec.get("partition-id"), rec.get("num-partitions")
+
+
+def validation_answer(msg: Message) -> tuple[float, int] | None:
+    """(accuracy, validation samples) of a validation reply, or ``None`` if unusable."""
+    if msg.has_error():
+        return None
+    rec = msg.content.metric_records.get(METRICS_KEY)
+    acc = rec.get("val-accuracy") if rec is not None else None
+    n = rec.get("val-examples") if rec is not None else None
+    if (isinstance(n, int) and not isinstance(n, bool) and n > 0
+            and isinstance(acc, float) and 0.0 <= acc <= 1.0):
+        return acc, n
+    return None
+
+
+def unpack_train_reply(msg: Message, pid: int, node: int, dtypes: dict[str, str]
+                       ) -> tuple[Reply | None, str | None]:
+    """The reply's content as tensors, or why it cannot be used (message-level checks:
+    records present, the partition asked of that node, the current dtypes)."""
+    content = msg.content
+    arrays = content.array_records.get(ARRAYS_KEY)
+    metrics = content.metric_records.get(METRICS_KEY)
+    if arrays is None or metrics is None:
+        return None, f"no '{ARRAYS_KEY}' arrays or '{METRICS_KEY}' metrics record"
+    if msg.metadata.src_node_id != node or metrics.get("partition-id") != pid:
+        return None, (f"answer from node {msg.metadata.src_node_id} for partition "
+                      f"{metrics.get('partition-id')!r}; asked node {node} for {pid}")
+    n, version = metrics.get("num-examples"), metrics.get("arch-version")
+    loss = metrics.get("train-loss", float("nan"))
+    reply = Reply(pid, node, {}, n, version, float(loss))  # type: ignore[arg-type]
+    for key, arr in arrays.items():
+        if key in dtypes and arr.dtype != dtypes[key]:
+            return None, f"{key} is {arr.dtype}, the current architecture has {dtypes[key]}"
+    try:
+        reply.state.update({k: torch.from_numpy(np.array(a.numpy())) for k, a in arrays.items()})
+    except Exception as exc:  # noqa: BLE001 - a malformed array from a client
+        return None, f"arrays cannot be read: {exc}"
+    return reply, None
+
+
+def array_payload(arrays: ArrayRecord | None) -> int:
+    """Bytes of the float arrays of a reply, counted like :func:`~fedprune.metrics.payload_bytes`."""
+    if arrays is None:
+        return 0
+    return int(sum(4 * int(np.prod(a.shape)) for a in arrays.values()
+                   if np.dtype(a.dtype).kind == "f"))
+
+
+def np_dtypes(state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """The numpy dtype string an ArrayRecord stores for each tensor of ``state``."""
+    return {k: str(torch.empty(0, dtype=t.dtype).numpy().dtype) for k, t in state.items()}

@@ -1,0 +1,147 @@
+"""fedprune's Flower ``ServerApp`` (flwr 1.41 message API).
+
+Declared in ``flower/pyproject.toml`` (``serverapp = "fedprune.flower.server_app:server_app"``).
+It resolves the run config into an :class:`~fedprune.config.ExperimentConfig`
+(:mod:`.run_config`), creates the seeded initial model like the in-process loop, waits for
+``min-nodes`` SuperNodes (asking each for its partition as it connects: one whose
+``num-partitions`` is not ``data.num-clients`` -- in simulation, ``num-supernodes`` -- stops
+the run at once), and runs :class:`~.strategy.PruningFedAvg` over
+:class:`~fedprune.federated.server.PruningServer` for ``fed.rounds`` rounds.  With ``out-dir``
+set it writes the loop's files there: ``config.json``, ``rounds.jsonl`` (one line per round),
+``checkpoint.pt`` (after every round), ``summary.json`` and, unless ``plots = false``, the
+plots of ``fedprune run``.  With ``resume = true`` it continues the run whose checkpoint
+``out-dir`` holds.  A run in which no round aggregated a valid reply raises after writing
+the records (``status: failed``), so Flower reports it as failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from ..config import ConfigError, ExperimentConfig
+from ..data import load_federated
+from ..federated.server import PruningServer
+from ..metrics import RoundRecord, plot_run
+from ..models import new_model
+from ..rundir import RunDir
+from .nodes import NodeDirectory, wait_for_nodes
+from .run_config import FlowerSettings, parse_run_config
+from .strategy import PruningFedAvg
+
+logger = logging.getLogger("flwr.fedprune")
+
+__all__ = ["is_simulation", "run_server", "server_app"]
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def _server_main(grid: Grid, context: Context) -> None:
+    run_server(grid, dict(context.run_config))
+
+
+def run_server(
+    grid: Grid,
+    run_config: dict[str, Any],
+    on_round: Callable[[RoundRecord], None] | None = None,
+    simulation: bool | None = None,
+) -> dict[str, Any]:
+    """Run one experiment on ``grid``; return the summary (also written to ``out-dir``).
+
+    ``simulation`` words the errors for the simulation engine (``None``: from the grid).
+
+    Raises :class:`~fedprune.config.ConfigError` on a bad run config (or an ``out-dir`` that
+    does not fit ``resume``) or when a SuperNode's ``num-partitions`` differs from
+    ``data.num-clients``, and ``RuntimeError`` when no SuperNode can serve the experiment or
+    no round aggregated a valid reply (the records, with ``status: failed`` in
+    ``summary.json``, are written first).
+    """
+    cfg, settings = parse_run_config(run_config)
+    n = cfg.data.num_clients
+    if n == 0:
+        raise ConfigError("data.num-clients = 0 (automatic: every natural client) needs the "
+                          "data to count the partitions, and in Flower one SuperNode serves "
+                          "each: set data.num-clients to the number of SuperNodes "
+                          "(num-supernodes in simulation)")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = _out_dir(settings, cfg)
+    data = load_federated(cfg.data, cfg.seed)
+    c, h, _ = data.input_shape
+    model, spec = new_model(cfg.model.name, num_classes=data.num_classes, in_channels=c,
+                            image_size=h, widths=cfg.model.widths, seed=cfg.seed)
+    if out is None:
+        logger.warning("out-dir is not set: no rounds.jsonl / summary.json are written")
+    # the server holds no client data: every partition is asked for validation, and one
+    # without a validation split answers with 0 examples
+    server = PruningServer(cfg, model, spec, num_clients=n, has_validation=[True] * n,
+                           test_x=data.test_x, test_y=data.test_y,
+                           max_client_size=max(len(cl) for cl in data.clients), run_dir=out,
+                           on_round=on_round)
+    server.begin(resume=settings.resume)
+    nodes = NodeDirectory(cfg, query_timeout=settings.round_timeout,
+                          simulation=is_simulation(grid) if simulation is None else simulation)
+    strategy = PruningFedAvg(server, nodes, query_timeout=settings.round_timeout)
+    # ask every SuperNode for its partition while waiting: a node whose num-partitions is not
+    # data.num-clients (in simulation: num-supernodes) stops the run here, not 300 s later
+    wait_for_nodes(grid, settings.min_nodes or n, settings.node_wait_timeout,
+                   probe=lambda: nodes.probe(grid), problems=nodes.problems)
+    server.start_clock()
+    strategy.run(grid, timeout=settings.round_timeout)
+    summary = strategy.run_summary()
+    summary["flower"] = settings.to_run_config()
+    server.write_summary(summary)
+    if out is not None and settings.plots:
+        logger.info("plots: %s", ", ".join(p.name for p in plot_run(out)))
+    if summary["status"] != "completed":
+        logger.error("fedprune: run failed: %s", summary["error"])
+        raise RuntimeError(f"fedprune run failed: {summary['error']}")
+    logger.info("fedprune: accuracy %.4f, params %d -> %d, widths %s", summary["accuracy"],
+                summary["params_initial"], summary["params_final"], summary["widths_final"])
+    return summary
+
+
+def is_simulation(grid: Grid) -> bool:
+    """Whether ``grid`` is the simulation engine's (virtual SuperNodes, fixed in number)."""
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    return isinstance(grid, InMemoryGrid)
+
+
+def _out_dir(settings: FlowerSettings, cfg: ExperimentConfig) -> Path | None:
+    """``out-dir``: new or empty; with ``resume``, an unfinished run of the same config."""
+    if not settings.out_dir:
+        if settings.resume:
+            raise ConfigError("resume = true needs out-dir: the run directory to resume")
+        return None
+    out = Path(settings.out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out-dir {out} is a file, not a directory")
+    if not settings.resume:
+        if out.exists() and any(out.iterdir()):
+            raise ConfigError(f"out-dir {out} exists and is not empty: choose a new directory "
+                              "(results are never overwritten), or set resume = true to "
+                              "continue the run it holds")
+        return out
+    rd = RunDir(out)
+    state = rd.state()
+    if state != "resumable":
+        why = ("it holds a finished run (summary.json)" if state == "finished"
+               else "it holds no checkpoint of a run")
+        raise ConfigError(f"resume = true but out-dir {out} cannot be resumed: {why}")
+    recorded = rd.read_config_dict()
+    if recorded != json.loads(json.dumps(cfg.to_dict(), default=str)):
+        differ = sorted(k for k in set(recorded) | set(cfg.to_dict())
+                        if json.dumps(recorded.get(k), sort_keys=True, default=str)
+                        != json.dumps(cfg.to_dict().get(k), sort_keys=True, default=str))
+        raise ConfigError(f"resume = true but the run config differs from {rd.config_file} "
+                          f"(section {', '.join(differ)}): resume with the run's own settings")
+    return out
