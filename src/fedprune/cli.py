@@ -24,7 +24,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from .config import ConfigError, from_dict, load_config
+from .config import ConfigError, load_config
 from .export import ExportError
 from .export import commands as export_commands
 from .reproduce import commands as reproduce_commands
@@ -184,7 +184,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError(f"cannot resume {args.resume}: the run finished "
                               f"({rd.summary_file.name} is there)")
         try:
-            cfg = from_dict(rd.read_config_dict())
+            cfg = rd.read_config()
         except ValueError as exc:
             raise ConfigError(f"cannot resume {args.resume}: {exc}") from None
         args.out = args.resume

@@ -7,9 +7,11 @@ State of a run folder, from what is on disk:
   ``run_simulation(..., resume=True)``, which ends bit-identical to an uninterrupted run;
 * ``fresh``: nothing usable yet (absent, or killed before its first checkpoint).
 
-A folder holding a run of another configuration is an error, never overwritten.  After a run,
-its latency ratio (initial dense model vs final model, onnxruntime, 1 thread, batch 1,
-interleaved) is measured once and cached in ``latency.json``.
+A folder holding a run of another configuration is an error, never overwritten; the stored
+``config.json`` is compared with the planned configuration by resolved values, so a setting
+added since (absent there) counts with its default.  After a run, its latency ratio (initial
+dense model vs final model, onnxruntime, 1 thread, batch 1, interleaved) is measured once and
+cached in ``latency.json``.
 
 Progress goes to a callback as :class:`~fedprune.reproduce.progress.RunEvent` objects (the
 command line draws a bar or prints a line per run from them); per-run lines are also logged.
