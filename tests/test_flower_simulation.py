@@ -2,8 +2,8 @@
 virtual SuperNode per partition) against the in-process loop: same seed, same data, same
 architecture sequence, same accuracy within noise.
 
-Both paths sample the same partitions (``np.random.default_rng([seed, 2])``), shuffle each
-client's batches with the same generator (``client_generator(seed, round, partition)``), build
+Both paths sample the same partitions (``fedprune.seeds.client_sampling(seed)``), shuffle each
+client's batches with the same generator (``fedprune.seeds.batch_order(seed, round, partition)``), build
 the same initial weights and average in partition order, so with ``threads = 1`` the numbers
 come out identical on one machine; the accuracy tolerance only absorbs float differences
 between torch builds/CPUs.

@@ -79,9 +79,9 @@ def screen_replies(
     rejected: list[Rejection] = []
     for i, (state, n) in enumerate(replies):
         reason = _reply_problem(state, n, ref_shapes, max_samples)
-        if reason is None and versions is not None and arch_version is not None:
-            if versions[i] != arch_version:
-                reason = f"architecture version {versions[i]!r}, expected {arch_version}"
+        if (reason is None and versions is not None and arch_version is not None
+                and versions[i] != arch_version):
+            reason = f"architecture version {versions[i]!r}, expected {arch_version}"
         if reason is None:
             accepted.append((state, n))
         else:

@@ -29,9 +29,6 @@ from .server import PruningServer
 
 logger = logging.getLogger(__name__)
 
-client_generator = seeds.batch_order  # the batch-order generator of (seed, round, client)
-
-
 @dataclass
 class RunResult:
     summary: dict[str, Any]

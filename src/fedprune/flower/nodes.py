@@ -1,4 +1,5 @@
-"""Which SuperNode serves which partition, learnt once per node with a ``query`` message.
+"""Which SuperNode serves which partition, learnt once per node with a ``query`` message;
+and federated validation by the partitions' nodes (budget mode's guard).
 
 A node that cannot serve the experiment (no partition id, one out of range or already taken,
 a ``num-partitions`` other than ``data.num_clients``), fails the query, or misses a round's
@@ -10,13 +11,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
+from torch import nn
 
 from ..config import ConfigError, ExperimentConfig
+from ..models import ModelSpec
 from .grid import PollingGrid
-from .messages import partition_answer, partition_query
+from .messages import partition_answer, partition_query, validation_answer, validation_query
 
 logger = logging.getLogger("flwr.fedprune")
 
@@ -96,6 +100,33 @@ class NodeDirectory:
         """
         self.refresh(PollingGrid(grid, self.poll_interval), strict=True)
         return len(self.node_of)
+
+    def validate(self, grid: Grid, model: nn.Module, spec: ModelSpec, pids: Sequence[int]
+                 ) -> tuple[float, int]:
+        """Federated validation (budget mode's guard): the partitions' nodes evaluate ``model``
+        on their own validation splits (a ``query`` message each); the accuracy weighted by
+        their counts, and the number of validation samples (``nan, 0`` without replies)."""
+        if grid is None:
+            raise RuntimeError("no grid yet: validation happens after a training round")
+        arrays = ArrayRecord.from_torch_state_dict(model.state_dict())
+        experiment, spec_json = self.cfg.to_json(), spec.to_json()
+        msgs = {node: validation_query(arrays, experiment=experiment, spec_json=spec_json,
+                                       node=node)
+                for pid in pids if (node := self.node_of.get(pid)) is not None}
+        replies = list(grid.send_and_receive(list(msgs.values()), timeout=self.query_timeout))
+        asked = {m.metadata.message_id: n for n, m in msgs.items()}
+        correct, total = 0.0, 0
+        for msg in replies:
+            if asked.pop(msg.metadata.reply_to_message_id, None) is None:
+                continue
+            answer = validation_answer(msg)
+            if answer is not None:
+                correct += answer[0] * answer[1]
+                total += answer[1]
+        if total == 0:
+            logger.warning("budget guard: no validation replies; the candidate cannot be judged")
+            return float("nan"), 0
+        return correct / total, total
 
     def missed_deadline(self, node: int) -> None:
         """``node`` did not reply in time: no more work while the SuperLink lists it."""

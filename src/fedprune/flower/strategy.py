@@ -1,40 +1,33 @@
 """fedprune's strategy for Flower's message API (flwr 1.41): Flower messages <-> the server.
 
 :class:`PruningFedAvg` subclasses :class:`flwr.serverapp.strategy.FedAvg` and hands every
-decision to :class:`~fedprune.federated.server.PruningServer`, the server of the in-process
-loop too: client sampling, screening and FedAvg, the ``fed.min_replies`` skip, pruning (or
-budget mode), evaluation, records and checkpoints.  What it adds is the messaging:
+decision -- sampling, screening and FedAvg, the ``fed.min_replies`` skip, pruning or budget
+mode, evaluation, records, checkpoints -- to :class:`~fedprune.federated.server.PruningServer`,
+the server of the in-process loop too.  It adds the messaging: a train message to each
+sampled partition's SuperNode (:mod:`.messages`, :class:`~.nodes.NodeDirectory`); error and
+missing replies count as failures, a reply for a partition not asked of that node or with
+other dtypes is dropped, and the server screens the rest; every drop is logged and listed in
+the round's record, with ``sampled``, ``sent``, ``failures``, ``dropped`` and
+``arch_version``.  Budget mode's guard validates by ``query`` messages
+(:meth:`~.nodes.NodeDirectory.validate`).
 
-1. **send** the sampled partitions' SuperNodes (:class:`~.nodes.NodeDirectory`) a train
-   message each (:mod:`.messages`: weights, architecture JSON, ``arch-version``, experiment);
-2. **check** every reply: error and missing replies (a dead or failing node) count as
-   failures; a reply for a partition not asked of that node, or with other dtypes, is
-   dropped; the server screens the rest (keys, shapes, NaN/Inf, sample count,
-   ``arch-version``) and averages them in partition order.  Every drop is logged and listed
-   in the round's record, with ``sampled``, ``sent``, ``failures``, ``dropped`` and
-   ``arch_version``;
-3. **validate** (budget mode's guard) by ``query`` messages to the partitions' nodes.
-
-A node that does not answer within the round timeout is not sent work again while it stays
-listed by the SuperLink (its heartbeat expires after about a minute); the run goes on with
-the others, which is Flower's accept-failures behaviour.  A resumed run's Flower rounds
-1, 2, ... are the server's rounds after the checkpoint.
+A node that does not answer within the round timeout gets no more work while the SuperLink
+lists it (Flower's accept-failures behaviour).  A resumed run's Flower rounds 1, 2, ... are
+the server's rounds after the checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
-from torch import nn
 
 from ..federated.server import PruningServer
-from ..models import ModelSpec
 from .grid import PollingGrid
 from .messages import (
     ARRAYS_KEY,
@@ -44,8 +37,6 @@ from .messages import (
     np_dtypes,
     train_message,
     unpack_train_reply,
-    validation_answer,
-    validation_query,
 )
 from .nodes import NodeDirectory
 
@@ -186,7 +177,8 @@ class PruningFedAvg(FedAvg):
         bad = {rej.index for rej in outcome.rejections}
         kept = [r for i, r in enumerate(order) if i not in bad]
         train_loss = sum(r.loss * r.n for r in kept) / sum(r.n for r in kept)
-        srv.after_aggregate(rnd, self._validate)
+        srv.after_aggregate(rnd, lambda model, spec, pids: self.nodes.validate(
+            self.grid, model, spec, pids))  # type: ignore[arg-type]
         metrics = MetricRecord({"train-loss": train_loss, "replies": outcome.clients,
                                 "arch-version": srv.arch_version})
         return ArrayRecord.from_torch_state_dict(srv.model.state_dict()), metrics
@@ -256,30 +248,3 @@ class PruningFedAvg(FedAvg):
         st.rejected.append({"index": index, "reason": reason, "partition": pid, "node": node})
         logger.warning("round %d: dropped the reply of node %d (partition %s): %s",
                        rnd, node, pid, reason)
-
-    def _validate(self, model: nn.Module, spec: ModelSpec, pids: Sequence[int]
-                  ) -> tuple[float, int]:
-        """Federated validation: the partitions' nodes evaluate ``model`` on their own
-        validation splits (a ``query`` message each); the accuracy weighted by their counts."""
-        if self.grid is None:
-            raise RuntimeError("no grid yet: validation happens after a training round")
-        arrays = ArrayRecord.from_torch_state_dict(model.state_dict())
-        experiment, spec_json = self.cfg.to_json(), spec.to_json()
-        msgs = {node: validation_query(arrays, experiment=experiment, spec_json=spec_json,
-                                       node=node)
-                for pid in pids if (node := self.nodes.node_of.get(pid)) is not None}
-        replies = list(self.grid.send_and_receive(list(msgs.values()),
-                                                  timeout=self.query_timeout))
-        asked = {m.metadata.message_id: n for n, m in msgs.items()}
-        correct, total = 0.0, 0
-        for msg in replies:
-            if asked.pop(msg.metadata.reply_to_message_id, None) is None:
-                continue
-            answer = validation_answer(msg)
-            if answer is not None:
-                correct += answer[0] * answer[1]
-                total += answer[1]
-        if total == 0:
-            logger.warning("budget guard: no validation replies; the candidate cannot be judged")
-            return float("nan"), 0
-        return correct / total, total
