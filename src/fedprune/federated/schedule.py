@@ -79,8 +79,9 @@ class SchedulePruner:
         before = n_params(model)
         res = prune_model(
             model, self.example, k=p.k, mode=p.mode, min_channels=p.min_channels,
-            max_fraction=p.max_fraction, reinit=p.reinit, seed=seeds.pruning_seed(self.cfg.seed, rnd),
-            record=spec.record, ratio=p.ratio if p.method == "ratio" else None,
+            max_fraction=p.max_fraction, reinit=p.reinit,
+            seed=seeds.pruning_seed(self.cfg.seed, rnd), record=spec.record,
+            ratio=p.ratio if p.method == "ratio" else None,
         )
         after = n_params(model)
         self.state = advance(schedule, self.state, rnd, before, after)

@@ -107,7 +107,8 @@ def unpack_train_reply(msg: Message, pid: int, node: int, dtypes: dict[str, str]
 
 
 def array_payload(arrays: ArrayRecord | None) -> int:
-    """Bytes of the float arrays of a reply, counted like :func:`~fedprune.metrics.payload_bytes`."""
+    """Bytes of the float arrays of a reply, counted like
+    :func:`~fedprune.metrics.payload_bytes`."""
     if arrays is None:
         return 0
     return int(sum(4 * int(np.prod(a.shape)) for a in arrays.values()

@@ -284,7 +284,8 @@ def _kebab_message(message: str) -> str:
 
 
 def format_run_config(values: Mapping[str, Any]) -> str:
-    """``{"fed.rounds": 3, "out-dir": "/x"}`` -> ``fed.rounds=3 out-dir="/x"`` (``--run-config``)."""
+    """``{"fed.rounds": 3, "out-dir": "/x"}`` -> ``fed.rounds=3 out-dir="/x"``, the
+    ``--run-config`` argument of ``flwr run``."""
     parts = []
     for key, value in values.items():
         if isinstance(value, bool):
