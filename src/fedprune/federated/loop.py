@@ -29,6 +29,7 @@ from .server import PruningServer
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class RunResult:
     summary: dict[str, Any]
