@@ -9,6 +9,7 @@ process of a real simulation-engine run (Ray) mid-run and resumes it on a new Su
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -130,3 +131,21 @@ def test_simulation_run_killed_mid_run_resumes_to_the_uninterrupted_result(unint
 
     assert [r["round"] for r in read_rounds(out)] == list(range(1, CFG.fed.rounds + 1))
     assert fingerprint(out) == fingerprint(uninterrupted)  # threads = 1: bit for bit
+
+
+def test_a_run_of_one_engine_is_not_resumed_by_the_other(uninterrupted, tmp_path, capsys):
+    from fedprune.cli import main
+    from fedprune.federated import run_simulation
+    from fedprune.rundir import RunDir
+
+    flower_run = tmp_path / "flower"
+    shutil.copytree(uninterrupted, flower_run)
+    RunDir(flower_run).summary_file.unlink()  # unfinished: resumable
+    assert main(["run", "--resume", str(flower_run), "--no-progress"]) == 2
+    assert "run of the Flower app" in capsys.readouterr().err
+
+    loop_run = tmp_path / "loop"
+    run_simulation(CFG, loop_run)
+    RunDir(loop_run).summary_file.unlink()
+    with pytest.raises(ConfigError, match="in-process loop"):
+        run_server(_grid(), _run_config(loop_run, resume=True))

@@ -81,3 +81,36 @@ def test_resuming_a_finished_run_is_refused(tmp_path, capsys):
     capsys.readouterr()
     assert main(["run", "--resume", str(out), "--no-progress"]) == 2
     assert "the run finished" in capsys.readouterr().err
+
+
+def test_a_run_stopped_before_its_first_checkpoint_can_be_started_again(tmp_path, capsys):
+    from fedprune.cli import main
+    from fedprune.rundir import RunDir
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}\n")  # what a run killed during round 1 leaves
+    (out / ".summary.json.abc123.tmp").write_text("{")  # an interrupted atomic write
+    rd = RunDir(out)
+    assert rd.state() == "fresh" and len(rd.stale_files()) == 2
+
+    assert main(["run", "--resume", str(out), "--no-progress"]) == 2
+    assert "holds no checkpoint" in capsys.readouterr().err
+
+    assert main(["run", "--out", str(out), "--no-progress", "--no-plots", "--set",
+                 "fed.rounds=1", "--set", "train.local_epochs=1", "--set",
+                 "fed.clients_per_round=2"]) == 0
+    assert rd.state() == "finished" and not list(out.glob(".*.tmp"))
+
+
+def test_a_folder_with_other_files_is_never_cleared(tmp_path, capsys):
+    from fedprune.cli import main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}\n")
+    (out / "notes.txt").write_text("mine")
+
+    assert main(["run", "--out", str(out), "--no-progress", "--set", "fed.rounds=1"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine" and (out / "config.json").exists()

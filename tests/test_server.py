@@ -92,3 +92,48 @@ def test_a_restored_server_continues_where_the_checkpoint_was(tmp_path):
     assert restored.sample(3) == server.sample(3)  # the sampling stream's state came back
     assert (restored.bytes_total, restored.accuracy) == (server.bytes_total, server.accuracy)
     assert [r.round for r in restored.records] == [r["round"] for r in read_rounds(tmp_path)]
+
+
+def test_a_candidate_left_at_a_skipped_last_round_is_judged_all_the_same():
+    from fedprune.federated.client import evaluate
+
+    cfg = from_dict({**CFG.to_dict(), "data": {**CFG.to_dict()["data"], "val_fraction": 0.2},
+                     "prune": {**CFG.to_dict()["prune"], "start_round": 3},
+                     "budget": {"params_fraction": 0.3, "guard_recovery_rounds": 2,
+                                "guard_tolerance": 1.0, "guard_clients": 3}})
+    data = load_federated(cfg.data, cfg.seed)
+    c, h, _ = data.input_shape
+    model, spec = new_model(cfg.model.name, num_classes=data.num_classes, in_channels=c,
+                            image_size=h, widths=cfg.model.widths, seed=cfg.seed)
+    server = PruningServer(cfg, model, spec, num_clients=len(data.clients),
+                           has_validation=[cl.val_y is not None and len(cl.val_y) > 0
+                                           for cl in data.clients],
+                           test_x=data.test_x, test_y=data.test_y)
+
+    def validate(net, _spec, ids):
+        accs = [(evaluate(net, data.clients[i].val_x, data.clients[i].val_y)[0],
+                 len(data.clients[i].val_y)) for i in ids]
+        total = sum(n for _, n in accs)
+        return sum(a * n for a, n in accs) / total, total
+
+    records = []
+    for rnd in range(1, 5):
+        sampled = server.sample(rnd)
+        replies = []
+        for cid in sampled:
+            state, n, _ = train_local(copy.deepcopy(server.model), data.clients[cid].x,
+                                      data.clients[cid].y, cfg.train,
+                                      seeds.batch_order(cfg.seed, rnd, cid))
+            replies.append((state, n))
+        if rnd == 4:  # the last round: every reply NaN, nothing aggregated
+            replies = [({k: torch.full_like(v, math.nan) if v.is_floating_point() else v
+                         for k, v in s.items()}, n) for s, n in replies]
+        server.aggregate(rnd, replies)
+        server.after_aggregate(rnd, validate)
+        records.append(server.finish_round(rnd, bytes_down=0, bytes_up=0))
+
+    assert records[2].extra["budget"]["pending"]  # the cut of round 3 awaits its verdict
+    last = records[3]
+    assert last.extra["skipped"] and not last.extra["budget"]["pending"]
+    assert [e["decision"] for e in last.extra["budget"]["guard"]] == ["accept"]
+    assert server.summary()["budget_status"] in ("met", "deadline")

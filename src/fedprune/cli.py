@@ -180,9 +180,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.config is not None or args.sets:
             raise ConfigError(f"--resume takes the run's own {rd.config_file.name}; drop "
                               "--config/--set")
-        if rd.state() == "finished":
+        state = rd.state()
+        if state == "finished":
             raise ConfigError(f"cannot resume {args.resume}: the run finished "
                               f"({rd.summary_file.name} is there)")
+        if state == "fresh":
+            raise ConfigError(f"cannot resume {args.resume}: it holds no checkpoint (the run "
+                              "stopped before its first round was done, or never started "
+                              f"here): start it anew with --out {args.resume}")
+        if rd.written_by() == "flower":
+            raise ConfigError(f"cannot resume {args.resume}: it is a run of the Flower app; "
+                              "resume it there (run config resume = true)")
         try:
             cfg = rd.read_config()
         except ValueError as exc:
@@ -192,7 +200,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.sets)
         if rd.path.exists() and not rd.path.is_dir():
             raise ConfigError(f"--out {args.out} is a file, not a directory")
-        if not rd.is_empty():
+        if not rd.clear_for_new_run():  # leftovers of a run killed before round 1 go
             raise ConfigError(f"--out {args.out} exists and is not empty: choose a new "
                               "directory (results are never overwritten)")
     bar = None

@@ -63,9 +63,47 @@ class RunDir:
         return self.path / LATENCY_FILE
 
     def stale_files(self) -> list[Path]:
-        """The run files (and their temporary files) present, for a clean restart."""
-        names = [n for f in RUN_FILES for n in (f, f + ".tmp")]
-        return [self.path / n for n in names if (self.path / n).exists()]
+        """The run files (and their temporary files) present, for a clean restart.
+
+        Temporary files are ``NAME.tmp`` (rounds, checkpoint) and ``.NAME.*.tmp`` (the
+        atomic JSON writes of config, summary and latency).
+        """
+        if not self.path.is_dir():
+            return []
+        found = [self.path / n for f in RUN_FILES for n in (f, f + ".tmp")
+                 if (self.path / n).exists()]
+        for name in (*RUN_FILES, LATENCY_FILE):
+            found += sorted(self.path.glob(f".{name}.*tmp"))
+        return found
+
+    def clear_for_new_run(self) -> bool:
+        """Make the folder ready for a new run here.
+
+        True when it is: absent, empty, or holding only what a run stopped before its first
+        checkpoint leaves (``config.json``, temporary files), which is removed.  False when
+        it holds anything else -- a run with a checkpoint, a finished run, other files --
+        which is never touched.
+        """
+        if not self.path.exists():
+            return True
+        if not self.path.is_dir() or self.state() != "fresh":
+            return False
+        stale = set(self.stale_files())
+        if any(entry not in stale for entry in self.path.iterdir()):
+            return False
+        for entry in stale:
+            entry.unlink()
+        return True
+
+    def written_by(self) -> str | None:
+        """``"flower"`` or ``"in-process"``: the engine whose round records these are (the
+        Flower app's carry ``failures``); None without records."""
+        if not self.rounds_file.is_file():
+            return None
+        rows = self.read_rounds()
+        if not rows:
+            return None
+        return "flower" if "failures" in rows[0] else "in-process"
 
     # ------------------------------------------------------------------ state
 

@@ -112,6 +112,21 @@ class BudgetServer:
             model, spec, rolled_back, ev = self._judge(rnd, model, spec, validate)
             events.append(ev)
             changed = changed or rolled_back
+        return self._step(rnd, model, spec, changed, pruned, events)
+
+    def after_skipped(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate,
+                      last_round: bool = False) -> BudgetStep | None:
+        """A round that aggregated nothing: no try; but a candidate still pending at the last
+        round is judged now, so that the run never ends on a cut the guard has not seen."""
+        self.cut_step = None
+        if not (last_round and self.state.pending):
+            return None
+        model, spec, rolled_back, ev = self._judge(rnd, model, spec, validate)
+        return self._step(rnd, model, spec, rolled_back, False, [ev])
+
+    def _step(self, rnd: int, model: nn.Module, spec: ModelSpec, changed: bool, pruned: bool,
+              events: list[dict[str, Any]]) -> BudgetStep:
+        """The round's step and its ``budget`` record (after the deadline check)."""
         p = self.cfg.prune
         if self.state.status == "pruning" and not self.state.pending and rnd >= p.max_prune_round:
             self.state = replace(self.state, status="deadline")

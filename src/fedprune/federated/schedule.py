@@ -49,6 +49,12 @@ class Pruner(Protocol):
     def after_aggregate(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate,
                         last_round: bool = False) -> PruneStep: ...
 
+    def after_skipped(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate,
+                      last_round: bool = False) -> PruneStep | None:
+        """The step after a round that aggregated nothing (``fed.min_replies``): None, or
+        what must still happen then (budget mode: judge a candidate at the last round)."""
+        ...
+
     def state_entries(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """(JSON-able checkpoint entries, snapshot {spec, state_dict} or None)."""
         ...
@@ -68,6 +74,10 @@ class SchedulePruner:
         self.cfg = cfg
         self.example = example
         self.state = ScheduleState()
+
+    def after_skipped(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate,
+                      last_round: bool = False) -> PruneStep | None:
+        return None  # the rule runs on aggregates only
 
     def after_aggregate(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate,
                         last_round: bool = False) -> PruneStep:

@@ -154,16 +154,23 @@ class PruningServer:
         return self.outcome
 
     def after_aggregate(self, rnd: int, validate: Validate) -> PruneStep:
-        """The pruning step after an aggregated round (none after a skipped one).
+        """The pruning step after an aggregated round (after a skipped one only what the
+        pruner must still do: budget mode judges a candidate left at the last round).
 
         ``validate`` asks clients for a model's accuracy on their validation splits (budget
         mode's guard).  ``changed`` in the result: rebuild anything built for the old
         architecture.
         """
+        last_round = rnd == self.cfg.fed.rounds
         if self.outcome.skipped:
-            return PruneStep(self.model, self.spec, False, False)
-        step = self.pruner.after_aggregate(rnd, self.model, self.spec, validate,
-                                           last_round=rnd == self.cfg.fed.rounds)
+            skipped_step = self.pruner.after_skipped(rnd, self.model, self.spec, validate,
+                                                     last_round=last_round)
+            if skipped_step is None:
+                return PruneStep(self.model, self.spec, False, False)
+            step = skipped_step
+        else:
+            step = self.pruner.after_aggregate(rnd, self.model, self.spec, validate,
+                                               last_round=last_round)
         self.model, self.spec = step.model, step.spec
         self.outcome.pruned, self.outcome.budget = step.pruned, step.record
         if step.changed:

@@ -16,7 +16,6 @@ the records (``status: failed``), so Flower reports it as failed.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -45,7 +44,21 @@ server_app = ServerApp()
 
 @server_app.main()
 def _server_main(grid: Grid, context: Context) -> None:
+    _show_fedprune_logs()
     run_server(grid, dict(context.run_config))
+
+
+def _show_fedprune_logs() -> None:
+    """In the ServerApp's process only Flower's logger has a handler: give fedprune's
+    engine-neutral loggers (the server's skips, cuts, resume) the same one, at its level, so
+    their lines reach ``flwr run --stream`` and the SuperLink's log like the strategy's."""
+    flwr_log, ours = logging.getLogger("flwr"), logging.getLogger("fedprune")
+    for handler in flwr_log.handlers:
+        if handler not in ours.handlers:
+            ours.addHandler(handler)
+    if flwr_log.level and (not ours.level or flwr_log.level < ours.level):
+        ours.setLevel(flwr_log.level)
+    ours.propagate = False  # the lines are shown once, by Flower's handler
 
 
 def run_server(
@@ -80,13 +93,15 @@ def run_server(
                             image_size=h, widths=cfg.model.widths, seed=cfg.seed)
     if out is None:
         logger.warning("out-dir is not set: no rounds.jsonl / summary.json are written")
-    # the server holds no client data: every partition is asked for validation, and one
-    # without a validation split answers with 0 examples
-    server = PruningServer(cfg, model, spec, num_clients=n, has_validation=[True] * n,
+    # the ServerApp loads the same partitions as the ClientApps (for the test split and the
+    # plausible sample counts), so budget mode's guard draws from the clients with a
+    # validation split exactly as the in-process loop does
+    server = PruningServer(cfg, model, spec, num_clients=n,
+                           has_validation=[cl.val_y is not None and len(cl.val_y) > 0
+                                           for cl in data.clients],
                            test_x=data.test_x, test_y=data.test_y,
                            max_client_size=max(len(cl) for cl in data.clients), run_dir=out,
                            on_round=on_round)
-    server.begin(resume=settings.resume)
     nodes = NodeDirectory(cfg, query_timeout=settings.round_timeout,
                           simulation=is_simulation(grid) if simulation is None else simulation)
     strategy = PruningFedAvg(server, nodes, query_timeout=settings.round_timeout)
@@ -94,6 +109,7 @@ def run_server(
     # data.num-clients (in simulation: num-supernodes) stops the run here, not 300 s later
     wait_for_nodes(grid, settings.min_nodes or n, settings.node_wait_timeout,
                    probe=lambda: nodes.probe(grid), problems=nodes.problems)
+    server.begin(resume=settings.resume)  # config.json only once the federation fits
     server.start_clock()
     strategy.run(grid, timeout=settings.round_timeout)
     summary = strategy.run_summary()
@@ -125,23 +141,29 @@ def _out_dir(settings: FlowerSettings, cfg: ExperimentConfig) -> Path | None:
     out = Path(settings.out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out-dir {out} is a file, not a directory")
+    rd = RunDir(out)
     if not settings.resume:
-        if out.exists() and any(out.iterdir()):
+        if not rd.clear_for_new_run():  # leftovers of a run stopped before round 1 go
             raise ConfigError(f"out-dir {out} exists and is not empty: choose a new directory "
                               "(results are never overwritten), or set resume = true to "
                               "continue the run it holds")
         return out
-    rd = RunDir(out)
     state = rd.state()
     if state != "resumable":
         why = ("it holds a finished run (summary.json)" if state == "finished"
-               else "it holds no checkpoint of a run")
+               else "it holds no checkpoint of a run (start it anew without resume)")
         raise ConfigError(f"resume = true but out-dir {out} cannot be resumed: {why}")
-    recorded = rd.read_config_dict()
-    if recorded != json.loads(json.dumps(cfg.to_dict(), default=str)):
-        differ = sorted(k for k in set(recorded) | set(cfg.to_dict())
-                        if json.dumps(recorded.get(k), sort_keys=True, default=str)
-                        != json.dumps(cfg.to_dict().get(k), sort_keys=True, default=str))
+    if rd.written_by() == "in-process":
+        raise ConfigError(f"resume = true but out-dir {out} holds a run of the in-process "
+                          f"loop: resume it with fedprune run --resume {out}")
+    try:  # compared by resolved values, as fedprune run --resume and reproduce do
+        recorded = rd.read_config().to_dict()
+    except ValueError as exc:
+        raise ConfigError(f"resume = true but {rd.config_file} cannot be read: {exc}") from None
+    current = cfg.to_dict()
+    if recorded != current:
+        differ = sorted(k for k in set(recorded) | set(current)
+                        if recorded.get(k) != current.get(k))
         raise ConfigError(f"resume = true but the run config differs from {rd.config_file} "
                           f"(section {', '.join(differ)}): resume with the run's own settings")
     return out
