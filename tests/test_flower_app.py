@@ -389,3 +389,19 @@ def test_client_refuses_another_partition_and_mismatched_weights():
                          record=spec.record)
     with pytest.raises(RuntimeError, match="size mismatch"):  # new weights, old architecture
         client_app(_train_message(cfg, spec, pruned.model.state_dict()), _ctx())
+
+
+def test_the_serverapp_shows_the_engine_neutral_servers_log_lines():
+    from fedprune.flower.server_app import _show_fedprune_logs
+
+    ours, flwr_log = logging.getLogger("fedprune"), logging.getLogger("flwr")
+    saved = (list(ours.handlers), ours.level, ours.propagate)
+    try:
+        _show_fedprune_logs()
+        _show_fedprune_logs()  # twice: each handler once
+        assert flwr_log.handlers and all(ours.handlers.count(h) == 1 for h in flwr_log.handlers)
+        assert logging.getLogger("fedprune.federated.server").getEffectiveLevel() <= logging.INFO
+    finally:
+        ours.handlers[:] = saved[0]
+        ours.setLevel(saved[1])
+        ours.propagate = saved[2]
