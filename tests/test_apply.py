@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
+from nets import ConcatNet, DepthwiseNet, ResidualNet
 from torch import nn
 
 from fedprune.config import PruneConfig
 from fedprune.pruning import initial_record, prune_model, rebuild, widths_of
-from nets import ConcatNet, DepthwiseNet, ResidualNet
 
 
 def _equalise_filters(model: nn.Module, seed: int = 0) -> None:

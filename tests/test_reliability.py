@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from nets import ResidualNet
 
 import fedprune.federated.loop as loop_mod
 from fedprune.config import ConfigError, from_dict
@@ -15,7 +16,6 @@ from fedprune.federated import run_simulation
 from fedprune.federated.aggregate import screen_replies
 from fedprune.models import ModelSpec
 from fedprune.pruning import rebuild
-from nets import ResidualNet
 
 REF = {"w": torch.zeros(2, 3), "b": torch.zeros(3), "n": torch.tensor(0)}
 

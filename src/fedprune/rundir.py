@@ -16,7 +16,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .metrics.recorder import CONFIG_FILE, ROUNDS_FILE, SUMMARY_FILE, Recorder, read_rounds
+from .metrics.recorder import (
+    CONFIG_FILE,
+    ROUNDS_FILE,
+    SUMMARY_FILE,
+    Recorder,
+    atomic_write_json,
+    read_rounds,
+)
 from .models import ModelSpec
 
 __all__ = ["CHECKPOINT_FILE", "CONFIG_FILE", "LATENCY_FILE", "ROUNDS_FILE", "SUMMARY_FILE",
@@ -24,7 +31,6 @@ __all__ = ["CHECKPOINT_FILE", "CONFIG_FILE", "LATENCY_FILE", "ROUNDS_FILE", "SUM
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LATENCY_FILE = "latency.json"
-PLOT_FILES = ("accuracy.png", "params.png", "bytes.png", "budget.png")
 # what an interrupted run leaves that a fresh start must clear (temporary files included)
 RUN_FILES = (CONFIG_FILE, ROUNDS_FILE, SUMMARY_FILE, CHECKPOINT_FILE)
 
@@ -86,7 +92,8 @@ class RunDir:
         """
         if not self.path.exists():
             return True
-        if not self.path.is_dir() or self.state() != "fresh":
+        if (not self.path.is_dir() or self.state() != "fresh"
+                or self.checkpoint_file.exists()):  # a checkpoint is never a leftover
             return False
         stale = set(self.stale_files())
         if any(entry not in stale for entry in self.path.iterdir()):
@@ -116,9 +123,6 @@ class RunDir:
             return "resumable"
         return "fresh"
 
-    def is_empty(self) -> bool:
-        return not self.path.exists() or (self.path.is_dir() and not any(self.path.iterdir()))
-
     # ------------------------------------------------------------------ reading
 
     def read_config_dict(self) -> dict[str, Any]:
@@ -130,6 +134,26 @@ class RunDir:
 
         return from_dict(self.read_config_dict())
 
+    def config_differences(self, cfg) -> list[tuple[str, Any, Any]]:  # noqa: ANN001
+        """``(dotted key, stored value, cfg's value)`` wherever ``config.json`` and the
+        configuration ``cfg`` differ, compared by *resolved* values: the stored file is parsed
+        into the configuration tree and written out again, so a setting added since it was
+        written takes its default there.  ``ValueError`` if it cannot be read or no longer
+        parses."""
+        stored = _plain(self.read_config().to_dict())
+        current = _plain(cfg.to_dict())
+        out: list[tuple[str, Any, Any]] = []
+
+        def walk(a: Any, b: Any, key: str) -> None:
+            if isinstance(a, dict) and isinstance(b, dict):
+                for k in sorted(set(a) | set(b)):
+                    walk(a.get(k), b.get(k), f"{key}.{k}" if key else k)
+            elif a != b:
+                out.append((key, a, b))
+
+        walk(stored, current, "")
+        return out
+
     def read_summary(self) -> dict[str, Any]:
         return _read_json(self.summary_file)
 
@@ -137,8 +161,8 @@ class RunDir:
         return read_rounds(self.path)
 
     def rounds_done(self) -> int:
-        """The last round the checkpoint holds."""
-        return load_checkpoint(self.checkpoint_file)[2]
+        """The last round the checkpoint holds (read without rebuilding its model)."""
+        return int(_read_checkpoint(self.checkpoint_file)["round"])
 
     def recorder(self) -> Recorder:
         return Recorder(self.path)
@@ -153,11 +177,13 @@ class RunDir:
     def load_checkpoint(self, with_state: bool = False):  # noqa: ANN201 - see load_checkpoint
         return load_checkpoint(self.checkpoint_file, with_state)
 
-    def load_snapshot(self) -> dict[str, Any] | None:
-        """Budget mode's snapshot of the model before an unjudged cut, if the checkpoint
-        holds one."""
-        ckpt = torch.load(self.checkpoint_file, map_location="cpu", weights_only=True)
-        return ckpt.get("budget_snapshot")
+    def load_resume_point(self):  # noqa: ANN201 - (spec, model, round, state, snapshot)
+        """What a resumed run continues from, read in one go: ``load_checkpoint(...,
+        with_state=True)`` plus budget mode's snapshot of the model before an unjudged cut
+        (``None`` when the checkpoint holds none)."""
+        ckpt = _read_checkpoint(self.checkpoint_file)
+        return (*_rebuild(self.checkpoint_file, ckpt, with_state=True),
+                ckpt.get("budget_snapshot"))
 
     def truncate_rounds(self, last_round: int) -> list[dict[str, Any]]:
         """Keep the round records up to ``last_round`` (those after it are redone on resume)."""
@@ -180,11 +206,8 @@ class RunDir:
 
     def write_latency(self, record: dict[str, Any]) -> Path:
         """Atomically write ``latency.json`` (temporary file, then rename); return its path."""
-        path = self.latency_file
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        atomic_write_json(self.latency_file, record, indent=2)
+        return self.latency_file
 
     def has_rounds(self) -> bool:
         """Whether ``rounds.jsonl`` exists (the run got as far as writing a round)."""
@@ -202,6 +225,11 @@ class RunDir:
             if len(found) >= limit:
                 break
         return [cls(p) for p in found[:limit]]
+
+
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` as JSON gives it back (tuples as lists, sorted keys): comparable."""
+    return json.loads(json.dumps(values, sort_keys=True))
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -250,8 +278,11 @@ def load_checkpoint(path: Path, with_state: bool = False):  # noqa: ANN201
 
     Returns ``(spec, model, round)``, plus the server state dict when ``with_state``.
     """
-    from .models import build
+    return _rebuild(path, _read_checkpoint(path), with_state)
 
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's payload (``weights_only``: no pickled objects), checked for its keys."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -260,6 +291,14 @@ def load_checkpoint(path: Path, with_state: bool = False):  # noqa: ANN201
         raise ValueError(f"checkpoint {path} cannot be read safely: {exc}") from None
     if not isinstance(ckpt, dict) or not {"spec", "state_dict", "round"} <= set(ckpt):
         raise ValueError(f"checkpoint {path} lacks spec, state_dict or round")
+    return ckpt
+
+
+def _rebuild(path: Path, ckpt: dict[str, Any], with_state: bool):  # noqa: ANN202
+    """``(spec, model, round)`` of a read checkpoint, plus its server state with
+    ``with_state``."""
+    from .models import build
+
     spec = ModelSpec.from_json(ckpt["spec"])
     model = build(spec)
     try:

@@ -14,7 +14,6 @@ from ..metrics.latency import LatencyStats, measure_interleaved
 from ..metrics.size import count_flops, n_params
 from .onnx import export_onnx, ort_session
 
-
 LATENCY_SETUP = "onnxruntime, 1 thread, batch 1, interleaved"
 
 

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from .. import seeds
-from ..config import ConfigError, ExperimentConfig
+from ..config import ExperimentConfig
 from ..data import FederatedData, load_federated
 from ..metrics import RoundRecord, payload_bytes
-from ..models import ModelSpec, new_model
+from ..models import ModelSpec
 from ..rundir import CHECKPOINT_FILE, load_checkpoint, save_checkpoint  # noqa: F401
 from .batched import BatchedTrainer, ClientJob, batched_support
 from .client import PerClientTrainer, evaluate
@@ -69,17 +69,7 @@ def run_simulation(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = data if data is not None else load_federated(cfg.data, cfg.seed)
-    if cfg.fed.clients_per_round > len(data.clients):
-        raise ConfigError(f"fed.clients_per_round = {cfg.fed.clients_per_round} but the data "
-                          f"give only {len(data.clients)} clients: lower fed.clients_per_round")
-    c, h, _ = data.input_shape
-    model, spec = new_model(cfg.model.name, num_classes=data.num_classes, in_channels=c,
-                            image_size=h, widths=cfg.model.widths, seed=cfg.seed)
-    server = PruningServer(
-        cfg, model, spec, num_clients=len(data.clients),
-        has_validation=[cl.val_y is not None and len(cl.val_y) > 0 for cl in data.clients],
-        test_x=data.test_x, test_y=data.test_y,
-        max_client_size=max(len(cl) for cl in data.clients), run_dir=run_dir, on_round=on_round)
+    server = PruningServer.for_data(cfg, data, run_dir=run_dir, on_round=on_round)
     server.begin(resume=resume)
     server.start_clock(t0)
     trainer = make_trainer(server.model, cfg)

@@ -27,9 +27,10 @@ import torch
 from torch import nn
 
 from .. import seeds
-from ..config import ExperimentConfig
+from ..config import ConfigError, ExperimentConfig
+from ..data import FederatedData
 from ..metrics import Recorder, RoundRecord, count_macs, n_params, payload_bytes
-from ..models import ModelSpec
+from ..models import ModelSpec, new_model
 from ..rundir import RunDir
 from .aggregate import Rejection, fedavg, screen_replies
 from .budget_server import BudgetServer
@@ -92,6 +93,27 @@ class PruningServer:
         self.outcome = RoundOutcome()
         self.t0 = time.perf_counter()
         self.seconds_before = 0.0
+
+    @classmethod
+    def for_data(cls, cfg: ExperimentConfig, data: FederatedData, *,
+                 run_dir: Path | str | None = None,
+                 on_round: Callable[[RoundRecord], None] | None = None) -> PruningServer:
+        """The server of ``cfg`` over ``data``, with the seeded initial model: what every
+        engine starts from (the clients sampled are ``data``'s, with their validation splits
+        and sizes; the test split is evaluated centrally)."""
+        if cfg.fed.clients_per_round > len(data.clients):
+            raise ConfigError(f"fed.clients_per_round = {cfg.fed.clients_per_round} but the "
+                              f"data give only {len(data.clients)} clients: lower "
+                              "fed.clients_per_round")
+        c, h, _ = data.input_shape
+        model, spec = new_model(cfg.model.name, num_classes=data.num_classes, in_channels=c,
+                                image_size=h, widths=cfg.model.widths, seed=cfg.seed)
+        return cls(cfg, model, spec, num_clients=len(data.clients),
+                   has_validation=[cl.val_y is not None and len(cl.val_y) > 0
+                                   for cl in data.clients],
+                   test_x=data.test_x, test_y=data.test_y,
+                   max_client_size=max(len(cl) for cl in data.clients), run_dir=run_dir,
+                   on_round=on_round)
 
     # ------------------------------------------------------------------ run
 
@@ -234,9 +256,9 @@ class PruningServer:
         """Continue from the run directory's checkpoint; its later round records are dropped."""
         assert self.run_dir is not None
         rd = self.run_dir
-        self.spec, self.model, done, state = rd.load_checkpoint(with_state=True)
+        self.spec, self.model, done, state, snapshot = rd.load_resume_point()
         try:
-            self.pruner.restore_entries(state, rd.load_snapshot())
+            self.pruner.restore_entries(state, snapshot)
         except (KeyError, ValueError) as exc:
             raise ValueError(f"checkpoint in {rd.path}: {exc}") from None
         self.sample_rng.bit_generator.state = state["sample_rng"]

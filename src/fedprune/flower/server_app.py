@@ -29,7 +29,6 @@ from ..config import ConfigError, ExperimentConfig
 from ..data import load_federated
 from ..federated.server import PruningServer
 from ..metrics import RoundRecord, plot_run
-from ..models import new_model
 from ..rundir import RunDir
 from .nodes import NodeDirectory, wait_for_nodes
 from .run_config import FlowerSettings, parse_run_config
@@ -88,20 +87,11 @@ def run_server(
         torch.set_num_threads(cfg.threads)
     out = _out_dir(settings, cfg)
     data = load_federated(cfg.data, cfg.seed)
-    c, h, _ = data.input_shape
-    model, spec = new_model(cfg.model.name, num_classes=data.num_classes, in_channels=c,
-                            image_size=h, widths=cfg.model.widths, seed=cfg.seed)
     if out is None:
         logger.warning("out-dir is not set: no rounds.jsonl / summary.json are written")
     # the ServerApp loads the same partitions as the ClientApps (for the test split and the
-    # plausible sample counts), so budget mode's guard draws from the clients with a
-    # validation split exactly as the in-process loop does
-    server = PruningServer(cfg, model, spec, num_clients=n,
-                           has_validation=[cl.val_y is not None and len(cl.val_y) > 0
-                                           for cl in data.clients],
-                           test_x=data.test_x, test_y=data.test_y,
-                           max_client_size=max(len(cl) for cl in data.clients), run_dir=out,
-                           on_round=on_round)
+    # plausible sample counts), so it builds the server exactly as the in-process loop does
+    server = PruningServer.for_data(cfg, data, run_dir=out, on_round=on_round)
     nodes = NodeDirectory(cfg, query_timeout=settings.round_timeout,
                           simulation=is_simulation(grid) if simulation is None else simulation)
     strategy = PruningFedAvg(server, nodes, query_timeout=settings.round_timeout)
@@ -156,14 +146,12 @@ def _out_dir(settings: FlowerSettings, cfg: ExperimentConfig) -> Path | None:
     if rd.written_by() == "in-process":
         raise ConfigError(f"resume = true but out-dir {out} holds a run of the in-process "
                           f"loop: resume it with fedprune run --resume {out}")
-    try:  # compared by resolved values, as fedprune run --resume and reproduce do
-        recorded = rd.read_config().to_dict()
+    try:  # compared by resolved values, as reproduce does
+        differences = rd.config_differences(cfg)
     except ValueError as exc:
         raise ConfigError(f"resume = true but {rd.config_file} cannot be read: {exc}") from None
-    current = cfg.to_dict()
-    if recorded != current:
-        differ = sorted(k for k in set(recorded) | set(current)
-                        if recorded.get(k) != current.get(k))
+    if differences:
+        sections = sorted({key.split(".")[0] for key, _, _ in differences})
         raise ConfigError(f"resume = true but the run config differs from {rd.config_file} "
-                          f"(section {', '.join(differ)}): resume with the run's own settings")
+                          f"(section {', '.join(sections)}): resume with the run's own settings")
     return out

@@ -65,7 +65,7 @@ class RoundRecord:
         return json.dumps(self.to_dict(), separators=(",", ":"))
 
 
-def _atomic_write_json(path: Path, obj: Any, **dump_kwargs: Any) -> None:
+def atomic_write_json(path: Path, obj: Any, **dump_kwargs: Any) -> None:
     """Write ``obj`` as JSON to ``path`` atomically (tmp file in same dir + os.replace)."""
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -100,13 +100,13 @@ class Recorder:
     def write_summary(self, summary: dict[str, Any]) -> Path:
         """Atomically write ``summary.json`` (indent=2, sorted keys, str() fallback); return path."""
         path = self.run_dir / SUMMARY_FILE
-        _atomic_write_json(path, summary, indent=2, sort_keys=True, default=str)
+        atomic_write_json(path, summary, indent=2, sort_keys=True, default=str)
         return path
 
     def write_config(self, config_dict: dict[str, Any]) -> Path:
         """Atomically write ``config.json`` (indent=2, sorted keys, str() fallback); return path."""
         path = self.run_dir / CONFIG_FILE
-        _atomic_write_json(path, config_dict, indent=2, sort_keys=True, default=str)
+        atomic_write_json(path, config_dict, indent=2, sort_keys=True, default=str)
         return path
 
 

@@ -52,22 +52,9 @@ SUITE_LOG = "suite.json"
 STATES = {"finished": "done", "resumable": "resume", "fresh": "fresh"}
 
 
-def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(cfg, sort_keys=True))
-
-
-def _differences(stored: dict[str, Any], planned: dict[str, Any], limit: int = 3) -> str:
+def _differences(differences: list[tuple[str, Any, Any]], limit: int = 3) -> str:
     """``key: stored there, planned`` for the first few (dotted) keys that differ."""
-    out: list[str] = []
-
-    def walk(a: Any, b: Any, key: str) -> None:
-        if isinstance(a, dict) and isinstance(b, dict):
-            for k in sorted(set(a) | set(b)):
-                walk(a.get(k), b.get(k), f"{key}.{k}" if key else k)
-        elif a != b:
-            out.append(f"{key}: {json.dumps(a)} there, {json.dumps(b)} planned")
-
-    walk(stored, planned, "")
+    out = [f"{key}: {json.dumps(a)} there, {json.dumps(b)} planned" for key, a, b in differences]
     more = f" and {len(out) - limit} more" if len(out) > limit else ""
     return "; ".join(out[:limit]) + more
 
@@ -84,16 +71,15 @@ def check_same_config(run: PlannedRun) -> None:
     if not rd.config_file.exists():
         return
     try:
-        stored = _comparable(rd.read_config().to_dict())
+        differences = rd.config_differences(run.config)
     except ValueError as exc:  # unreadable JSON, or ConfigError: a key or value not valid now
         raise ValueError(
             f"{rd.path} holds a run whose configuration cannot be read ({exc}): choose another "
             "--out, or remove that folder") from None
-    planned = _comparable(run.config.to_dict())
-    if stored != planned:
+    if differences:
         raise ValueError(
             f"{rd.path} holds a run of another configuration (its {rd.config_file.name} differs "
-            f"from the suite's in {_differences(stored, planned)}): choose another --out, or "
+            f"from the suite's in {_differences(differences)}): choose another --out, or "
             "remove that folder")
 
 
