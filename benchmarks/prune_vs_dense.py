@@ -1,8 +1,9 @@
 """Pruned vs dense FedAvg on the embedded default data, over several seeds.
 
 Runs the default configuration with pruning on and off (``prune.enabled=false``), same seeds,
-rounds and clients, and prints per-seed figures, means and the targets of the core issue:
->= 85 % fewer params and FLOPs, and mean final accuracy within 1.5 points of dense.
+rounds, clients and validation split, and prints per-seed figures, means, and whether the
+pruned runs' mean final accuracy is within ``prune.max_accuracy_drop`` (1 point) of dense.
+The automatic method decides the size from the data, so the size is reported, not checked.
 
     python benchmarks/prune_vs_dense.py --seeds 0 1 2 [--jobs 2] [--set key=value ...]
 """
@@ -73,16 +74,17 @@ def report(args: argparse.Namespace, out: Path) -> int:
     sd = statistics.stdev if len(args.seeds) > 1 else (lambda _: 0.0)
     print(f"mean dense accuracy  {statistics.mean(acc_d):.4f} +- {sd(acc_d):.4f}")
     print(f"mean pruned accuracy {statistics.mean(acc_p):.4f} +- {sd(acc_p):.4f}")
-    print(f"accuracy gap (dense - pruned) {gap:.2f} points (target <= 1.5)")
-    print(f"min params cut {min(pcut):.1%}, min FLOPs cut {min(fcut):.1%} (target >= 85%)")
+    print(f"accuracy gap (dense - pruned) {gap:.2f} points (target <= 1.0)")
+    print(f"params cut {statistics.mean(pcut):.1%} (min {min(pcut):.1%}), FLOPs cut "
+          f"{statistics.mean(fcut):.1%} (min {min(fcut):.1%})")
     print(f"mean bytes ratio dense/pruned {statistics.mean(bratio):.2f}x")
     if args.plot is not None:
         from fedprune.metrics import plot_overview
 
         s0 = args.seeds[0]
         print("plot:", plot_overview(out / f"pruned-seed{s0}", out / f"dense-seed{s0}", args.plot))
-    ok = gap <= 1.5 and min(pcut) >= 0.85 and min(fcut) >= 0.85
-    print("targets met" if ok else "targets NOT met")
+    ok = gap <= 1.0
+    print("target met" if ok else "target NOT met")
     return 0 if ok else 1
 
 

@@ -20,3 +20,18 @@ def fashion_mnist_dir(tmp_path_factory):
     y = rng.permutation(np.arange(700) % 10).astype(np.uint8)
     return write_idx(tmp_path_factory.mktemp("fashion-mnist"), (x[:600], y[:600]),
                      (x[600:], y[600:]))
+
+
+@pytest.fixture
+def no_default_fashion(tmp_path, monkeypatch):
+    """Fashion-MNIST's default folder made one that does not exist, and no $FEDPRUNE_*: the
+    plan then depends on nothing installed on the machine."""
+    from fedprune.data.registry import SPECS
+
+    spec = SPECS["fashion-mnist"]
+    absent = tmp_path / "not-installed" / "fashion-mnist"
+    monkeypatch.setitem(SPECS, "fashion-mnist",
+                        type(spec)(**{**spec.__dict__, "default_path": str(absent)}))
+    for var in ("FEDPRUNE_FEMNIST", "FEDPRUNE_CELEBA", "FEDPRUNE_FASHION_MNIST"):
+        monkeypatch.delenv(var, raising=False)
+    return absent

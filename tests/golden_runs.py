@@ -25,14 +25,20 @@ GOLDEN_DIR = HERE / "golden"
 VOLATILE = {"seconds"}  # wall times: the only figures that may differ between two runs
 
 SHORT = ["fed.rounds=12", "train.local_epochs=1"]  # the default digits run, shortened
+# the boundary rule and the fixed ratio as they were the defaults: no validation split
+NO_VAL = ["data.val_fraction=0.0"]
 SCENARIOS: dict[str, list[str]] = {
     "default": SHORT,
+    "boundary": SHORT + NO_VAL + ["prune.method=boundary"],
     "budget": SHORT + ["budget.params_fraction=0.3", "data.val_fraction=0.2",
                        "budget.guard_recovery_rounds=1"],
-    "ratio": SHORT + ["prune.method=ratio", "prune.ratio=0.3"],
+    "ratio": SHORT + NO_VAL + ["prune.method=ratio", "prune.ratio=0.3"],
     "flower": SHORT + ["data.num_clients=4", "fed.clients_per_round=3",
                        "budget.params_fraction=0.3", "data.val_fraction=0.2",
                        "budget.guard_recovery_rounds=1", "budget.guard_clients=3"],
+    # the automatic method through the Flower app: candidate and reference in the messages
+    "flower-auto": SHORT + ["data.num_clients=4", "fed.clients_per_round=3",
+                            "data.val_fraction=0.2", "prune.val_clients=3"],
 }
 RESUME_AFTER = {"resumed": ("default", 7)}  # killed after round 7, then resumed
 
@@ -80,7 +86,7 @@ def run_scenario(name: str, out: Path) -> dict[str, Any]:
         run_simulation(cfg, out, resume=True)
         return fingerprint(out)
     cfg = load_config(None, SCENARIOS[name])
-    if name == "flower":
+    if name.startswith("flower"):
         from fedprune.flower.client_app import client_app
         from fedprune.flower.grid import LocalGrid
         from fedprune.flower.run_config import experiment_to_run_config

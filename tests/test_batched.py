@@ -145,8 +145,8 @@ def test_the_loop_gives_the_same_run_with_either_engine(tmp_path):
         "threads": 1, "data": {"num_clients": 6}, "model": {"widths": [6, 10]},
         "train": {"local_epochs": 2},
         "fed": {"rounds": 5, "clients_per_round": 4, "eval_every": 1},
-        "prune": {"start_round": 2, "max_prune_round": 4, "interval": 1, "k": 0.5,
-                  "max_fraction": 0.5},
+        "prune": {"method": "boundary", "start_round": 2, "max_prune_round": 4, "interval": 1,
+                  "k": 0.5, "max_fraction": 0.5},
     }
     runs = {}
     for engine in ("per_client", "batched"):

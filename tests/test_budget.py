@@ -106,7 +106,7 @@ def test_latency_table_interpolates_on_flops_and_rejects_bad_files(tmp_path):
 
 def test_config_rejects_a_guard_without_validation_data_and_non_rule_methods():
     with pytest.raises(ConfigError, match="data.val_fraction"):
-        from_dict({"budget": {"params_fraction": 0.1}})
+        from_dict({"budget": {"params_fraction": 0.1}, "data": {"val_fraction": 0.0}})
     with pytest.raises(ConfigError, match="prune.method = 'auto'"):
         from_dict({"budget": {"params_fraction": 0.1, "guard": False},
                    "prune": {"method": "ratio"}})

@@ -16,7 +16,7 @@ TINY_RUN = [
     "--set", "data.num_clients=5", "--set", "train.local_epochs=1",
     "--set", "prune.start_round=2", "--set", "prune.max_prune_round=3",
     "--set", "prune.interval=1", "--set", "prune.k=0.5", "--set", "fed.eval_every=2",
-    "--set", "threads=1", "--no-progress",
+    "--set", "prune.method=boundary", "--set", "threads=1", "--no-progress",
 ]
 
 
@@ -265,7 +265,8 @@ TINY_BUDGET = [
     "--set", "train.local_epochs=1", "--set", "model.widths=[8,16]",
     "--set", "prune.start_round=2", "--set", "prune.max_prune_round=3",
     "--set", "prune.interval=1", "--set", "prune.max_fraction=0.4",
-    "--set", "budget.guard=false", "--set", "threads=1", "--no-progress", "--no-plots",
+    "--set", "budget.guard=false", "--set", "data.val_fraction=0", "--set", "threads=1",
+    "--no-progress", "--no-plots",
 ]
 
 

@@ -29,8 +29,13 @@ def test_defaults_build_and_match_dataclass_defaults() -> None:
     assert cfg == ExperimentConfig() and cfg.model.widths is None
     assert (cfg.seed, cfg.data.name, cfg.model.name) == (0, "digits", "cnn_femnist")
     assert (cfg.fed.rounds, cfg.fed.clients_per_round, cfg.data.num_clients) == (100, 10, 20)
-    assert (cfg.prune.k, cfg.prune.start_round, cfg.prune.max_prune_round) == (0.75, 30, 40)
+    # the automatic method: candidates from round 30, trained 2 rounds each, until round 60
+    assert (cfg.prune.method, cfg.prune.start_round, cfg.prune.max_prune_round) == (
+        "auto", 30, 60)
+    assert (cfg.prune.max_accuracy_drop, cfg.data.val_fraction) == (0.01, 0.1)
     assert (cfg.prune.interval, cfg.threads, cfg.data.partition) == (2, 1, "dirichlet")
+    boundary = load_config(None, ["prune.method=boundary"]).prune
+    assert (boundary.k, boundary.start_round, boundary.max_prune_round) == (0.75, 30, 40)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.seed = 3  # type: ignore[misc]
 
@@ -208,15 +213,20 @@ def test_to_dict_round_trips_through_from_dict() -> None:
 
 
 
+B = ["prune.method=boundary"]
+
+
 @pytest.mark.parametrize(("sets", "window"), [
-    ([], (30, 40, 2)),  # the default 100 rounds
-    (["fed.rounds=3"], (1, 6, 1)),  # a short run still prunes from round 1
-    (["fed.rounds=20"], (6, 11, 1)),
-    (["fed.rounds=200"], (60, 70, 2)),
+    ([], (30, 60, 2)),  # the default 100 rounds, automatic method: candidates up to 60 %
+    (["fed.rounds=20"], (6, 12, 1)),
+    (B, (30, 40, 2)),  # the boundary rule: six tries
+    (B + ["fed.rounds=3"], (1, 6, 1)),  # a short run still prunes from round 1
+    (B + ["fed.rounds=20"], (6, 11, 1)),
+    (B + ["fed.rounds=200"], (60, 70, 2)),
     (["budget.params_fraction=0.1", "budget.guard=false"], (30, 80, 2)),  # budget: to 80 %
-    (["prune.start_round=10"], (10, 40, 2)),  # explicit keys win
-    (["prune.max_prune_round=10"], (10, 10, 2)),  # the automatic start moves to fit
-    (["prune.interval=3"], (30, 40, 3)),
+    (B + ["prune.start_round=10"], (10, 40, 2)),  # explicit keys win
+    (B + ["prune.max_prune_round=10"], (10, 10, 2)),  # the automatic start moves to fit
+    (B + ["prune.interval=3"], (30, 40, 3)),
 ])
 def test_the_pruning_window_follows_the_rounds(sets: list[str],
                                                 window: tuple[int, int, int]) -> None:

@@ -127,7 +127,7 @@ def test_iid_rejects_more_clients_than_samples() -> None:
 
 @pytest.fixture(scope="module")
 def digits() -> FederatedData:
-    return load_federated(DataConfig(), seed=0)
+    return load_federated(DataConfig(val_fraction=0.0), seed=0)
 
 
 def test_digits_split_sizes_and_stratified_test(digits: FederatedData) -> None:
@@ -155,8 +155,8 @@ def test_digits_tensors_shape_dtype_and_scale(digits: FederatedData) -> None:
 
 
 def test_digits_same_seed_gives_identical_clients(digits: FederatedData) -> None:
-    again = load_federated(DataConfig(), seed=0)
-    other = load_federated(DataConfig(), seed=1)
+    again = load_federated(DataConfig(val_fraction=0.0), seed=0)
+    other = load_federated(DataConfig(val_fraction=0.0), seed=1)
 
     assert len(again.clients) == len(digits.clients)
     for a, b in zip(digits.clients, again.clients, strict=True):
@@ -166,7 +166,7 @@ def test_digits_same_seed_gives_identical_clients(digits: FederatedData) -> None
 
 
 def test_digits_native_8x8_with_iid_partition() -> None:
-    cfg = DataConfig(image_size=8, partition="iid", num_clients=7, test_fraction=0.2)
+    cfg = DataConfig(val_fraction=0.0, image_size=8, partition="iid", num_clients=7, test_fraction=0.2)
 
     data = load_federated(cfg, seed=0)
 
@@ -179,7 +179,7 @@ def test_digits_native_8x8_with_iid_partition() -> None:
 
 def test_unknown_dataset_name_lists_known_datasets() -> None:
     with pytest.raises(ConfigError) as err:
-        load_federated(DataConfig(name="cifar10"), seed=0)
+        load_federated(DataConfig(val_fraction=0.0, name="cifar10"), seed=0)
 
     assert "'cifar10'" in str(err.value) and "digits" in str(err.value)
     assert "fashion-mnist" in str(err.value)
@@ -187,4 +187,4 @@ def test_unknown_dataset_name_lists_known_datasets() -> None:
 
 def test_named_dataset_without_files_says_which_path_it_needs() -> None:
     with pytest.raises(ValueError, match="data.name=mnist needs data.path"):
-        load_federated(DataConfig(name="mnist"), seed=0)
+        load_federated(DataConfig(val_fraction=0.0, name="mnist"), seed=0)

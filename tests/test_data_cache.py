@@ -28,6 +28,7 @@ def leaf(tmp_path: Path) -> Path:
 
 
 def _cfg(tmp_path: Path, leaf: Path, **kw) -> DataConfig:
+    kw.setdefault("val_fraction", 0.0)  # every sample in training unless a test asks
     return DataConfig(name="femnist", path=str(leaf), cache_dir=str(tmp_path / "cache"), **kw)
 
 

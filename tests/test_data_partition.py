@@ -93,7 +93,7 @@ def test_flwr_datasets_partitioners_cover_every_sample_once(kind: str) -> None:
 def test_flwr_backend_drives_load_federated() -> None:
     pytest.importorskip("flwr_datasets")
 
-    data = load_federated(DataConfig(partitioner="flwr", num_clients=5), seed=0)
+    data = load_federated(DataConfig(val_fraction=0.0, partitioner="flwr", num_clients=5), seed=0)
 
     assert len(data.clients) == 5 and sum(len(c) for c in data.clients) == 1797 - 359
 
@@ -108,6 +108,7 @@ def leaf(tmp_path: Path) -> Path:
 
 
 def _load(tmp_path: Path, leaf: Path, seed: int = 0, **kw):
+    kw.setdefault("val_fraction", 0.0)
     return load_federated(DataConfig(name="femnist", path=str(leaf),
                                      cache_dir=str(tmp_path / "c"), **kw), seed=seed)
 
@@ -149,7 +150,7 @@ def test_natural_selection_is_seeded(tmp_path: Path, leaf: Path) -> None:
 
 
 def test_digits_validation_split_leaves_default_streams_alone() -> None:
-    base = load_federated(DataConfig(), seed=0)
+    base = load_federated(DataConfig(val_fraction=0.0), seed=0)
     val = load_federated(DataConfig(val_fraction=0.1), seed=0)
 
     for a, b in zip(base.clients, val.clients, strict=True):

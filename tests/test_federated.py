@@ -50,8 +50,8 @@ def _tiny_cfg(**over):
         "model": {"name": "cnn_femnist", "widths": [8, 16]},
         "train": {"local_epochs": 1, "batch_size": 16},
         "fed": {"rounds": 6, "clients_per_round": 3, "eval_every": 3},
-        "prune": {"start_round": 2, "max_prune_round": 5, "interval": 1, "k": 0.5,
-                  "max_fraction": 0.5},
+        "prune": {"method": "boundary", "start_round": 2, "max_prune_round": 5, "interval": 1,
+                  "k": 0.5, "max_fraction": 0.5},
     }
     for key, value in over.items():
         base.setdefault(key, {}).update(value)
@@ -125,7 +125,8 @@ def test_a_run_shorter_than_the_default_window_still_prunes():
     # no prune.* window keys: the window follows fed.rounds (3 rounds: tries from round 1)
     cfg = from_dict({"data": {"num_clients": 6}, "model": {"widths": [8, 16]},
                      "train": {"local_epochs": 1, "batch_size": 16},
-                     "fed": {"rounds": 3, "clients_per_round": 3, "eval_every": 3}})
+                     "fed": {"rounds": 3, "clients_per_round": 3, "eval_every": 3},
+                     "prune": {"method": "boundary"}})
     assert (cfg.prune.start_round, cfg.prune.interval) == (1, 1)
     s = run_simulation(cfg, data=_synthetic_data()).summary
     assert s["prune_steps"] >= 1 and s["params_final"] < s["params_initial"]
@@ -173,7 +174,7 @@ def test_pruning_on_digits_does_not_collapse_to_chance():
         "threads": 1,
         "fed": {"rounds": 40, "eval_every": 5},
         "train": {"local_epochs": 2},
-        "prune": {"start_round": 10, "max_prune_round": 20},
+        "prune": {"method": "boundary", "start_round": 10, "max_prune_round": 20},
     })
     res = run_simulation(cfg)
     s = res.summary

@@ -54,8 +54,8 @@ TINY = {
     "model": {"widths": [4, 8]},
     "train": {"local_epochs": 1},
     "fed": {"rounds": 3, "clients_per_round": 3, "eval_every": 1},
-    "prune": {"start_round": 1, "max_prune_round": 3, "interval": 1, "k": 0.5,
-              "max_fraction": 0.5},
+    "prune": {"method": "boundary", "start_round": 1, "max_prune_round": 3, "interval": 1,
+              "k": 0.5, "max_fraction": 0.5},
 }
 
 
@@ -175,8 +175,9 @@ def test_format_run_config_is_what_flwr_parses():
 # ----------------------------------------------------------------------------- strategy
 
 
-@pytest.mark.parametrize("prune", [{}, {"method": "ratio", "ratio": 0.3}],
-                         ids=["boundary-rule", "ratio"])
+@pytest.mark.parametrize("prune", [{}, {"method": "ratio", "ratio": 0.3},
+                                   {"method": "auto", "max_accuracy_drop": 1.0}],
+                         ids=["boundary-rule", "ratio", "auto"])
 def test_local_grid_run_matches_the_in_process_loop_exactly(tmp_path, prune):
     # ClientApps train one client each: compare with the loop's one-by-one engine, bit for bit
     # (the batched engine agrees to float rounding: tests/test_batched.py).
@@ -189,7 +190,10 @@ def test_local_grid_run_matches_the_in_process_loop_exactly(tmp_path, prune):
         if key != "seconds":
             assert summary[key] == value, key
     assert summary["replies_per_round"] == [3, 3, 3]
-    assert summary["arch_version"] == summary["prune_steps"] == 3
+    # auto: candidates cut after rounds 1 and 2, each trained one round beside the model and
+    # kept (any cost is within a drop of 1.0); the ClientApps trained both
+    assert summary["arch_version"] == summary["prune_steps"] == (
+        2 if prune.get("method") == "auto" else 3)
     rows_loop, rows_fl = read_rounds(tmp_path / "loop"), read_rounds(tmp_path / "flower")
     for a, b in zip(rows_loop, rows_fl, strict=True):
         for key in a:

@@ -36,8 +36,8 @@ CFG = from_dict({
     "model": {"widths": [4, 8]},
     "train": {"local_epochs": 1, "engine": "per_client"},  # ClientApps train one by one
     "fed": {"rounds": 3, "clients_per_round": 3, "eval_every": 1},
-    "prune": {"start_round": 1, "max_prune_round": 3, "interval": 1, "k": 0.5,
-              "max_fraction": 0.5},
+    "prune": {"method": "boundary", "start_round": 1, "max_prune_round": 3, "interval": 1,
+              "k": 0.5, "max_fraction": 0.5},
 })
 RUN_TIMEOUT = 300  # seconds for one `flwr run`, SuperLink start-up excluded
 

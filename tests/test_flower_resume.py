@@ -32,7 +32,8 @@ CFG = from_dict({
     "threads": 1, "data": {"num_clients": 4, "val_fraction": 0.2},
     "model": {"widths": [8, 16]}, "train": {"local_epochs": 1},
     "fed": {"rounds": 10, "clients_per_round": 3, "eval_every": 2},
-    "prune": {"start_round": 2, "max_prune_round": 9, "interval": 1, "max_fraction": 0.4},
+    "prune": {"method": "boundary", "start_round": 2, "max_prune_round": 9, "interval": 1,
+              "max_fraction": 0.4},
     "budget": {"params_fraction": 0.3, "guard_recovery_rounds": 2, "guard_tolerance": 1.0,
                "guard_clients": 3},
 })
@@ -67,6 +68,35 @@ def test_budget_run_resumes_bit_identically_with_a_pending_candidate(uninterrupt
     assert summary["status"] == "completed"
     assert fingerprint(cut) == fingerprint(uninterrupted)
     assert [r["round"] for r in read_rounds(cut)] == list(range(1, CFG.fed.rounds + 1))
+
+
+AUTO = from_dict({
+    "threads": 1, "data": {"num_clients": 4, "val_fraction": 0.2},
+    "model": {"widths": [8, 16]}, "train": {"local_epochs": 1},
+    "fed": {"rounds": 8, "clients_per_round": 3, "eval_every": 2},
+    "prune": {"start_round": 2, "interval": 2, "max_accuracy_drop": 1.0, "val_clients": 3},
+})
+
+
+def test_automatic_run_killed_with_a_candidate_and_a_reference_resumes_bit_identically(
+        tmp_path):
+    def rc(out, **flower):
+        return {**experiment_to_run_config(AUTO), "out-dir": str(out), "plots": False,
+                **flower}
+
+    full = tmp_path / "full"
+    run_server(_grid(), rc(full))
+    rows = read_rounds(full)
+    # round 5: the cut of round 4 is being trained beside the kept one and the reference
+    assert rows[3]["auto"]["judged"]["decision"] == "accept"
+    assert rows[4]["auto"]["status"] == "trial"
+    cut = tmp_path / "cut"
+    with pytest.raises(Stop):
+        run_server(_grid(), rc(cut), on_round=stop_after(5))
+
+    run_server(_grid(), rc(cut, resume=True))
+
+    assert fingerprint(cut) == fingerprint(full)
 
 
 def test_resume_refuses_a_finished_run_another_config_and_an_empty_dir(uninterrupted, tmp_path):

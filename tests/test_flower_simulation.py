@@ -38,8 +38,8 @@ CFG = from_dict({
     # are bit-identical; the batched engine agrees only to float rounding (test_batched.py)
     "train": {"local_epochs": 2, "lr": 0.02, "engine": "per_client"},
     "fed": {"rounds": 5, "clients_per_round": 3, "eval_every": 1},
-    "prune": {"start_round": 2, "max_prune_round": 5, "interval": 1, "k": 0.5,
-              "max_fraction": 0.3},
+    "prune": {"method": "boundary", "start_round": 2, "max_prune_round": 5, "interval": 1,
+              "k": 0.5, "max_fraction": 0.3},
 })
 
 

@@ -33,6 +33,7 @@ from fedprune.data.tfexample import encode_example, parse_example
 
 def _cfg(tmp_path: Path, **kw) -> DataConfig:
     kw.setdefault("cache_dir", str(tmp_path / "cache"))
+    kw.setdefault("val_fraction", 0.0)  # every sample in training unless a test asks
     return DataConfig(**kw)
 
 

@@ -117,17 +117,6 @@ def test_loop_runs_the_ratio_method_one_shot():
 # ---------------------------------------------------------------- suite planning
 
 
-@pytest.fixture
-def no_default_fashion(tmp_path, monkeypatch):
-    """Fashion-MNIST's default folder made one that does not exist, and no $FEDPRUNE_*: the
-    plan then depends on nothing installed on the machine."""
-    spec = SPECS["fashion-mnist"]
-    absent = tmp_path / "not-installed" / "fashion-mnist"
-    monkeypatch.setitem(SPECS, "fashion-mnist",
-                        type(spec)(**{**spec.__dict__, "default_path": str(absent)}))
-    for var in ("FEDPRUNE_FEMNIST", "FEDPRUNE_CELEBA", "FEDPRUNE_FASHION_MNIST"):
-        monkeypatch.delenv(var, raising=False)
-    return absent
 
 
 def test_quick_suite_plan_equal_settings_across_methods(tmp_path, fashion_mnist_dir,

@@ -18,8 +18,8 @@ def _cfg():
         "threads": 1, "data": {"num_clients": 6},
         "model": {"widths": [8, 16]}, "train": {"local_epochs": 1},
         "fed": {"rounds": 7, "clients_per_round": 3, "eval_every": 2},
-        "prune": {"start_round": 2, "max_prune_round": 6, "interval": 1, "k": 0.5,
-                  "max_fraction": 0.3},
+        "prune": {"method": "boundary", "start_round": 2, "max_prune_round": 6, "interval": 1,
+                  "k": 0.5, "max_fraction": 0.3},
     })
 
 

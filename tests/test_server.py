@@ -24,8 +24,8 @@ CFG = from_dict({
     "threads": 1, "data": {"num_clients": 4}, "model": {"widths": [8, 16]},
     "train": {"local_epochs": 1},
     "fed": {"rounds": 4, "clients_per_round": 3, "eval_every": 2, "min_replies": 2},
-    "prune": {"start_round": 1, "max_prune_round": 4, "interval": 1, "k": 0.5,
-              "max_fraction": 0.4},
+    "prune": {"method": "boundary", "start_round": 1, "max_prune_round": 4, "interval": 1,
+              "k": 0.5, "max_fraction": 0.4},
 })
 
 

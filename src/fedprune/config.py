@@ -47,6 +47,14 @@ def default_budget_deadline(rounds: int) -> int:
     return max(last, round(0.8 * rounds))
 
 
+def default_auto_deadline(rounds: int) -> int:
+    """The last round a candidate cut may start in with ``prune.method = "auto"`` when
+    ``prune.max_prune_round`` is automatic: 60 % of the rounds (round 60 of 100), so that
+    the final architecture trains for at least 40 % of the run."""
+    _, last, _ = default_window(rounds)
+    return max(last, round(0.6 * rounds))
+
+
 def _check(ok: bool, key: str, allowed: str, value: Any) -> None:
     if not ok:
         raise ConfigError(f"{key} = {value!r} is out of range: allowed {allowed}")
@@ -78,7 +86,10 @@ class DataConfig:
     alpha: float = 0.5  # Dirichlet concentration over labels; smaller = more non-IID
     min_client_size: int = 10  # samples every client must get (re-drawn until it holds)
     test_fraction: float = 0.2  # held-out global test split when the files have none
-    val_fraction: float = 0.0  # per-client validation share of each client's samples
+    # per-client validation share of each client's samples: what the automatic pruning
+    # method (prune.method = "auto") and budget mode's guard validate on, on the clients;
+    # held out from training whatever the method, so that methods compare on equal data
+    val_fraction: float = 0.1
     max_test_samples: int = 0  # cap on the global test set (seeded draw); 0 = all of it
     image_size: int = 28  # digits (8x8) are resized to this, so CNN-FEMNIST applies
     cache: Literal["auto", "rebuild", "off"] = "auto"  # prepared-data cache (memory-mapped)
@@ -166,27 +177,54 @@ class FedConfig:
 @dataclass(frozen=True)
 class PruneConfig:
     enabled: bool = True  # false = the dense FedAvg baseline, everything else equal
+    # k, mode, max_fraction and patience: method "boundary" (and budget mode)
     k: float = 0.75  # boundary half-width in standard deviations of the layer's L1 scores
     mode: Literal["both", "low"] = "low"  # "both" = the paper's rule (also cuts strong filters)
     min_channels: int = 1  # fewest channels a prunable group may keep
     max_fraction: float = 0.2  # most of a group's channels one step may remove
     # The pruning window; 0 = automatic from fed.rounds (config.default_window): at the
-    # default 100 rounds, rounds 30 to 40 every 2 rounds, and in budget mode up to round 80.
+    # default 100 rounds, from round 30 every 2 rounds, up to round 60 with method "auto",
+    # 40 with "boundary" and "ratio", and 80 in budget mode.
     start_round: int = 0  # warm-up: cutting an untrained net kills it (paper: round 1)
     max_prune_round: int = 0  # last round pruning may happen (paper: 50 or 100)
     patience: int = 3  # stop after this many tried rounds in a row without a params drop
-    interval: int = 0  # try the rule every N rounds (N-1 recovery rounds between cuts)
+    # try the rule every N rounds (N-1 recovery rounds between cuts); method "auto": a
+    # candidate trains N rounds beside the current model before it is judged
+    interval: int = 0
     reinit: bool = False  # true = re-initialise survivors after each cut (the paper's code)
-    # "auto" = the boundary rule above; "ratio" = the fixed-ratio L1 baseline: each tried
-    # round removes floor(ratio * channels) lowest-L1 filters of every layer (k, mode and
-    # max_fraction unused); one-shot when max_prune_round == start_round
-    method: Literal["auto", "ratio"] = "auto"
+    # "auto" = fedprune's automatic method: each cut is a candidate the sampled clients train
+    # alongside the current model for prune.interval rounds; both are then validated on the
+    # clients' validation splits, and the cut is kept while the measured accuracy cost of all
+    # kept cuts stays within max_accuracy_drop (fedprune.federated.auto_server).
+    # "boundary" = the mean +- k*std rule on a fixed schedule (k, mode, max_fraction,
+    # patience; the paper's rule with mode "both"); "ratio" = the fixed-ratio L1 baseline:
+    # each tried round removes floor(ratio * channels) lowest-L1 filters of every layer
+    # (k, mode and max_fraction unused); one-shot when max_prune_round == start_round
+    method: Literal["auto", "boundary", "ratio"] = "auto"
     ratio: float = 0.5  # fraction of each layer's filters the ratio method removes per step
+    # method "auto": the largest drop in validation accuracy (a fraction: 0.01 = 1 point)
+    # that the kept cuts together may cost, as measured by paired federated validation
+    max_accuracy_drop: float = 0.01
+    # method "auto": a cut is kept only if the kept cuts' summed cost plus this many
+    # standard errors of it (from the clients' paired differences) fits max_accuracy_drop
+    confidence_z: float = 2.0
+    step: float = 0.2  # method "auto": share of each layer's filters the first cut removes
+    min_step: float = 0.05  # method "auto": a rejected cut halves the step; below this, stop
+    val_clients: int = 50  # clients that validate a candidate (all, if fewer hold a split)
 
     def __post_init__(self) -> None:
         _check(self.k >= 0, "prune.k", ">= 0", self.k)
-        _check(self.method in ("auto", "ratio"), "prune.method", "'auto' or 'ratio'",
-               self.method)
+        _check(self.method in ("auto", "boundary", "ratio"), "prune.method",
+               "'auto', 'boundary' or 'ratio'", self.method)
+        _check(0 <= self.max_accuracy_drop <= 1, "prune.max_accuracy_drop", "in [0, 1]",
+               self.max_accuracy_drop)
+        _check(0 <= self.confidence_z <= 10, "prune.confidence_z", "in [0, 10]",
+               self.confidence_z)
+        _check(0 < self.step < 1, "prune.step", "in (0, 1)", self.step)
+        _check(0 < self.min_step <= self.step, "prune.min_step",
+               f"in (0, prune.step ({self.step})]", self.min_step)
+        _check(self.val_clients >= 2, "prune.val_clients",
+               ">= 2 (the cost's standard error needs two clients)", self.val_clients)
         _check(0 < self.ratio < 1, "prune.ratio", "in (0, 1)", self.ratio)
         _check(self.mode in ("both", "low"), "prune.mode", "'both' or 'low'", self.mode)
         _check(self.min_channels >= 1, "prune.min_channels", ">= 1", self.min_channels)
@@ -278,8 +316,12 @@ class ExperimentConfig:
         _check(self.seed >= 0, "seed", ">= 0", self.seed)
         self._resolve_window()
         if self.budget.active:
-            _check(self.prune.enabled and self.prune.method == "auto", "budget",
-                   "only with prune.enabled = true and prune.method = 'auto'",
+            if self.prune.method == "auto":  # budget mode's cuts are the boundary rule's
+                object.__setattr__(self, "prune",
+                                   dataclasses.replace(self.prune, method="boundary"))
+            _check(self.prune.enabled and self.prune.method == "boundary", "budget",
+                   "only with prune.enabled = true and prune.method = 'auto' or 'boundary' "
+                   "(budget mode adapts the boundary rule's k)",
                    f"prune.enabled={self.prune.enabled}, prune.method={self.prune.method!r}")
             _check(not (self.budget.guard and self.data.val_fraction == 0), "budget.guard",
                    "false, or set data.val_fraction > 0 (e.g. 0.1) so that clients hold a "
@@ -295,6 +337,8 @@ class ExperimentConfig:
         start, last, interval = default_window(rounds)
         if self.budget.active:
             last = default_budget_deadline(rounds)
+        elif p.method == "auto":
+            last = default_auto_deadline(rounds)
         start = p.start_round or (min(start, p.max_prune_round) if p.max_prune_round
                                   else start)
         resolved = dataclasses.replace(p, start_round=start,
@@ -316,10 +360,11 @@ class ExperimentConfig:
 # The parser lives in its own module; its functions are part of this module's interface.
 # (``fedprune/__init__`` imports this module first, so the names above exist when
 # ``config_parse`` imports them.)
-from .config_parse import from_dict, load_config, merge, parse_overrides  # noqa: E402
+from .config_parse import from_dict, load_config, merge, parse_overrides
 
 __all__ = [
     "BudgetConfig", "ConfigError", "DataConfig", "ExperimentConfig", "FedConfig",
-    "ModelConfig", "PruneConfig", "TrainConfig", "default_budget_deadline", "default_window",
+    "ModelConfig", "PruneConfig", "TrainConfig", "default_auto_deadline",
+    "default_budget_deadline", "default_window",
     "from_dict", "load_config", "merge", "parse_overrides",
 ]

@@ -76,6 +76,9 @@ class BudgetServer:
         logger.info("budget mode: targets %s (the rule's floor: %s)", self.targets.to_dict(),
                     self.floor)
 
+    def trial(self) -> list[tuple[nn.Module, ModelSpec]]:
+        return []  # budget mode cuts the global model itself
+
     # ------------------------------------------------------------------ schedule
 
     def _tries(self, rnd: int) -> bool:
@@ -148,7 +151,7 @@ class BudgetServer:
         n_before = 0
         if bc.guard:
             clients = self._val_clients(rnd)
-            acc_before, n_before = validate(model, spec, clients)
+            acc_before, n_before = validate(model, spec, clients)[:2]
         snapshot = (spec, {k: v.detach().clone() for k, v in model.state_dict().items()})
         before = n_params(model)
         seed = seeds.pruning_seed(self.cfg.seed, rnd)
@@ -208,7 +211,7 @@ class BudgetServer:
                ) -> tuple[nn.Module, ModelSpec, bool, dict[str, Any]]:
         cut_round, acc_before = self.state.cut_round, self.state.acc_before
         n_before = self.state.n_before
-        acc_after, n_after = validate(model, spec, self.state.val_clients)
+        acc_after, n_after = validate(model, spec, self.state.val_clients)[:2]
         margin = B.guard_margin(self.cfg.budget, acc_before or 0.0, n_before, acc_after, n_after)
         self.state, ok = B.judge(self.cfg.budget, self.state, acc_after, n_after)
         verdict = {"decision": "accept" if ok else "rollback", "cut_round": cut_round,

@@ -25,6 +25,7 @@ from ..models import ModelSpec
 from ..rundir import CHECKPOINT_FILE, load_checkpoint, save_checkpoint  # noqa: F401
 from .batched import BatchedTrainer, ClientJob, batched_support
 from .client import PerClientTrainer, evaluate
+from .schedule import Validation
 from .server import PruningServer
 
 logger = logging.getLogger(__name__)
@@ -75,27 +76,45 @@ def run_simulation(
     trainer = make_trainer(server.model, cfg)
     logger.info("local training engine: %s", type(trainer).__name__)
 
-    def validate(net: nn.Module, _spec: ModelSpec, ids: list[int]) -> tuple[float, int]:
+    def validate(net: nn.Module, _spec: ModelSpec, ids: list[int]) -> Validation:
         """Federated validation: each client's accuracy on its own validation split."""
-        correct, total = 0.0, 0
+        correct, loss, total = 0.0, 0.0, 0
+        answers = []
         for cid in ids:
             cd = data.clients[cid]
-            acc, _ = evaluate(net, cd.val_x, cd.val_y)
+            if cd.val_y is None or len(cd.val_y) == 0:
+                continue
+            acc, lo = evaluate(net, cd.val_x, cd.val_y)
             correct += acc * len(cd.val_y)
+            loss += lo * len(cd.val_y)
             total += len(cd.val_y)
-        return correct / total, total
+            answers.append((cid, acc, len(cd.val_y)))
+        if total == 0:
+            return Validation(float("nan"), 0, float("nan"))
+        return Validation(correct / total, total, loss / total, tuple(answers))
 
+    def jobs_of(rnd: int, sampled: list[int]) -> list[ClientJob]:
+        return [ClientJob(data.clients[cid].x, data.clients[cid].y,
+                          seeds.batch_order(cfg.seed, rnd, cid)) for cid in sampled]
+
+    # trainers of the trial models (candidate, reference), built once per model
+    trial_trainers: list[tuple[nn.Module, BatchedTrainer | PerClientTrainer]] = []
     for rnd in range(server.rounds_done + 1, cfg.fed.rounds + 1):
         sampled = server.sample(rnd)
         bytes_down = server.bytes_down(len(sampled))
-        jobs = [ClientJob(data.clients[cid].x, data.clients[cid].y,
-                          seeds.batch_order(cfg.seed, rnd, cid)) for cid in sampled]
-        replies = [(s, n) for s, n, _ in trainer.train(server.model.state_dict(), jobs)]
-        server.aggregate(rnd, replies)
+        replies = [(s, n) for s, n, _ in trainer.train(server.model.state_dict(),
+                                                       jobs_of(rnd, sampled))]
+        trial = server.trial()  # trained on the same clients with the same batches
+        trial_trainers = [(m, next((t for m2, t in trial_trainers if m2 is m), None)
+                           or make_trainer(m, cfg)) for m, _ in trial]
+        trial_replies = [[s for s, _, _ in t.train(m.state_dict(), jobs_of(rnd, sampled))]
+                         for m, t in trial_trainers]
+        server.aggregate(rnd, replies, trial_replies=trial_replies)
         if server.after_aggregate(rnd, validate).changed:
             trainer = make_trainer(server.model, cfg)
-        server.finish_round(rnd, bytes_down=bytes_down,
-                            bytes_up=sum(payload_bytes(s) for s, _ in replies))
+        up = sum(payload_bytes(s) for s, _ in replies)
+        up += sum(payload_bytes(s) for copies in trial_replies for s in copies)
+        server.finish_round(rnd, bytes_down=bytes_down, bytes_up=up)
 
     summary = server.summary()
     server.write_summary(summary)

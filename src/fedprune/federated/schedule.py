@@ -10,7 +10,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import nn
@@ -23,8 +23,19 @@ from ..pruning import Schedule, ScheduleState, advance, is_active, prune_model
 
 logger = logging.getLogger(__name__)
 
-# validate(model, its spec, client ids) -> (accuracy, number of validation samples)
-Validate = Callable[[nn.Module, ModelSpec, Sequence[int]], tuple[float, int]]
+
+
+class Validation(NamedTuple):
+    """Federated validation of one model: pooled over the asked clients' validation splits."""
+
+    accuracy: float  # nan without answers
+    samples: int  # validation samples that answered (0: none)
+    loss: float  # mean cross-entropy over them
+    clients: tuple[tuple[int, float, int], ...] = ()  # (client, accuracy, samples) answers
+
+
+# validate(model, its spec, client ids) -> the clients' pooled validation figures
+Validate = Callable[[nn.Module, ModelSpec, Sequence[int]], Validation]
 
 
 def schedule_of(cfg: ExperimentConfig) -> Schedule:
@@ -45,6 +56,11 @@ class PruneStep:
 
 class Pruner(Protocol):
     """The server's pruning decisions over a run, and their state for a checkpoint."""
+
+    def trial(self) -> list[tuple[nn.Module, ModelSpec]]:
+        """Models the sampled clients train this round beside the global one (the automatic
+        method's candidate and reference), with the same batches; usually none."""
+        ...
 
     def after_aggregate(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate,
                         last_round: bool = False) -> PruneStep: ...
@@ -68,12 +84,15 @@ class Pruner(Protocol):
 
 
 class SchedulePruner:
-    """The boundary (or fixed-ratio) rule, run on ``cfg.prune``'s schedule until it stops."""
+    """The boundary (or fixed-ratio) rule (methods ``boundary``, ``ratio``), run on ``cfg.prune``'s schedule until it stops."""
 
     def __init__(self, cfg: ExperimentConfig, example: torch.Tensor) -> None:
         self.cfg = cfg
         self.example = example
         self.state = ScheduleState()
+
+    def trial(self) -> list[tuple[nn.Module, ModelSpec]]:
+        return []
 
     def after_skipped(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate,
                       last_round: bool = False) -> PruneStep | None:

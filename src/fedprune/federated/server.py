@@ -8,8 +8,9 @@ and back: the in-process loop (:func:`fedprune.federated.run_simulation`) trains
 directly, the Flower strategy (:mod:`fedprune.flower.strategy`) sends messages.  A round is::
 
     sampled = server.sample(rnd)
-    ... send server.model's weights to the sampled clients, collect their replies ...
-    outcome = server.aggregate(rnd, replies)
+    ... send server.model's weights and those of server.trial() to the sampled clients,
+    ... collect their replies: each client's trained copy of every model ...
+    outcome = server.aggregate(rnd, replies, trial_replies=...)
     server.after_aggregate(rnd, validate)
     record = server.finish_round(rnd, bytes_down=..., bytes_up=..., rejected=...)
 """
@@ -33,13 +34,17 @@ from ..metrics import Recorder, RoundRecord, count_macs, n_params, payload_bytes
 from ..models import ModelSpec, new_model
 from ..rundir import RunDir
 from .aggregate import Rejection, fedavg, screen_replies
+from .auto_server import AutoPruner
 from .budget_server import BudgetServer
 from .client import evaluate
-from .schedule import Pruner, PruneStep, SchedulePruner, Validate
+from .schedule import Pruner, PruneStep, SchedulePruner, Validate, Validation
 
 logger = logging.getLogger(__name__)
 
 StateDict = dict[str, torch.Tensor]
+
+# bytes of one client's answer to a validation query: accuracy, loss and sample count
+VALIDATION_ANSWER_BYTES = 24
 
 
 @dataclass
@@ -49,6 +54,7 @@ class RoundOutcome:
     clients: int = 0  # replies aggregated (0 when skipped)
     skipped: bool = False  # fewer valid replies than fed.min_replies: nothing averaged
     rejections: list[Rejection] = field(default_factory=list)  # screened out, by index
+    trial_rejections: list[Rejection] = field(default_factory=list)  # candidate replies
     pruned: bool = False
     budget: dict[str, Any] | None = None  # budget mode: the round's "budget" entry
 
@@ -80,10 +86,16 @@ class PruningServer:
         self.macs_initial = count_macs(model, self.example)
         self.widths_initial = spec.widths_now()
         self.dense_payload = payload_bytes(model)
-        self.pruner: Pruner = (
-            BudgetServer(cfg, model, self.example, spec, self.params_initial,
-                         2 * self.macs_initial, num_clients, has_validation)
-            if cfg.budget.active else SchedulePruner(cfg, self.example))
+        self.pruner: Pruner
+        if cfg.budget.active:
+            self.pruner = BudgetServer(cfg, model, self.example, spec, self.params_initial,
+                                       2 * self.macs_initial, num_clients, has_validation)
+        elif cfg.prune.enabled and cfg.prune.method == "auto":
+            self.pruner = AutoPruner(cfg, self.example, num_clients, has_validation)
+        else:
+            self.pruner = SchedulePruner(cfg, self.example)
+        # traffic of the pruning step's validation queries this round (down, up)
+        self.query_bytes = [0, 0]
         self.sample_rng = seeds.client_sampling(cfg.seed)
         self.arch_version = 0  # +1 whenever the architecture changes (cut or rollback)
         self.bytes_total = self.bytes_total_dense = 0
@@ -141,26 +153,49 @@ class PruningServer:
 
     # ------------------------------------------------------------------ one round
 
+    def trial(self) -> list[tuple[nn.Module, ModelSpec]]:
+        """The models the sampled clients train this round beside :attr:`model`, with the
+        same batches (the automatic method's candidate and reference; usually none); their
+        replies go to :meth:`aggregate`'s ``trial_replies``, one list per model."""
+        return self.pruner.trial()
+
     def sample(self, rnd: int) -> list[int]:
         """The clients of round ``rnd`` (sorted), from the sampling stream."""
         self.outcome = RoundOutcome()
+        self.query_bytes = [0, 0]
         m = self.cfg.fed.clients_per_round
         return sorted(int(c) for c in self.sample_rng.choice(self.num_clients, size=m,
                                                               replace=False))
 
     def bytes_down(self, sent: int) -> int:
         """Bytes of sending the current model (weights, and the spec when pruning) to ``sent``
-        clients."""
+        clients, with the trial models of the round (candidate, reference) and their specs."""
         spec_bytes = len(self.spec.to_json().encode()) if self.cfg.prune.enabled else 0
-        return sent * (payload_bytes(self.model.state_dict()) + spec_bytes)
+        per_client = payload_bytes(self.model.state_dict()) + spec_bytes
+        for model, spec in self.trial():
+            per_client += payload_bytes(model.state_dict()) + len(spec.to_json().encode())
+        return sent * per_client
 
     def aggregate(self, rnd: int, replies: Sequence[tuple[StateDict, int]],
-                  versions: Sequence[int] | None = None) -> RoundOutcome:
+                  versions: Sequence[int] | None = None,
+                  trial_replies: Sequence[Sequence[StateDict | None]] | None = None
+                  ) -> RoundOutcome:
         """Screen ``replies`` (in client order) and FedAvg the valid ones into the model.
 
         ``versions`` (the architecture version each reply trained) are checked against
         :attr:`arch_version`.  Fewer valid replies than ``fed.min_replies`` skip the round.
+
+        ``trial_replies`` holds, for each model of :meth:`trial`, each client's trained copy
+        of it, aligned with ``replies`` (None: the client sent none back).  A trial model is
+        averaged over the clients whose reply to the global model was accepted, so that every
+        model of the round learns from the same clients; a missing or unfit copy is listed
+        in the round's ``trial_rejected``; in a skipped round no model is averaged.  An
+        engine must pass them whenever :meth:`trial` is not empty.
         """
+        trial = self.trial()
+        if trial and (trial_replies is None or len(trial_replies) != len(trial)):
+            raise ValueError(f"round {rnd}: {len(trial)} trial models were sent, but the "
+                             "replies hold no trained copies of them")
         accepted, rejected = screen_replies(
             replies, self.model.state_dict(), versions=versions,
             arch_version=self.arch_version if versions is not None else None,
@@ -171,9 +206,37 @@ class PruningServer:
                            len(accepted), self.cfg.fed.min_replies)
         else:
             self.model.load_state_dict(fedavg(accepted))
+        trial_rejected: list[Rejection] = []
+        if not skipped:
+            bad = {r.index for r in rejected}
+            for t, ((model, _), copies) in enumerate(zip(trial, trial_replies or [],
+                                                         strict=True)):
+                trial_rejected += self._aggregate_trial(t, model, copies, replies, bad)
         self.outcome = RoundOutcome(clients=0 if skipped else len(accepted), skipped=skipped,
-                                    rejections=rejected)
+                                    rejections=rejected, trial_rejections=trial_rejected)
         return self.outcome
+
+    def _aggregate_trial(self, t: int, model: nn.Module, copies: Sequence[StateDict | None],
+                         replies: Sequence[tuple[StateDict, int]], bad: set[int]
+                         ) -> list[Rejection]:
+        """FedAvg trial model ``t`` over the copies of the clients whose main reply was
+        accepted (``bad``: the rejected ones); the missing or unfit copies, by client index."""
+        rejected: list[Rejection] = []
+        pairs = [(i, c) for i, c in enumerate(copies) if i not in bad]
+        for i, c in pairs:
+            if c is None:
+                rejected.append(Rejection(i, f"trial model {t}: no trained copy in the reply"))
+        present = [(i, c) for i, c in pairs if c is not None]
+        ok, unfit = screen_replies([(c, replies[i][1]) for i, c in present],
+                                   model.state_dict(), max_samples=self.max_client_size)
+        rejected += [Rejection(present[r.index][0], f"trial model {t}: {r.reason}")
+                     for r in unfit]
+        if ok:
+            model.load_state_dict(fedavg(ok))
+        if rejected:
+            logger.warning("trial model %d: %d of %d copies missing or unfit; averaged over "
+                           "%d", t, len(rejected), len(pairs), len(ok))
+        return sorted(rejected)
 
     def after_aggregate(self, rnd: int, validate: Validate) -> PruneStep:
         """The pruning step after an aggregated round (after a skipped one only what the
@@ -184,6 +247,7 @@ class PruningServer:
         architecture.
         """
         last_round = rnd == self.cfg.fed.rounds
+        validate = self._counted(validate)
         if self.outcome.skipped:
             skipped_step = self.pruner.after_skipped(rnd, self.model, self.spec, validate,
                                                      last_round=last_round)
@@ -200,15 +264,28 @@ class PruningServer:
             logger.info("round %d: arch-version %d", rnd, self.arch_version)
         return step
 
+    def _counted(self, validate: Validate) -> Validate:
+        """``validate``, counting its queries' bytes into this round's traffic: the model
+        and its spec to each asked client, :data:`VALIDATION_ANSWER_BYTES` back."""
+        def counted(model: nn.Module, spec: ModelSpec, ids: Sequence[int]) -> Validation:
+            self.query_bytes[0] += len(ids) * (payload_bytes(model.state_dict())
+                                               + len(spec.to_json().encode()))
+            self.query_bytes[1] += len(ids) * VALIDATION_ANSWER_BYTES
+            return validate(model, spec, ids)
+        return counted
+
     def finish_round(self, rnd: int, *, bytes_down: int, bytes_up: int,
                      rejected: list[dict[str, Any]] | None = None,
                      extra: dict[str, Any] | None = None) -> RoundRecord:
         """Evaluate when due, record the round, write it and the checkpoint.
 
         ``rejected`` lists the replies left out (default: the screening's ``{index,
-        reason}``); ``extra`` adds engine fields to the record.
+        reason}``); ``extra`` adds engine fields to the record.  The traffic of the round's
+        validation queries is added to ``bytes_down`` / ``bytes_up``.
         """
         out = self.outcome
+        bytes_down += self.query_bytes[0]
+        bytes_up += self.query_bytes[1]
         self.bytes_total += bytes_down + bytes_up
         self.bytes_total_dense += 2 * self.cfg.fed.clients_per_round * self.dense_payload
         evaluated = rnd % self.cfg.fed.eval_every == 0 or rnd == self.cfg.fed.rounds
@@ -223,8 +300,12 @@ class PruningServer:
             flops=2 * macs, widths=self.spec.widths_now(), bytes_down=bytes_down,
             bytes_up=bytes_up, bytes_cumulative=self.bytes_total, clients=out.clients,
             pruned=out.pruned, seconds=self.elapsed(),
-            extra={"rejected": rejected, "skipped": out.skipped, **(extra or {}),
-                   **({"budget": out.budget} if self.budget_mode else {})},
+            extra={"rejected": rejected, "skipped": out.skipped,
+                   **({"trial_rejected": [r._asdict() for r in out.trial_rejections]}
+                      if out.trial_rejections else {}),
+                   **(extra or {}),
+                   **({"budget": out.budget} if self.budget_mode else {}),
+                   **({"auto": out.budget} if isinstance(self.pruner, AutoPruner) else {})},
         )
         self.records.append(rec)
         self.rounds_done = rnd

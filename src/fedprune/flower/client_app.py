@@ -10,7 +10,10 @@ model with :func:`fedprune.models.build`, loads the weights with ``strict=True``
 :func:`fedprune.data.load_federated` with the batch order of
 :func:`fedprune.seeds.batch_order`, and replies with the weights, ``num-examples`` and the
 ``arch-version`` it trained.  It also answers the server's queries: which partition it
-serves, and (budget mode) a model's accuracy on its validation split.
+serves, and a model's accuracy on its validation split (the automatic method, budget mode).
+During the automatic method's paired trials the message also carries its trial models
+(``trial-arrays-I``, ``trial-spec-I``: the candidate, the reference); the ClientApp trains
+each with the same batches and sends them back beside the weights.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from ..config import ExperimentConfig, from_dict
 from ..data import FederatedData, load_federated
 from ..federated.client import evaluate, train_local
 from ..models import ModelSpec, build
-from .messages import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, QUERY_KIND, VALIDATE_KIND
+from .messages import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, QUERY_KIND, VALIDATE_KIND, trial_key
 
 __all__ = ["NODE_DATA_KEYS", "client_app"]
 
@@ -145,4 +148,16 @@ def _client_train(msg: Message, context: Context) -> Message:
         METRICS_KEY: MetricRecord({"num-examples": n, "train-loss": metrics["train_loss"],
                                    "arch-version": version, "partition-id": pid}),
     })
+    i = 0
+    while trial_key(i) in msg.content.array_records:  # the trial models, same batches
+        trial_spec = cfg_rec.get(f"trial-spec-{i}")
+        if not isinstance(trial_spec, str):
+            raise TypeError(f"trial model {i} was sent without its trial-spec-{i}")
+        trial = build(ModelSpec.from_json(trial_spec))
+        trial.load_state_dict(msg.content.array_records[trial_key(i)].to_torch_state_dict(),
+                              strict=True)
+        trial_state, _, _ = train_local(trial, cd.x, cd.y, cfg.train,
+                                        seeds.batch_order(cfg.seed, rnd, pid))
+        reply[trial_key(i)] = ArrayRecord.from_torch_state_dict(trial_state)
+        i += 1
     return Message(reply, reply_to=msg)

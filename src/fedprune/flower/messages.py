@@ -10,6 +10,7 @@ validation split (:data:`VALIDATE_KIND`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,13 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 ARRAYS_KEY = "arrays"
+# the automatic method's trial models (candidate, reference), trained beside the model:
+# arrays "trial-arrays-I" with config "trial-spec-I", I = 0, 1, ...
+TRIAL_KEY = "trial-arrays"
+
+
+def trial_key(i: int) -> str:
+    return f"{TRIAL_KEY}-{i}"
 CONFIG_KEY = "config"
 METRICS_KEY = "metrics"
 QUERY_KIND = "fedprune.partition"
@@ -33,15 +41,24 @@ class Reply:
     n: int
     version: int
     loss: float
+    # the trained trial models (None: missing or unreadable), one per model sent
+    trial_states: list[dict[str, torch.Tensor] | None] | None = None
 
 
 def train_message(arrays: ArrayRecord, *, spec_json: str, experiment: str, rnd: int,
-                  arch_version: int, pid: int, node: int) -> Message:
+                  arch_version: int, pid: int, node: int,
+                  trial: list[tuple[ArrayRecord, str]] | None = None) -> Message:
+    """A train message; ``trial`` = [(weights, spec JSON), ...] of the automatic method's
+    trial models: the client trains each beside the model, with the same batches."""
     cfg_rec = ConfigRecord({"server-round": rnd, "arch-version": arch_version,
                             "model-spec": spec_json, "experiment": experiment,
                             "partition-id": pid})
-    return Message(content=RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: cfg_rec}),
-                   dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(rnd))
+    content = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: cfg_rec})
+    for i, (t_arrays, t_spec) in enumerate(trial or []):
+        content[trial_key(i)] = t_arrays
+        cfg_rec[f"trial-spec-{i}"] = t_spec
+    return Message(content=content, dst_node_id=node, message_type=MessageType.TRAIN,
+                   group_id=str(rnd))
 
 
 def partition_query(experiment: str, node: int) -> Message:
@@ -68,23 +85,28 @@ def partition_answer(msg: Message) -> tuple[object, object]:
     return rec.get("partition-id"), rec.get("num-partitions")
 
 
-def validation_answer(msg: Message) -> tuple[float, int] | None:
-    """(accuracy, validation samples) of a validation reply, or ``None`` if unusable."""
+def validation_answer(msg: Message) -> tuple[float, int, float] | None:
+    """(accuracy, validation samples, loss) of a validation reply, or ``None`` if unusable."""
     if msg.has_error():
         return None
     rec = msg.content.metric_records.get(METRICS_KEY)
     acc = rec.get("val-accuracy") if rec is not None else None
     n = rec.get("val-examples") if rec is not None else None
+    loss = rec.get("val-loss") if rec is not None else None
     if (isinstance(n, int) and not isinstance(n, bool) and n > 0
-            and isinstance(acc, float) and 0.0 <= acc <= 1.0):
-        return acc, n
+            and isinstance(acc, float) and 0.0 <= acc <= 1.0
+            and isinstance(loss, float) and math.isfinite(loss) and loss >= 0):
+        return acc, n, loss
     return None
 
 
-def unpack_train_reply(msg: Message, pid: int, node: int, dtypes: dict[str, str]
+def unpack_train_reply(msg: Message, pid: int, node: int, dtypes: dict[str, str],
+                       trial_dtypes: list[dict[str, str]] | None = None
                        ) -> tuple[Reply | None, str | None]:
     """The reply's content as tensors, or why it cannot be used (message-level checks:
-    records present, the partition asked of that node, the current dtypes)."""
+    records present, the partition asked of that node, the current dtypes).  With
+    ``trial_dtypes`` (trial models were sent) the trained trial models are read too; one
+    missing or unreadable is None (the model's weights still count)."""
     content = msg.content
     arrays = content.array_records.get(ARRAYS_KEY)
     metrics = content.metric_records.get(METRICS_KEY)
@@ -103,7 +125,20 @@ def unpack_train_reply(msg: Message, pid: int, node: int, dtypes: dict[str, str]
         reply.state.update({k: torch.from_numpy(np.array(a.numpy())) for k, a in arrays.items()})
     except Exception as exc:  # noqa: BLE001 - a malformed array from a client
         return None, f"arrays cannot be read: {exc}"
+    if trial_dtypes is not None:
+        reply.trial_states = [_trial_state(content.array_records.get(trial_key(i)), want)
+                              for i, want in enumerate(trial_dtypes)]
     return reply, None
+
+
+def _trial_state(arrays: ArrayRecord | None, dtypes: dict[str, str]
+                 ) -> dict[str, torch.Tensor] | None:
+    if arrays is None or any(k in dtypes and a.dtype != dtypes[k] for k, a in arrays.items()):
+        return None
+    try:
+        return {k: torch.from_numpy(np.array(a.numpy())) for k, a in arrays.items()}
+    except Exception:  # noqa: BLE001 - a malformed array: this trial reply is lost
+        return None
 
 
 def array_payload(arrays: ArrayRecord | None) -> int:

@@ -18,6 +18,7 @@ from flwr.serverapp import Grid
 from torch import nn
 
 from ..config import ConfigError, ExperimentConfig
+from ..federated.schedule import Validation
 from ..models import ModelSpec
 from .grid import PollingGrid
 from .messages import partition_answer, partition_query, validation_answer, validation_query
@@ -102,10 +103,11 @@ class NodeDirectory:
         return len(self.node_of)
 
     def validate(self, grid: Grid, model: nn.Module, spec: ModelSpec, pids: Sequence[int]
-                 ) -> tuple[float, int]:
-        """Federated validation (budget mode's guard): the partitions' nodes evaluate ``model``
-        on their own validation splits (a ``query`` message each); the accuracy weighted by
-        their counts, and the number of validation samples (``nan, 0`` without replies)."""
+                 ) -> Validation:
+        """Federated validation (the automatic method, budget mode's guard): the partitions'
+        nodes evaluate ``model`` on their own validation splits (a ``query`` message each);
+        accuracy and loss pooled over their samples, and each node's answer (accuracy
+        ``nan`` and 0 samples without replies)."""
         if grid is None:
             raise RuntimeError("no grid yet: validation happens after a training round")
         arrays = ArrayRecord.from_torch_state_dict(model.state_dict())
@@ -115,18 +117,23 @@ class NodeDirectory:
                 for pid in pids if (node := self.node_of.get(pid)) is not None}
         replies = list(grid.send_and_receive(list(msgs.values()), timeout=self.query_timeout))
         asked = {m.metadata.message_id: n for n, m in msgs.items()}
-        correct, total = 0.0, 0
+        correct, loss, total = 0.0, 0.0, 0
+        answers = []
         for msg in replies:
-            if asked.pop(msg.metadata.reply_to_message_id, None) is None:
+            node = asked.pop(msg.metadata.reply_to_message_id, None)
+            if node is None:
                 continue
             answer = validation_answer(msg)
             if answer is not None:
-                correct += answer[0] * answer[1]
-                total += answer[1]
+                acc, n, lo = answer
+                correct += acc * n
+                loss += lo * n
+                total += n
+                answers.append((self.partition_of.get(node, -1), acc, n))
         if total == 0:
-            logger.warning("budget guard: no validation replies; the candidate cannot be judged")
-            return float("nan"), 0
-        return correct / total, total
+            logger.warning("validation: no replies; the candidate cannot be judged")
+            return Validation(float("nan"), 0, float("nan"))
+        return Validation(correct / total, total, loss / total, tuple(sorted(answers)))
 
     def missed_deadline(self, node: int) -> None:
         """``node`` did not reply in time: no more work while the SuperLink lists it."""

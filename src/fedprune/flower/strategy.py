@@ -36,6 +36,7 @@ from .messages import (
     array_payload,
     np_dtypes,
     train_message,
+    trial_key,
     unpack_train_reply,
 )
 from .nodes import NodeDirectory
@@ -54,6 +55,7 @@ class RoundStats:
     bytes_up: int = 0
     failures: int = 0  # error replies (node gone, ClientApp raised) and missing replies
     rejected: list[dict[str, Any]] = field(default_factory=list)  # replies with content, dropped
+    trial_rejected: list[dict[str, Any]] = field(default_factory=list)  # trial copies left out
 
 
 class PruningFedAvg(FedAvg):
@@ -116,6 +118,8 @@ class PruningFedAvg(FedAvg):
         self.stats = st = RoundStats(sampled=srv.sample(rnd))
         record = ArrayRecord.from_torch_state_dict(srv.model.state_dict())
         spec_json, experiment = srv.spec.to_json(), self.cfg.to_json()
+        trial_msg = [(ArrayRecord.from_torch_state_dict(m.state_dict()), sp.to_json())
+                     for m, sp in srv.trial()]
         for pid in st.sampled:
             node = self.nodes.node_of.get(pid)
             if node is None:
@@ -124,7 +128,7 @@ class PruningFedAvg(FedAvg):
                 continue
             st.messages[pid] = train_message(record, spec_json=spec_json, experiment=experiment,
                                              rnd=rnd, arch_version=srv.arch_version, pid=pid,
-                                             node=node)
+                                             node=node, trial=trial_msg)
             st.sent[pid] = node
         st.bytes_down = srv.bytes_down(len(st.messages))
         logger.info("round %d: sampled partitions %s, sent to %d nodes (arch-version %d)",
@@ -137,6 +141,7 @@ class PruningFedAvg(FedAvg):
         rnd = self.offset + server_round
         st, srv = self.stats, self.server
         dtypes = np_dtypes(srv.model.state_dict())
+        trial_dtypes = [np_dtypes(m.state_dict()) for m, _ in srv.trial()]
         candidates: dict[int, Reply] = {}
         # a reply names the message it answers (the grid set the ids when it pushed them);
         # the SuperLink's own error replies (node unavailable) come from node 0
@@ -156,7 +161,9 @@ class PruningFedAvg(FedAvg):
                                rnd, node, pid, msg.error.reason)
                 continue
             st.bytes_up += array_payload(msg.content.array_records.get(ARRAYS_KEY))
-            reply, reason = unpack_train_reply(msg, pid, node, dtypes)
+            st.bytes_up += sum(array_payload(msg.content.array_records.get(trial_key(i)))
+                               for i in range(len(trial_dtypes)))
+            reply, reason = unpack_train_reply(msg, pid, node, dtypes, trial_dtypes)
             if reason is not None or reply is None:
                 self._reject(rnd, node, pid, str(reason))
                 continue
@@ -168,17 +175,23 @@ class PruningFedAvg(FedAvg):
                 logger.warning("round %d: no reply from node %d (partition %d) in time; it gets "
                                "no more work while it stays listed", rnd, node, pid)
         order = [candidates[p] for p in sorted(candidates)]  # the loop's (sampled) order
+        trial_replies = [[r.trial_states[i] if r.trial_states else None for r in order]
+                         for i in range(len(trial_dtypes))]
         outcome = srv.aggregate(rnd, [(r.state, r.n) for r in order],
-                                versions=[r.version for r in order])
+                                versions=[r.version for r in order], trial_replies=trial_replies)
         for rej in outcome.rejections:
             self._reject(rnd, order[rej.index].node, order[rej.index].pid, rej.reason)
+        for rej in outcome.trial_rejections:
+            self._reject(rnd, order[rej.index].node, order[rej.index].pid, rej.reason,
+                         trial=True)
+        # the pruning step also after a skipped round (a candidate due at the last round)
+        srv.after_aggregate(rnd, lambda model, spec, pids: self.nodes.validate(
+            self.grid, model, spec, pids))  # type: ignore[arg-type]
         if outcome.skipped:
             return None, None
         bad = {rej.index for rej in outcome.rejections}
         kept = [r for i, r in enumerate(order) if i not in bad]
         train_loss = sum(r.loss * r.n for r in kept) / sum(r.n for r in kept)
-        srv.after_aggregate(rnd, lambda model, spec, pids: self.nodes.validate(
-            self.grid, model, spec, pids))  # type: ignore[arg-type]
         metrics = MetricRecord({"train-loss": train_loss, "replies": outcome.clients,
                                 "arch-version": srv.arch_version})
         return ArrayRecord.from_torch_state_dict(srv.model.state_dict()), metrics
@@ -201,7 +214,8 @@ class PruningFedAvg(FedAvg):
             self.offset + server_round, bytes_down=st.bytes_down, bytes_up=st.bytes_up,
             rejected=st.rejected,
             extra={"sampled": len(st.sampled), "sent": len(st.sent), "failures": st.failures,
-                   "dropped": len(st.rejected), "arch_version": srv.arch_version})
+                   "dropped": len(st.rejected), "arch_version": srv.arch_version,
+                   **({"trial_rejected": st.trial_rejected} if st.trial_rejected else {})})
         out = MetricRecord({"params": rec.params, "replies": rec.clients})
         if rec.accuracy is not None:
             out["accuracy"], out["loss"] = rec.accuracy, rec.loss
@@ -242,9 +256,16 @@ class PruningFedAvg(FedAvg):
 
     # ------------------------------------------------------------------ helpers
 
-    def _reject(self, rnd: int, node: int, pid: int | None, reason: str) -> None:
+    def _reject(self, rnd: int, node: int, pid: int | None, reason: str,
+                trial: bool = False) -> None:
         st = self.stats
         index = st.sampled.index(pid) if pid in st.sampled else -1
-        st.rejected.append({"index": index, "reason": reason, "partition": pid, "node": node})
+        entry = {"index": index, "reason": reason, "partition": pid, "node": node}
+        if trial:  # a trial model's copy: the reply itself counted
+            st.trial_rejected.append(entry)
+            logger.warning("round %d: left out node %d's copy (partition %s): %s", rnd, node,
+                           pid, reason)
+            return
+        st.rejected.append(entry)
         logger.warning("round %d: dropped the reply of node %d (partition %s): %s",
                        rnd, node, pid, reason)

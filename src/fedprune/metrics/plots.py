@@ -12,7 +12,7 @@ from typing import Any
 
 from fedprune.metrics.recorder import read_rounds
 
-__all__ = ["plot_budget", "plot_overview", "plot_run", "save_figure"]
+__all__ = ["plot_budget", "plot_overview", "plot_prune_path", "plot_run", "save_figure"]
 
 _MB = 1e6
 
@@ -94,7 +94,53 @@ def plot_run(run_dir: Path, dense_run_dir: Path | None = None) -> list[Path]:
             plt.close(fig)
     if any(r.get("budget") for r in runs[0][1]):
         written.append(plot_budget(runs[0][1], run_dir / "budget.png"))
+    if any((r.get("auto") or {}).get("judged") for r in runs[0][1]):
+        written.append(plot_prune_path(runs[0][1], run_dir / "prune_path.png"))
     return written
+
+
+def plot_prune_path(rows: list[dict[str, Any]], out_png: Path) -> Path:
+    """The automatic method's path: each judged candidate's FLOPs and measured cost (with
+    its cost + z x s.e. bound), kept or dropped, and the run's FLOPs per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tries = [(r["round"], r["auto"]["judged"]) for r in rows
+             if (r.get("auto") or {}).get("judged")]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    try:
+        xs, ys = _series(rows, "flops", 1e6)
+        ax1.plot(xs, ys, color="black", lw=1, label="model")
+        for decision, (marker, color) in {"accept": ("^", "tab:green"),
+                                          "reject": ("x", "tab:red")}.items():
+            pts = [(rnd, t["flops"] / 1e6) for rnd, t in tries if t["decision"] == decision]
+            if pts:
+                ax1.scatter(*zip(*pts, strict=True), marker=marker, color=color, zorder=3,
+                            label=f"candidate {'kept' if decision == 'accept' else 'dropped'}")
+        ax1.set_ylabel("FLOPs / sample (M)")
+        ax1.set_title("Automatic pruning: candidates and their measured cost")
+        ax1.grid(True, alpha=0.3)
+        ax1.legend(fontsize=8)
+        rounds = [rnd for rnd, _ in tries]
+        ax2.plot(rounds, [100 * t["cost"] for _, t in tries], "o-", label="cost (points)")
+        ax2.plot(rounds, [100 * t["bound"] for _, t in tries], "v--",
+                 label="cost + z x s.e. (points)")
+        limit = next((r["auto"].get("max_accuracy_drop") for r in rows
+                      if (r.get("auto") or {}).get("max_accuracy_drop") is not None), None)
+        if limit is not None:
+            ax2.axhline(100 * limit, color="tab:red", lw=0.8, label="prune.max_accuracy_drop")
+        ax2.axhline(0, color="black", lw=0.5)
+        ax2.set_xlabel("round")
+        ax2.set_ylabel("validation accuracy drop")
+        ax2.grid(True, alpha=0.3)
+        ax2.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out_png, dpi=100)
+    finally:
+        plt.close(fig)
+    return out_png
 
 
 def plot_budget(rows: list[dict[str, Any]], out_png: Path) -> Path:

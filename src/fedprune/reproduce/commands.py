@@ -170,6 +170,9 @@ def cmd_reproduce(args: argparse.Namespace, argv: list[str] | None = None) -> in
     if args.plan:
         for run in plan.runs:
             print(f"{run_state(run):<7} {run.run_dir}")
+        for setting, method, seed, why in plan.deferred:
+            print(f"later   {out / setting.dataset / setting.model / method.name}/seed{seed} "
+                  f"({why})")
         for setting, why in plan.skipped_settings:
             print(f"skipped {setting.title}: {why}")
         return 0
@@ -192,6 +195,15 @@ def cmd_reproduce(args: argparse.Namespace, argv: list[str] | None = None) -> in
         try:
             outcome = run_plan(plan, jobs=args.jobs, progress=show,
                                argv=argv if argv is not None else sys.argv[1:])
+            if plan.deferred and not outcome.failed:
+                # the runs that waited for another run's outcome (its size from scratch)
+                plan = plan_suite(suite, out, seeds=args.seeds, sets=args.sets,
+                                  data_paths=_data_paths(args.data), methods=args.methods,
+                                  datasets=args.datasets, models=args.models)
+                later = run_plan(plan, jobs=args.jobs, progress=show,
+                                 argv=argv if argv is not None else sys.argv[1:])
+                outcome = type(outcome)(outcome.executed + later.executed, outcome.states,
+                                        outcome.seconds + later.seconds)
         except KeyboardInterrupt:
             view.close()
             print(f"interrupted: run the same command again to resume the unfinished runs "

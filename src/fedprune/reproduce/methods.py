@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import default_budget_deadline, default_window
+from ..config import default_auto_deadline, default_budget_deadline, default_window
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,9 @@ class Method:
     # overrides of other sections (budget mode: ``budget.*``, ``data.val_fraction``; the
     # from-scratch baseline: ``model.widths``)
     other: Callable[[Setting], dict[str, Any]] | None = None
+    # the from-scratch baseline of another method's outcome: the final widths of that
+    # method's run with the same setting and seed (the run waits for it)
+    widths_from: str = ""
 
 
 def _dense(_: Setting) -> dict[str, Any]:
@@ -71,7 +74,7 @@ def _dense(_: Setting) -> dict[str, Any]:
 def _paper(s: Setting) -> dict[str, Any]:
     # conf/paper_rule.toml: both tails, k = 2, from round 1 every round, no cap, patience 3,
     # survivors re-initialised; pruning allowed over the first half of the run (50 of 100)
-    return {"enabled": True, "method": "auto", "mode": "both", "k": 2.0, "start_round": 1,
+    return {"enabled": True, "method": "boundary", "mode": "both", "k": 2.0, "start_round": 1,
             "interval": 1, "max_prune_round": max(1, s.rounds // 2), "patience": 3,
             "max_fraction": 1.0, "reinit": True}
 
@@ -80,9 +83,18 @@ def _fedprune(mode: str) -> Callable[[Setting], dict[str, Any]]:
     def f(s: Setting) -> dict[str, Any]:
         # fedprune's defaults (k, max_fraction, patience, min_channels, weights kept) in the
         # setting's window
-        return {"enabled": True, "method": "auto", "mode": mode, "start_round": s.window.start,
-                "max_prune_round": s.window.stop, "interval": s.window.interval}
+        return {"enabled": True, "method": "boundary", "mode": mode,
+                "start_round": s.window.start, "max_prune_round": s.window.stop,
+                "interval": s.window.interval}
     return f
+
+
+def _auto(s: Setting) -> dict[str, Any]:
+    # fedprune's default: the automatic method, from the window's start, candidates trained
+    # for the window's interval, up to 60 % of the rounds (config.default_auto_deadline)
+    return {"enabled": True, "method": "auto", "start_round": s.window.start,
+            "max_prune_round": max(s.window.stop, default_auto_deadline(s.rounds)),
+            "interval": s.window.interval}
 
 
 def _ratio(ratio: float) -> Callable[[Setting], dict[str, Any]]:
@@ -96,7 +108,8 @@ def _ratio(ratio: float) -> Callable[[Setting], dict[str, Any]]:
 def _budget_prune(s: Setting) -> dict[str, Any]:
     # fedprune's defaults, tried every window interval from the window's start until the
     # budget is met (or 80 % of the rounds have passed)
-    return {"enabled": True, "method": "auto", "mode": "low", "start_round": s.window.start,
+    return {"enabled": True, "method": "boundary", "mode": "low",
+            "start_round": s.window.start,
             "max_prune_round": max(s.window.stop, default_budget_deadline(s.rounds)),
             "interval": s.window.interval}
 
@@ -132,12 +145,21 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("paper", "paper rule, faithful", _paper, 0.3,
            "both tails, k = 2, from round 1 every round, no cap, survivors re-initialised "
            "(conf/paper_rule.toml)"),
-    Method("fedprune-low", "fedprune default (low)", _fedprune("low"), 0.7,
-           "fedprune's defaults: low tail, k = 0.75, max_fraction 0.2, weights kept"),
-    Method("fedprune-both", "fedprune default, mode both", _fedprune("both"), 0.7,
+    Method("fedprune-low", "boundary rule (low)", _fedprune("low"), 0.7,
+           "prune.method = boundary with its defaults (fedprune's default before the "
+           "automatic method): low tail, k = 0.75, max_fraction 0.2, weights kept"),
+    Method("fedprune-both", "boundary rule, mode both", _fedprune("both"), 0.7,
            "as the default but removing both tails"),
+    Method("auto", "fedprune automatic (default)", _auto, 1.2,
+           "fedprune's default (prune.method = auto): candidate cuts trained beside the model "
+           "and kept while their cost in paired federated validation fits "
+           "prune.max_accuracy_drop = 1 point"),
+    Method("ratio25", "fixed ratio 25 % (one-shot)", _ratio(0.25), 0.8,
+           "L1, the lowest 25 % of every layer's filters, once, at the window's start"),
     Method("ratio50", "fixed ratio 50 % (one-shot)", _ratio(0.5), 0.6,
            "L1, the lowest 50 % of every layer's filters, once, at the window's start"),
+    Method("ratio75", "fixed ratio 75 % (one-shot)", _ratio(0.75), 0.5,
+           "L1, the lowest 75 % of every layer's filters, once, at the window's start"),
     Method("ratio85", "fixed ratio 85 % (one-shot)", _ratio(0.85), 0.5,
            "L1, the lowest 85 % of every layer's filters, once, at the window's start"),
     Method("budget-p10", "fedprune budget: params <= 10 % (guarded)", _budget_prune, 0.6,
@@ -151,7 +173,14 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "no pruning: the model built at its default widths scaled uniformly to at most 10 % "
            "of the parameters and trained from the first round (the budget's size without "
            "pruning)", other=_scratch(0.1)),
+
+    Method("scratch-auto", "small model from scratch: the automatic method's size", _dense,
+           0.5, "no pruning: the automatic method's final widths (same setting and seed) "
+           "trained from the first round", widths_from="auto"),
 )}
 
-ALL_METHODS = tuple(m for m in METHODS
-                    if m not in ("budget-p10", "budget-p10-noguard", "scratch-p10"))
+# the methods of the suites written before the automatic method (quick, paper, test)
+ALL_METHODS = ("dense", "paper", "fedprune-low", "fedprune-both", "ratio50", "ratio85")
+# the automatic suite's: the new default beside every baseline
+AUTO_METHODS = ("dense", "auto", "fedprune-low", "paper", "ratio25", "ratio50", "ratio75",
+                "scratch-auto")

@@ -22,9 +22,10 @@ from .methods import METHODS
 from .runner import read_suite_log
 from .suites import Plan
 from .tables import (
-    HEADLINE_METHOD,
+    AUTO_HEADLINE,
     PAPER_CLAIM,
     Cell,
+    auto_checks,
     checks,
     collect,
     paper_table,
@@ -160,22 +161,24 @@ def render(plan: Plan, cells: dict[tuple[str, str], dict[str, Cell]],
                        f"round {setting.window.start}.")
             out.append("")
         rows = rows_of(by)
-        out.append(table(rows))
+        headline = plan.suite.headline
+        out.append(table(rows, headline))
         out.append("")
-        out.append(f"Targets for {METHODS[HEADLINE_METHOD].label}:")
+        out.append(f"Targets for {METHODS[headline].label}:")
         out.append("")
-        out += [f"- {c}" for c in checks(rows)]
+        out += [f"- {c}" for c in (auto_checks(rows, by) if headline == AUTO_HEADLINE
+                                   else checks(rows))]
         out.append("")
         for path in plot_files.get(slug(setting), []):
             rel = os.path.relpath(path, report_path.parent)
             out.append(f"![{path.stem}]({rel})")
         out.append("")
         pr = next((r for r in plan.runs if (r.setting.dataset, r.setting.model) ==
-                   (dataset, model) and r.method.name == HEADLINE_METHOD), None)
+                   (dataset, model) and r.method.name == headline), None)
         if pr is not None:
             sets = " ".join(f"--set {shlex.quote(s)}" for s in pr.sets()
                             if not s.startswith("seed="))
-            out.append(f"One run of {METHODS[HEADLINE_METHOD].label} by hand: "
+            out.append(f"One run of {METHODS[headline].label} by hand: "
                        f"`fedprune run --out DIR --set seed={pr.seed} {sets}`.")
             out.append("")
     out.append("## The paper's published numbers beside ours")

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ExperimentConfig, from_dict, merge, parse_overrides
-from .methods import ALL_METHODS, METHODS, Method, Setting, Window
+from .methods import ALL_METHODS, AUTO_METHODS, METHODS, Method, Setting, Window
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class Suite:
     latency_warmup: int = 10
     needs_files: tuple[str, ...] = ()  # datasets read from files given by the user
     note: str = ""  # for the report: what the suite leaves out and why
+    headline: str = "fedprune-low"  # the method the report checks against its targets
 
 
 def _setting(dataset: str, model: str, title: str, overrides: dict[str, Any], *, note: str = "",
@@ -57,7 +58,7 @@ def _setting(dataset: str, model: str, title: str, overrides: dict[str, Any], *,
 
 
 def _test_suite() -> Suite:
-    tiny = {"data": {"num_clients": 6}, "model": {"widths": [4, 8]},
+    tiny = {"data": {"num_clients": 6, "val_fraction": 0.0}, "model": {"widths": [4, 8]},
             "train": {"local_epochs": 1}, "fed": {"rounds": 3, "clients_per_round": 3,
                                                   "eval_every": 1}}
     return Suite(
@@ -74,9 +75,11 @@ def _test_suite() -> Suite:
 # epoch) takes ~2.7 s, so a dense 40-round run ~110 s and a pruned one ~65 s; at 100 rounds and
 # 5 local epochs (the defaults) one dense run alone would take ~25 minutes.  Digits rounds are
 # ~0.4 s (dense) at 1 local epoch, so digits keeps the default 100 rounds.
-QUICK_DIGITS = {"data": {"num_clients": 20, "alpha": 0.5},
+# (Written before the automatic method: every client trains on all its samples.)
+QUICK_DIGITS = {"data": {"num_clients": 20, "alpha": 0.5, "val_fraction": 0.0},
                 "train": {"local_epochs": 1}, "fed": {"rounds": 100, "clients_per_round": 10}}
-QUICK_FASHION = {"data": {"num_clients": 100, "alpha": 0.5, "max_test_samples": 2000},
+QUICK_FASHION = {"data": {"num_clients": 100, "alpha": 0.5, "max_test_samples": 2000,
+                          "val_fraction": 0.0},
                  "train": {"local_epochs": 1}, "fed": {"rounds": 40, "clients_per_round": 10}}
 
 
@@ -131,15 +134,54 @@ def _budget_suite() -> Suite:
     )
 
 
+# The automatic suite: fedprune's default configuration on digits, and Fashion-MNIST with 100
+# clients of ~540 training samples (10 % of each client's samples are its validation split,
+# in every method), 10 per round, 1 local epoch, 100 rounds, test set capped at 2,000.
+# Single-threaded here a dense CNN-FEMNIST run takes ~2.5 min; Inception ~8.5 s per round, so
+# it runs 60 rounds as in the budget suite.
+AUTO_FASHION = {"data": {"num_clients": 100, "alpha": 0.5, "max_test_samples": 2000},
+                "train": {"local_epochs": 1}, "fed": {"rounds": 100, "clients_per_round": 10}}
+
+
+def _auto_suite() -> Suite:
+    return Suite(
+        "auto",
+        "the automatic method (fedprune's default) beside dense FedAvg, the boundary rule, "
+        "the paper's rule, fixed ratios of 25, 50 and 75 % and its own size from scratch: "
+        "digits (default configuration) and Fashion-MNIST (CNN-FEMNIST, ResNet-7, Inception; "
+        "Dirichlet 0.5 and 0.1), 3 seeds",
+        (
+            _setting("digits", "cnn_femnist", "digits, CNN-FEMNIST (default configuration)",
+                     {}, cost=1.5, note="fedprune's default configuration"),
+            _setting("fashion-mnist", "cnn_femnist", "Fashion-MNIST, CNN-FEMNIST", AUTO_FASHION,
+                     cost=2.5),
+            _setting("fashion-mnist", "cnn_femnist_a01",
+                     "Fashion-MNIST, CNN-FEMNIST, Dirichlet 0.1",
+                     merge(AUTO_FASHION, {"data": {"alpha": 0.1},
+                                          "model": {"name": "cnn_femnist"}}), cost=2.5),
+            _setting("fashion-mnist", "resnet7", "Fashion-MNIST, ResNet-7", AUTO_FASHION,
+                     cost=4.0),
+            _setting("fashion-mnist", "inception", "Fashion-MNIST, Inception",
+                     merge(AUTO_FASHION, {"fed": {"rounds": 60}}), cost=8.0,
+                     note="60 rounds (Inception costs 4x the CNN's FLOPs per sample)"),
+        ),
+        methods=AUTO_METHODS,
+        headline="auto",
+        note="Every method holds out the same 10 % of each client's samples (fedprune's "
+             "default `data.val_fraction`); only the automatic method uses them. The fixed "
+             "ratios cut once, at the window's start (30 % of the rounds).",
+    )
+
+
 # the environment variables naming a dataset's files (``--data NAME=PATH`` takes precedence)
 DATA_ENV = {"femnist": "FEDPRUNE_FEMNIST", "celeba": "FEDPRUNE_CELEBA",
             "fashion-mnist": "FEDPRUNE_FASHION_MNIST"}
 
 
 def _paper_suite() -> Suite:
-    femnist = {"data": {"partition": "natural", "num_clients": 3400},
+    femnist = {"data": {"partition": "natural", "num_clients": 3400, "val_fraction": 0.0},
                "train": {"lr": 1e-3}, "fed": {"rounds": 100, "clients_per_round": 50}}
-    celeba = {"data": {"partition": "natural", "num_clients": 9343},
+    celeba = {"data": {"partition": "natural", "num_clients": 9343, "val_fraction": 0.0},
               "train": {"lr": 1e-3}, "fed": {"rounds": 100, "clients_per_round": 50}}
     note = "one client per {who}; the paper ran 500 rounds"
     return Suite(
@@ -165,7 +207,8 @@ def _paper_suite() -> Suite:
 
 
 SUITES: dict[str, Callable[[], Suite]] = {"test": _test_suite, "quick": _quick_suite,
-                                          "budget": _budget_suite, "paper": _paper_suite}
+                                          "budget": _budget_suite, "paper": _paper_suite,
+                                          "auto": _auto_suite}
 
 
 def get_suite(name: str) -> Suite:
@@ -219,6 +262,9 @@ class Plan:
     out: Path
     runs: list[PlannedRun]
     skipped_settings: list[tuple[Setting, str]] = field(default_factory=list)  # (setting, why)
+    # runs that wait for another run's outcome (a from-scratch baseline of its final size):
+    # (setting, method, seed, why); planned once that run has finished
+    deferred: list[tuple[Setting, Method, int, str]] = field(default_factory=list)
 
 
 def data_paths_from_env() -> dict[str, str]:
@@ -331,7 +377,26 @@ def plan_suite(
                 continue
             method = METHODS[name]
             for seed in (seeds if seeds is not None else suite.seeds):
-                cfg = from_dict(run_overrides(setting, method, seed))
-                run_dir = plan.out / setting.dataset / setting.model / method.name / f"seed{seed}"
-                plan.runs.append(PlannedRun(setting, method, seed, run_dir, cfg))
+                over = run_overrides(setting, method, seed)
+                base = plan.out / setting.dataset / setting.model
+                if method.widths_from:
+                    widths, why = _final_widths(base / method.widths_from / f"seed{seed}")
+                    if widths is None:
+                        plan.deferred.append((setting, method, seed, why))
+                        continue
+                    over = merge(over, {"model": {"widths": widths}})
+                cfg = from_dict(over)
+                plan.runs.append(PlannedRun(setting, method, seed,
+                                            base / method.name / f"seed{seed}", cfg))
     return plan
+
+
+def _final_widths(source: Path) -> tuple[list[int] | None, str]:
+    """The final conv widths of the finished run in ``source``, or (None, why not)."""
+    from ..rundir import RunDir
+
+    rd = RunDir(source)
+    if rd.state() != "finished":
+        return None, f"waits for {source} to finish"
+    summary = json.loads(rd.summary_file.read_text(encoding="utf-8"))
+    return [int(w) for w in summary["widths_final"].values()], ""

@@ -37,7 +37,12 @@ PAPER_CLAIM = ("claimed in the paper: params -89 %, FLOPs -90 %, minimal accurac
 # fedprune's bar (method.md): >= 85 % fewer FLOPs at most 1 point below dense FedAvg
 TARGET_FLOPS_CUT = 0.85
 TARGET_GAP_POINTS = 1.0
-HEADLINE_METHOD = "fedprune-low"
+HEADLINE_METHOD = "fedprune-low"  # the suites written before the automatic method
+# the automatic suite's bar: within 1 point of dense, cutting at least the FLOPs of the
+# largest fixed ratio within 1 point, and no seed more than COLLAPSE_POINTS below its dense run
+AUTO_HEADLINE = "auto"
+RATIO_METHODS = ("ratio25", "ratio50", "ratio75")
+COLLAPSE_POINTS = 5.0
 
 
 @dataclass
@@ -149,14 +154,14 @@ def rows_of(cells: dict[str, Cell]) -> list[Row]:
     return out
 
 
-def table(rows: list[Row]) -> str:
+def table(rows: list[Row], headline: str = HEADLINE_METHOD) -> str:
     head = ("| method | seeds | accuracy | Δ vs dense (points) | params | FLOPs / sample | "
             "FLOPs cut | total bytes | bytes vs dense | latency vs dense | final widths | "
             "run wall time |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         label = METHODS[r.method].label
-        if r.method == HEADLINE_METHOD:
+        if r.method == headline:
             label = f"**{label}**"
         seeds = f"{r.n}" if r.n == r.planned else f"{r.n} of {r.planned}"
         cut = f"{statistics.fmean(r.flops_cut):.1%}" if r.flops_cut else "-"
@@ -169,6 +174,45 @@ def table(rows: list[Row]) -> str:
             f"{_fmt(*r.latency_ratio, '.2f')} | {r.widths or '-'} | "
             f"{'-' if math.isnan(r.seconds) else f'{r.seconds:.0f} s'} |")
     return "\n".join(lines)
+
+
+def auto_checks(rows: list[Row], cells: dict[str, Cell]) -> list[str]:
+    """The automatic method's targets in one setting, stated plainly with the numbers: mean
+    within 1 point of dense; FLOPs cut at least that of the largest fixed ratio whose mean is
+    within 1 point (what sweeping the ratios against test data would choose); no seed more
+    than :data:`COLLAPSE_POINTS` below dense FedAvg with the same seed."""
+    by = {r.method: r for r in rows}
+    auto, dense = by.get(AUTO_HEADLINE), by.get("dense")
+    if auto is None or dense is None or not auto.n or not dense.n:
+        return ["not enough finished runs to check the targets"]
+    out = []
+    ok = auto.gap <= TARGET_GAP_POINTS
+    out.append(f"mean accuracy within {TARGET_GAP_POINTS:g} point of dense FedAvg: "
+               f"**{'met' if ok else 'NOT met'}** (dense {dense.acc[0]:.4f}, automatic "
+               f"{auto.acc[0]:.4f}: {auto.gap:.2f} points below dense"
+               f"{'' if auto.gap >= 0 else ', i.e. above it'})")
+    within = [by[m] for m in RATIO_METHODS if m in by and by[m].n
+              and by[m].gap <= TARGET_GAP_POINTS]
+    cut = statistics.fmean(auto.flops_cut)
+    if within:
+        best = max(within, key=lambda r: statistics.fmean(r.flops_cut))
+        best_cut = statistics.fmean(best.flops_cut)
+        ok = cut >= best_cut
+        out.append(f"FLOPs cut at least the largest fixed ratio's within {TARGET_GAP_POINTS:g} "
+                   f"point ({METHODS[best.method].label}, {best.gap:.2f} points below dense, "
+                   f"FLOPs cut {best_cut:.1%}): **{'met' if ok else 'NOT met'}** (automatic "
+                   f"{cut:.1%})")
+    else:
+        out.append(f"no fixed ratio is within {TARGET_GAP_POINTS:g} point of dense (or none "
+                   f"finished); automatic FLOPs cut {cut:.1%}")
+    dense_by_seed = {r.seed: float(r.summary["accuracy"]) for r in cells["dense"].runs}
+    drops = {r.seed: 100 * (dense_by_seed[r.seed] - float(r.summary["accuracy"]))
+             for r in cells[AUTO_HEADLINE].runs if r.seed in dense_by_seed}
+    worst = max(drops.values()) if drops else math.nan
+    ok = bool(drops) and worst <= COLLAPSE_POINTS
+    out.append(f"no seed collapses (more than {COLLAPSE_POINTS:g} points below dense with the "
+               f"same seed): **{'met' if ok else 'NOT met'}** (largest drop {worst:.2f} points)")
+    return out
 
 
 def checks(rows: list[Row]) -> list[str]:
@@ -214,7 +258,7 @@ def paper_table(cells: dict[tuple[str, str], dict[str, Cell]]) -> str:
     for by in cells.values():
         rows = {r.method: r for r in rows_of(by)}
         dense = rows.get("dense")
-        for name in ("paper", HEADLINE_METHOD, "fedprune-both"):
+        for name in ("paper", HEADLINE_METHOD, "fedprune-both", AUTO_HEADLINE):
             r = rows.get(name)
             if r is None or not r.n or dense is None or not dense.n:
                 continue

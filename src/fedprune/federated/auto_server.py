@@ -1,0 +1,313 @@
+"""fedprune's automatic method: the server decides how far to prune from paired validation.
+
+The question a user asks is "how small can the model get before it costs accuracy?", and
+the server, which sees no data, answers it from what the clients measure.  From
+``prune.start_round`` on:
+
+1. **Candidate.** The server cuts a copy of the global model: every prunable group loses its
+   ``floor(step * channels)`` lowest-L1 filters (``prune.step``, 0.2 at first).  The global
+   model itself is not touched.
+2. **Paired training.** For ``prune.interval`` rounds the sampled clients train the
+   candidate beside the global model -- and, once a cut has been kept, beside the *reference*
+   too: the unpruned model, which goes on training until pruning stops -- from the same
+   weights with the same batches, and the server averages each.  All of them therefore see
+   the same clients and the same drift, which on non-IID clients swings a single model's
+   accuracy by several points from round to round; only the effect of the cuts differs.
+3. **Paired validation.** Then up to ``prune.val_clients`` clients evaluate the reference
+   (the global model before the first kept cut) and the candidate on their own validation
+   splits (``data.val_fraction``).  The candidate's *cost* is the reference's validation
+   accuracy minus the candidate's, on the same samples: what all the cuts so far cost
+   together, measured directly (no sum of noisy steps), against an unpruned model that kept
+   learning meanwhile.  Its standard error comes from the clients' paired differences.
+4. **Decision.** The cut is kept while its cost plus ``prune.confidence_z`` standard errors
+   is at most ``prune.max_accuracy_drop`` (1 point by default; a small or noisy validation
+   set therefore prunes less): the candidate becomes the global model, and the next
+   candidate is cut from it at once.  Otherwise the candidate is dropped -- the global model
+   trained on meanwhile, so nothing is lost -- and the step halves; once it is below
+   ``prune.min_step``, or no cut is possible, or ``prune.max_prune_round`` has passed,
+   pruning stops and the reference is dropped.
+
+The extra traffic (candidate and reference down and up, the validation queries and their
+answers) is counted in ``bytes_down`` / ``bytes_up``.  Each round's record has an ``auto`` entry: the
+state, and for a judged candidate its size, both accuracies and losses, its cost, the
+decision and why.  The candidate's and the reference's weights are in the checkpoint, so a
+run resumes bit for bit in the middle of a trial.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import seeds
+from ..config import ConfigError, ExperimentConfig
+from ..metrics import count_macs, n_params
+from ..models import ModelSpec, build
+from ..pruning import prune_model
+from .schedule import PruneStep, Validate, Validation
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AutoState:
+    """The automatic method's state over a run (JSON-able; in every checkpoint)."""
+
+    status: str = "waiting"  # waiting -> trial <-> (between trials) -> stopped
+    step: float = 0.0  # share of each group's filters the next candidate loses
+    spent: float = 0.0  # measured cost of the kept cuts (accuracy, 0.01 = 1 point)
+    trial_round: int | None = None  # round whose aggregate the pending candidate was cut from
+    accepted: int = 0
+    rejected: int = 0
+    stopped_round: int | None = None
+    stop_reason: str = ""
+    tries: list[dict[str, Any]] = field(default_factory=list)  # every judged candidate
+
+
+def paired(ref: Validation, got: Validation) -> tuple[float, float, int]:
+    """``(cost, standard error, clients)`` of the accuracy difference ``ref - got`` over the
+    clients that answered both with the same number of samples.
+
+    When every client answered both (the usual case) the cost is the difference of the two
+    pooled accuracies; otherwise it is pooled over the paired clients only, so that a client
+    missing from one side cannot bias it.  The standard error is that of a ratio estimator
+    over clients (their samples differ in number and in difficulty); nan with fewer than two
+    paired clients, and the cost nan with none.
+    """
+    b = {c: (acc, n) for c, acc, n in got.clients}
+    pairs = [(n, acc - b[c][0]) for c, acc, n in ref.clients if c in b and b[c][1] == n]
+    k = len(pairs)
+    total = sum(n for n, _ in pairs)
+    if k == 0 or total == 0:
+        return math.nan, math.nan, 0
+    everyone = k == len(ref.clients) == len(got.clients)
+    mean = sum(n * d for n, d in pairs) / total
+    cost = ref.accuracy - got.accuracy if everyone else mean
+    if k < 2:
+        return cost, math.nan, k
+    var = k / (k - 1) * sum((n * (d - mean)) ** 2 for n, d in pairs)
+    return cost, math.sqrt(var) / total, k
+
+
+def paired_se(ref: Validation, got: Validation) -> float:
+    """The standard error of :func:`paired`."""
+    return paired(ref, got)[1]
+
+
+def _finite(x: float) -> float | None:
+    """``x``, or None for nan / inf (JSON has no NaN)."""
+    return x if math.isfinite(x) else None
+
+
+class AutoPruner:
+    """The automatic method's decisions (a :class:`~.schedule.Pruner`)."""
+
+    def __init__(self, cfg: ExperimentConfig, example: torch.Tensor, num_clients: int,
+                 has_validation: Sequence[bool]) -> None:
+        self.cfg = cfg
+        self.example = example
+        self.val_pool = [i for i in range(num_clients) if has_validation[i]]
+        if cfg.prune.enabled and not self.val_pool:
+            raise ConfigError("prune.method = 'auto' validates each cut on the clients' "
+                              "validation splits, and no client holds one: set "
+                              "data.val_fraction > 0 (the default is 0.1), or choose "
+                              "prune.method = 'boundary' or 'ratio'")
+        self.state = AutoState(step=cfg.prune.step)
+        self.candidate: tuple[nn.Module, ModelSpec] | None = None
+        self.reference: tuple[nn.Module, ModelSpec] | None = None  # after the first kept cut
+
+    # ------------------------------------------------------------------ the trial models
+
+    def trial(self) -> list[tuple[nn.Module, ModelSpec]]:
+        """The models the sampled clients train beside the global one: the candidate, if any,
+        and the reference while pruning goes on."""
+        return [m for m in (self.candidate, self.reference) if m is not None]
+
+    # ------------------------------------------------------------------ the round step
+
+    def after_skipped(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate,
+                      last_round: bool = False) -> PruneStep | None:
+        """A round that averaged nothing: the candidate is judged if it is due at the last
+        round (the run never ends with a candidate unjudged); otherwise nothing happens."""
+        p, st = self.cfg.prune, self.state
+        if not p.enabled:
+            return None
+        if last_round and self.candidate is not None:
+            return self.after_aggregate(rnd, model, spec, validate, last_round=True)
+        if st.status in ("waiting", "between") and (rnd > p.max_prune_round or last_round):
+            self._stop(rnd, "the run's last round" if last_round else
+                       f"prune.max_prune_round ({p.max_prune_round}) has passed")
+            self.reference = None
+        return PruneStep(model, spec, False, False, self._record())
+
+    def after_aggregate(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate,
+                        last_round: bool = False) -> PruneStep:
+        p, st = self.cfg.prune, self.state
+        judged: dict[str, Any] | None = None
+        changed = False
+        if not p.enabled:
+            return PruneStep(model, spec, False, False)
+        if self.candidate is not None and st.trial_round is not None and (
+                rnd >= st.trial_round + p.interval or last_round):
+            model, spec, changed, judged = self._judge(rnd, model, spec, validate, last_round)
+        started = None
+        if (st.status in ("waiting", "between") and p.start_round <= rnd <= p.max_prune_round
+                and not last_round):
+            started = self._start_trial(rnd, model, spec)
+        elif st.status in ("waiting", "between") and (rnd > p.max_prune_round or last_round):
+            self._stop(rnd, "the run's last round" if last_round else
+                       f"prune.max_prune_round ({p.max_prune_round}) has passed")
+        if st.status == "stopped":
+            self.reference = None
+        record = self._record()
+        if judged is not None:
+            record["judged"] = judged
+        if started is not None:
+            record["candidate"] = started
+        return PruneStep(model, spec, changed, changed, record)
+
+    def _record(self) -> dict[str, Any]:
+        st = self.state
+        return {"status": st.status, "step": st.step, "spent": st.spent,
+                "accepted": st.accepted, "rejected": st.rejected,
+                "max_accuracy_drop": self.cfg.prune.max_accuracy_drop}
+
+    def _start_trial(self, rnd: int, model: nn.Module, spec: ModelSpec
+                     ) -> dict[str, Any] | None:
+        """Cut a candidate from ``model`` (left as it is); None (and stop) if nothing is cut."""
+        p, st = self.cfg.prune, self.state
+        trial = copy.deepcopy(model)
+        before = n_params(model)
+        res = prune_model(trial, self.example, ratio=st.step, min_channels=p.min_channels,
+                          seed=seeds.pruning_seed(self.cfg.seed, rnd), record=spec.record)
+        if n_params(trial) >= before:
+            self._stop(rnd, f"a cut of {st.step:.3g} of each layer removes no filter")
+            return None
+        tspec = replace(spec, record=res.record)
+        self.candidate = (trial, tspec)
+        st.status, st.trial_round = "trial", rnd
+        info = {"round": rnd, "step": st.step, "params": n_params(trial),
+                "flops": 2 * count_macs(trial, self.example), "widths": tspec.widths_now()}
+        logger.info("round %d: candidate cut %d -> %d params (step %.3g), widths %s; trained "
+                    "beside the model for %d rounds", rnd, before, info["params"], st.step,
+                    info["widths"], p.interval)
+        return info
+
+    def _val_clients(self, rnd: int) -> list[int]:
+        k = min(self.cfg.prune.val_clients, len(self.val_pool))
+        rng = seeds.guard_clients(self.cfg.seed, rnd)
+        return sorted(int(c) for c in rng.choice(self.val_pool, size=k, replace=False))
+
+    def _judge(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate,
+               last_round: bool = False) -> tuple[nn.Module, ModelSpec, bool, dict[str, Any]]:
+        p, st = self.cfg.prune, self.state
+        assert self.candidate is not None
+        cand, cspec = self.candidate
+        clients = self._val_clients(rnd)
+        reference = self.reference or (model, spec)
+        ref = validate(*reference, clients)
+        got = validate(cand, cspec, clients)
+        cost, se, n_paired = paired(ref, got)
+        if n_paired == 0 and not last_round:  # nobody answered both: ask again next round
+            logger.warning("round %d: no client validated both models; the candidate of "
+                           "round %s is judged next round", rnd, st.trial_round)
+            return model, spec, False, {"cut_round": st.trial_round, "decision": "retry",
+                                        "why": "no client validated both models"}
+        # without a standard error (fewer than two clients paired) nothing is certain
+        bound = cost + p.confidence_z * (se if math.isfinite(se) else math.inf)
+        if p.confidence_z == 0:
+            bound = cost
+        ok = bool(n_paired > 0 and bound <= p.max_accuracy_drop)
+        verdict = {
+            "cut_round": st.trial_round, "step": st.step, "params": n_params(cand),
+            "flops": 2 * count_macs(cand, self.example), "widths": cspec.widths_now(),
+            "clients": n_paired, "samples": got.samples,
+            "acc_reference": _finite(ref.accuracy), "acc_candidate": _finite(got.accuracy),
+            "loss_reference": _finite(ref.loss), "loss_candidate": _finite(got.loss),
+            "cost": _finite(cost), "cost_se": _finite(se), "bound": _finite(bound),
+            "decision": "accept" if ok else "reject",
+        }
+        total = (f"cost {100 * cost:.2f} + {p.confidence_z:g} x {100 * se:.2f} s.e. = "
+                 f"{100 * bound:.2f} points")
+        if ok:
+            verdict["why"] = f"{total} <= prune.max_accuracy_drop"
+        elif n_paired == 0:
+            verdict["why"] = "no client validated both models"
+        elif not math.isfinite(bound):
+            verdict["why"] = (f"cost {100 * cost:.2f} points from {n_paired} client: no "
+                              "standard error, so the cut cannot be shown to fit")
+        else:
+            verdict["why"] = f"{total} > prune.max_accuracy_drop"
+        st.tries.append({"round": rnd, **verdict})
+        self.candidate = None
+        st.trial_round = None
+        st.status = "between"
+        if ok:
+            st.spent = cost
+            st.accepted += 1
+            if self.reference is None:  # the unpruned model goes on as the reference
+                self.reference = (model, spec)
+            logger.info("round %d: kept the cut of round %s (%s); widths %s", rnd,
+                        verdict["cut_round"], verdict["why"], verdict["widths"])
+            return cand, cspec, True, verdict
+        st.rejected += 1
+        st.step /= 2
+        logger.info("round %d: dropped the cut of round %s (%s); step -> %.3g", rnd,
+                    verdict["cut_round"], verdict["why"], st.step)
+        if st.step < p.min_step:
+            self._stop(rnd, f"{verdict['why']}, and the halved step {st.step:.3g} is below "
+                       f"prune.min_step ({p.min_step})")
+        return model, spec, False, verdict
+
+    def _stop(self, rnd: int, why: str) -> None:
+        st = self.state
+        st.status, st.stopped_round, st.stop_reason = "stopped", rnd, why
+        logger.info("round %d: pruning stopped: %s (%d cuts kept, measured cost %.2f points)",
+                    rnd, why, st.accepted, 100 * st.spent)
+
+    # ------------------------------------------------------------------ state
+
+    def state_entries(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        snap = {name: {"spec": m[1].to_json(),
+                       "state_dict": {k: v.detach().clone() for k, v in m[0].state_dict().items()}}
+                for name, m in (("candidate", self.candidate), ("reference", self.reference))
+                if m is not None}
+        return {"auto": asdict(self.state)}, snap or None
+
+    def restore_entries(self, state: dict[str, Any], snapshot: dict[str, Any] | None) -> None:
+        if "auto" not in state:
+            raise ValueError("the checkpoint holds no state of prune.method = 'auto': it was "
+                             "written by a run with another method")
+        self.state = AutoState(**state["auto"])
+        snapshot = snapshot or {}
+
+        def model_of(name: str) -> tuple[nn.Module, ModelSpec]:
+            spec = ModelSpec.from_json(snapshot[name]["spec"])
+            model = build(spec)
+            model.load_state_dict(snapshot[name]["state_dict"])
+            return model, spec
+
+        if self.state.status == "trial" and "candidate" not in snapshot:
+            raise ValueError("checkpoint: a candidate is being trained but its weights are "
+                             "missing")
+        self.candidate = model_of("candidate") if "candidate" in snapshot else None
+        self.reference = model_of("reference") if "reference" in snapshot else None
+        if self.state.accepted and self.state.status != "stopped" and self.reference is None:
+            raise ValueError("checkpoint: cuts were kept and pruning goes on, but the "
+                             "reference model's weights are missing")
+
+    def summary_entries(self, model: nn.Module) -> dict[str, Any]:
+        st = self.state
+        return {"prune_stopped_round": st.stopped_round, "prune_steps": st.accepted,
+                "auto": {"status": st.status, "stop_reason": st.stop_reason,
+                         "accepted": st.accepted, "rejected": st.rejected,
+                         "measured_cost": st.spent,
+                         "max_accuracy_drop": self.cfg.prune.max_accuracy_drop,
+                         "tries": st.tries}}

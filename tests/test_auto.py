@@ -1,0 +1,271 @@
+"""The automatic method (prune.method = "auto"): candidates, paired validation, decisions."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+from interrupt import Stop, stop_after
+
+from fedprune.config import ConfigError, from_dict, load_config
+from fedprune.federated import run_simulation
+from fedprune.federated.auto_server import AutoPruner, paired_se
+from fedprune.federated.schedule import Validation
+from fedprune.federated.server import VALIDATION_ANSWER_BYTES
+from fedprune.metrics import n_params, payload_bytes
+from fedprune.models import new_model
+
+SHORT = {"threads": 1, "train": {"local_epochs": 1},
+         "fed": {"rounds": 8, "clients_per_round": 5, "eval_every": 1},
+         "prune": {"start_round": 2, "interval": 2, "confidence_z": 1.0}}
+
+
+def _cfg(**prune):
+    return from_dict({**SHORT, "prune": {**SHORT["prune"], **prune}})
+
+
+def _pruner(cfg, n_val=4):
+    model, spec = new_model("cnn_femnist", num_classes=10, in_channels=1, image_size=28,
+                            widths=[10, 20], seed=0)
+    return AutoPruner(cfg, spec.example_input(), 6, [True] * n_val + [False] * (6 - n_val)), \
+        model, spec
+
+
+def _validator(cost_of):
+    """validate() giving the unpruned model accuracy 0.9 on each client and a pruned one
+    (fewer params) 0.9 - cost +- 0.01, on 4 clients of 100 samples each."""
+    full = {}
+
+    def validate(model, spec, ids):
+        p = n_params(model)
+        full.setdefault("params", p)
+        spread = 0.0 if p == full["params"] else 0.01
+        base = 0.9 if p == full["params"] else 0.9 - cost_of(p)
+        clients = tuple((c, base + (spread if i % 2 else -spread), 100)
+                        for i, c in enumerate(ids))
+        return Validation(sum(a for _, a, _ in clients) / len(clients), 100 * len(ids), 0.3,
+                          clients)
+    return validate, full
+
+
+def test_a_cheap_candidate_is_kept_and_the_next_one_cut_from_it():
+    cfg = _cfg()
+    pruner, model, spec = _pruner(cfg)
+    validate, _ = _validator(lambda p: 0.0)
+
+    step = pruner.after_aggregate(1, model, spec, validate)  # before the window
+    assert not step.changed and pruner.trial() == [] and step.record["status"] == "waiting"
+    step = pruner.after_aggregate(2, model, spec, validate)
+    assert not step.changed and step.record["candidate"]["widths"] == {"features.0": 8,
+                                                                       "features.3": 16}
+    [(cand, _)] = pruner.trial()  # no reference before the first kept cut
+    assert n_params(cand) < n_params(model) and spec.widths_now() == {"features.0": 10,
+                                                                      "features.3": 20}
+    assert not pruner.after_aggregate(3, model, spec, validate).changed  # still training
+    step = pruner.after_aggregate(4, model, spec, validate)
+    assert step.changed and step.pruned and step.model is cand
+    judged = step.record["judged"]
+    assert judged["decision"] == "accept" and judged["cost"] == pytest.approx(0.0)
+    assert judged["clients"] == 4 and judged["samples"] == 400  # the pool: clients with a split
+    # the next candidate, cut at once from the kept one, and the unpruned model as reference
+    (nxt, _), (ref, _) = pruner.trial()
+    assert n_params(nxt) < n_params(cand) and ref is model
+
+
+def test_a_costly_candidate_is_dropped_the_step_halves_and_pruning_stops_below_min_step():
+    cfg = _cfg(step=0.4, min_step=0.15)
+    pruner, model, spec = _pruner(cfg)
+    validate, _ = _validator(lambda p: 0.05)  # every cut costs 5 points
+
+    pruner.after_aggregate(2, model, spec, validate)
+    step = pruner.after_aggregate(4, model, spec, validate)
+    assert not step.changed and step.model is model  # the model trained on: nothing lost
+    assert step.record["judged"]["decision"] == "reject"
+    assert "> prune.max_accuracy_drop" in step.record["judged"]["why"]
+    assert pruner.state.step == pytest.approx(0.2) and len(pruner.trial()) == 1
+    step = pruner.after_aggregate(6, model, spec, validate)
+    assert step.record["status"] == "stopped" and pruner.trial() == []
+    summary = pruner.summary_entries(model)
+    assert summary["prune_steps"] == 0 and summary["auto"]["rejected"] == 2
+    assert "prune.min_step" in summary["auto"]["stop_reason"]
+    assert [t["decision"] for t in summary["auto"]["tries"]] == ["reject", "reject"]
+
+
+def test_cuts_are_kept_while_their_cost_against_the_reference_fits_the_tolerance():
+    cfg = _cfg(max_accuracy_drop=0.02, confidence_z=0.0, step=0.1, min_step=0.1,
+               max_prune_round=100)
+    pruner, model, spec = _pruner(cfg)
+    p0 = n_params(model)
+    # what the cuts so far cost together: half a point per tenth of the parameters removed
+    validate, _ = _validator(lambda p: 0.05 * (1 - p / p0))
+    rnd, costs, decisions = 2, [], []
+    pruner.after_aggregate(rnd, model, spec, validate)
+    while pruner.candidate is not None:
+        rnd += 2
+        step = pruner.after_aggregate(rnd, model, spec, validate)
+        model, spec = step.model, step.spec
+        costs.append(step.record["judged"]["cost"])
+        decisions.append(step.record["judged"]["decision"])
+    assert decisions[-1] == "reject" and set(decisions[:-1]) == {"accept"}
+    assert all(c <= 0.02 for c in costs[:-1]) and costs[-1] > 0.02
+    assert costs == sorted(costs)  # measured against the unpruned reference: cumulative
+    assert pruner.state.spent == pytest.approx(costs[-2])
+    assert pruner.reference is None  # dropped once pruning stopped
+
+    strict = _cfg(max_accuracy_drop=0.02, confidence_z=3.0, step=0.1, min_step=0.1)
+    pruner, model, spec = _pruner(strict)
+    validate, _ = _validator(lambda p: 0.008)
+    pruner.after_aggregate(2, model, spec, validate)
+    step = pruner.after_aggregate(4, model, spec, validate)
+    # the clients' differences spread by +-1 point: s.e. 0.58 points, 0.8 + 3 x 0.58 > 2
+    assert step.record["judged"]["decision"] == "reject"
+    assert step.record["judged"]["cost_se"] == pytest.approx(math.sqrt(16 / 3) / 400)
+
+
+def test_paired_se_comes_from_the_clients_paired_differences():
+    ref = Validation(0.9, 300, 0.3, ((0, 0.9, 100), (1, 0.9, 100), (2, 0.9, 100)))
+    same = Validation(0.8, 300, 0.4, ((0, 0.8, 100), (1, 0.8, 100), (2, 0.8, 100)))
+    spread = Validation(0.8, 300, 0.4, ((0, 0.7, 100), (1, 0.8, 100), (2, 0.9, 100)))
+    assert paired_se(ref, same) == pytest.approx(0.0)
+    assert paired_se(ref, spread) == pytest.approx(math.sqrt(3 / 2 * 2 * 10 ** 2) / 300)
+    assert math.isnan(paired_se(ref, Validation(0.8, 100, 0.4, ((0, 0.8, 100),))))
+
+
+def test_no_candidate_starts_after_the_window_and_a_pending_one_is_judged_at_the_last_round():
+    cfg = _cfg(max_prune_round=2)
+    pruner, model, spec = _pruner(cfg)
+    validate, _ = _validator(lambda p: 0.0)
+    pruner.after_aggregate(2, model, spec, validate)
+    step = pruner.after_aggregate(3, model, spec, validate, last_round=True)
+    assert step.record["judged"]["decision"] == "accept"
+    assert step.record["status"] == "stopped" and pruner.trial() == []
+
+
+def test_the_method_needs_validation_splits_and_says_how_to_get_them():
+    with pytest.raises(ConfigError, match="data.val_fraction > 0"):
+        run_simulation(from_dict({**SHORT, "data": {"val_fraction": 0.0}}))
+    with pytest.raises(ConfigError, match="prune.min_step"):
+        _cfg(step=0.1, min_step=0.2)
+
+
+def test_budget_mode_runs_the_boundary_rule_whatever_the_method_default():
+    cfg = load_config(None, ["budget.params_fraction=0.3"])
+    assert cfg.prune.method == "boundary"
+    with pytest.raises(ConfigError, match="budget"):
+        load_config(None, ["budget.params_fraction=0.3", "prune.method=ratio"])
+
+
+def test_a_run_records_each_try_and_counts_the_trial_traffic(tmp_path):
+    cfg = _cfg(max_accuracy_drop=1.0)  # every cut kept: the path is deterministic
+    result = run_simulation(cfg, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "rounds.jsonl").read_text().splitlines()]
+    tries = result.summary["auto"]["tries"]
+    assert [t["round"] for t in tries] == [4, 6, 8] and result.summary["prune_steps"] == 3
+    assert all(t["decision"] == "accept" and t["clients"] > 0 for t in tries)
+    assert result.summary["params_final"] == tries[-1]["params"]
+    # a round inside a trial carries both models down and up; a judged round adds the queries
+    r1, r3, r4 = rows[0], rows[2], rows[3]
+    assert r1["bytes_down"] > 0 and r3["bytes_down"] > r1["bytes_down"]
+    assert r3["bytes_up"] > r1["bytes_up"]
+    n_val = tries[0]["clients"]
+    assert r4["bytes_up"] - r3["bytes_up"] >= 2 * n_val * VALIDATION_ANSWER_BYTES - (
+        r3["bytes_up"] - r1["bytes_up"])
+    assert rows[3]["auto"]["judged"]["decision"] == "accept"
+    assert rows[1]["auto"]["candidate"]["round"] == 2
+
+
+def test_a_run_killed_inside_a_trial_resumes_bit_identically(tmp_path):
+    cfg = _cfg()
+    full = run_simulation(cfg, tmp_path / "full")
+    with pytest.raises(Stop):  # round 3: the candidate cut after round 2 is being trained
+        run_simulation(cfg, tmp_path / "cut", on_round=stop_after(3))
+    resumed = run_simulation(cfg, tmp_path / "cut", resume=True)
+    for key, value in full.summary.items():
+        if key != "seconds":
+            assert resumed.summary[key] == value, key
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
+    assert payload_bytes(full.model) == payload_bytes(resumed.model)
+
+
+def test_a_cost_is_measured_on_the_clients_that_answered_both_and_needs_two_of_them():
+    from fedprune.federated.auto_server import paired
+
+    ref = Validation(0.9, 300, 0.3, ((0, 0.9, 100), (1, 0.9, 100), (2, 0.9, 100)))
+    # client 2 did not answer for the candidate, where it would have done worst
+    got = Validation(0.85, 200, 0.4, ((0, 0.86, 100), (1, 0.84, 100)))
+    cost, se, n = paired(ref, got)
+    assert n == 2 and cost == pytest.approx(0.05) and se > 0
+    assert paired(ref, Validation(0.8, 100, 0.4, ((0, 0.8, 100),)))[1:] == (
+        pytest.approx(math.nan, nan_ok=True), 1)
+
+    cfg = _cfg()
+    pruner, model, spec = _pruner(cfg)
+
+    def one_client(m, s, ids):  # a single client answers: no standard error
+        return Validation(0.9, 100, 0.3, ((ids[0], 0.9, 100),))
+    pruner.after_aggregate(2, model, spec, one_client)
+    judged = pruner.after_aggregate(4, model, spec, one_client).record["judged"]
+    assert judged["decision"] == "reject" and "no standard error" in judged["why"]
+    assert judged["cost_se"] is None and judged["bound"] is None  # JSON: no NaN
+    with pytest.raises(ConfigError, match="prune.val_clients"):
+        _cfg(val_clients=1)
+
+
+def test_a_candidate_nobody_validated_is_judged_again_next_round():
+    cfg = _cfg()
+    pruner, model, spec = _pruner(cfg)
+    def silent(m, s, ids):
+        return Validation(math.nan, 0, math.nan)
+    validate, _ = _validator(lambda p: 0.0)
+    pruner.after_aggregate(2, model, spec, validate)
+    step = pruner.after_aggregate(4, model, spec, silent)
+    assert step.record["judged"]["decision"] == "retry" and pruner.candidate is not None
+    assert pruner.state.step == pytest.approx(0.2)  # no step lost to the outage
+    step = pruner.after_aggregate(5, model, spec, validate)
+    assert step.record["judged"]["decision"] == "accept"
+
+
+def test_trial_models_learn_from_the_clients_whose_main_reply_was_accepted():
+    from fedprune.federated.server import PruningServer
+
+    cfg = _cfg()
+    model, spec = new_model("cnn_femnist", num_classes=10, in_channels=1, image_size=28,
+                            widths=[4, 8], seed=0)
+    server = PruningServer(cfg, model, spec, num_clients=3, has_validation=[True] * 3,
+                           test_x=torch.zeros(2, 1, 28, 28), test_y=torch.zeros(2).long())
+    cand, cspec = copy.deepcopy(model), spec
+    server.pruner.candidate = (cand, cspec)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    good = [{k: v + i for k, v in base.items()} for i in range(3)]
+    nan = {k: torch.full_like(v, math.nan) for k, v in base.items()}
+    replies = [(good[0], 10), (nan, 10), (good[2], 10)]  # client 1's main reply is NaN
+    copies = [{k: v + 10 for k, v in base.items()}, good[1], None]  # client 2 sent none
+
+    out = server.aggregate(1, replies, trial_replies=[copies])
+
+    assert [r.index for r in out.rejections] == [1]
+    assert [(r.index, "no trained copy" in r.reason) for r in out.trial_rejections] == [
+        (2, True)]
+    # the candidate averaged client 0's copy alone: not client 1's (main reply rejected)
+    key = next(iter(base))
+    assert torch.equal(cand.state_dict()[key], base[key] + 10)
+    with pytest.raises(ValueError, match="trial models were sent"):
+        server.aggregate(2, replies)
+
+
+def test_a_skipped_last_round_still_judges_the_pending_candidate():
+    cfg = _cfg()
+    pruner, model, spec = _pruner(cfg)
+    validate, _ = _validator(lambda p: 0.0)
+    pruner.after_aggregate(6, model, spec, validate)
+    step = pruner.after_skipped(7, model, spec, validate, last_round=True)
+    assert step.record["judged"]["decision"] == "accept"
+    assert step.record["status"] == "stopped"
+    # a skipped round without a candidate still writes the method's entry
+    assert pruner.after_skipped(8, step.model, step.spec, validate).record["status"] == (
+        "stopped")

@@ -1,0 +1,104 @@
+"""The ``auto`` suite: its plan, the from-scratch baseline of the automatic method's size,
+and the report's checks of the automatic method's targets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fedprune.reproduce import get_suite, plan_suite
+from fedprune.reproduce.tables import Cell, RunData, auto_checks, rows_of
+
+
+def _plan(tmp_path, fashion_mnist_dir, **kw):
+    return plan_suite(get_suite("auto"), tmp_path,
+                      data_paths={"fashion-mnist": str(fashion_mnist_dir)}, **kw)
+
+
+def test_auto_suite_plan_holds_everything_but_the_method_equal(tmp_path, fashion_mnist_dir,
+                                                               no_default_fashion):
+    plan = _plan(tmp_path, fashion_mnist_dir)
+    # 5 settings x 7 methods x 3 seeds now; the 15 from-scratch runs wait for their source
+    assert len(plan.runs) == 5 * 7 * 3 and len(plan.deferred) == 5 * 3
+    assert {s.model for s, *_ in plan.deferred} == {"cnn_femnist", "cnn_femnist_a01",
+                                                    "resnet7", "inception"}
+    assert all("waits for" in why and "/auto/seed" in why for *_, why in plan.deferred)
+    keys = {(r.setting.dataset, r.setting.model) for r in plan.runs}
+    assert keys == {("digits", "cnn_femnist"), ("fashion-mnist", "cnn_femnist"),
+                    ("fashion-mnist", "cnn_femnist_a01"), ("fashion-mnist", "resnet7"),
+                    ("fashion-mnist", "inception")}
+    for key in keys:
+        for seed in (0, 1, 2):
+            cfgs = [r.config.to_dict() for r in plan.runs
+                    if (r.setting.dataset, r.setting.model) == key and r.seed == seed]
+            assert len(cfgs) == 7
+            rest = [{k: v for k, v in c.items() if k != "prune"} for c in cfgs]
+            assert all(c == rest[0] for c in rest)  # only prune.* differs
+            assert rest[0]["data"]["val_fraction"] == 0.1  # the same split for every method
+    by = {(r.setting.model, r.method.name): r.config for r in plan.runs if r.seed == 0
+          and r.setting.dataset == "fashion-mnist"}
+    auto = by[("cnn_femnist", "auto")]
+    assert (auto.prune.method, auto.prune.start_round, auto.prune.max_prune_round,
+            auto.prune.interval, auto.prune.max_accuracy_drop) == ("auto", 30, 60, 2, 0.01)
+    assert auto.data.num_clients == 100 and auto.fed.rounds == 100
+    assert auto.data.max_test_samples == 2000 and auto.train.local_epochs == 1
+    assert by[("cnn_femnist_a01", "auto")].data.alpha == 0.1
+    assert by[("cnn_femnist_a01", "auto")].model.name == "cnn_femnist"
+    assert by[("inception", "auto")].fed.rounds == 60
+    for r in (0.25, 0.5, 0.75):
+        ratio = by[("cnn_femnist", f"ratio{round(100 * r)}")].prune
+        assert (ratio.method, ratio.ratio, ratio.start_round, ratio.max_prune_round) == (
+            "ratio", r, 30, 30)
+    assert by[("cnn_femnist", "fedprune-low")].prune.method == "boundary"
+    digits = next(r.config for r in plan.runs if r.setting.dataset == "digits"
+                  and r.method.name == "auto" and r.seed == 0)
+    assert digits.to_dict() == {**digits.to_dict(), "data": digits.to_dict()["data"]}
+    assert (digits.train.local_epochs, digits.fed.rounds, digits.data.num_clients) == (5, 100, 20)
+
+
+def test_the_from_scratch_run_takes_the_widths_its_automatic_run_ended_with(
+        tmp_path, fashion_mnist_dir, no_default_fashion):
+    source = tmp_path / "fashion-mnist" / "resnet7" / "auto" / "seed1"
+    source.mkdir(parents=True)
+    plan = _plan(tmp_path, fashion_mnist_dir, models=["resnet7"], seeds=[1])
+    assert [m.name for _, m, _, _ in plan.deferred] == ["scratch-auto"]
+    widths = {"stem.0": 7, "blocks.0.conv1": 9, "blocks.1.conv1": 11, "blocks.2.conv1": 13}
+    (source / "summary.json").write_text(json.dumps({"widths_final": widths}))
+
+    plan = _plan(tmp_path, fashion_mnist_dir, models=["resnet7"], seeds=[1])
+    assert not plan.deferred
+    scratch = next(r for r in plan.runs if r.method.name == "scratch-auto")
+    dense = next(r for r in plan.runs if r.method.name == "dense")
+    assert scratch.config.model.widths == [7, 9, 11, 13] and not scratch.config.prune.enabled
+    a, b = scratch.config.to_dict(), dense.config.to_dict()
+    a["model"].pop("widths"), b["model"].pop("widths")
+    assert a == b
+
+
+def _cell(setting, method, accs, cut):
+    c = Cell(setting, method, len(accs))
+    for seed, acc in enumerate(accs):
+        c.runs.append(RunData(seed, {
+            "accuracy": acc, "params_final": 100, "params_initial": 1000, "flops_final":
+            1000 * (1 - cut), "flops_initial": 1000, "bytes_total": 1e6,
+            "bytes_total_dense": 2e6, "seconds": 1.0, "widths_final": {"a": 1}}, [], None))
+    return c
+
+
+@pytest.mark.parametrize(("auto_accs", "auto_cut", "verdicts"), [
+    ([0.83, 0.82, 0.83], 0.50, ["met", "met", "met"]),
+    ([0.83, 0.82, 0.83], 0.30, ["met", "NOT met", "met"]),  # less than ratio 25 % cuts
+    ([0.80, 0.80, 0.80], 0.50, ["NOT met", "met", "met"]),  # 3 points below dense
+    ([0.85, 0.85, 0.77], 0.50, ["met", "met", "NOT met"]),  # one seed 6 points below
+])
+def test_auto_checks_state_each_target_with_its_numbers(tmp_path, auto_accs, auto_cut,
+                                                        verdicts):
+    setting = get_suite("auto").settings[0]
+    cells = {"dense": _cell(setting, "dense", [0.83, 0.83, 0.83], 0.0),
+             "auto": _cell(setting, "auto", auto_accs, auto_cut),
+             "ratio25": _cell(setting, "ratio25", [0.83, 0.825, 0.825], 0.414),
+             "ratio50": _cell(setting, "ratio50", [0.81, 0.81, 0.81], 0.72)}
+    lines = auto_checks(rows_of(cells), cells)
+    assert [("NOT met" if "**NOT met**" in line else "met") for line in lines] == verdicts
+    assert "fixed ratio 25 %" in lines[1] and "41.4%" in lines[1]  # the largest within 1 point
