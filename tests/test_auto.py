@@ -175,6 +175,10 @@ def test_a_run_records_each_try_and_counts_the_trial_traffic(tmp_path):
         r3["bytes_up"] - r1["bytes_up"])
     assert rows[3]["auto"]["judged"]["decision"] == "accept"
     assert rows[1]["auto"]["candidate"]["round"] == 2
+    from fedprune.metrics import plot_run
+
+    path = plot_run(tmp_path)[-1]
+    assert path.name == "prune_path.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_run_killed_inside_a_trial_resumes_bit_identically(tmp_path):

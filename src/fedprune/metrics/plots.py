@@ -7,6 +7,7 @@ directory, optionally overlaying a dense FedAvg baseline run.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -94,23 +95,45 @@ def plot_run(run_dir: Path, dense_run_dir: Path | None = None) -> list[Path]:
             plt.close(fig)
     if any(r.get("budget") for r in runs[0][1]):
         written.append(plot_budget(runs[0][1], run_dir / "budget.png"))
-    if any((r.get("auto") or {}).get("judged") for r in runs[0][1]):
+    if any((r.get("auto") or {}).get("judged", {}).get("decision") in ("accept", "reject")
+           for r in runs[0][1]):
         written.append(plot_prune_path(runs[0][1], run_dir / "prune_path.png"))
     return written
 
 
-def plot_prune_path(rows: list[dict[str, Any]], out_png: Path) -> Path:
-    """The automatic method's path: each judged candidate's FLOPs and measured cost (with
-    its cost + z x s.e. bound), kept or dropped, and the run's FLOPs per round."""
+def _two_panels(out_png: Path, draw) -> Path:
+    """A figure of two stacked panels sharing the round axis, drawn by ``draw``, saved."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tries = [(r["round"], r["auto"]["judged"]) for r in rows
-             if (r.get("auto") or {}).get("judged")]
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     try:
+        draw(ax1, ax2)
+        fig.tight_layout()
+    except BaseException:
+        plt.close(fig)
+        raise
+    return save_figure(fig, out_png)
+
+
+def _axes(ax, ylabel: str, xlabel: str | None = None) -> None:
+    """Label, grid and small legend, as every panel here has them."""
+    if xlabel is not None:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def plot_prune_path(rows: list[dict[str, Any]], out_png: Path) -> Path:
+    """The automatic method's path: each judged candidate's FLOPs and measured cost (with
+    its cost + z x s.e. bound), kept or dropped, and the run's FLOPs per round."""
+    tries = [(r["round"], r["auto"]["judged"]) for r in rows
+             if (r.get("auto") or {}).get("judged", {}).get("decision") in ("accept", "reject")]
+
+    def draw(ax1, ax2) -> None:
         xs, ys = _series(rows, "flops", 1e6)
         ax1.plot(xs, ys, color="black", lw=1, label="model")
         for decision, (marker, color) in {"accept": ("^", "tab:green"),
@@ -119,40 +142,28 @@ def plot_prune_path(rows: list[dict[str, Any]], out_png: Path) -> Path:
             if pts:
                 ax1.scatter(*zip(*pts, strict=True), marker=marker, color=color, zorder=3,
                             label=f"candidate {'kept' if decision == 'accept' else 'dropped'}")
-        ax1.set_ylabel("FLOPs / sample (M)")
         ax1.set_title("Automatic pruning: candidates and their measured cost")
-        ax1.grid(True, alpha=0.3)
-        ax1.legend(fontsize=8)
+        _axes(ax1, "FLOPs / sample (M)")
         rounds = [rnd for rnd, _ in tries]
-        ax2.plot(rounds, [100 * t["cost"] for _, t in tries], "o-", label="cost (points)")
-        ax2.plot(rounds, [100 * t["bound"] for _, t in tries], "v--",
-                 label="cost + z x s.e. (points)")
+
+        def points(key: str) -> list[float]:
+            return [math.nan if t[key] is None else 100 * t[key] for _, t in tries]
+        ax2.plot(rounds, points("cost"), "o-", label="cost (points)")
+        ax2.plot(rounds, points("bound"), "v--", label="cost + z x s.e. (points)")
         limit = next((r["auto"].get("max_accuracy_drop") for r in rows
                       if (r.get("auto") or {}).get("max_accuracy_drop") is not None), None)
         if limit is not None:
             ax2.axhline(100 * limit, color="tab:red", lw=0.8, label="prune.max_accuracy_drop")
         ax2.axhline(0, color="black", lw=0.5)
-        ax2.set_xlabel("round")
-        ax2.set_ylabel("validation accuracy drop")
-        ax2.grid(True, alpha=0.3)
-        ax2.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out_png, dpi=100)
-    finally:
-        plt.close(fig)
-    return out_png
+        _axes(ax2, "validation accuracy drop", xlabel="round")
+    return _two_panels(out_png, draw)
 
 
 def plot_budget(rows: list[dict[str, Any]], out_png: Path) -> Path:
     """Budget mode's path: gap to each target, guard decisions, and k, per round."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [r for r in rows if r.get("budget")]
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
-    try:
+
+    def draw(ax1, ax2) -> None:
         rounds = [r["round"] for r in rows]
         for key in sorted({k for r in rows for k in r["budget"]["gap"]}):
             ax1.plot(rounds, [100 * r["budget"]["gap"].get(key, float("nan")) for r in rows],
@@ -167,21 +178,12 @@ def plot_budget(rows: list[dict[str, Any]], out_png: Path) -> Path:
             if pts:
                 ax1.scatter(*zip(*pts, strict=True), marker=marker, color=color, zorder=3,
                             label=f"guard: {decision}")
-        ax1.set_ylabel("distance to budget (%)")
         ax1.set_title(f"Path to the budget (final status: {rows[-1]['budget']['status']})")
-        ax1.grid(True, alpha=0.3)
-        ax1.legend(fontsize=8)
+        _axes(ax1, "distance to budget (%)")
         ax2.plot(rounds, [r["budget"]["k"] for r in rows], label="k")
         ax2.plot(rounds, [r["budget"]["step_fraction"] for r in rows], label="step fraction")
-        ax2.set_xlabel("round")
-        ax2.set_ylabel("controller")
-        ax2.grid(True, alpha=0.3)
-        ax2.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out_png, dpi=100)
-    finally:
-        plt.close(fig)
-    return out_png
+        _axes(ax2, "controller", xlabel="round")
+    return _two_panels(out_png, draw)
 
 
 def plot_overview(run_dir: Path, dense_run_dir: Path, out_png: Path) -> Path:
