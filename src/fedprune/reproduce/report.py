@@ -15,7 +15,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from ..config import ExperimentConfig
+from ..config import ExperimentConfig, default_auto_deadline
 from ..rundir import LATENCY_FILE, ROUNDS_FILE, SUMMARY_FILE
 from .figures import PLOT_KINDS, plot_path, plots, slug
 from .methods import METHODS
@@ -87,10 +87,14 @@ def render(plan: Plan, cells: dict[tuple[str, str], dict[str, Cell]],
     inv = log.get("invocations", [])
     machine = inv[-1]["machine"] if inv else {}
     out: list[str] = [f"# fedprune reproduce: suite `{suite.name}`", ""]
-    n_set = len({(r.setting.dataset, r.setting.model) for r in plan.runs})
-    n_met = len({r.method.name for r in plan.runs})
-    n_seed = len({r.seed for r in plan.runs})
-    out.append(f"{suite.description}. This report: {len(plan.runs)} runs ({n_set} setting"
+    planned = [(r.setting, r.method, r.seed) for r in plan.runs] + [
+        (s, m, seed) for s, m, seed, _ in plan.deferred]
+    n_set = len({(s.dataset, s.model) for s, _, _ in planned})
+    n_met = len({m.name for _, m, _ in planned})
+    n_seed = len({seed for _, _, seed in planned})
+    waiting = (f"; {len(plan.deferred)} of them wait for the run whose size they take"
+               if plan.deferred else "")
+    out.append(f"{suite.description}. This report: {len(planned)} runs{waiting} ({n_set} setting"
                f"{'s' if n_set != 1 else ''} × {n_met} method{'s' if n_met != 1 else ''} × "
                f"{n_seed} seed{'s' if n_seed != 1 else ''}). Generated from the run folders "
                f"under `{plan.out}` by the report step "
@@ -158,7 +162,12 @@ def render(plan: Plan, cells: dict[tuple[str, str], dict[str, Cell]],
                        f"Pruning window of fedprune's rule: rounds {setting.window.start}-"
                        f"{setting.window.stop} every {setting.window.interval} (the default "
                        "is 30-40 every 2 of 100 rounds); the fixed-ratio baselines cut once at "
-                       f"round {setting.window.start}.")
+                       f"round {setting.window.start}."
+                       + (f" The automatic method starts candidates from round "
+                          f"{first.config.prune.start_round} up to round "
+                          f"{auto_last(first.config.fed.rounds, setting.window.stop)}, each "
+                          f"trained {setting.window.interval} rounds before it is judged."
+                          if "auto" in {m.name for _, m, _ in planned} else ""))
             out.append("")
         rows = rows_of(by)
         headline = plan.suite.headline
@@ -197,6 +206,11 @@ def render(plan: Plan, cells: dict[tuple[str, str], dict[str, Cell]],
         out.append(notes.strip())
         out.append("")
     return "\n".join(out)
+
+
+def auto_last(rounds: int, window_stop: int) -> int:
+    """The last round the automatic method may start a candidate in (as its method sets)."""
+    return max(window_stop, default_auto_deadline(rounds))
 
 
 def write_report(plan: Plan, report_path: Path, notes_path: Path | None = None) -> Path:
