@@ -307,3 +307,20 @@ def test_budget_line_lists_every_target() -> None:
     assert budget_line({**budget, "status": "met", "met": True,
                         "targets": {"latency_ms": 2.0}, "final": {"latency_ms": 1.5}}) == (
         "budget met: latency 1.500 ms <= 2.000 ms")
+
+
+def test_an_automatic_run_ends_with_what_the_method_decided(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_dir = tmp_path / "run"
+    rc = main(["run", "--out", str(out_dir), "--set", "fed.rounds=6", "--set",
+               "fed.clients_per_round=3", "--set", "data.num_clients=4", "--set",
+               "train.local_epochs=1", "--set", "model.widths=[8,16]", "--set",
+               "prune.max_accuracy_drop=1.0", "--set", "threads=1", "--no-progress"])
+    out, err = capsys.readouterr()
+    assert rc == 0
+    summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"automatic pruning: {summary['auto']['accepted']} cuts kept")
+    assert summary["auto"]["accepted"] >= 1 and "stopped: " in last
+    assert (out_dir / "prune_path.png").is_file()

@@ -244,7 +244,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if s.get("budget"):
         sys.stdout.flush()
         print(budget_line(s["budget"], budget_status), file=sys.stderr)
+    if s.get("auto"):
+        sys.stdout.flush()
+        print(auto_line(s["auto"], s), file=sys.stderr)
     return 0
+
+
+def auto_line(auto: dict, summary: dict) -> str:
+    """One line on what the automatic method decided, e.g. ``automatic pruning: 3 cuts kept,
+    FLOPs -55.0 %, measured cost 0.68 points (<= 1.00); stopped: ...``."""
+    cut = 1 - summary["flops_final"] / summary["flops_initial"]
+    cost = auto.get("measured_cost") or 0.0
+    why = auto.get("stop_reason") or auto.get("status", "?")
+    return (f"automatic pruning: {auto.get('accepted', 0)} cuts kept, {auto.get('rejected', 0)} "
+            f"dropped, FLOPs -{100 * cut:.1f} %, measured cost {100 * cost:.2f} points "
+            f"(prune.max_accuracy_drop {100 * auto.get('max_accuracy_drop', 0):.2f}); "
+            f"stopped: {why}")
 
 
 def budget_line(budget: dict, status: str | None = None) -> str:
