@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from fedprune.models import scaled_widths
 from fedprune.reproduce import get_suite, plan_suite
 from fedprune.reproduce.tables import Cell, RunData, auto_checks, rows_of
 
@@ -57,23 +58,39 @@ def test_auto_suite_plan_holds_everything_but_the_method_equal(tmp_path, fashion
     assert (digits.train.local_epochs, digits.fed.rounds, digits.data.num_clients) == (5, 100, 20)
 
 
-def test_the_from_scratch_run_takes_the_widths_its_automatic_run_ended_with(
+def test_the_from_scratch_run_takes_the_size_its_automatic_run_ended_with(
         tmp_path, fashion_mnist_dir, no_default_fashion):
-    source = tmp_path / "fashion-mnist" / "resnet7" / "auto" / "seed1"
-    source.mkdir(parents=True)
-    plan = _plan(tmp_path, fashion_mnist_dir, models=["resnet7"], seeds=[1])
+    # a plain CNN: its final widths are the model's width settings one to one
+    cnn = tmp_path / "fashion-mnist" / "cnn_femnist" / "auto" / "seed1"
+    cnn.mkdir(parents=True)
+    plan = _plan(tmp_path, fashion_mnist_dir, models=["cnn_femnist"], seeds=[1],
+                 datasets=["fashion-mnist"])
     assert [m.name for _, m, _, _ in plan.deferred] == ["scratch-auto"]
-    widths = {"stem.0": 7, "blocks.0.conv1": 9, "blocks.1.conv1": 11, "blocks.2.conv1": 13}
-    (source / "summary.json").write_text(json.dumps({"widths_final": widths}))
-
-    plan = _plan(tmp_path, fashion_mnist_dir, models=["resnet7"], seeds=[1])
+    (cnn / "summary.json").write_text(json.dumps({
+        "widths_final": {"features.0": 21, "features.3": 41}, "params_final": 22532,
+        "params_initial": 52746}))
+    plan = _plan(tmp_path, fashion_mnist_dir, models=["cnn_femnist"], seeds=[1],
+                 datasets=["fashion-mnist"])
     assert not plan.deferred
     scratch = next(r for r in plan.runs if r.method.name == "scratch-auto")
     dense = next(r for r in plan.runs if r.method.name == "dense")
-    assert scratch.config.model.widths == [7, 9, 11, 13] and not scratch.config.prune.enabled
+    assert scratch.config.model.widths == [21, 41] and not scratch.config.prune.enabled
     a, b = scratch.config.to_dict(), dense.config.to_dict()
     a["model"].pop("widths"), b["model"].pop("widths")
     assert a == b
+
+    # ResNet-7: five prunable groups (the residual stream among them) for three widths; the
+    # default widths scaled to the run's final share of the parameters
+    res = tmp_path / "fashion-mnist" / "resnet7" / "auto" / "seed1"
+    res.mkdir(parents=True)
+    (res / "summary.json").write_text(json.dumps({
+        "widths_final": {"stem.0": 16, "blocks.0.conv1": 27, "blocks.0.conv2": 16,
+                         "blocks.1.conv1": 52, "blocks.1.conv2": 16},
+        "params_final": 20000, "params_initial": 29482}))
+    plan = _plan(tmp_path, fashion_mnist_dir, models=["resnet7"], seeds=[1])
+    scratch = next(r for r in plan.runs if r.method.name == "scratch-auto")
+    assert scratch.config.model.widths == scaled_widths(
+        "resnet7", 20000 / 29482, num_classes=10, in_channels=1, image_size=28)
 
 
 def _cell(setting, method, accs, cut):

@@ -380,7 +380,8 @@ def plan_suite(
                 over = run_overrides(setting, method, seed)
                 base = plan.out / setting.dataset / setting.model
                 if method.widths_from:
-                    widths, why = _final_widths(base / method.widths_from / f"seed{seed}")
+                    widths, why = _final_widths(base / method.widths_from / f"seed{seed}",
+                                                from_dict(over))
                     if widths is None:
                         plan.deferred.append((setting, method, seed, why))
                         continue
@@ -391,12 +392,28 @@ def plan_suite(
     return plan
 
 
-def _final_widths(source: Path) -> tuple[list[int] | None, str]:
-    """The final conv widths of the finished run in ``source``, or (None, why not)."""
+def _final_widths(source: Path, cfg: ExperimentConfig) -> tuple[list[int] | None, str]:
+    """The widths of a from-scratch model of the size the finished run in ``source`` ended
+    with, or (None, why not).
+
+    Where the run's prunable groups are the model's width settings one to one (the plain
+    CNNs), these are its final widths; otherwise (ResNet-7's residual stream, Inception's
+    branches) the default widths scaled uniformly to the run's final share of the parameters
+    (:func:`fedprune.models.scaled_widths`).
+    """
+    from ..data.registry import SPECS
+    from ..models import model_defaults, scaled_widths
     from ..rundir import RunDir
 
     rd = RunDir(source)
     if rd.state() != "finished":
         return None, f"waits for {source} to finish"
     summary = json.loads(rd.summary_file.read_text(encoding="utf-8"))
-    return [int(w) for w in summary["widths_final"].values()], ""
+    widths = [int(w) for w in summary["widths_final"].values()]
+    name = cfg.model.name
+    if len(widths) == len(model_defaults(name)["widths"]):
+        return widths, ""
+    spec = SPECS[cfg.data.name]
+    fraction = summary["params_final"] / summary["params_initial"]
+    return scaled_widths(name, fraction, num_classes=spec.num_classes,
+                         in_channels=spec.shape[0], image_size=cfg.data.image_size), ""
