@@ -12,7 +12,7 @@ from interrupt import Stop, stop_after
 
 from fedprune.config import ConfigError, from_dict, load_config
 from fedprune.federated import run_simulation
-from fedprune.federated.auto_server import AutoPruner, paired_se
+from fedprune.federated.auto_server import AutoPruner, paired
 from fedprune.federated.schedule import Validation
 from fedprune.federated.server import VALIDATION_ANSWER_BYTES
 from fedprune.metrics import n_params, payload_bytes
@@ -129,9 +129,9 @@ def test_paired_se_comes_from_the_clients_paired_differences():
     ref = Validation(0.9, 300, 0.3, ((0, 0.9, 100), (1, 0.9, 100), (2, 0.9, 100)))
     same = Validation(0.8, 300, 0.4, ((0, 0.8, 100), (1, 0.8, 100), (2, 0.8, 100)))
     spread = Validation(0.8, 300, 0.4, ((0, 0.7, 100), (1, 0.8, 100), (2, 0.9, 100)))
-    assert paired_se(ref, same) == pytest.approx(0.0)
-    assert paired_se(ref, spread) == pytest.approx(math.sqrt(3 / 2 * 2 * 10 ** 2) / 300)
-    assert math.isnan(paired_se(ref, Validation(0.8, 100, 0.4, ((0, 0.8, 100),))))
+    assert paired(ref, same)[1] == pytest.approx(0.0)
+    assert paired(ref, spread)[1] == pytest.approx(math.sqrt(3 / 2 * 2 * 10 ** 2) / 300)
+    assert math.isnan(paired(ref, Validation(0.8, 100, 0.4, ((0, 0.8, 100),)))[1])
 
 
 def test_no_candidate_starts_after_the_window_and_a_pending_one_is_judged_at_the_last_round():
@@ -197,8 +197,6 @@ def test_a_run_killed_inside_a_trial_resumes_bit_identically(tmp_path):
 
 
 def test_a_cost_is_measured_on_the_clients_that_answered_both_and_needs_two_of_them():
-    from fedprune.federated.auto_server import paired
-
     ref = Validation(0.9, 300, 0.3, ((0, 0.9, 100), (1, 0.9, 100), (2, 0.9, 100)))
     # client 2 did not answer for the candidate, where it would have done worst
     got = Validation(0.85, 200, 0.4, ((0, 0.86, 100), (1, 0.84, 100)))

@@ -166,7 +166,8 @@ def test_digits_same_seed_gives_identical_clients(digits: FederatedData) -> None
 
 
 def test_digits_native_8x8_with_iid_partition() -> None:
-    cfg = DataConfig(val_fraction=0.0, image_size=8, partition="iid", num_clients=7, test_fraction=0.2)
+    cfg = DataConfig(val_fraction=0.0, image_size=8, partition="iid", num_clients=7,
+                     test_fraction=0.2)
 
     data = load_federated(cfg, seed=0)
 

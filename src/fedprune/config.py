@@ -193,9 +193,10 @@ class PruneConfig:
     interval: int = 0
     reinit: bool = False  # true = re-initialise survivors after each cut (the paper's code)
     # "auto" = fedprune's automatic method: each cut is a candidate the sampled clients train
-    # alongside the current model for prune.interval rounds; both are then validated on the
-    # clients' validation splits, and the cut is kept while the measured accuracy cost of all
-    # kept cuts stays within max_accuracy_drop (fedprune.federated.auto_server).
+    # alongside the current model (and the unpruned reference) for prune.interval rounds; then
+    # reference and candidate are validated on the clients' validation splits, and the cut is
+    # kept while its measured accuracy cost stays within max_accuracy_drop
+    # (fedprune.federated.auto_server).
     # "boundary" = the mean +- k*std rule on a fixed schedule (k, mode, max_fraction,
     # patience; the paper's rule with mode "both"); "ratio" = the fixed-ratio L1 baseline:
     # each tried round removes floor(ratio * channels) lowest-L1 filters of every layer
@@ -205,7 +206,7 @@ class PruneConfig:
     # method "auto": the largest drop in validation accuracy (a fraction: 0.01 = 1 point)
     # that the kept cuts together may cost, as measured by paired federated validation
     max_accuracy_drop: float = 0.01
-    # method "auto": a cut is kept only if the kept cuts' summed cost plus this many
+    # method "auto": a cut is kept only if its cost against the reference plus this many
     # standard errors of it (from the clients' paired differences) fits max_accuracy_drop
     confidence_z: float = 2.0
     step: float = 0.2  # method "auto": share of each layer's filters the first cut removes
@@ -360,7 +361,7 @@ class ExperimentConfig:
 # The parser lives in its own module; its functions are part of this module's interface.
 # (``fedprune/__init__`` imports this module first, so the names above exist when
 # ``config_parse`` imports them.)
-from .config_parse import from_dict, load_config, merge, parse_overrides
+from .config_parse import from_dict, load_config, merge, parse_overrides  # noqa: E402
 
 __all__ = [
     "BudgetConfig", "ConfigError", "DataConfig", "ExperimentConfig", "FedConfig",

@@ -81,7 +81,8 @@ def test_subset(seed: int) -> np.random.Generator:
 
 
 def guard_clients(seed: int, rnd: int) -> np.random.Generator:
-    """Budget mode: the clients asked to validate the cut tried in round ``rnd``."""
+    """The clients asked to validate in round ``rnd``: budget mode's guard, the automatic
+    method's judged candidate."""
     return np.random.default_rng([seed, GUARD, rnd])
 
 

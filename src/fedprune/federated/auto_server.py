@@ -28,9 +28,9 @@ the server, which sees no data, answers it from what the clients measure.  From
    pruning stops and the reference is dropped.
 
 The extra traffic (candidate and reference down and up, the validation queries and their
-answers) is counted in ``bytes_down`` / ``bytes_up``.  Each round's record has an ``auto`` entry: the
-state, and for a judged candidate its size, both accuracies and losses, its cost, the
-decision and why.  The candidate's and the reference's weights are in the checkpoint, so a
+answers) is counted in ``bytes_down`` / ``bytes_up``.  Each round's record has an ``auto``
+entry: the state, and for a judged candidate its size, both accuracies and losses, its cost,
+the decision and why.  The candidate's and the reference's weights are in the checkpoint, so a
 run resumes bit for bit in the middle of a trial.
 """
 
@@ -96,11 +96,6 @@ def paired(ref: Validation, got: Validation) -> tuple[float, float, int]:
     return cost, math.sqrt(var) / total, k
 
 
-def paired_se(ref: Validation, got: Validation) -> float:
-    """The standard error of :func:`paired`."""
-    return paired(ref, got)[1]
-
-
 def _finite(x: float) -> float | None:
     """``x``, or None for nan / inf (JSON has no NaN)."""
     return x if math.isfinite(x) else None
@@ -135,16 +130,13 @@ class AutoPruner:
     def after_skipped(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate,
                       last_round: bool = False) -> PruneStep | None:
         """A round that averaged nothing: the candidate is judged if it is due at the last
-        round (the run never ends with a candidate unjudged); otherwise nothing happens."""
-        p, st = self.cfg.prune, self.state
-        if not p.enabled:
+        round (the run never ends with a candidate unjudged); pruning stops there or after
+        the window; otherwise nothing happens but the round's record."""
+        if not self.cfg.prune.enabled:
             return None
         if last_round and self.candidate is not None:
             return self.after_aggregate(rnd, model, spec, validate, last_round=True)
-        if st.status in ("waiting", "between") and (rnd > p.max_prune_round or last_round):
-            self._stop(rnd, "the run's last round" if last_round else
-                       f"prune.max_prune_round ({p.max_prune_round}) has passed")
-            self.reference = None
+        self._stop_if_past(rnd, last_round)
         return PruneStep(model, spec, False, False, self._record())
 
     def after_aggregate(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate,
@@ -161,17 +153,22 @@ class AutoPruner:
         if (st.status in ("waiting", "between") and p.start_round <= rnd <= p.max_prune_round
                 and not last_round):
             started = self._start_trial(rnd, model, spec)
-        elif st.status in ("waiting", "between") and (rnd > p.max_prune_round or last_round):
-            self._stop(rnd, "the run's last round" if last_round else
-                       f"prune.max_prune_round ({p.max_prune_round}) has passed")
-        if st.status == "stopped":
-            self.reference = None
+        else:
+            self._stop_if_past(rnd, last_round)
         record = self._record()
         if judged is not None:
             record["judged"] = judged
         if started is not None:
             record["candidate"] = started
         return PruneStep(model, spec, changed, changed, record)
+
+    def _stop_if_past(self, rnd: int, last_round: bool) -> None:
+        """Stop, between candidates, at the run's last round or after the window."""
+        p = self.cfg.prune
+        if self.state.status in ("waiting", "between") and (rnd > p.max_prune_round
+                                                             or last_round):
+            self._stop(rnd, "the run's last round" if last_round else
+                       f"prune.max_prune_round ({p.max_prune_round}) has passed")
 
     def _record(self) -> dict[str, Any]:
         st = self.state
@@ -220,10 +217,9 @@ class AutoPruner:
                            "round %s is judged next round", rnd, st.trial_round)
             return model, spec, False, {"cut_round": st.trial_round, "decision": "retry",
                                         "why": "no client validated both models"}
-        # without a standard error (fewer than two clients paired) nothing is certain
-        bound = cost + p.confidence_z * (se if math.isfinite(se) else math.inf)
-        if p.confidence_z == 0:
-            bound = cost
+        # without a standard error (fewer than two clients paired) only z = 0 can accept
+        bound = cost if p.confidence_z == 0 else (
+            cost + p.confidence_z * (se if math.isfinite(se) else math.inf))
         ok = bool(n_paired > 0 and bound <= p.max_accuracy_drop)
         verdict = {
             "cut_round": st.trial_round, "step": st.step, "params": n_params(cand),
@@ -269,6 +265,7 @@ class AutoPruner:
     def _stop(self, rnd: int, why: str) -> None:
         st = self.state
         st.status, st.stopped_round, st.stop_reason = "stopped", rnd, why
+        self.reference = None  # only pruning needs it
         logger.info("round %d: pruning stopped: %s (%d cuts kept, measured cost %.2f points)",
                     rnd, why, st.accepted, 100 * st.spent)
 

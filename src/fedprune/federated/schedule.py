@@ -24,7 +24,6 @@ from ..pruning import Schedule, ScheduleState, advance, is_active, prune_model
 logger = logging.getLogger(__name__)
 
 
-
 class Validation(NamedTuple):
     """Federated validation of one model: pooled over the asked clients' validation splits."""
 
@@ -84,7 +83,8 @@ class Pruner(Protocol):
 
 
 class SchedulePruner:
-    """The boundary (or fixed-ratio) rule (methods ``boundary``, ``ratio``), run on ``cfg.prune``'s schedule until it stops."""
+    """The boundary or fixed-ratio rule (methods ``boundary``, ``ratio``), run on
+    ``cfg.prune``'s schedule until it stops."""
 
     def __init__(self, cfg: ExperimentConfig, example: torch.Tensor) -> None:
         self.cfg = cfg

@@ -21,14 +21,15 @@ ARRAYS_KEY = "arrays"
 # the automatic method's trial models (candidate, reference), trained beside the model:
 # arrays "trial-arrays-I" with config "trial-spec-I", I = 0, 1, ...
 TRIAL_KEY = "trial-arrays"
+CONFIG_KEY = "config"
+METRICS_KEY = "metrics"
+QUERY_KIND = "fedprune.partition"
+# a model's accuracy on the client's validation split (the automatic method, budget guard)
+VALIDATE_KIND = "fedprune.validate"
 
 
 def trial_key(i: int) -> str:
     return f"{TRIAL_KEY}-{i}"
-CONFIG_KEY = "config"
-METRICS_KEY = "metrics"
-QUERY_KIND = "fedprune.partition"
-VALIDATE_KIND = "fedprune.validate"  # budget guard: accuracy on the client's validation split
 
 
 @dataclass
@@ -117,28 +118,28 @@ def unpack_train_reply(msg: Message, pid: int, node: int, dtypes: dict[str, str]
                       f"{metrics.get('partition-id')!r}; asked node {node} for {pid}")
     n, version = metrics.get("num-examples"), metrics.get("arch-version")
     loss = metrics.get("train-loss", float("nan"))
-    reply = Reply(pid, node, {}, n, version, float(loss))  # type: ignore[arg-type]
-    for key, arr in arrays.items():
-        if key in dtypes and arr.dtype != dtypes[key]:
-            return None, f"{key} is {arr.dtype}, the current architecture has {dtypes[key]}"
-    try:
-        reply.state.update({k: torch.from_numpy(np.array(a.numpy())) for k, a in arrays.items()})
-    except Exception as exc:  # noqa: BLE001 - a malformed array from a client
-        return None, f"arrays cannot be read: {exc}"
-    if trial_dtypes is not None:
-        reply.trial_states = [_trial_state(content.array_records.get(trial_key(i)), want)
+    state, reason = _read_arrays(arrays, dtypes)
+    if state is None:
+        return None, reason
+    reply = Reply(pid, node, state, n, version, float(loss))  # type: ignore[arg-type]
+    if trial_dtypes is not None:  # a missing or unreadable copy is None, the reply counts
+        reply.trial_states = [_read_arrays(content.array_records.get(trial_key(i)), want)[0]
                               for i, want in enumerate(trial_dtypes)]
     return reply, None
 
 
-def _trial_state(arrays: ArrayRecord | None, dtypes: dict[str, str]
-                 ) -> dict[str, torch.Tensor] | None:
-    if arrays is None or any(k in dtypes and a.dtype != dtypes[k] for k, a in arrays.items()):
-        return None
+def _read_arrays(arrays: ArrayRecord | None, dtypes: dict[str, str]
+                 ) -> tuple[dict[str, torch.Tensor] | None, str | None]:
+    """A state dict of ``arrays`` with the architecture's ``dtypes``, or (None, why not)."""
+    if arrays is None:
+        return None, "no arrays"
+    for key, arr in arrays.items():
+        if key in dtypes and arr.dtype != dtypes[key]:
+            return None, f"{key} is {arr.dtype}, the current architecture has {dtypes[key]}"
     try:
-        return {k: torch.from_numpy(np.array(a.numpy())) for k, a in arrays.items()}
-    except Exception:  # noqa: BLE001 - a malformed array: this trial reply is lost
-        return None
+        return {k: torch.from_numpy(np.array(a.numpy())) for k, a in arrays.items()}, None
+    except Exception as exc:  # noqa: BLE001 - a malformed array from a client
+        return None, f"arrays cannot be read: {exc}"
 
 
 def array_payload(arrays: ArrayRecord | None) -> int:

@@ -20,7 +20,7 @@ from typing import TextIO
 from .methods import METHODS
 from .progress import RunEvent, TimeLeft, format_left
 from .runner import record_report_seconds, run_plan, run_state
-from .suites import SUITES, get_suite, plan_suite
+from .suites import SUITES, Plan, get_suite, plan_suite
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -161,9 +161,13 @@ def cmd_reproduce(args: argparse.Namespace, argv: list[str] | None = None) -> in
         raise ValueError("--jobs must be >= 1")
     suite = get_suite(args.suite)
     out = args.out if args.out is not None else Path("runs") / suite.name
-    plan = plan_suite(suite, out, seeds=args.seeds, sets=args.sets,
-                      data_paths=_data_paths(args.data), methods=args.methods,
-                      datasets=args.datasets, models=args.models)
+
+    def make_plan() -> Plan:
+        return plan_suite(suite, out, seeds=args.seeds, sets=args.sets,
+                          data_paths=_data_paths(args.data), methods=args.methods,
+                          datasets=args.datasets, models=args.models)
+
+    plan = make_plan()
     if not plan.runs:
         reasons = "; ".join(why for _, why in plan.skipped_settings)
         raise ValueError(f"suite {suite.name}: nothing to run ({reasons})")
@@ -192,16 +196,13 @@ def cmd_reproduce(args: argparse.Namespace, argv: list[str] | None = None) -> in
 
         # SIGTERM stops the workers like Ctrl-C does; unfinished runs resume on the next call
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        called = argv if argv is not None else sys.argv[1:]
         try:
-            outcome = run_plan(plan, jobs=args.jobs, progress=show,
-                               argv=argv if argv is not None else sys.argv[1:])
+            outcome = run_plan(plan, jobs=args.jobs, progress=show, argv=called)
             if plan.deferred and not outcome.failed:
                 # the runs that waited for another run's outcome (its size from scratch)
-                plan = plan_suite(suite, out, seeds=args.seeds, sets=args.sets,
-                                  data_paths=_data_paths(args.data), methods=args.methods,
-                                  datasets=args.datasets, models=args.models)
-                later = run_plan(plan, jobs=args.jobs, progress=show,
-                                 argv=argv if argv is not None else sys.argv[1:])
+                plan = make_plan()
+                later = run_plan(plan, jobs=args.jobs, progress=show, argv=called)
                 outcome = type(outcome)(outcome.executed + later.executed, outcome.states,
                                         outcome.seconds + later.seconds)
         except KeyboardInterrupt:

@@ -105,6 +105,13 @@ def _ratio(ratio: float) -> Callable[[Setting], dict[str, Any]]:
     return f
 
 
+def _ratio_method(percent: int, cost: float) -> Method:
+    return Method(f"ratio{percent}", f"fixed ratio {percent} % (one-shot)",
+                  _ratio(percent / 100), cost,
+                  f"L1, the lowest {percent} % of every layer's filters, once, at the "
+                  "window's start")
+
+
 def _budget_prune(s: Setting) -> dict[str, Any]:
     # fedprune's defaults, tried every window interval from the window's start until the
     # budget is met (or 80 % of the rounds have passed)
@@ -117,7 +124,8 @@ def _budget_prune(s: Setting) -> dict[str, Any]:
 def _budget(fraction: float, guard: bool = True) -> Callable[[Setting], dict[str, Any]]:
     def f(s: Setting) -> dict[str, Any]:
         if not guard:  # every cut accepted at once; clients train on all their samples
-            return {"budget": {"params_fraction": fraction, "guard": False}}
+            return {"budget": {"params_fraction": fraction, "guard": False},
+                    "data": {"val_fraction": 0.0}}
         # guarded: 10 % of each client's samples become its validation split
         return {"budget": {"params_fraction": fraction, "guard": True,
                            "guard_recovery_rounds": s.window.interval},
@@ -154,14 +162,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "fedprune's default (prune.method = auto): candidate cuts trained beside the model "
            "and kept while their cost in paired federated validation fits "
            "prune.max_accuracy_drop = 1 point"),
-    Method("ratio25", "fixed ratio 25 % (one-shot)", _ratio(0.25), 0.8,
-           "L1, the lowest 25 % of every layer's filters, once, at the window's start"),
-    Method("ratio50", "fixed ratio 50 % (one-shot)", _ratio(0.5), 0.6,
-           "L1, the lowest 50 % of every layer's filters, once, at the window's start"),
-    Method("ratio75", "fixed ratio 75 % (one-shot)", _ratio(0.75), 0.5,
-           "L1, the lowest 75 % of every layer's filters, once, at the window's start"),
-    Method("ratio85", "fixed ratio 85 % (one-shot)", _ratio(0.85), 0.5,
-           "L1, the lowest 85 % of every layer's filters, once, at the window's start"),
+    *(_ratio_method(percent, cost) for percent, cost in ((25, 0.8), (50, 0.6), (75, 0.5),
+                                                        (85, 0.5))),
     Method("budget-p10", "fedprune budget: params <= 10 % (guarded)", _budget_prune, 0.6,
            "budget mode: at most 10 % of the initial parameters, k adapted round by round, "
            "federated-validation guard (tolerance 1 point, 10 % of each client's samples held "
@@ -173,10 +175,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "no pruning: the model built at its default widths scaled uniformly to at most 10 % "
            "of the parameters and trained from the first round (the budget's size without "
            "pruning)", other=_scratch(0.1)),
-
     Method("scratch-auto", "small model from scratch: the automatic method's size", _dense,
-           0.5, "no pruning: the automatic method's final widths (same setting and seed) "
-           "trained from the first round", widths_from="auto"),
+           0.5, "no pruning: a model of the automatic method's final size (same setting and "
+           "seed: its final widths, or for ResNet-7 and Inception the default widths scaled "
+           "to its final share of the parameters) trained from the first round",
+           widths_from="auto"),
 )}
 
 # the methods of the suites written before the automatic method (quick, paper, test)
