@@ -24,7 +24,8 @@ SHORT = {"threads": 1, "train": {"local_epochs": 1},
 
 
 def _cfg(**prune):
-    return from_dict({**SHORT, "prune": {**SHORT["prune"], **prune}})
+    """SHORT with these prune settings; a candidate is judged once unless ``judgements``."""
+    return from_dict({**SHORT, "prune": {**SHORT["prune"], "judgements": 1, **prune}})
 
 
 def _pruner(cfg, n_val=4):
@@ -92,6 +93,50 @@ def test_a_costly_candidate_is_dropped_the_step_halves_and_pruning_stops_below_m
     assert summary["prune_steps"] == 0 and summary["auto"]["rejected"] == 2
     assert "prune.min_step" in summary["auto"]["stop_reason"]
     assert [t["decision"] for t in summary["auto"]["tries"]] == ["reject", "reject"]
+
+
+def test_a_candidate_that_does_not_fit_yet_trains_on_and_is_judged_again():
+    cfg = _cfg(judgements=3, step=0.4, min_step=0.15, max_prune_round=100)
+    pruner, model, spec = _pruner(cfg)
+    costs = iter([0.05, 0.03, 0.0])  # a fresh cut recovering: its cost at each judgement
+    current = {}
+
+    def cost_of(p):
+        return current["cost"]
+    validate, _ = _validator(cost_of)
+
+    pruner.after_aggregate(2, model, spec, validate)  # cut at round 2
+    [(cand, _)] = pruner.trial()
+    decisions = []
+    for rnd in (4, 6, 8):
+        current["cost"] = next(costs)
+        assert not pruner.after_aggregate(rnd - 1, model, spec, validate).changed
+        step = pruner.after_aggregate(rnd, model, spec, validate)
+        judged = step.record["judged"]
+        decisions.append(judged["decision"])
+        assert judged["cut_round"] == 2
+        if judged["decision"] == "again":
+            assert not step.changed and pruner.trial()[0][0] is cand  # the same copy trains on
+            assert f"judged again at round {rnd + 2}" in judged["why"]
+            assert pruner.state.step == pytest.approx(0.4)  # the step halves only on a drop
+    assert decisions == ["again", "again", "accept"] and step.model is cand
+    assert pruner.state.rejected == 0 and pruner.state.accepted == 1
+    assert [t["decision"] for t in pruner.state.tries] == decisions
+
+    # a candidate that never fits is dropped at its last judgement; the step halves then
+    pruner, model, spec = _pruner(cfg)
+    validate, _ = _validator(lambda p: 0.05)
+    pruner.after_aggregate(2, model, spec, validate)
+    decisions = [pruner.after_aggregate(r, model, spec, validate).record.get("judged", {})
+                 .get("decision") for r in range(3, 9)]
+    assert decisions == [None, "again", None, "again", None, "reject"]
+    assert pruner.state.step == pytest.approx(0.2) and pruner.state.looks == 0
+
+    # judged again only inside the window: at prune.max_prune_round the verdict is final
+    pruner, model, spec = _pruner(_cfg(judgements=3, max_prune_round=4))
+    pruner.after_aggregate(2, model, spec, validate)
+    assert pruner.after_aggregate(4, model, spec, validate).record["judged"]["decision"] \
+        == "reject"
 
 
 def test_cuts_are_kept_while_their_cost_against_the_reference_fits_the_tolerance():

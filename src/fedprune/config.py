@@ -210,7 +210,11 @@ class PruneConfig:
     # standard errors of it (from the clients' paired differences) fits max_accuracy_drop
     confidence_z: float = 2.0
     step: float = 0.2  # method "auto": share of each layer's filters the first cut removes
-    min_step: float = 0.05  # method "auto": a rejected cut halves the step; below this, stop
+    min_step: float = 0.05  # method "auto": a dropped cut halves the step; below this, stop
+    # method "auto": a candidate that does not fit yet trains on for another prune.interval
+    # rounds and is judged again, up to this many judgements (a fresh cut is still
+    # recovering), before it is dropped; 1 = judged once
+    judgements: int = 3
     val_clients: int = 50  # clients that validate a candidate (all, if fewer hold a split)
 
     def __post_init__(self) -> None:
@@ -224,6 +228,7 @@ class PruneConfig:
         _check(0 < self.step < 1, "prune.step", "in (0, 1)", self.step)
         _check(0 < self.min_step <= self.step, "prune.min_step",
                f"in (0, prune.step ({self.step})]", self.min_step)
+        _check(self.judgements >= 1, "prune.judgements", ">= 1", self.judgements)
         _check(self.val_clients >= 2, "prune.val_clients",
                ">= 2 (the cost's standard error needs two clients)", self.val_clients)
         _check(0 < self.ratio < 1, "prune.ratio", "in (0, 1)", self.ratio)

@@ -22,7 +22,10 @@ the server, which sees no data, answers it from what the clients measure.  From
 4. **Decision.** The cut is kept while its cost plus ``prune.confidence_z`` standard errors
    is at most ``prune.max_accuracy_drop`` (1 point by default; a small or noisy validation
    set therefore prunes less): the candidate becomes the global model, and the next
-   candidate is cut from it at once.  Otherwise the candidate is dropped -- the global model
+   candidate is cut from it at once.  A candidate that does not fit yet trains on and is
+   judged again every ``prune.interval`` rounds, up to ``prune.judgements`` judgements in
+   all (a fresh cut is still recovering what it lost: judged two rounds after the cut, it
+   costs more than it will at the end).  Then it is dropped -- the global model
    trained on meanwhile, so nothing is lost -- and the step halves; once it is below
    ``prune.min_step``, or no cut is possible, or ``prune.max_prune_round`` has passed,
    pruning stops and the reference is dropped.
@@ -64,6 +67,7 @@ class AutoState:
     step: float = 0.0  # share of each group's filters the next candidate loses
     spent: float = 0.0  # measured cost of the kept cuts (accuracy, 0.01 = 1 point)
     trial_round: int | None = None  # round whose aggregate the pending candidate was cut from
+    looks: int = 0  # judgements of the pending candidate so far ("again")
     accepted: int = 0
     rejected: int = 0
     stopped_round: int | None = None
@@ -147,7 +151,7 @@ class AutoPruner:
         if not p.enabled:
             return PruneStep(model, spec, False, False)
         if self.candidate is not None and st.trial_round is not None and (
-                rnd >= st.trial_round + p.interval or last_round):
+                rnd >= st.trial_round + p.interval * (st.looks + 1) or last_round):
             model, spec, changed, judged = self._judge(rnd, model, spec, validate, last_round)
         started = None
         if (st.status in ("waiting", "between") and p.start_round <= rnd <= p.max_prune_round
@@ -241,9 +245,22 @@ class AutoPruner:
                               "standard error, so the cut cannot be shown to fit")
         else:
             verdict["why"] = f"{total} > prune.max_accuracy_drop"
+        if (not ok and n_paired > 0 and st.looks + 1 < p.judgements and not last_round
+                and rnd < p.max_prune_round):
+            # a fresh cut is still recovering: train it on and judge it again
+            st.looks += 1
+            verdict["decision"] = "again"
+            verdict["why"] += (f"; trained on, judged again at round "
+                               f"{st.trial_round + p.interval * (st.looks + 1)} "
+                               f"(judgement {st.looks + 1} of {p.judgements})")
+            st.tries.append({"round": rnd, **verdict})
+            logger.info("round %d: the cut of round %s does not fit yet (%s)", rnd,
+                        verdict["cut_round"], verdict["why"])
+            return model, spec, False, verdict
         st.tries.append({"round": rnd, **verdict})
         self.candidate = None
         st.trial_round = None
+        st.looks = 0
         st.status = "between"
         if ok:
             st.spent = cost

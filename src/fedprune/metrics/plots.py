@@ -95,7 +95,7 @@ def plot_run(run_dir: Path, dense_run_dir: Path | None = None) -> list[Path]:
             plt.close(fig)
     if any(r.get("budget") for r in runs[0][1]):
         written.append(plot_budget(runs[0][1], run_dir / "budget.png"))
-    if any((r.get("auto") or {}).get("judged", {}).get("decision") in ("accept", "reject")
+    if any((r.get("auto") or {}).get("judged", {}).get("decision") in _JUDGED
            for r in runs[0][1]):
         written.append(plot_prune_path(runs[0][1], run_dir / "prune_path.png"))
     return written
@@ -127,21 +127,26 @@ def _axes(ax, ylabel: str, xlabel: str | None = None) -> None:
     ax.legend(fontsize=8)
 
 
+# the automatic method's judgements (a "retry" measured nothing) and how the plot marks them
+_JUDGED = {"accept": ("^", "tab:green", "candidate kept"),
+           "again": (".", "tab:orange", "candidate judged again"),
+           "reject": ("x", "tab:red", "candidate dropped")}
+
+
 def plot_prune_path(rows: list[dict[str, Any]], out_png: Path) -> Path:
     """The automatic method's path: each judged candidate's FLOPs and measured cost (with
     its cost + z x s.e. bound), kept or dropped, and the run's FLOPs per round."""
     tries = [(r["round"], r["auto"]["judged"]) for r in rows
-             if (r.get("auto") or {}).get("judged", {}).get("decision") in ("accept", "reject")]
+             if (r.get("auto") or {}).get("judged", {}).get("decision") in _JUDGED]
 
     def draw(ax1, ax2) -> None:
         xs, ys = _series(rows, "flops", 1e6)
         ax1.plot(xs, ys, color="black", lw=1, label="model")
-        for decision, (marker, color) in {"accept": ("^", "tab:green"),
-                                          "reject": ("x", "tab:red")}.items():
+        for decision, (marker, color, label) in _JUDGED.items():
             pts = [(rnd, t["flops"] / 1e6) for rnd, t in tries if t["decision"] == decision]
             if pts:
                 ax1.scatter(*zip(*pts, strict=True), marker=marker, color=color, zorder=3,
-                            label=f"candidate {'kept' if decision == 'accept' else 'dropped'}")
+                            label=label)
         ax1.set_title("Automatic pruning: candidates and their measured cost")
         _axes(ax1, "FLOPs / sample (M)")
         rounds = [rnd for rnd, _ in tries]
