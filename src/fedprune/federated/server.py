@@ -32,7 +32,7 @@ from ..config import ConfigError, ExperimentConfig
 from ..data import FederatedData
 from ..metrics import Recorder, RoundRecord, count_macs, n_params, payload_bytes
 from ..models import ModelSpec, new_model
-from ..rundir import RunDir
+from ..rundir import RunDir, RunLock
 from .aggregate import Rejection, fedavg, screen_replies
 from .auto_server import AutoPruner
 from .budget_server import BudgetServer
@@ -105,6 +105,7 @@ class PruningServer:
         self.outcome = RoundOutcome()
         self.t0 = time.perf_counter()
         self.seconds_before = 0.0
+        self._lock: RunLock | None = None
 
     @classmethod
     def for_data(cls, cfg: ExperimentConfig, data: FederatedData, *,
@@ -130,14 +131,32 @@ class PruningServer:
     # ------------------------------------------------------------------ run
 
     def begin(self, resume: bool = False) -> None:
-        """Write ``config.json``, or, with ``resume``, continue from the run directory's
-        checkpoint."""
-        if resume:
-            if self.run_dir is None:
-                raise ValueError("resume needs the run directory of the interrupted run")
-            self.restore()
-        elif self.run_dir is not None:
-            Recorder(self.run_dir.path).write_config(self.cfg.to_dict())
+        """Take the run directory's lock (held until :meth:`close`; a second writer fails at
+        once), then write ``config.json`` -- after clearing what a run killed before its
+        first checkpoint left -- or, with ``resume``, continue from the checkpoint."""
+        if resume and self.run_dir is None:
+            raise ValueError("resume needs the run directory of the interrupted run")
+        if self.run_dir is None:
+            return
+        self._lock = self.run_dir.lock()
+        try:
+            if resume:
+                self.restore()
+            elif not self.run_dir.clear_for_new_run():
+                raise ConfigError(f"{self.run_dir.path} exists and is not empty: choose a new "
+                                  "directory (results are never overwritten)")
+            else:
+                Recorder(self.run_dir.path).write_config(self.cfg.to_dict())
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run directory's lock (idempotent; the engines call it when the run
+        ends, finished or not)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def start_clock(self, started: float | None = None) -> None:
         """Count the run's wall time from ``started`` (a ``time.perf_counter()`` value) or
