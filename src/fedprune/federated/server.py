@@ -367,9 +367,14 @@ class PruningServer:
         self.seconds_before = state["seconds"]
         self.arch_version = state.get("arch_version", 0)
         fields = set(RoundRecord.__dataclass_fields__) - {"extra"}
+        rows = rd.truncate_rounds(done)
+        if [r.get("round") for r in rows] != list(range(1, done + 1)):
+            raise ValueError(f"{rd.rounds_file} does not hold the records of rounds 1 to {done}, "
+                             f"where the checkpoint is: a record is missing or out of order, "
+                             "so the run cannot continue from it")
         self.records = [RoundRecord(**{k: v for k, v in r.items() if k in fields},
                                     extra={k: v for k, v in r.items() if k not in fields})
-                        for r in rd.truncate_rounds(done)]
+                        for r in rows]
         self.rounds_done = done
         logger.info("resuming %s after round %d", rd.path, done)
 
