@@ -217,6 +217,22 @@ def test_resume_drops_a_torn_last_line_and_ends_as_an_uninterrupted_run(tmp_path
         run_simulation(_cfg(), gap.path, resume=True)
 
 
+def test_missing_records_or_an_altered_loop_state_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(Stop):
+        run_simulation(_cfg(), tmp_path / "r", on_round=stop_after(2))
+    rd = RunDir(tmp_path / "r")
+    spec, model, rnd, state = rd.load_checkpoint(with_state=True)
+    rows = rd.rounds_file.read_text()
+    rd.rounds_file.unlink()
+    assert main(["run", "--resume", str(rd.path), "--no-progress"]) == 2
+    assert "holds a checkpoint but no rounds.jsonl" in capsys.readouterr().err
+    rd.rounds_file.write_text(rows)
+    del state["sample_rng"]  # an altered state, saved with a fresh checksum
+    save_checkpoint(rd.checkpoint_file, spec, model, rnd, state)
+    assert main(["run", "--resume", str(rd.path), "--no-progress"]) == 2
+    assert "its loop state lacks 'sample_rng'" in capsys.readouterr().err
+
+
 def test_a_budget_refused_before_training_can_be_corrected_in_the_same_folder(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", "--out", str(out), "--no-progress", *TINY_SETS, "--set", "fed.rounds=2",

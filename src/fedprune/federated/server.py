@@ -359,14 +359,22 @@ class PruningServer:
         self.spec, self.model, done, state, snapshot = rd.load_resume_point()
         try:
             self.pruner.restore_entries(state, snapshot)
-        except (KeyError, ValueError) as exc:
-            raise ValueError(f"checkpoint in {rd.path}: {exc}") from None
-        self.sample_rng.bit_generator.state = state["sample_rng"]
-        self.bytes_total, self.bytes_total_dense = state["bytes_total"], state["bytes_total_dense"]
-        self.accuracy, self.loss = state["accuracy"], state["loss"]
-        self.seconds_before = state["seconds"]
-        self.arch_version = state.get("arch_version", 0)
+            self.sample_rng.bit_generator.state = state["sample_rng"]
+            self.bytes_total = int(state["bytes_total"])
+            self.bytes_total_dense = int(state["bytes_total_dense"])
+            self.accuracy, self.loss = state["accuracy"], state["loss"]
+            self.seconds_before = float(state["seconds"])
+            self.arch_version = int(state.get("arch_version", 0))
+        except KeyError as exc:
+            raise ValueError(f"checkpoint in {rd.path}: its loop state lacks {exc} (written by "
+                             "another fedprune version, or altered)") from None
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"checkpoint in {rd.path}: its loop state does not fit this run "
+                             f"({exc})") from None
         fields = set(RoundRecord.__dataclass_fields__) - {"extra"}
+        if not rd.rounds_file.is_file():
+            raise ValueError(f"{rd.path} holds a checkpoint but no {rd.rounds_file.name}: the "
+                             "run's round records are gone, so it cannot continue from it")
         rows = rd.truncate_rounds(done)
         if [r.get("round") for r in rows] != list(range(1, done + 1)):
             raise ValueError(f"{rd.rounds_file} does not hold the records of rounds 1 to {done}, "
