@@ -333,3 +333,37 @@ def test_a_read_only_target_is_one_line(tmp_path):
         assert "Traceback" not in done.stderr
     finally:
         subprocess.run(["umount", str(where)], capture_output=True, timeout=20)
+
+
+# ---------------------------------------------------------------- small edges
+
+
+def test_a_seed_beyond_64_bits_is_a_config_error_naming_the_key(capsys):
+    assert main(["config", "--set", "seed=99999999999999999999999999"]) == 2
+    err = capsys.readouterr().err
+    assert "seed = 99999999999999999999999999 is out of range" in err
+
+
+def test_a_small_gzip_idx_that_inflates_far_beyond_its_header_fails_without_inflating(tmp_path):
+    import gzip
+    import tracemalloc
+
+    from fedprune.data import DataError
+    from fedprune.data.formats.idx import read_idx_file
+
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    header = bytes([0, 0, 8, 3]) + np.array([10, 28, 28], dtype=">u4").tobytes()
+    with gzip.open(path, "wb", compresslevel=1) as fh:
+        fh.write(header + bytes(10 * 28 * 28))
+        block = bytes(1 << 20)
+        for _ in range(64):  # 64 MB more than the header says
+            fh.write(block)
+    assert path.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="longer than its header says"):
+            read_idx_file(path, 3)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20  # it read what the header announced, and one byte more
