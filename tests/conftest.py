@@ -7,6 +7,22 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory):
+    """Every test (and every process a test starts) prepares data in a cache folder of its
+    own session, never in the user's ~/.cache/fedprune."""
+    import os
+
+    path = tmp_path_factory.mktemp("fedprune-cache")
+    before = os.environ.get("FEDPRUNE_CACHE_DIR")
+    os.environ["FEDPRUNE_CACHE_DIR"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("FEDPRUNE_CACHE_DIR", None)
+    else:
+        os.environ["FEDPRUNE_CACHE_DIR"] = before
+
+
 @pytest.fixture(scope="session")
 def fashion_mnist_dir(tmp_path_factory):
     """A folder of Fashion-MNIST's four gzipped IDX files, named as Debian's

@@ -160,3 +160,19 @@ def test_the_loop_gives_the_same_run_with_either_engine(tmp_path):
     for k in sa:
         torch.testing.assert_close(sb[k], sa[k], atol=1e-4, rtol=1e-3)
     assert b.summary["accuracy"] == pytest.approx(a.summary["accuracy"], abs=0.01)
+
+
+def test_a_batch_size_beyond_every_client_pads_steps_only_to_the_largest_client():
+    model, _ = new_model("cnn_femnist", **MODELS["cnn_femnist"], seed=0)
+    clients = _clients(model, [7, 19, 12], 10)
+    state = model.state_dict()
+    huge = TrainConfig(local_epochs=2, batch_size=20000, lr=3e-3)
+    trainer = BatchedTrainer(model, huge)
+    jobs = [ClientJob(x, y, torch.Generator().manual_seed(100 + i))
+            for i, (x, y) in enumerate(clients)]
+    assert trainer.step_width(jobs) == 19  # not 20000: what the largest client holds
+    # ... and the results are those of the per-client path, and of a batch size of 19
+    _assert_same(_per_client(model, state, clients, huge), _batched(model, state, clients, huge))
+    same = TrainConfig(local_epochs=2, batch_size=19, lr=3e-3)
+    _assert_same(_batched(model, state, clients, same), _batched(model, state, clients, huge),
+                 atol=0)

@@ -368,6 +368,11 @@ def _sqlite_variant(tmp_path: Path, kind: str) -> Path:
         if blob is not None:
             con.execute("UPDATE examples SET serialized_example_proto = ? WHERE rowid = 2",
                         (blob,))
+        if kind == "null":  # a table without the NOT NULL constraint, holding a NULL
+            con.execute("CREATE TABLE loose AS SELECT * FROM examples")
+            con.execute("DROP TABLE examples")
+            con.execute("ALTER TABLE loose RENAME TO examples")
+            con.execute("UPDATE examples SET serialized_example_proto = NULL WHERE rowid = 2")
         if kind == "table":
             con.execute("DROP TABLE client_metadata")
         if kind == "empty":
@@ -383,6 +388,7 @@ def _sqlite_variant(tmp_path: Path, kind: str) -> Path:
     ("lzma", ["LZMA-compressed", "decompress it first"]),
     ("table", ["lacks the table(s) ['client_metadata']"]),
     ("proto", ["client 'w1' (all_train)", "is not a tf.train.Example"]),
+    ("null", ["client 'w1' (all_train)", "serialized_example_proto is NULL"]),
     ("pixels", ["'pixels' holds 783 values, expected 784"]),
     ("label", ["label 1 is 62, out of range"]),
     ("nan", ["non-finite pixel"]),

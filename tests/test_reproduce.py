@@ -472,7 +472,7 @@ def test_a_run_or_suite_in_use_is_not_touched(tmp_path):
     held = _try_lock(run.run_dir / ".lock")  # e.g. a worker orphaned by a killed suite
     try:
         res = execute(Task(str(run.run_dir), run.config.to_dict(), "fresh", True, 1, 0))
-        assert not res["ok"] and "another process" in res["error"]
+        assert not res["ok"] and "in use by another fedprune process" in res["error"]
         assert not (run.run_dir / "config.json").exists()
     finally:
         held.close()

@@ -87,20 +87,34 @@ def test_a_run_stopped_before_its_first_checkpoint_can_be_started_again(tmp_path
     from fedprune.cli import main
     from fedprune.rundir import RunDir
 
+    short = {"fed": {"rounds": 1, "clients_per_round": 2}, "train": {"local_epochs": 1}}
     out = tmp_path / "run"
     out.mkdir()
-    (out / "config.json").write_text("{}\n")  # what a run killed during round 1 leaves
-    (out / ".summary.json.abc123.tmp").write_text("{")  # an interrupted atomic write
+    # what a run killed during round 1 leaves: its config and an interrupted atomic write
+    (out / "config.json").write_text(json.dumps(short) + "\n")
+    (out / ".summary.json.abc123.tmp").write_text("{")
     rd = RunDir(out)
     assert rd.state() == "fresh" and len(rd.stale_files()) == 2
-
-    assert main(["run", "--resume", str(out), "--no-progress"]) == 2
-    assert "holds no checkpoint" in capsys.readouterr().err
 
     assert main(["run", "--out", str(out), "--no-progress", "--no-plots", "--set",
                  "fed.rounds=1", "--set", "train.local_epochs=1", "--set",
                  "fed.clients_per_round=2"]) == 0
     assert rd.state() == "finished" and not list(out.glob(".*.tmp"))
+
+    # --resume starts such a run again from round 1, with its own config.json
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "config.json").write_text(json.dumps(short) + "\n")
+    (again / "rounds.jsonl").write_text('{"round": 1, "accuracy": 0.5}\n')  # no checkpoint
+    assert main(["run", "--resume", str(again), "--no-progress", "--no-plots"]) == 0
+    assert RunDir(again).state() == "finished"
+    assert [r["round"] for r in RunDir(again).read_rounds()] == [1]
+    assert RunDir(again).read_config().fed.rounds == 1
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["run", "--resume", str(empty), "--no-progress"]) == 2
+    assert "holds no run" in capsys.readouterr().err
 
 
 def test_a_folder_with_other_files_is_never_cleared(tmp_path, capsys):

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import math
@@ -184,10 +185,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if state == "finished":
             raise ConfigError(f"cannot resume {args.resume}: the run finished "
                               f"({rd.summary_file.name} is there)")
-        if state == "fresh":
-            raise ConfigError(f"cannot resume {args.resume}: it holds no checkpoint (the run "
-                              "stopped before its first round was done, or never started "
-                              f"here): start it anew with --out {args.resume}")
+        restart = state == "fresh" and rd.config_file.is_file() and rd.can_start_new_run()
+        if state == "fresh" and not restart:
+            raise ConfigError(f"cannot resume {args.resume}: it holds no run (no "
+                              f"{rd.config_file.name} and no checkpoint): start one with "
+                              f"--out {args.resume}")
         if rd.written_by() == "flower":
             raise ConfigError(f"cannot resume {args.resume}: it is a run of the Flower app; "
                               "resume it there (run config resume = true)")
@@ -195,20 +197,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
             cfg = rd.read_config()
         except ValueError as exc:
             raise ConfigError(f"cannot resume {args.resume}: {exc}") from None
+        if restart:
+            logger.warning("%s holds a run stopped before its first checkpoint: it starts "
+                           "again from round 1 with its %s", args.resume, rd.config_file.name)
         args.out = args.resume
     else:
+        restart = False
         cfg = load_config(args.config, args.sets)
         if rd.path.exists() and not rd.path.is_dir():
             raise ConfigError(f"--out {args.out} is a file, not a directory")
-        if not rd.clear_for_new_run():  # leftovers of a run killed before round 1 go
+        if not rd.can_start_new_run():  # leftovers of a run killed before round 1 may go
             raise ConfigError(f"--out {args.out} exists and is not empty: choose a new "
                               "directory (results are never overwritten)")
+    resume = args.resume is not None and not restart
     bar = None
     if not args.no_progress:
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.fed.rounds, unit="round", dynamic_ncols=True,
-                   initial=rd.rounds_done() if args.resume is not None else 0)
+                   initial=rd.rounds_done() if resume else 0)
 
     last_acc = math.nan
 
@@ -221,8 +228,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             bar.update(1)
 
     try:
-        result = run_simulation(cfg, args.out, on_round=on_round,
-                                resume=args.resume is not None)
+        result = run_simulation(cfg, args.out, on_round=on_round, resume=resume)
     finally:
         if bar is not None:
             bar.close()
@@ -328,7 +334,34 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, ExportError) as exc:
         print(f"fedprune: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the operating system refused: full disk, read-only, not a folder
+        print(f"fedprune: error: {os_error_line(exc)}", file=sys.stderr)
+        return 2
     return code
+
+
+# what to do about an operating-system error, by errno
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space, then run the command again (a run with "
+                  "a checkpoint continues with --resume)",
+    errno.EDQUOT: "the disk quota is used up: free some space, then run the command again",
+    errno.EROFS: "the file system is read-only: choose a writable place",
+    errno.EACCES: "permission denied: choose a place you may write to, or fix its permissions",
+    errno.EPERM: "not permitted: choose a place you may write to, or fix its permissions",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+    errno.EISDIR: "it is a folder, where a file is expected: name a file",
+    errno.ENOENT: "it does not exist: check the path",
+    errno.EEXIST: "it exists already: choose another path",
+}
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line naming the file, what the system said and what to do."""
+    where = exc.filename if exc.filename is not None else ""
+    said = exc.strerror or str(exc)
+    hint = _OS_HINTS.get(exc.errno or -1, "")
+    return f"{where}: {said}" + (f" ({hint})" if hint else "") if where else \
+        said + (f" ({hint})" if hint else "")
 
 
 def _dispatch(args: argparse.Namespace, argv: list[str] | None) -> int:

@@ -319,7 +319,7 @@ class ExperimentConfig:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
 
     def __post_init__(self) -> None:
-        _check(self.seed >= 0, "seed", ">= 0", self.seed)
+        _check(0 <= self.seed < 2**63, "seed", "an integer in [0, 2**63)", self.seed)
         self._resolve_window()
         if self.budget.active:
             if self.prune.method == "auto":  # budget mode's cuts are the boundary rule's

@@ -8,7 +8,11 @@ reads or writes them by name goes through :class:`RunDir`.
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -26,15 +30,61 @@ from .metrics.recorder import (
 )
 from .models import ModelSpec
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["CHECKPOINT_FILE", "CONFIG_FILE", "LATENCY_FILE", "ROUNDS_FILE", "SUMMARY_FILE",
-           "RunDir", "RunState", "load_checkpoint", "save_checkpoint"]
+           "RunDir", "RunDirBusy", "RunLock", "RunState", "load_checkpoint", "save_checkpoint"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LATENCY_FILE = "latency.json"
+LOCK_FILE = ".lock"  # held (flock) by the process writing the run; holds its pid
 # what an interrupted run leaves that a fresh start must clear (temporary files included)
 RUN_FILES = (CONFIG_FILE, ROUNDS_FILE, SUMMARY_FILE, CHECKPOINT_FILE)
 
 RunState = Literal["fresh", "resumable", "finished"]
+
+
+class RunDirBusy(ValueError):
+    """Another process holds the run directory's lock."""
+
+
+class RunLock:
+    """An exclusive ``flock`` on a run directory's lock file, held until :meth:`release`
+    (or the process ends: the system drops it then, so a killed run never leaves a stale
+    lock)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise RunDirBusy(f"{path.parent} is in use by another fedprune process{who}: "
+                             "wait for it to finish, or choose another directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 class RunDir:
@@ -68,6 +118,12 @@ class RunDir:
     def latency_file(self) -> Path:
         return self.path / LATENCY_FILE
 
+    def lock(self) -> RunLock:
+        """Take the directory's exclusive lock (creating the directory): one writer at a
+        time.  :class:`RunDirBusy`, at once, while another process holds it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        return RunLock(self.path / LOCK_FILE)
+
     def stale_files(self) -> list[Path]:
         """The run files (and their temporary files) present, for a clean restart.
 
@@ -96,18 +152,28 @@ class RunDir:
                 or self.checkpoint_file.exists()):  # a checkpoint is never a leftover
             return False
         stale = set(self.stale_files())
-        if any(entry not in stale for entry in self.path.iterdir()):
+        if any(entry not in stale and entry.name != LOCK_FILE for entry in self.path.iterdir()):
             return False
         for entry in stale:
             entry.unlink()
         return True
+
+    def can_start_new_run(self) -> bool:
+        """Whether :meth:`clear_for_new_run` would accept the folder (nothing is removed)."""
+        if not self.path.exists():
+            return True
+        if (not self.path.is_dir() or self.state() != "fresh"
+                or self.checkpoint_file.exists()):
+            return False
+        stale = set(self.stale_files())
+        return all(entry in stale or entry.name == LOCK_FILE for entry in self.path.iterdir())
 
     def written_by(self) -> str | None:
         """``"flower"`` or ``"in-process"``: the engine whose round records these are (the
         Flower app's carry ``failures``); None without records."""
         if not self.rounds_file.is_file():
             return None
-        rows = self.read_rounds()
+        rows = read_rounds(self.path, torn_tail=True)
         if not rows:
             return None
         return "flower" if "failures" in rows[0] else "in-process"
@@ -187,7 +253,7 @@ class RunDir:
 
     def truncate_rounds(self, last_round: int) -> list[dict[str, Any]]:
         """Keep the round records up to ``last_round`` (those after it are redone on resume)."""
-        rows = [r for r in self.read_rounds() if r["round"] <= last_round]
+        rows = [r for r in read_rounds(self.path, torn_tail=True) if r["round"] <= last_round]
         path = self.rounds_file
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "w", encoding="utf-8") as fh:
@@ -261,16 +327,87 @@ def save_checkpoint(
                "state": json.dumps(state or {})}
     if snapshot is not None:
         payload["budget_snapshot"] = snapshot
-    with open(tmp, "wb") as fh:
-        torch.save(payload, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    payload[DIGEST_KEY] = payload_digest(payload)
+    try:
+        with open(tmp, "wb") as fh:
+            try:
+                torch.save(payload, fh)
+            except RuntimeError as exc:  # torch's writer words a failed write its own way
+                raise _write_error(tmp, exc) from None
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no partial checkpoint behind
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _write_error(path: Path, exc: RuntimeError) -> OSError:
+    """The ``OSError`` behind a failed ``torch.save`` (torch reports a short write as
+    "unexpected pos"): ENOSPC when the disk has no room left, else EIO with torch's words."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if free is not None and free < 1 << 20:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return OSError(errno.EIO, f"writing the checkpoint failed ({exc})", str(path))
+
+
+# the checkpoint's own SHA-256 over everything else in it (see payload_digest)
+DIGEST_KEY = "sha256"
+
+
+def payload_digest(payload: dict[str, Any]) -> str:
+    """SHA-256 of a checkpoint payload (without its digest): every key, string and number,
+    and every tensor's name, dtype, shape and bytes, in a fixed order -- so that a flipped
+    bit anywhere in what the checkpoint holds changes it, while the file's container (a zip)
+    may differ between torch versions."""
+    h = hashlib.sha256()
+
+    def feed(obj: Any) -> None:
+        if isinstance(obj, dict):
+            h.update(b"{")
+            for k in sorted(obj, key=str):
+                if k == DIGEST_KEY:
+                    continue
+                h.update(repr(str(k)).encode())
+                feed(obj[k])
+            h.update(b"}")
+        elif isinstance(obj, (list, tuple)):
+            h.update(b"[")
+            for v in obj:
+                feed(v)
+            h.update(b"]")
+        elif isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        else:
+            h.update(repr(obj).encode())
+
+    feed(payload)
+    return h.hexdigest()
+
+
+def _check_finite(path: Path, obj: Any, where: str = "") -> None:
+    """``ValueError`` naming the first weight (in nested mappings) that holds NaN or
+    infinity."""
+    if isinstance(obj, dict):
+        for name, value in obj.items():
+            _check_finite(path, value, f"{where}{name}" if not where else f"{where}/{name}")
+    elif isinstance(obj, torch.Tensor) and obj.is_floating_point() and not bool(
+            torch.isfinite(obj).all()):
+        raise ValueError(f"checkpoint {path}: {where} holds NaN or infinite values (the run "
+                         "diverged before this checkpoint was written); restart the run, for "
+                         "example with a lower train.lr")
 
 
 def load_checkpoint(path: Path, with_state: bool = False):  # noqa: ANN201
@@ -291,6 +428,18 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
         raise ValueError(f"checkpoint {path} cannot be read safely: {exc}") from None
     if not isinstance(ckpt, dict) or not {"spec", "state_dict", "round"} <= set(ckpt):
         raise ValueError(f"checkpoint {path} lacks spec, state_dict or round")
+    stored = ckpt.get(DIGEST_KEY)
+    if stored is None:
+        logger.warning("checkpoint %s carries no checksum (written by an older fedprune): "
+                       "its integrity cannot be checked", path)
+    elif stored != payload_digest(ckpt):
+        raise ValueError(f"checkpoint {path} is damaged: its contents do not match the "
+                         "checksum written with them (a changed byte on disk or in a copy); "
+                         "restore it from a backup or restart the run")
+    if not isinstance(ckpt["state_dict"], dict):
+        raise ValueError(f"checkpoint {path}: state_dict is not a mapping of weights")
+    _check_finite(path, ckpt["state_dict"])
+    _check_finite(path, ckpt.get("budget_snapshot"), "snapshot")
     return ckpt
 
 

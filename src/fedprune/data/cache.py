@@ -36,7 +36,7 @@ from .formats import Source
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: meta.json holds the SHA-256 of every array file
 SPLITS = {"train": 0, "test": 1}
 _REORDER_BLOCK = 65_536
 
@@ -223,6 +223,7 @@ def build(source: Source, root: Path) -> Prepared:
         np.save(tmp / "clients.npy", clients)
         np.save(tmp / "splits.npy", splits)
         (tmp / "clients.json").write_text(json.dumps(list(sink.names)), encoding="utf-8")
+        meta["sha256"] = {name: _sha256(tmp / name) for name in CHECKED_FILES}
         meta["files"] = files
         meta["seconds_to_build"] = round(time.perf_counter() - t0, 3)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
@@ -260,6 +261,23 @@ def in_memory(source: Source) -> Prepared:
 # ----------------------------------------------------------------------------- opening
 
 
+# the cache's files whose SHA-256 meta.json holds, checked on every open: a changed byte in
+# the images or a shuffled label is refused rather than trained on
+CHECKED_FILES = ("images.u8", "labels.npy", "clients.npy", "splits.npy", "clients.json")
+
+
+class OutdatedCache(DataError):
+    """A cache written by another fedprune version (``data.cache = auto`` rebuilds it)."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _redo(d: Path) -> str:
     return f"; delete {d} or set data.cache=rebuild to prepare it again"
 
@@ -273,7 +291,7 @@ def open_cache(d: Path, source: Source | None) -> Prepared:
         raise DataError(d, "is not a complete fedprune cache (meta.json is missing or "
                            "unreadable)" + _redo(d)) from None
     if not isinstance(meta, dict) or meta.get("version") != CACHE_VERSION:
-        raise DataError(d, "was written by another fedprune version" + _redo(d))
+        raise OutdatedCache(d, "was written by another fedprune version" + _redo(d))
     if source is not None:
         if meta.get("source") != _source_key(source):
             raise DataError(d, "was built from another source or other settings" + _redo(d))
@@ -305,6 +323,13 @@ def open_cache(d: Path, source: Source | None) -> Prepared:
         names = json.loads((d / "clients.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         raise DataError(d / "clients.json", "is missing or unreadable" + _redo(d)) from None
+    sums = meta.get("sha256")
+    if not isinstance(sums, dict) or set(sums) != set(CHECKED_FILES):
+        raise DataError(d / "meta.json", "lacks the checksums of the cache's files" + _redo(d))
+    for name in CHECKED_FILES:
+        if _sha256(d / name) != sums[name]:
+            raise DataError(d / name, "has changed since the cache was built (its SHA-256 "
+                                      "differs from meta.json's): it is damaged" + _redo(d))
     # copy-on-write: torch gets a writable view without a copy, and nothing goes back to disk
     images = np.memmap(img_file, dtype=np.uint8, mode="c", shape=shape)
     return Prepared(images, arrays["labels"], arrays["clients"], arrays["splits"], names, meta,
@@ -318,5 +343,8 @@ def prepare(source: Source, root: Path | None, mode: str = "auto") -> Prepared:
     root = root or default_cache_dir()
     d = cache_dir_for(source, root)
     if mode == "auto" and d.exists():
-        return open_cache(d, source)
+        try:
+            return open_cache(d, source)
+        except OutdatedCache:
+            logger.info("%s was prepared by another fedprune version: preparing it again", d)
     return build(source, root)

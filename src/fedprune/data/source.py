@@ -106,6 +106,9 @@ def resolve_source(cfg: DataConfig) -> Source:
             extra = " (install the Debian package: apt-get install dataset-fashion-mnist)"
         raise DataError(path, f"data.path does not exist{extra}")
     path = path.resolve()
+    if not (path.is_file() or path.is_dir()):
+        raise DataError(path, "data.path is neither a regular file nor a folder (a device, "
+                              "FIFO or socket cannot be read as a dataset)")
     if fmt == "auto":
         fmt = detect_format(path)
     if fmt not in spec.formats:

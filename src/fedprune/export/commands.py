@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 from pathlib import Path
 
 from ..models import model_defaults, new_model
@@ -107,14 +109,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     rm = load_run(args.run_dir)
     model = rm.initial if args.initial else rm.final
     x = rm.spec.example_input()
-    if fmt == "onnx":
-        from .onnx import export_onnx
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # written and verified under a temporary name, then linked into place: a failed export
+    # (parity, a full disk) leaves nothing at --out, and an existing file is never replaced
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")
+    try:
+        if fmt == "onnx":
+            from .onnx import export_onnx
 
-        report = export_onnx(model, x, args.out)
-    else:
-        from .executorch import export_executorch
+            report = export_onnx(model, x, tmp)
+        else:
+            from .executorch import export_executorch
 
-        report = export_executorch(model, x, args.out)
+            report = export_executorch(model, x, tmp)
+        os.link(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    report = dataclasses.replace(report, path=out)
     print(json.dumps({"file": str(report.path), "format": fmt, "bytes": report.bytes,
                       "max_abs_diff_vs_pytorch": report.max_abs_diff,
                       "input": {"name": "input", "shape": list(x.shape), "dtype": "float32",

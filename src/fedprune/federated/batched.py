@@ -139,20 +139,33 @@ class BatchedTrainer:
                              "are not used by as_sequence()")
         self.shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
         self.input_shape = tuple(model.input_shape)  # type: ignore[attr-defined]
-        self.clients_per_chunk = self._chunk_size(model, memory_mb)
+        self.memory_mb = memory_mb
+        self.sample_numel = self._sample_numel(model)
+        self.clients_per_chunk = self._chunk_size(cfg.batch_size)  # at full batches
 
     # ------------------------------------------------------------------ planning
 
-    def _chunk_size(self, model: nn.Module, memory_mb: int) -> int:
-        """How many clients one batched step may hold within ``memory_mb`` of activations."""
+    def _sample_numel(self, model: nn.Module) -> int:
+        """Activation values one sample produces in a forward pass (all ops)."""
         numel = 0
         h = torch.zeros(1, *self.input_shape)
         with torch.no_grad():
             for mod in self.ops:
                 h = mod(h)
                 numel += h.numel()
-        per_client = 4 * 4 * numel * self.cfg.batch_size  # value, grad, copies; float32
-        return max(1, int(memory_mb * 2**20 // max(per_client, 1)))
+        return numel
+
+    def _chunk_size(self, width: int) -> int:
+        """How many clients one batched step of ``width`` samples per client may hold within
+        the memory budget of activations."""
+        per_client = 4 * 4 * self.sample_numel * width  # value, grad, copies; float32
+        return max(1, int(self.memory_mb * 2**20 // max(per_client, 1)))
+
+    def step_width(self, jobs: Sequence[ClientJob]) -> int:
+        """Samples per client in one batched step: ``train.batch_size``, or the largest
+        client's size when every client holds fewer (a step is never padded wider than the
+        largest batch a client really has)."""
+        return max(1, min(self.cfg.batch_size, max(int(j.y.shape[0]) for j in jobs)))
 
     # ------------------------------------------------------------------ forward
 
@@ -185,11 +198,12 @@ class BatchedTrainer:
 
     # ------------------------------------------------------------------ data
 
-    def _schedule(self, jobs: Sequence[ClientJob]) -> list[torch.Tensor]:
-        """Per job, its batches as rows of a ``(steps, batch)`` index tensor (-1 = padding).
+    def _schedule(self, jobs: Sequence[ClientJob], width: int) -> list[torch.Tensor]:
+        """Per job, its batches as rows of a ``(steps, width)`` index tensor (-1 = padding).
 
         Each epoch draws ``torch.randperm(n, generator=job.generator)``, exactly as the
-        per-client path does, so both see the same batches in the same order.
+        per-client path does, so both see the same batches in the same order (batches of
+        ``train.batch_size``; ``width`` is that, or more than every client holds).
         """
         bsz = self.cfg.batch_size
         out = []
@@ -201,9 +215,11 @@ class BatchedTrainer:
             rows = []
             for _ in range(self.cfg.local_epochs):
                 perm = torch.randperm(n, generator=job.generator)
-                padded = torch.full((spe * bsz,), -1, dtype=torch.int64)
+                # width < batch_size only when every client holds at most width samples:
+                # then each epoch is one batch of all n
+                padded = torch.full((spe * width,), -1, dtype=torch.int64)
                 padded[:n] = perm
-                rows.append(padded.view(spe, bsz))
+                rows.append(padded.view(spe, width))
             out.append(torch.cat(rows))
         return out
 
@@ -213,8 +229,11 @@ class BatchedTrainer:
               ) -> list[tuple[StateDict, int, dict[str, float]]]:
         """Local training of every job from ``global_state``; results in the jobs' order."""
         results: list[tuple[StateDict, int, dict[str, float]] | None] = [None] * len(jobs)
-        for start in range(0, len(jobs), self.clients_per_chunk):
-            chunk = list(range(start, min(start + self.clients_per_chunk, len(jobs))))
+        if not jobs:
+            return []
+        per_chunk = self._chunk_size(self.step_width(jobs))
+        for start in range(0, len(jobs), per_chunk):
+            chunk = list(range(start, min(start + per_chunk, len(jobs))))
             for i, res in zip(chunk, self._train_chunk(global_state, [jobs[i] for i in chunk]),
                               strict=True):
                 results[i] = res
@@ -223,8 +242,8 @@ class BatchedTrainer:
     def _train_chunk(self, global_state: StateDict, jobs: Sequence[ClientJob]
                      ) -> list[tuple[StateDict, int, dict[str, float]]]:
         cfg = self.cfg
-        bsz = cfg.batch_size
-        schedules = self._schedule(jobs)  # randperm draws happen in job order, as per client
+        bsz = self.step_width(jobs)  # samples per client per step, padding included
+        schedules = self._schedule(jobs, bsz)  # randperm draws in job order, as per client
         steps = [s.shape[0] for s in schedules]
         # Longest first: at step t the active clients are a prefix of this order.
         order = sorted(range(len(jobs)), key=lambda i: -steps[i])

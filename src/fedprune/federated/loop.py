@@ -72,6 +72,15 @@ def run_simulation(
     data = data if data is not None else load_federated(cfg.data, cfg.seed)
     server = PruningServer.for_data(cfg, data, run_dir=run_dir, on_round=on_round)
     server.begin(resume=resume)
+    try:
+        return _run_rounds(cfg, data, server, t0)
+    finally:
+        server.close()
+
+
+def _run_rounds(cfg: ExperimentConfig, data: FederatedData, server: PruningServer,
+                t0: float) -> RunResult:
+    """The rounds of :func:`run_simulation`, from the server's next round to the last."""
     server.start_clock(t0)
     trainer = make_trainer(server.model, cfg)
     logger.info("local training engine: %s", type(trainer).__name__)

@@ -32,7 +32,7 @@ from ..config import ConfigError, ExperimentConfig
 from ..data import FederatedData
 from ..metrics import Recorder, RoundRecord, count_macs, n_params, payload_bytes
 from ..models import ModelSpec, new_model
-from ..rundir import RunDir
+from ..rundir import RunDir, RunLock
 from .aggregate import Rejection, fedavg, screen_replies
 from .auto_server import AutoPruner
 from .budget_server import BudgetServer
@@ -105,6 +105,7 @@ class PruningServer:
         self.outcome = RoundOutcome()
         self.t0 = time.perf_counter()
         self.seconds_before = 0.0
+        self._lock: RunLock | None = None
 
     @classmethod
     def for_data(cls, cfg: ExperimentConfig, data: FederatedData, *,
@@ -130,14 +131,32 @@ class PruningServer:
     # ------------------------------------------------------------------ run
 
     def begin(self, resume: bool = False) -> None:
-        """Write ``config.json``, or, with ``resume``, continue from the run directory's
-        checkpoint."""
-        if resume:
-            if self.run_dir is None:
-                raise ValueError("resume needs the run directory of the interrupted run")
-            self.restore()
-        elif self.run_dir is not None:
-            Recorder(self.run_dir.path).write_config(self.cfg.to_dict())
+        """Take the run directory's lock (held until :meth:`close`; a second writer fails at
+        once), then write ``config.json`` -- after clearing what a run killed before its
+        first checkpoint left -- or, with ``resume``, continue from the checkpoint."""
+        if resume and self.run_dir is None:
+            raise ValueError("resume needs the run directory of the interrupted run")
+        if self.run_dir is None:
+            return
+        self._lock = self.run_dir.lock()
+        try:
+            if resume:
+                self.restore()
+            elif not self.run_dir.clear_for_new_run():
+                raise ConfigError(f"{self.run_dir.path} exists and is not empty: choose a new "
+                                  "directory (results are never overwritten)")
+            else:
+                Recorder(self.run_dir.path).write_config(self.cfg.to_dict())
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run directory's lock (idempotent; the engines call it when the run
+        ends, finished or not)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def start_clock(self, started: float | None = None) -> None:
         """Count the run's wall time from ``started`` (a ``time.perf_counter()`` value) or
@@ -340,17 +359,30 @@ class PruningServer:
         self.spec, self.model, done, state, snapshot = rd.load_resume_point()
         try:
             self.pruner.restore_entries(state, snapshot)
-        except (KeyError, ValueError) as exc:
-            raise ValueError(f"checkpoint in {rd.path}: {exc}") from None
-        self.sample_rng.bit_generator.state = state["sample_rng"]
-        self.bytes_total, self.bytes_total_dense = state["bytes_total"], state["bytes_total_dense"]
-        self.accuracy, self.loss = state["accuracy"], state["loss"]
-        self.seconds_before = state["seconds"]
-        self.arch_version = state.get("arch_version", 0)
+            self.sample_rng.bit_generator.state = state["sample_rng"]
+            self.bytes_total = int(state["bytes_total"])
+            self.bytes_total_dense = int(state["bytes_total_dense"])
+            self.accuracy, self.loss = state["accuracy"], state["loss"]
+            self.seconds_before = float(state["seconds"])
+            self.arch_version = int(state.get("arch_version", 0))
+        except KeyError as exc:
+            raise ValueError(f"checkpoint in {rd.path}: its loop state lacks {exc} (written by "
+                             "another fedprune version, or altered)") from None
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"checkpoint in {rd.path}: its loop state does not fit this run "
+                             f"({exc})") from None
         fields = set(RoundRecord.__dataclass_fields__) - {"extra"}
+        if not rd.rounds_file.is_file():
+            raise ValueError(f"{rd.path} holds a checkpoint but no {rd.rounds_file.name}: the "
+                             "run's round records are gone, so it cannot continue from it")
+        rows = rd.truncate_rounds(done)
+        if [r.get("round") for r in rows] != list(range(1, done + 1)):
+            raise ValueError(f"{rd.rounds_file} does not hold the records of rounds 1 to {done}, "
+                             f"where the checkpoint is: a record is missing or out of order, "
+                             "so the run cannot continue from it")
         self.records = [RoundRecord(**{k: v for k, v in r.items() if k in fields},
                                     extra={k: v for k, v in r.items() if k not in fields})
-                        for r in rd.truncate_rounds(done)]
+                        for r in rows]
         self.rounds_done = done
         logger.info("resuming %s after round %d", rd.path, done)
 

@@ -99,14 +99,20 @@ def run_server(
     # data.num-clients (in simulation: num-supernodes) stops the run here, not 300 s later
     wait_for_nodes(grid, settings.min_nodes or n, settings.node_wait_timeout,
                    probe=lambda: nodes.probe(grid), problems=nodes.problems)
-    server.begin(resume=settings.resume)  # config.json only once the federation fits
-    server.start_clock()
-    strategy.run(grid, timeout=settings.round_timeout)
-    summary = strategy.run_summary()
-    summary["flower"] = settings.to_run_config()
-    server.write_summary(summary)
-    if out is not None and settings.plots:
-        logger.info("plots: %s", ", ".join(p.name for p in plot_run(out)))
+    # config.json only once the federation fits; a run killed before its first checkpoint
+    # starts again from round 1
+    resume = settings.resume and out is not None and RunDir(out).state() == "resumable"
+    server.begin(resume=resume)
+    try:
+        server.start_clock()
+        strategy.run(grid, timeout=settings.round_timeout)
+        summary = strategy.run_summary()
+        summary["flower"] = settings.to_run_config()
+        server.write_summary(summary)
+        if out is not None and settings.plots:
+            logger.info("plots: %s", ", ".join(p.name for p in plot_run(out)))
+    finally:
+        server.close()
     if summary["status"] != "completed":
         logger.error("fedprune: run failed: %s", summary["error"])
         raise RuntimeError(f"fedprune run failed: {summary['error']}")
@@ -133,16 +139,21 @@ def _out_dir(settings: FlowerSettings, cfg: ExperimentConfig) -> Path | None:
         raise ConfigError(f"out-dir {out} is a file, not a directory")
     rd = RunDir(out)
     if not settings.resume:
-        if not rd.clear_for_new_run():  # leftovers of a run stopped before round 1 go
+        if not rd.can_start_new_run():  # leftovers of a run stopped before round 1 go
             raise ConfigError(f"out-dir {out} exists and is not empty: choose a new directory "
                               "(results are never overwritten), or set resume = true to "
                               "continue the run it holds")
         return out
     state = rd.state()
-    if state != "resumable":
+    if state == "fresh" and rd.config_file.is_file() and rd.can_start_new_run():
+        logger.warning("out-dir %s holds a run stopped before its first checkpoint: it "
+                       "starts again from round 1", out)
+    elif state != "resumable":
         why = ("it holds a finished run (summary.json)" if state == "finished"
                else "it holds no checkpoint of a run (start it anew without resume)")
         raise ConfigError(f"resume = true but out-dir {out} cannot be resumed: {why}")
+    if state != "resumable":
+        return out
     if rd.written_by() == "in-process":
         raise ConfigError(f"resume = true but out-dir {out} holds a run of the in-process "
                           f"loop: resume it with fedprune run --resume {out}")

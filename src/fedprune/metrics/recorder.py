@@ -11,13 +11,18 @@ Layout of ``run_dir``:
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CONFIG_FILE", "ROUNDS_FILE", "SUMMARY_FILE", "Recorder", "RoundRecord", "read_rounds"]
+__all__ = ["CONFIG_FILE", "ROUNDS_FILE", "SUMMARY_FILE", "Recorder", "RoundRecord", "finite_json",
+           "read_rounds"]
+
+logger = logging.getLogger(__name__)
 
 ROUNDS_FILE = "rounds.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -61,8 +66,21 @@ class RoundRecord:
         return data
 
     def to_json(self) -> str:
-        """Return the record as one line of JSON (no trailing newline)."""
-        return json.dumps(self.to_dict(), separators=(",", ":"))
+        """Return the record as one line of JSON (no trailing newline); NaN and infinite
+        figures are written as null (JSON has neither)."""
+        return json.dumps(finite_json(self.to_dict()), separators=(",", ":"), allow_nan=False)
+
+
+def finite_json(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float (in nested dicts, lists, tuples) replaced by
+    None, so that it is valid JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
 
 
 def atomic_write_json(path: Path, obj: Any, **dump_kwargs: Any) -> None:
@@ -70,7 +88,7 @@ def atomic_write_json(path: Path, obj: Any, **dump_kwargs: Any) -> None:
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, **dump_kwargs)
+            json.dump(finite_json(obj), fh, allow_nan=False, **dump_kwargs)
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -93,9 +111,17 @@ class Recorder:
         """Append ``record`` as one JSON line to ``rounds.jsonl``, flushed and fsync'ed."""
         line = record.to_json()
         with open(self.rounds_path, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+            before = fh.tell()
+            try:
+                fh.write(line + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            except OSError:  # a full disk: leave no partial line behind
+                try:
+                    os.truncate(self.rounds_path, before)
+                except OSError:
+                    pass
+                raise
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
         """Atomically write ``summary.json`` (indent=2, sorted keys, str() fallback); return path."""
@@ -110,8 +136,11 @@ class Recorder:
         return path
 
 
-def read_rounds(run_dir: Path) -> list[dict[str, Any]]:
+def read_rounds(run_dir: Path, torn_tail: bool = False) -> list[dict[str, Any]]:
     """Read ``run_dir/rounds.jsonl`` back as a list of dicts (blank lines skipped).
+
+    With ``torn_tail``, a malformed *last* line that lacks its newline -- the line a crash
+    interrupted -- is dropped with a warning (resume redoes that round).
 
     Raises:
         FileNotFoundError: if the file does not exist.
@@ -119,16 +148,20 @@ def read_rounds(run_dir: Path) -> list[dict[str, Any]]:
     """
     path = Path(run_dir) / ROUNDS_FILE
     rows: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: line {lineno}: malformed JSON: {exc.msg}") from exc
-            if not isinstance(row, dict):
-                # a non-object line is malformed input, reported like bad JSON
-                raise ValueError(f"{path}: line {lineno}: expected a JSON object")  # noqa: TRY004
-            rows.append(row)
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        lines = fh.readlines()
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if torn_tail and lineno == len(lines) and not line.endswith("\n"):
+                logger.warning("%s: line %d was cut short by a crash; dropped", path, lineno)
+                break
+            raise ValueError(f"{path}: line {lineno}: malformed JSON: {exc.msg}") from exc
+        if not isinstance(row, dict):
+            # a non-object line is malformed input, reported like bad JSON
+            raise ValueError(f"{path}: line {lineno}: expected a JSON object")  # noqa: TRY004
+        rows.append(row)
     return rows

@@ -119,7 +119,8 @@ def resolve_targets(cfg: BudgetConfig, params_initial: int, flops_initial: int) 
     """The tightest of the absolute and fractional targets of each kind."""
     def pick(absolute: float, fraction: float, initial: int) -> int | None:
         vals = [v for v in (absolute, fraction * initial) if v > 0]
-        return int(min(vals)) if vals else None
+        # at least 1: a fraction too small for the model is then reported unreachable
+        return max(1, int(min(vals))) if vals else None
 
     return Targets(pick(cfg.params, cfg.params_fraction, params_initial),
                    pick(cfg.flops, cfg.flops_fraction, flops_initial),

@@ -152,20 +152,18 @@ def execute(task: Task) -> dict[str, Any]:
     run_dir = Path(task.run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        lock = _try_lock(run_dir / ".lock")
-        if lock is None:
-            raise RuntimeError(f"{run_dir} is being run by another process")
+        rd = RunDir(run_dir)
         if task.state in ("fresh", "resume"):
             cfg = from_dict(task.config)
             torch.set_num_threads(max(1, cfg.threads))
             if task.state == "fresh":  # a run killed before its first checkpoint
-                rd = RunDir(run_dir)
-                for path in [*rd.stale_files(), rd.latency_file]:
-                    path.unlink(missing_ok=True)
-            run_simulation(cfg, run_dir, resume=task.state == "resume")
-        measure_latency(run_dir, dense=task.dense, runs=task.latency_runs,
-                        warmup=task.latency_warmup)
-        lock.close()
+                with rd.lock():
+                    for path in [*rd.stale_files(), rd.latency_file]:
+                        path.unlink(missing_ok=True)
+            run_simulation(cfg, run_dir, resume=task.state == "resume")  # holds the lock
+        with rd.lock():
+            measure_latency(run_dir, dense=task.dense, runs=task.latency_runs,
+                            warmup=task.latency_warmup)
     except Exception as exc:  # noqa: BLE001 - reported per run, the suite goes on
         return {"run_dir": task.run_dir, "state": task.state, "ok": False,
                 "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc(),

@@ -29,37 +29,50 @@ _TYPES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "short", 0x0C: "int"
 
 
 def read_idx_file(path: Path, ndim: int) -> np.ndarray:
-    """One IDX file as a uint8 array, with every header field checked against the data."""
+    """One IDX file as a uint8 array, with every header field checked against the data.
+
+    Only as many bytes as the header announces (plus one, to tell a longer file) are read,
+    so a small gzip file that inflates to far more than its header says fails at once.
+    """
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                raw = f.read()
-        else:
-            raw = path.read_bytes()
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0:
+                raise DataError(path, "is not an IDX file (its first two bytes must be zero)")
+            dtype, nd = head[2], head[3]
+            if dtype != 0x08:
+                name = _TYPES.get(dtype, f"unknown type 0x{dtype:02X}")
+                raise DataError(path, f"holds {name} values; fedprune reads unsigned-byte IDX "
+                                      "files")
+            if nd != ndim:
+                raise DataError(path, f"has {nd} dimensions, expected {ndim}")
+            sizes = f.read(4 * nd)
+            if len(sizes) < 4 * nd:
+                raise DataError(path, "is truncated inside its header")
+            dims = tuple(int(d) for d in np.frombuffer(sizes, dtype=">u4", count=nd))
+            expected = int(np.prod(dims, dtype=np.int64))
+            shape = "x".join(map(str, dims))
+            if path.suffix != ".gz":  # a raw file's size tells at once
+                body = path.stat().st_size - 4 - 4 * nd
+                if body != expected:
+                    state = "truncated" if body < expected else "longer than its header says"
+                    raise DataError(path, f"is {state}: header {shape} needs {expected} bytes "
+                                          f"of data, found {body}")
+            raw = f.read(expected)
+            if len(raw) < expected:
+                raise DataError(path, f"is truncated: header {shape} needs {expected} bytes of "
+                                      f"data, found {len(raw)}")
+            if f.read(1):
+                raise DataError(path, f"is longer than its header says: header {shape} needs "
+                                      f"{expected} bytes of data, and more follow")
     except FileNotFoundError:
         raise DataError(path, "file is missing") from None
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise DataError(path, f"is a damaged or truncated gzip file ({exc})") from None
     except OSError as exc:
         raise DataError(path, f"cannot be read: {exc.strerror or exc}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise DataError(path, "is not an IDX file (its first two bytes must be zero)")
-    dtype, nd = raw[2], raw[3]
-    if dtype != 0x08:
-        name = _TYPES.get(dtype, f"unknown type 0x{dtype:02X}")
-        raise DataError(path, f"holds {name} values; fedprune reads unsigned-byte IDX files")
-    if nd != ndim:
-        raise DataError(path, f"has {nd} dimensions, expected {ndim}")
-    if len(raw) < 4 + 4 * nd:
-        raise DataError(path, "is truncated inside its header")
-    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=nd, offset=4))
-    expected = int(np.prod(dims, dtype=np.int64))
-    body = len(raw) - 4 - 4 * nd
-    if body != expected:
-        state = "truncated" if body < expected else "longer than its header says"
-        raise DataError(path, f"is {state}: header {'x'.join(map(str, dims))} needs {expected} "
-                              f"bytes of data, found {body}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * nd).reshape(dims)
+    return np.frombuffer(raw, dtype=np.uint8).reshape(dims)
 
 
 def idx_pairs(path: Path, spec: DatasetSpec, subset: str) -> list[tuple[str, Path, Path]]:

@@ -84,8 +84,12 @@ def sqlite_splits(path: Path, subset: str) -> tuple[str, str | None]:
 
 def _parse_row(path: Path, blob: bytes, client: str, split: str) -> tuple[np.ndarray, int]:
     where = f"client {client!r} ({split})"
+    if not isinstance(blob, (bytes, bytearray, memoryview)):
+        raise DataError(path, f"{where}: serialized_example_proto is "
+                              f"{'NULL' if blob is None else type(blob).__name__}, not a "
+                              "serialized tf.train.Example (a BLOB)")
     try:
-        ex = parse_example(blob)
+        ex = parse_example(bytes(blob))
     except ProtoError as exc:
         raise DataError(path, f"{where}: serialized_example_proto is not a tf.train.Example "
                               f"({exc})") from None

@@ -1,0 +1,369 @@
+"""The run directory and the data cache: one writer at a time, damage detected, no partial
+files, one-line errors for what the operating system refuses."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from interrupt import Stop, stop_after
+
+from fedprune.cli import main
+from fedprune.config import from_dict
+from fedprune.federated import run_simulation
+from fedprune.rundir import RunDir, RunDirBusy, load_checkpoint, save_checkpoint
+
+VOLATILE = {"seconds"}
+TINY = {"threads": 1, "data": {"num_clients": 6}, "model": {"widths": [4, 8]},
+        "train": {"local_epochs": 1},
+        "fed": {"rounds": 4, "clients_per_round": 3, "eval_every": 2},
+        "prune": {"method": "boundary", "start_round": 2, "max_prune_round": 3, "interval": 1,
+                  "k": 0.5, "max_fraction": 0.3}}
+TINY_SETS = ["--set", "threads=1", "--set", "data.num_clients=6", "--set", "model.widths=[4,8]",
+             "--set", "train.local_epochs=1", "--set", "fed.clients_per_round=3",
+             "--set", "fed.eval_every=2", "--set", "prune.method=boundary"]
+
+
+def _cfg(**fed):
+    return from_dict({**TINY, "fed": {**TINY["fed"], **fed}})
+
+
+def _strip(rows):
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
+
+
+def _fedprune(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "fedprune", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+# ---------------------------------------------------------------- one writer at a time
+
+
+def test_a_second_writer_of_a_run_directory_fails_at_once(tmp_path):
+    out = tmp_path / "run"
+    first = _fedprune("run", "--out", str(out), "--no-progress", "--no-plots", *TINY_SETS,
+                      "--set", "fed.rounds=400")
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoint.pt").exists():  # the first run is under way
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        rows_before = (out / "rounds.jsonl").read_text()
+        for args, said in ((["run", "--out", str(out), "--no-progress", *TINY_SETS],
+                            "exists and is not empty"),
+                           (["run", "--resume", str(out), "--no-progress"],
+                            f"in use by another fedprune process (pid {first.pid})")):
+            t0 = time.monotonic()
+            second = _fedprune(*args)
+            _, err = second.communicate(timeout=120)
+            assert second.returncode == 2, err
+            assert said in err and "Traceback" not in err and time.monotonic() - t0 < 60
+        assert first.poll() is None  # the first writer goes on, its records untouched
+        assert (out / "rounds.jsonl").read_text().startswith(rows_before)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate()
+    # the lock went with the killed process: the run resumes
+    rows = RunDir(out).read_rounds()
+    assert [r["round"] for r in rows] == list(range(1, len(rows) + 1))
+
+
+def test_a_new_run_racing_one_before_its_first_checkpoint_touches_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    with RunDir(out).lock():  # another process has begun: its config.json is written
+        (out / "config.json").write_text(json.dumps(TINY))
+        assert main(["run", "--out", str(out), "--no-progress", *TINY_SETS,
+                     "--set", "fed.rounds=1"]) == 2
+        assert "in use by another fedprune process" in capsys.readouterr().err
+        assert json.loads((out / "config.json").read_text()) == TINY  # not cleared
+
+
+def test_the_lock_is_released_when_a_run_ends_finished_or_not(tmp_path):
+    with pytest.raises(Stop):
+        run_simulation(_cfg(), tmp_path / "r", on_round=stop_after(2))
+    with RunDir(tmp_path / "r").lock():  # nobody holds it now
+        with pytest.raises(RunDirBusy, match="in use by another fedprune process"):
+            run_simulation(_cfg(), tmp_path / "r", resume=True)
+    run_simulation(_cfg(), tmp_path / "r", resume=True)
+    assert RunDir(tmp_path / "r").state() == "finished"
+
+
+# ---------------------------------------------------------------- damage is detected
+
+
+def _flip_weight_bytes(path: Path, tensor: torch.Tensor, n: int = 64) -> None:
+    """Flip ``n`` bytes inside ``tensor``'s data as stored in the checkpoint file (the file
+    keeps its size and stays a readable zip)."""
+    raw = bytearray(path.read_bytes())
+    blob = tensor.detach().contiguous().view(torch.uint8).numpy().tobytes()
+    at = raw.find(blob)
+    assert at > 0 and len(blob) >= n
+    for i in range(at, at + n):
+        raw[i] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def test_a_flipped_byte_in_a_checkpoint_is_refused_by_resume_export_and_bench(tmp_path, capsys):
+    with pytest.raises(Stop):
+        run_simulation(_cfg(), tmp_path / "r", on_round=stop_after(2))
+    ckpt = tmp_path / "r" / "checkpoint.pt"
+    _, model, _ = load_checkpoint(ckpt)
+    size = ckpt.stat().st_size
+    _flip_weight_bytes(ckpt, model.state_dict()["features.3.weight"])
+    assert ckpt.stat().st_size == size
+    assert torch.load(ckpt, weights_only=True)  # torch itself reads it without complaint
+    for argv in (["run", "--resume", str(tmp_path / "r"), "--no-progress"],
+                 ["export", str(tmp_path / "r"), "--out", str(tmp_path / "m.onnx")],
+                 ["bench-latency", str(tmp_path / "r"), "--runs", "1", "--warmup", "0"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "is damaged: its contents do not match the checksum" in err, (argv, err)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_non_finite_weights_in_a_checkpoint_are_refused(tmp_path):
+    with pytest.raises(Stop):
+        run_simulation(_cfg(), tmp_path / "r", on_round=stop_after(2))
+    rd = RunDir(tmp_path / "r")
+    spec, model, rnd, state = rd.load_checkpoint(with_state=True)
+    with torch.no_grad():
+        model.state_dict()["classifier.weight"][0, 0] = float("nan")
+    save_checkpoint(rd.checkpoint_file, spec, model, rnd, state)  # a valid checksum
+    with pytest.raises(ValueError, match="classifier.weight holds NaN or infinite values"):
+        run_simulation(_cfg(), rd.path, resume=True)
+
+
+def _cache_of(tmp_path, fashion_mnist_dir):
+    from fedprune.data import load_federated
+
+    cfg = from_dict({"data": {"name": "fashion-mnist", "path": str(fashion_mnist_dir),
+                              "num_clients": 4, "cache_dir": str(tmp_path / "cache")},
+                     "fed": {"clients_per_round": 2}})
+    load_federated(cfg.data, 0)
+    [d] = list((tmp_path / "cache").iterdir())
+    return cfg, d
+
+
+def test_a_changed_byte_or_shuffled_labels_in_the_cache_are_refused(tmp_path, fashion_mnist_dir):
+    from fedprune.data import DataError, load_federated
+
+    cfg, d = _cache_of(tmp_path, fashion_mnist_dir)
+    images = d / "images.u8"
+    raw = bytearray(images.read_bytes())
+    raw[1000] ^= 0x01  # one bit, the size unchanged
+    images.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="images.u8: has changed since the cache was built"):
+        load_federated(cfg.data, 0)
+    raw[1000] ^= 0x01
+    images.write_bytes(bytes(raw))
+    load_federated(cfg.data, 0)  # restored: accepted again
+
+    labels = np.load(d / "labels.npy")
+    np.save(d / "labels.npy", np.random.default_rng(0).permutation(labels))
+    with pytest.raises(DataError, match="labels.npy: has changed"):
+        load_federated(cfg.data, 0)
+    rebuilt = from_dict({**cfg.to_dict(), "data": {**cfg.to_dict()["data"], "cache": "rebuild"}})
+    load_federated(rebuilt.data, 0)  # the documented way out
+    load_federated(cfg.data, 0)
+
+
+def test_a_cache_of_an_older_version_is_prepared_again(tmp_path, fashion_mnist_dir):
+    from fedprune.data import load_federated
+
+    cfg, d = _cache_of(tmp_path, fashion_mnist_dir)
+    meta = json.loads((d / "meta.json").read_text())
+    (d / "meta.json").write_text(json.dumps({**meta, "version": 1}))
+    load_federated(cfg.data, 0)
+    assert json.loads((d / "meta.json").read_text())["version"] == meta["version"]
+
+
+# ---------------------------------------------------------------- resume at the edges
+
+
+def test_resume_drops_a_torn_last_line_and_ends_as_an_uninterrupted_run(tmp_path):
+    ref = run_simulation(_cfg(), tmp_path / "full")
+    with pytest.raises(Stop):
+        run_simulation(_cfg(), tmp_path / "cut", on_round=stop_after(2))
+    rd = RunDir(tmp_path / "cut")
+    # the checkpoint holds round 2; round 3's line was being written when the process died
+    third = (tmp_path / "full" / "rounds.jsonl").read_text().splitlines()[2]
+    with open(rd.rounds_file, "a") as fh:
+        fh.write(third[: len(third) // 2])
+    with pytest.raises(ValueError, match="line 3: malformed JSON"):
+        rd.read_rounds()  # a reader of finished records still says what is wrong
+    res = run_simulation(_cfg(), rd.path, resume=True)
+    a, b = ref.model.state_dict(), res.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _strip(RunDir(tmp_path / "full").read_rounds()) == _strip(rd.read_rounds())
+
+    # a record missing below the checkpoint's round is not papered over
+    with pytest.raises(Stop):
+        run_simulation(_cfg(), tmp_path / "gap", on_round=stop_after(3))
+    gap = RunDir(tmp_path / "gap")
+    lines = gap.rounds_file.read_text().splitlines(keepends=True)
+    gap.rounds_file.write_text(lines[0] + lines[2])
+    with pytest.raises(ValueError, match="does not hold the records of rounds 1 to 3"):
+        run_simulation(_cfg(), gap.path, resume=True)
+
+
+def test_missing_records_or_an_altered_loop_state_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(Stop):
+        run_simulation(_cfg(), tmp_path / "r", on_round=stop_after(2))
+    rd = RunDir(tmp_path / "r")
+    spec, model, rnd, state = rd.load_checkpoint(with_state=True)
+    rows = rd.rounds_file.read_text()
+    rd.rounds_file.unlink()
+    assert main(["run", "--resume", str(rd.path), "--no-progress"]) == 2
+    assert "holds a checkpoint but no rounds.jsonl" in capsys.readouterr().err
+    rd.rounds_file.write_text(rows)
+    del state["sample_rng"]  # an altered state, saved with a fresh checksum
+    save_checkpoint(rd.checkpoint_file, spec, model, rnd, state)
+    assert main(["run", "--resume", str(rd.path), "--no-progress"]) == 2
+    assert "its loop state lacks 'sample_rng'" in capsys.readouterr().err
+
+
+def test_a_budget_refused_before_training_can_be_corrected_in_the_same_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), "--no-progress", *TINY_SETS, "--set", "fed.rounds=2",
+                 "--set", "budget.params_fraction=0.0001"]) == 2
+    assert "unreachable" in capsys.readouterr().err
+    assert main(["run", "--out", str(out), "--no-progress", "--no-plots", *TINY_SETS,
+                 "--set", "fed.rounds=2"]) == 0
+    assert RunDir(out).state() == "finished"
+
+
+# ---------------------------------------------------------------- atomic export
+
+
+def test_a_failed_export_leaves_nothing_and_the_retry_works(tmp_path, capsys, monkeypatch):
+    import fedprune.export.onnx as onnx_mod
+
+    run_simulation(_cfg(rounds=2), tmp_path / "r")
+    target = tmp_path / "model.onnx"
+    real = onnx_mod.ort_session
+
+    class Off:  # onnxruntime answering wrongly: the parity check fails after the file exists
+        def __init__(self, path):
+            self.s = real(path)
+
+        def run(self, names, feeds):
+            return [o + 1.0 for o in self.s.run(names, feeds)]
+
+    monkeypatch.setattr(onnx_mod, "ort_session", Off)
+    assert main(["export", str(tmp_path / "r"), "--out", str(target)]) == 2
+    assert "differs from PyTorch" in capsys.readouterr().err
+    assert not target.exists() and list(tmp_path.glob(".model*")) == []
+    monkeypatch.setattr(onnx_mod, "ort_session", real)
+    assert main(["export", str(tmp_path / "r"), "--out", str(target)]) == 0
+    assert json.loads(capsys.readouterr().out)["file"] == str(target) and target.stat().st_size
+    assert main(["export", str(tmp_path / "r"), "--out", str(target)]) == 2  # never overwrites
+
+
+# ---------------------------------------------------------------- the operating system says no
+
+
+def test_an_out_under_a_file_and_unreadable_data_paths_are_one_line_errors(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert main(["run", "--out", str(tmp_path / "afile" / "run"), "--no-progress",
+                 *TINY_SETS, "--set", "fed.rounds=1"]) == 2
+    err = capsys.readouterr().err
+    assert "afile" in err and "not a folder" in err and "Traceback" not in err
+    os.mkfifo(tmp_path / "fifo")
+    for path in (tmp_path / "fifo", Path("/dev/null")):
+        assert main(["run", "--out", str(tmp_path / "x"), "--no-progress", "--set",
+                     "data.name=fashion-mnist", "--set", f"data.path={path}"]) == 2
+        assert "neither a regular file nor a folder" in capsys.readouterr().err
+
+
+def _mount_tmpfs(where: Path, options: str) -> bool:
+    where.mkdir()
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+                              capture_output=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    where = tmp_path / "small"
+    if shutil.which("mount") is None or not _mount_tmpfs(where, "size=48k"):
+        pytest.skip("mounting a small tmpfs needs root (mount -t tmpfs) on this machine")
+    yield where
+    subprocess.run(["umount", str(where)], capture_output=True, timeout=20)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(small_disk, tmp_path):
+    out = small_disk / "run"
+    done = subprocess.run([sys.executable, "-m", "fedprune", "run", "--out", str(out),
+                           "--no-progress", "--no-plots", *TINY_SETS, "--set",
+                           "model.widths=[32,64]", "--set", "fed.rounds=3"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "No space left on device" in done.stderr and "the disk is full" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) <= 3
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+    rows = out / "rounds.jsonl"
+    if rows.exists():  # whatever was written is whole lines
+        assert rows.read_text() == "" or rows.read_text().endswith("\n")
+
+
+def test_a_read_only_target_is_one_line(tmp_path):
+    where = tmp_path / "ro"
+    if shutil.which("mount") is None or not _mount_tmpfs(where, "size=1m,ro"):
+        pytest.skip("mounting a read-only tmpfs needs root (mount -t tmpfs) on this machine")
+    try:
+        done = subprocess.run([sys.executable, "-m", "fedprune", "run", "--out",
+                               str(where / "run"), "--no-progress", *TINY_SETS, "--set",
+                               "fed.rounds=1"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert "Read-only file system" in done.stderr and "read-only" in done.stderr
+        assert "Traceback" not in done.stderr
+    finally:
+        subprocess.run(["umount", str(where)], capture_output=True, timeout=20)
+
+
+# ---------------------------------------------------------------- small edges
+
+
+def test_a_seed_beyond_64_bits_is_a_config_error_naming_the_key(capsys):
+    assert main(["config", "--set", "seed=99999999999999999999999999"]) == 2
+    err = capsys.readouterr().err
+    assert "seed = 99999999999999999999999999 is out of range" in err
+
+
+def test_a_small_gzip_idx_that_inflates_far_beyond_its_header_fails_without_inflating(tmp_path):
+    import gzip
+    import tracemalloc
+
+    from fedprune.data import DataError
+    from fedprune.data.formats.idx import read_idx_file
+
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    header = bytes([0, 0, 8, 3]) + np.array([10, 28, 28], dtype=">u4").tobytes()
+    with gzip.open(path, "wb", compresslevel=1) as fh:
+        fh.write(header + bytes(10 * 28 * 28))
+        block = bytes(1 << 20)
+        for _ in range(64):  # 64 MB more than the header says
+            fh.write(block)
+    assert path.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="longer than its header says"):
+            read_idx_file(path, 3)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20  # it read what the header announced, and one byte more
