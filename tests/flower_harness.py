@@ -8,6 +8,14 @@ each gets a unique marker in its environment (``FEDPRUNE_FLOWER_MARK``), which a
 descendants inherit, and :meth:`LocalFlower.pids` finds them by scanning ``/proc``.  The
 Flower configuration (``FLWR_HOME``) lives in the work directory, never in ``~/.flwr``.
 
+Without :class:`TLSFiles` every process runs ``--insecure`` (plain HTTP on loopback, no
+authentication).  With them the SuperLink serves TLS (``--ssl-ca-certfile``,
+``--ssl-certfile``, ``--ssl-keyfile``), optionally with ``--enable-supernode-auth``;
+SuperNodes check its certificate against the CA (``--root-certificates``) and may carry a
+node key (``--auth-supernode-private-key``), registered with :meth:`LocalFlower.register_supernode`
+(``flwr supernode register``); ``flwr`` reaches the Control API over TLS through the
+connection's ``root-certificates``.
+
 Not part of the library: the tests import it from their folder, the benchmarks put
 ``tests/`` on ``sys.path`` first.
 """
@@ -20,18 +28,21 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from fedprune.flower.run_config import format_run_config
 
-__all__ = ["FLOWER_APP_DIR", "MARK", "FlowerProcessError", "LocalFlower", "free_port"]
+__all__ = ["FLOWER_APP_DIR", "MARK", "FlowerProcessError", "LocalFlower", "TLSFiles",
+           "free_port"]
 
 #: ``flower/`` at the repository root: the Flower App's ``pyproject.toml``.
 FLOWER_APP_DIR = Path(__file__).resolve().parents[1] / "flower"
@@ -41,6 +52,21 @@ MARK = "FEDPRUNE_FLOWER_MARK"
 
 class FlowerProcessError(RuntimeError):
     """A Flower process did not start, or a run did not finish."""
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """The SuperLink's TLS files (PEM), e.g. from ``scripts/make_certs.sh``."""
+
+    ca: Path  #: the CA certificate that signed ``cert``; SuperNodes and ``flwr`` trust it
+    cert: Path  #: the SuperLink's certificate (subjectAltName 127.0.0.1)
+    key: Path  #: its private key
+
+    @classmethod
+    def from_dir(cls, folder: Path) -> TLSFiles:
+        """``ca.crt``, ``server.crt``, ``server.key`` in ``folder`` (make_certs.sh's names)."""
+        folder = Path(folder).resolve()
+        return cls(folder / "ca.crt", folder / "server.crt", folder / "server.key")
 
 
 def free_port() -> int:
@@ -84,7 +110,7 @@ class LocalFlower:
     """
 
     def __init__(self, workdir: Path, app_dir: Path = FLOWER_APP_DIR,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, tls: TLSFiles | None = None) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.app_dir = Path(app_dir)
@@ -107,6 +133,7 @@ class LocalFlower:
         self.logs: dict[str, Path] = {}
         self.port: int | None = None
         self.connection = "fedprune-local"
+        self.tls = tls
 
     # -- context manager
     def __enter__(self) -> Self:
@@ -132,24 +159,42 @@ class LocalFlower:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def start_superlink(self, simulation: bool = False, timeout: float = 60.0) -> int:
-        """Start ``flower-superlink --insecure`` on a free port; wait until it answers."""
+    def start_superlink(self, simulation: bool = False, timeout: float = 60.0, *,
+                        supernode_auth: bool = False) -> int:
+        """Start ``flower-superlink`` on a free port; wait until it answers.
+
+        ``--insecure`` without :attr:`tls`; with it, TLS, and ``supernode_auth`` adds
+        ``--enable-supernode-auth`` (only SuperNodes registered with
+        :meth:`register_supernode` may join).  Writes the ``flwr`` connection to it.
+        """
         if "superlink" in self.procs:
             raise FlowerProcessError("a SuperLink is already running")
+        if supernode_auth and self.tls is None:
+            raise FlowerProcessError("SuperNode authentication needs TLS: pass tls=TLSFiles")
         self.port = free_port()
-        cmd = [_bin("flower-superlink"), "--insecure", "--host", "127.0.0.1",
-               "--port", str(self.port), "--disable-runtime-dependency-installation"]
+        cmd = [_bin("flower-superlink"), "--host", "127.0.0.1", "--port", str(self.port),
+               "--disable-runtime-dependency-installation"]
+        if self.tls is None:
+            cmd.append("--insecure")
+        else:
+            cmd += ["--ssl-ca-certfile", str(self.tls.ca), "--ssl-certfile", str(self.tls.cert),
+                    "--ssl-keyfile", str(self.tls.key)]
+        if supernode_auth:
+            cmd.append("--enable-supernode-auth")
         if simulation:
             cmd.append("--simulation")
         proc = self._spawn("superlink", cmd)
+        scheme = "http" if self.tls is None else "https"
+        context = None if self.tls is None else ssl.create_default_context(
+            cafile=str(self.tls.ca))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise FlowerProcessError(f"flower-superlink exited with {proc.returncode}:\n"
                                          + self.log_tail("superlink"))
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health",
-                                            timeout=1) as res:
+                with urllib.request.urlopen(f"{scheme}://127.0.0.1:{self.port}/health",
+                                            timeout=1, context=context) as res:
                     if res.status == 200:
                         break
             except OSError:
@@ -158,26 +203,80 @@ class LocalFlower:
         else:
             raise FlowerProcessError(f"flower-superlink not ready in {timeout:.0f} s:\n"
                                      + self.log_tail("superlink"))
+        tls_key = ("insecure = true\n" if self.tls is None
+                   else f"root-certificates = {json.dumps(str(Path(self.tls.ca).resolve()))}\n")
         (self.home / "config.toml").write_text(
             f'[superlink]\ndefault = "{self.connection}"\n\n'
             f'[superlink.{self.connection}]\naddress = "127.0.0.1:{self.port}"\n'
-            "insecure = true\n", encoding="utf-8")
+            + tls_key, encoding="utf-8")
         return self.port
 
     def start_supernode(self, partition_id: int, num_partitions: int,
-                        node_config: Mapping[str, Any] | None = None) -> str:
-        """Start ``flower-supernode`` serving ``partition_id``; returns its name."""
+                        node_config: Mapping[str, Any] | None = None, *,
+                        name: str | None = None, auth_key: Path | None = None,
+                        transport: Literal["auto", "insecure", "system-ca"] = "auto",
+                        extra_args: Sequence[str] = ()) -> str:
+        """Start ``flower-supernode`` serving ``partition_id``; returns its name.
+
+        ``transport``: ``auto`` connects as the SuperLink serves (``--insecure``, or TLS
+        checked against :attr:`tls`'s CA with ``--root-certificates``); ``insecure`` forces
+        ``--insecure``; ``system-ca`` uses TLS without ``--root-certificates`` (the system's
+        CAs).  ``auth_key``: ``--auth-supernode-private-key`` (an OpenSSH EC private key).
+        """
         if self.port is None:
             raise FlowerProcessError("start the SuperLink first")
-        name = f"supernode-{partition_id}"
+        name = name or f"supernode-{partition_id}"
+        if name in self.procs:
+            raise FlowerProcessError(f"a process named {name} was started already")
         cfg = {"partition-id": partition_id, "num-partitions": num_partitions,
                **(node_config or {})}
-        self._spawn(name, [
-            _bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
-            "--host", "127.0.0.1", "--port", str(free_port()),
-            "--node-config", format_run_config(cfg),
-        ])
+        cmd = [_bin("flower-supernode"), "--superlink", f"127.0.0.1:{self.port}",
+               "--host", "127.0.0.1", "--port", str(free_port()),
+               "--node-config", format_run_config(cfg)]
+        if transport == "insecure" or (transport == "auto" and self.tls is None):
+            cmd.append("--insecure")
+        elif transport == "auto":
+            cmd += ["--root-certificates", str(self.tls.ca)]  # type: ignore[union-attr]
+        elif transport != "system-ca":
+            raise ValueError(f"transport {transport!r}")
+        if auth_key is not None:
+            cmd += ["--auth-supernode-private-key", str(auth_key)]
+        self._spawn(name, cmd + list(extra_args))
         return name
+
+    def register_supernode(self, public_key: Path) -> int:
+        """``flwr supernode register public_key``: the SuperLink admits that key; its id."""
+        res = self.flwr("supernode", "register", str(public_key), self.connection,
+                        "--format", "json")
+        try:
+            return int(json.loads(res.stdout)["node-id"])
+        except (ValueError, KeyError):
+            raise FlowerProcessError(f"flwr supernode register failed ({res.returncode}): "
+                                     f"{res.stdout[-2000:]}{res.stderr[-2000:]}") from None
+
+    def supernodes(self) -> list[dict[str, Any]]:
+        """``flwr supernode ls`` as JSON: every SuperNode the SuperLink knows, with its
+        ``node-id`` and ``status`` (``registered``, ``online``, ``offline``, ...)."""
+        res = self.flwr("supernode", "ls", self.connection, "--format", "json")
+        try:
+            nodes: list[dict[str, Any]] = json.loads(res.stdout)["nodes"]
+        except (ValueError, KeyError):
+            raise FlowerProcessError(f"flwr supernode ls failed ({res.returncode}): "
+                                     f"{res.stdout[-2000:]}{res.stderr[-2000:]}") from None
+        return nodes
+
+    def flwr(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """Run ``flwr *args`` with this FLWR_HOME (its connection) and wait for it."""
+        return subprocess.run([_bin("flwr"), *args], env=self.env, cwd=self.workdir,
+                              capture_output=True, text=True, timeout=timeout, check=False)
+
+    def wait_exit(self, name: str, timeout: float = 60.0) -> int | None:
+        """The exit status of the process ``name`` once it ends; None if it outlives
+        ``timeout`` seconds (it is left running)."""
+        try:
+            return self.procs[name].wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to the process ``name`` (and its process group) -- a crash, not a stop."""
@@ -218,9 +317,7 @@ class LocalFlower:
         ...), waiting up to ``wait`` seconds for the run to be finished."""
         deadline = time.monotonic() + wait
         while True:
-            res = subprocess.run([_bin("flwr"), "ls", self.connection, "--run-id", str(run_id),
-                                  "--format", "json"], env=self.env, cwd=self.workdir,
-                                 capture_output=True, text=True, timeout=60, check=False)
+            res = self.flwr("ls", self.connection, "--run-id", str(run_id), "--format", "json")
             try:
                 info: dict[str, Any] = json.loads(res.stdout)["runs"][0]
             except (ValueError, KeyError, IndexError):

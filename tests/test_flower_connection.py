@@ -98,3 +98,35 @@ def test_other_tables_are_kept_and_bad_input_is_refused(tmp_path):
     with pytest.raises(ValueError, match="not valid TOML"):
         set_connection("local-deployment", "127.0.0.1:9091", path=path)
     assert path.read_text() == "[superlink\n"  # left alone
+
+
+def test_root_certificates_give_a_tls_connection_that_flwr_reads(tmp_path):
+    home = tmp_path / "flwr-home"
+    ca = tmp_path / "certs" / "ca.crt"
+    ca.parent.mkdir()
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")  # read by flwr only when it connects
+    res = _set_connection(home, "secure-deployment", "127.0.0.1:9091",
+                          "--root-certificates", "certs/ca.crt")
+    assert res.returncode != 0 and "no such file" in res.stderr  # relative to the cwd
+    res = subprocess.run([sys.executable, "-m", "fedprune.flower", "set-connection",
+                          "secure-deployment", "127.0.0.1:9091", "--root-certificates",
+                          "certs/ca.crt"], env=_env(home), cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert res.returncode == 0, res.stderr
+    doc = tomllib.loads((home / "config.toml").read_text())
+    assert doc["superlink"]["secure-deployment"] == {"address": "127.0.0.1:9091",
+                                                     "root-certificates": str(ca)}
+    ls = _flwr_config_ls(home)
+    assert ls.returncode == 0, ls.stdout + ls.stderr
+    assert "secure-deployment" in ls.stdout
+
+    # the same connection made insecure again: one table, no root-certificates left over
+    set_connection("secure-deployment", "127.0.0.1:9091", path=home / "config.toml")
+    assert tomllib.loads((home / "config.toml").read_text())["superlink"][
+        "secure-deployment"] == {"address": "127.0.0.1:9091", "insecure": True}
+    with pytest.raises(ValueError, match="not insecure=True"):
+        set_connection("secure-deployment", "127.0.0.1:9091", insecure=True,
+                       root_certificates=ca, path=home / "config.toml")
+    both = _set_connection(home, "x", "127.0.0.1:9091", "--secure",
+                           "--root-certificates", str(ca))
+    assert both.returncode != 0 and "not allowed with" in both.stderr

@@ -1,4 +1,5 @@
-"""``python -m fedprune.flower set-connection NAME ADDRESS [--secure]``."""
+"""``python -m fedprune.flower set-connection NAME ADDRESS [--secure | --root-certificates
+CA]``."""
 
 import sys
 

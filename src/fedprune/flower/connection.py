@@ -1,8 +1,12 @@
 """Flower's connection config: add or replace one SuperLink connection, idempotently.
 
-``python -m fedprune.flower set-connection NAME ADDRESS [--secure]`` (the step docs/flower.md
-uses for the deployment engine) writes ``[superlink.NAME]`` into Flower's config file
-(``$FLWR_HOME/config.toml``, else ``~/.flwr/config.toml``).
+``python -m fedprune.flower set-connection NAME ADDRESS [--secure | --root-certificates CA]``
+(the step docs/flower.md uses for the deployment engine) writes ``[superlink.NAME]`` into
+Flower's config file (``$FLWR_HOME/config.toml``, else ``~/.flwr/config.toml``): ``address``
+and either ``insecure = true`` (a SuperLink started ``--insecure``), nothing more (TLS, the
+SuperLink's certificate checked against flwr's default trust store), or
+``root-certificates`` (TLS, checked against this CA certificate: an absolute path, as Flower
+requires).
 """
 
 from __future__ import annotations
@@ -45,9 +49,24 @@ def _drop_table(text: str, table: str) -> str:
     return "".join(out)
 
 
-def set_connection(name: str, address: str, *, insecure: bool = True,
+def _toml_string(value: str) -> str:
+    """``value`` as a TOML basic string."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError(f"{value!r} cannot hold control characters")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def set_connection(name: str, address: str, *, insecure: bool | None = None,
+                   root_certificates: str | os.PathLike[str] | None = None,
                    path: Path | None = None) -> Path:
     """Add or replace the SuperLink connection ``[superlink.<name>]`` in Flower's config file.
+
+    ``insecure=True`` (the default without ``root_certificates``) writes ``insecure = true``,
+    for a SuperLink started with ``--insecure``; ``insecure=False`` alone writes neither key
+    (TLS, checked against flwr's default trust store); ``root_certificates`` (a PEM CA
+    certificate, e.g. the ``ca.crt`` of ``scripts/make_certs.sh``) writes
+    ``root-certificates`` with its absolute path: TLS, the SuperLink's certificate checked
+    against that CA.  It cannot be combined with ``insecure=True``.
 
     Idempotent: running it again (or after a hand-appended copy of the table) leaves exactly
     one table with these values; the rest of the file is kept as it is.  A missing file is
@@ -60,6 +79,18 @@ def set_connection(name: str, address: str, *, insecure: bool = True,
         raise ValueError(f"connection name {name!r}: use letters, digits, '-' and '_' only")
     if '"' in address or "\n" in address:
         raise ValueError(f"address {address!r} cannot hold '\"' or a newline")
+    if insecure is None:
+        insecure = root_certificates is None
+    expected: dict[str, object] = {"address": address}
+    if root_certificates is not None:
+        if insecure:
+            raise ValueError("root_certificates is for a TLS connection, not insecure=True")
+        ca = Path(root_certificates).expanduser().resolve()
+        if not ca.is_file():
+            raise ValueError(f"root certificates {ca}: no such file")
+        expected["root-certificates"] = str(ca)
+    elif insecure:
+        expected["insecure"] = True
     path = Path(path) if path is not None else flwr_config_path()
     if path.exists():
         text = path.read_text(encoding="utf-8")
@@ -68,7 +99,9 @@ def set_connection(name: str, address: str, *, insecure: bool = True,
 
         text = DEFAULT_FLOWER_CONFIG_TOML
     table = f'[superlink.{name}]\naddress = "{address}"\n'
-    if insecure:
+    if "root-certificates" in expected:
+        table += f"root-certificates = {_toml_string(str(expected['root-certificates']))}\n"
+    elif insecure:
         table += "insecure = true\n"
     kept = _drop_table(text, f"superlink.{name}").rstrip("\n")
     new = f"{kept}\n\n{table}" if kept else table
@@ -77,7 +110,7 @@ def set_connection(name: str, address: str, *, insecure: bool = True,
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{path} is not valid TOML even without [superlink.{name}] ({exc}); "
                          "fix it by hand") from None
-    if doc["superlink"][name] != {"address": address, **({"insecure": True} if insecure else {})}:
+    if doc["superlink"][name] != expected:
         raise ValueError(f"{path}: [superlink.{name}] is also set elsewhere in the file "
                          "(dotted keys); fix it by hand")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +121,8 @@ def set_connection(name: str, address: str, *, insecure: bool = True,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fedprune.flower set-connection NAME ADDRESS [--secure]``."""
+    """``python -m fedprune.flower set-connection NAME ADDRESS [--secure | --root-certificates
+    CA]``."""
     import argparse
 
     parser = argparse.ArgumentParser(
@@ -99,14 +133,26 @@ def main(argv: list[str] | None = None) -> int:
     sc = sub.add_parser("set-connection", help="add or replace [superlink.NAME]")
     sc.add_argument("name", help="connection name, e.g. local-deployment")
     sc.add_argument("address", help="SuperLink Control API address, e.g. 127.0.0.1:9091")
-    sc.add_argument("--secure", action="store_true",
-                    help="TLS (default: insecure = true, for a SuperLink started --insecure)")
+    tls = sc.add_mutually_exclusive_group()
+    tls.add_argument("--secure", action="store_true",
+                     help="TLS, the SuperLink's certificate checked against flwr's default "
+                          "trust store (default: insecure = true, for a SuperLink started "
+                          "--insecure on 127.0.0.1)")
+    tls.add_argument("--root-certificates", metavar="CA", default=None,
+                     help="TLS, the SuperLink's certificate checked against this PEM CA "
+                          "certificate (the ca.crt of scripts/make_certs.sh)")
     args = parser.parse_args(argv)
+    secure = args.secure or args.root_certificates is not None
     try:
-        path = set_connection(args.name, args.address, insecure=not args.secure)
+        path = set_connection(args.name, args.address, insecure=not secure,
+                              root_certificates=args.root_certificates)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{path}: [superlink.{args.name}] address = \"{args.address}\""
-          + ("" if args.secure else ", insecure = true"))
+    if args.root_certificates is not None:
+        ca = Path(args.root_certificates).expanduser().resolve()
+        extra = f", root-certificates = \"{ca}\""
+    else:
+        extra = "" if secure else ", insecure = true"
+    print(f"{path}: [superlink.{args.name}] address = \"{args.address}\"{extra}")
     return 0
