@@ -293,7 +293,7 @@ def test_trial_models_learn_from_the_clients_whose_main_reply_was_accepted():
     replies = [(good[0], 10), (nan, 10), (good[2], 10)]  # client 1's main reply is NaN
     copies = [{k: v + 10 for k, v in base.items()}, good[1], None]  # client 2 sent none
 
-    out = server.aggregate(1, replies, trial_replies=[copies])
+    out = server.aggregate(1, replies, trial_replies=[copies], clients=[0, 1, 2])
 
     assert [r.index for r in out.rejections] == [1]
     assert [(r.index, "no trained copy" in r.reason) for r in out.trial_rejections] == [

@@ -164,6 +164,20 @@ class FedConfig:
     clients_per_round: int = 10  # sampled without replacement each round (seeded)
     eval_every: int = 5  # evaluate the global model every N rounds, and always at the end
     min_replies: int = 1  # fewer valid replies than this: the round is skipped, not averaged
+    # Bounded influence of any one client (fedprune.federated.aggregate.robust_aggregate):
+    # a reply's update (its weights minus the weights sent) longer than the bound b =
+    # clip_factor x the median update norm of the round's replies is scaled down to length
+    # b^2 / its length, then the replies are averaged by the aggregator.  3.0 bounds a rogue
+    # client's pull to that of three median clients and never clipped an honest reply of
+    # the default runs (README, "Aggregation"); 0 = no clipping (with "fedavg": plain
+    # FedAvg).  Every model of the round (the automatic method's candidate and reference
+    # too) is bounded against the median of its own updates, over the same clients.
+    clip_factor: float = 3.0
+    # "fedavg" = the sample-weighted mean; "trimmed_mean" = coordinate-wise mean without the
+    # trim_fraction largest and smallest values; "median" = coordinate-wise median (both
+    # count every client once)
+    aggregator: Literal["fedavg", "trimmed_mean", "median"] = "fedavg"
+    trim_fraction: float = 0.1  # trimmed_mean: share cut from each end (1 of 10 clients)
 
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, "fed.rounds", ">= 1", self.rounds)
@@ -172,6 +186,13 @@ class FedConfig:
         _check(self.eval_every >= 1, "fed.eval_every", ">= 1", self.eval_every)
         _check(1 <= self.min_replies <= self.clients_per_round, "fed.min_replies",
                f"in [1, fed.clients_per_round ({self.clients_per_round})]", self.min_replies)
+        _check(self.clip_factor == 0 or self.clip_factor >= 1, "fed.clip_factor",
+               "0 (no clipping) or >= 1 (a bound below the median update would shrink "
+               "most honest updates)", self.clip_factor)
+        _check(self.aggregator in ("fedavg", "trimmed_mean", "median"), "fed.aggregator",
+               "'fedavg', 'trimmed_mean' or 'median'", self.aggregator)
+        _check(0 <= self.trim_fraction < 0.5, "fed.trim_fraction",
+               "in [0, 0.5) (the share cut from each end)", self.trim_fraction)
 
 
 @dataclass(frozen=True)

@@ -118,7 +118,7 @@ def _run_rounds(cfg: ExperimentConfig, data: FederatedData, server: PruningServe
                            or make_trainer(m, cfg)) for m, _ in trial]
         trial_replies = [[s for s, _, _ in t.train(m.state_dict(), jobs_of(rnd, sampled))]
                          for m, t in trial_trainers]
-        server.aggregate(rnd, replies, trial_replies=trial_replies)
+        server.aggregate(rnd, replies, trial_replies=trial_replies, clients=sampled)
         if server.after_aggregate(rnd, validate).changed:
             trainer = make_trainer(server.model, cfg)
         up = sum(payload_bytes(s) for s, _ in replies)

@@ -1,16 +1,17 @@
 """The server side of a federated round, and its state over a run, for every engine.
 
 :class:`PruningServer` owns what the server decides and keeps: client sampling, bytes on the
-wire, screening and FedAvg, the ``fed.min_replies`` skip, the pruning step (the schedule's
-rule or budget mode, behind one :class:`~.schedule.Pruner` interface), central evaluation,
-the round records, the checkpoint and the summary.  An engine only moves weights to clients
+wire, screening and the bounded-influence average (``fed.clip_factor``, ``fed.aggregator``),
+the ``fed.min_replies`` skip, the pruning step (the schedule's rule or budget mode, behind
+one :class:`~.schedule.Pruner` interface), central evaluation, the round records, the
+checkpoint and the summary.  An engine only moves weights to clients
 and back: the in-process loop (:func:`fedprune.federated.run_simulation`) trains them
 directly, the Flower strategy (:mod:`fedprune.flower.strategy`) sends messages.  A round is::
 
     sampled = server.sample(rnd)
     ... send server.model's weights and those of server.trial() to the sampled clients,
     ... collect their replies: each client's trained copy of every model ...
-    outcome = server.aggregate(rnd, replies, trial_replies=...)
+    outcome = server.aggregate(rnd, replies, clients=sampled, trial_replies=...)
     server.after_aggregate(rnd, validate)
     record = server.finish_round(rnd, bytes_down=..., bytes_up=..., rejected=...)
 """
@@ -33,7 +34,7 @@ from ..data import FederatedData
 from ..metrics import Recorder, RoundRecord, count_macs, n_params, payload_bytes
 from ..models import ModelSpec, new_model
 from ..rundir import RunDir, RunLock
-from .aggregate import Rejection, fedavg, screen_replies
+from .aggregate import Clip, Rejection, robust_aggregate, screen_replies
 from .auto_server import AutoPruner
 from .budget_server import BudgetServer
 from .client import evaluate
@@ -55,6 +56,9 @@ class RoundOutcome:
     skipped: bool = False  # fewer valid replies than fed.min_replies: nothing averaged
     rejections: list[Rejection] = field(default_factory=list)  # screened out, by index
     trial_rejections: list[Rejection] = field(default_factory=list)  # candidate replies
+    client_ids: list[int] = field(default_factory=list)  # client id of each reply, by index
+    clips: list[Clip] = field(default_factory=list)  # updates scaled down to the bound
+    trial_clips: list[tuple[int, Clip]] = field(default_factory=list)  # (trial model, clip)
     pruned: bool = False
     budget: dict[str, Any] | None = None  # budget mode: the round's "budget" entry
 
@@ -103,6 +107,7 @@ class PruningServer:
         self.records: list[RoundRecord] = []
         self.rounds_done = 0
         self.outcome = RoundOutcome()
+        self.sampled: list[int] = []  # the clients of the current round
         self.t0 = time.perf_counter()
         self.seconds_before = 0.0
         self._lock: RunLock | None = None
@@ -183,8 +188,9 @@ class PruningServer:
         self.outcome = RoundOutcome()
         self.query_bytes = [0, 0]
         m = self.cfg.fed.clients_per_round
-        return sorted(int(c) for c in self.sample_rng.choice(self.num_clients, size=m,
-                                                              replace=False))
+        self.sampled = sorted(int(c) for c in self.sample_rng.choice(self.num_clients, size=m,
+                                                                      replace=False))
+        return list(self.sampled)
 
     def bytes_down(self, sent: int) -> int:
         """Bytes of sending the current model (weights, and the spec when pruning) to ``sent``
@@ -197,49 +203,95 @@ class PruningServer:
 
     def aggregate(self, rnd: int, replies: Sequence[tuple[StateDict, int]],
                   versions: Sequence[int] | None = None,
-                  trial_replies: Sequence[Sequence[StateDict | None]] | None = None
-                  ) -> RoundOutcome:
-        """Screen ``replies`` (in client order) and FedAvg the valid ones into the model.
+                  trial_replies: Sequence[Sequence[StateDict | None]] | None = None,
+                  clients: Sequence[int] | None = None) -> RoundOutcome:
+        """Screen ``replies`` (in client order) and average the valid ones into the model.
 
         ``versions`` (the architecture version each reply trained) are checked against
         :attr:`arch_version`.  Fewer valid replies than ``fed.min_replies`` skip the round.
+        The valid replies are averaged by
+        :func:`~fedprune.federated.aggregate.robust_aggregate` with ``fed.clip_factor``,
+        ``fed.aggregator`` and ``fed.trim_fraction``: each update is bounded against the
+        round's median update norm, so that no single client moves the model far; the
+        clipped replies are listed in the round's ``clipped``.  ``clients`` names the client
+        (partition) id of each reply for the records; default: the round's sampled clients,
+        in order (one reply each).
 
         ``trial_replies`` holds, for each model of :meth:`trial`, each client's trained copy
         of it, aligned with ``replies`` (None: the client sent none back).  A trial model is
-        averaged over the clients whose reply to the global model was accepted, so that every
-        model of the round learns from the same clients; a missing or unfit copy is listed
-        in the round's ``trial_rejected``; in a skipped round no model is averaged.  An
-        engine must pass them whenever :meth:`trial` is not empty.
+        averaged over the clients whose reply to the global model was accepted, by the same
+        rule (clipped against the median of its own copies' updates), so that every model of
+        the round learns from the same clients in the same way; a missing or unfit copy is
+        listed in the round's ``trial_rejected``, a clipped one in ``trial_clipped``; in a
+        skipped round no model is averaged.  An engine must pass them whenever :meth:`trial`
+        is not empty.
         """
         trial = self.trial()
         if trial and (trial_replies is None or len(trial_replies) != len(trial)):
             raise ValueError(f"round {rnd}: {len(trial)} trial models were sent, but the "
                              "replies hold no trained copies of them")
+        if clients is None:
+            clients = self.sampled
+        if len(clients) != len(replies):
+            raise ValueError(f"round {rnd}: {len(replies)} replies but {len(clients)} client "
+                             "ids; pass aggregate(clients=...) with one id per reply")
         accepted, rejected = screen_replies(
             replies, self.model.state_dict(), versions=versions,
             arch_version=self.arch_version if versions is not None else None,
             max_samples=self.max_client_size)
+        bad = {r.index for r in rejected}
+        kept = [i for i in range(len(replies)) if i not in bad]  # accepted's reply indices
         skipped = len(accepted) < self.cfg.fed.min_replies
+        clips: list[Clip] = []
         if skipped:
             logger.warning("round %d skipped: %d valid replies, fed.min_replies = %d", rnd,
                            len(accepted), self.cfg.fed.min_replies)
         else:
-            self.model.load_state_dict(fedavg(accepted))
+            clips = [c._replace(index=kept[c.index])
+                     for c in self._average_into(self.model, accepted)]
+            self._log_clips(rnd, "the model", clips, len(accepted), clients)
         trial_rejected: list[Rejection] = []
+        trial_clips: list[tuple[int, Clip]] = []
         if not skipped:
-            bad = {r.index for r in rejected}
             for t, ((model, _), copies) in enumerate(zip(trial, trial_replies or [],
                                                          strict=True)):
-                trial_rejected += self._aggregate_trial(t, model, copies, replies, bad)
+                unfit, clipped = self._aggregate_trial(t, model, copies, replies, bad)
+                trial_rejected += unfit
+                trial_clips += [(t, c) for c in clipped]
+                self._log_clips(rnd, f"trial model {t}", clipped, len(replies) - len(bad),
+                                clients)
         self.outcome = RoundOutcome(clients=0 if skipped else len(accepted), skipped=skipped,
-                                    rejections=rejected, trial_rejections=trial_rejected)
+                                    rejections=rejected, trial_rejections=trial_rejected,
+                                    client_ids=[int(c) for c in clients], clips=clips,
+                                    trial_clips=trial_clips)
         return self.outcome
+
+    def _average_into(self, model: nn.Module, replies: Sequence[tuple[StateDict, int]]
+                      ) -> list[Clip]:
+        """Load the aggregate of ``replies`` (copies of ``model`` as sent) into ``model``;
+        the clipped replies, by position in ``replies``."""
+        fed = self.cfg.fed
+        state, clips = robust_aggregate(replies, model.state_dict(), aggregator=fed.aggregator,
+                                        clip_factor=fed.clip_factor,
+                                        trim_fraction=fed.trim_fraction)
+        model.load_state_dict(state)
+        return clips
+
+    @staticmethod
+    def _log_clips(rnd: int, what: str, clips: Sequence[Clip], n: int,
+                   clients: Sequence[int]) -> None:
+        if clips:
+            logger.info("round %d: %s: clipped %d of %d updates to norm %.4g (clients %s, "
+                        "norms %s)", rnd, what, len(clips), n, clips[0].bound,
+                        [int(clients[c.index]) for c in clips],
+                        ", ".join(f"{c.norm:.4g}" for c in clips))
 
     def _aggregate_trial(self, t: int, model: nn.Module, copies: Sequence[StateDict | None],
                          replies: Sequence[tuple[StateDict, int]], bad: set[int]
-                         ) -> list[Rejection]:
-        """FedAvg trial model ``t`` over the copies of the clients whose main reply was
-        accepted (``bad``: the rejected ones); the missing or unfit copies, by client index."""
+                         ) -> tuple[list[Rejection], list[Clip]]:
+        """Average trial model ``t`` over the copies of the clients whose main reply was
+        accepted (``bad``: the rejected ones), by the round's rule; the missing or unfit
+        copies and the clipped ones, by client index."""
         rejected: list[Rejection] = []
         pairs = [(i, c) for i, c in enumerate(copies) if i not in bad]
         for i, c in pairs:
@@ -250,12 +302,15 @@ class PruningServer:
                                    model.state_dict(), max_samples=self.max_client_size)
         rejected += [Rejection(present[r.index][0], f"trial model {t}: {r.reason}")
                      for r in unfit]
+        clips: list[Clip] = []
         if ok:
-            model.load_state_dict(fedavg(ok))
+            unfit_at = {r.index for r in unfit}
+            fit = [i for j, (i, _) in enumerate(present) if j not in unfit_at]
+            clips = [c._replace(index=fit[c.index]) for c in self._average_into(model, ok)]
         if rejected:
             logger.warning("trial model %d: %d of %d copies missing or unfit; averaged over "
                            "%d", t, len(rejected), len(pairs), len(ok))
-        return sorted(rejected)
+        return sorted(rejected), clips
 
     def after_aggregate(self, rnd: int, validate: Validate) -> PruneStep:
         """The pruning step after an aggregated round (after a skipped one only what the
@@ -320,8 +375,12 @@ class PruningServer:
             bytes_up=bytes_up, bytes_cumulative=self.bytes_total, clients=out.clients,
             pruned=out.pruned, seconds=self.elapsed(),
             extra={"rejected": rejected, "skipped": out.skipped,
+                   "clipped": [self._clip_entry(c) for c in out.clips],
                    **({"trial_rejected": [r._asdict() for r in out.trial_rejections]}
                       if out.trial_rejections else {}),
+                   **({"trial_clipped": [{"trial": t, **self._clip_entry(c)}
+                                         for t, c in out.trial_clips]}
+                      if out.trial_clips else {}),
                    **(extra or {}),
                    **({"budget": out.budget} if self.budget_mode else {}),
                    **({"auto": out.budget} if isinstance(self.pruner, AutoPruner) else {})},
@@ -334,6 +393,11 @@ class PruningServer:
         if self.on_round is not None:
             self.on_round(rec)
         return rec
+
+    def _clip_entry(self, clip: Clip) -> dict[str, Any]:
+        """A clipped reply as the round's record lists it: client id, norm and bound."""
+        return {"client": self.outcome.client_ids[clip.index], "norm": clip.norm,
+                "bound": clip.bound}
 
     # ------------------------------------------------------------------ state
 

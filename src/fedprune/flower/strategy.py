@@ -1,14 +1,15 @@
 """fedprune's strategy for Flower's message API (flwr 1.41): Flower messages <-> the server.
 
 :class:`PruningFedAvg` subclasses :class:`flwr.serverapp.strategy.FedAvg` and hands every
-decision -- sampling, screening and FedAvg, the ``fed.min_replies`` skip, pruning or budget
-mode, evaluation, records, checkpoints -- to :class:`~fedprune.federated.server.PruningServer`,
-the server of the in-process loop too.  It adds the messaging: a train message to each
-sampled partition's SuperNode (:mod:`.messages`, :class:`~.nodes.NodeDirectory`); error and
-missing replies count as failures, a reply for a partition not asked of that node or with
-other dtypes is dropped, and the server screens the rest; every drop is logged and listed in
-the round's record, with ``sampled``, ``sent``, ``failures``, ``dropped`` and
-``arch_version``.  Budget mode's guard validates by ``query`` messages
+decision -- sampling, screening and the bounded-influence average, the ``fed.min_replies``
+skip, pruning or budget mode, evaluation, records, checkpoints -- to
+:class:`~fedprune.federated.server.PruningServer`, the server of the in-process loop too.
+It adds the messaging: a train message to each sampled partition's SuperNode
+(:mod:`.messages`, :class:`~.nodes.NodeDirectory`); error and missing replies count as
+failures, a reply for a partition not asked of that node or with other dtypes is dropped,
+and the server screens and clips the rest; every drop is logged and listed in the round's
+record (a clipped reply in ``clipped``, by partition), with ``sampled``, ``sent``,
+``failures``, ``dropped`` and ``arch_version``.  Budget mode's guard validates by ``query`` messages
 (:meth:`~.nodes.NodeDirectory.validate`).
 
 A node that does not answer within the round timeout gets no more work while the SuperLink
@@ -178,7 +179,8 @@ class PruningFedAvg(FedAvg):
         trial_replies = [[r.trial_states[i] if r.trial_states else None for r in order]
                          for i in range(len(trial_dtypes))]
         outcome = srv.aggregate(rnd, [(r.state, r.n) for r in order],
-                                versions=[r.version for r in order], trial_replies=trial_replies)
+                                versions=[r.version for r in order], trial_replies=trial_replies,
+                                clients=[r.pid for r in order])
         for rej in outcome.rejections:
             self._reject(rnd, order[rej.index].node, order[rej.index].pid, rej.reason)
         for rej in outcome.trial_rejections:
