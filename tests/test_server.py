@@ -82,6 +82,9 @@ def test_a_restored_server_continues_where_the_checkpoint_was(tmp_path):
     server.begin()
     for rnd in (1, 2):
         _round(server, data, rnd)
+    with pytest.raises(ValueError, match="in use by another fedprune process"):
+        _server(tmp_path)[0].begin(resume=True)  # one writer at a time
+    server.close()  # what the engines do when the run ends
     restored, _ = _server(tmp_path)
     restored.begin(resume=True)
 

@@ -161,7 +161,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("auto", "fedprune automatic (default)", _auto, 1.2,
            "fedprune's default (prune.method = auto): candidate cuts trained beside the model "
            "and kept while their cost in paired federated validation fits "
-           "prune.max_accuracy_drop = 1 point"),
+           "prune.max_accuracy_drop = 1 point (a candidate that does not fit yet is judged "
+           "again, up to 3 times, 2 rounds apart)"),
     *(_ratio_method(percent, cost) for percent, cost in ((25, 0.8), (50, 0.6), (75, 0.5),
                                                         (85, 0.5))),
     Method("budget-p10", "fedprune budget: params <= 10 % (guarded)", _budget_prune, 0.6,
