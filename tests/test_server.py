@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import math
 
+import pytest
+
 import torch
 
 from fedprune import seeds
