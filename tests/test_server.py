@@ -12,7 +12,6 @@ import copy
 import math
 
 import pytest
-
 import torch
 
 from fedprune import seeds
