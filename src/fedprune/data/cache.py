@@ -227,12 +227,19 @@ def build(source: Source, root: Path) -> Prepared:
         meta["files"] = files
         meta["seconds_to_build"] = round(time.perf_counter() - t0, 3)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        if dest.exists():
-            shutil.rmtree(dest)
+        old = None
+        if dest.exists():  # moved aside in one rename, so the folder is never half-deleted
+            old = root / f".{dest.name}.old-{os.getpid()}"
+            try:
+                os.replace(dest, old)
+            except OSError:
+                old = None
         try:
             os.replace(tmp, dest)
         except OSError:  # another process finished the same cache first: use theirs
             shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -327,7 +334,12 @@ def open_cache(d: Path, source: Source | None) -> Prepared:
     if not isinstance(sums, dict) or set(sums) != set(CHECKED_FILES):
         raise DataError(d / "meta.json", "lacks the checksums of the cache's files" + _redo(d))
     for name in CHECKED_FILES:
-        if _sha256(d / name) != sums[name]:
+        try:
+            digest = _sha256(d / name)
+        except OSError as exc:
+            raise DataError(d / name, f"is missing or unreadable ({exc.strerror or exc})"
+                            + _redo(d)) from None
+        if digest != sums[name]:
             raise DataError(d / name, "has changed since the cache was built (its SHA-256 "
                                       "differs from meta.json's): it is damaged" + _redo(d))
     # copy-on-write: torch gets a writable view without a copy, and nothing goes back to disk
@@ -343,8 +355,23 @@ def prepare(source: Source, root: Path | None, mode: str = "auto") -> Prepared:
     root = root or default_cache_dir()
     d = cache_dir_for(source, root)
     if mode == "auto" and d.exists():
-        try:
-            return open_cache(d, source)
-        except OutdatedCache:
-            logger.info("%s was prepared by another fedprune version: preparing it again", d)
+        for attempt in range(3):
+            try:
+                return open_cache(d, source)
+            except OutdatedCache:
+                logger.info("%s was prepared by another fedprune version: preparing it again",
+                            d)
+                break
+            except DataError:
+                # another process may be putting a rebuilt cache in place right now
+                if attempt == 2 or not _being_replaced(root, d):
+                    raise
+                time.sleep(1.0)
+            if not d.exists():
+                break
     return build(source, root)
+
+
+def _being_replaced(root: Path, d: Path) -> bool:
+    """Whether a build of ``d`` by another process is under way or just finished."""
+    return any(root.glob(f".{d.name}.tmp-*")) or any(root.glob(f".{d.name}.old-*"))

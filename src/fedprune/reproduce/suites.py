@@ -402,7 +402,8 @@ def _final_widths(source: Path, cfg: ExperimentConfig) -> tuple[list[int] | None
     (:func:`fedprune.models.scaled_widths`).
     """
     from ..data.registry import SPECS
-    from ..models import model_defaults, scaled_widths
+    from ..metrics import n_params
+    from ..models import model_defaults, new_model, scaled_widths
     from ..rundir import RunDir
 
     rd = RunDir(source)
@@ -411,9 +412,14 @@ def _final_widths(source: Path, cfg: ExperimentConfig) -> tuple[list[int] | None
     summary = json.loads(rd.summary_file.read_text(encoding="utf-8"))
     widths = [int(w) for w in summary["widths_final"].values()]
     name = cfg.model.name
-    if len(widths) == len(model_defaults(name)["widths"]):
-        return widths, ""
     spec = SPECS[cfg.data.name]
+    dims = {"num_classes": spec.num_classes, "in_channels": spec.shape[0],
+            "image_size": cfg.data.image_size}
+    if len(widths) == len(model_defaults(name)["widths"]):
+        # the groups are the width settings only if those widths rebuild the run's model
+        # (Inception has as many groups as settings, in another order)
+        built, _ = new_model(name, widths=widths, seed=0, **dims)
+        if n_params(built) == summary["params_final"]:
+            return widths, ""
     fraction = summary["params_final"] / summary["params_initial"]
-    return scaled_widths(name, fraction, num_classes=spec.num_classes,
-                         in_channels=spec.shape[0], image_size=cfg.data.image_size), ""
+    return scaled_widths(name, fraction, **dims), ""
