@@ -464,24 +464,25 @@ def test_cli_report_only_and_rerun_skips(finished, tmp_path, capsys):
 
 
 def test_a_run_or_suite_in_use_is_not_touched(tmp_path):
-    from fedprune.reproduce.runner import Task, _try_lock, execute
+    from fedprune.reproduce.runner import Task, execute
+    from fedprune.rundir import RunLock
 
     plan = plan_suite(get_suite("test"), tmp_path, seeds=[0], methods=["dense"])
     run = plan.runs[0]
     run.run_dir.mkdir(parents=True)
-    held = _try_lock(run.run_dir / ".lock")  # e.g. a worker orphaned by a killed suite
+    held = RunLock(run.run_dir / ".lock")  # e.g. a worker orphaned by a killed suite
     try:
         res = execute(Task(str(run.run_dir), run.config.to_dict(), "fresh", True, 1, 0))
         assert not res["ok"] and "in use by another fedprune process" in res["error"]
         assert not (run.run_dir / "config.json").exists()
     finally:
-        held.close()
-    held = _try_lock(tmp_path / ".suite.lock")
+        held.release()
+    held = RunLock(tmp_path / ".suite.lock")
     try:
         with pytest.raises(ValueError, match="in use"):
             run_plan(plan, jobs=1)
     finally:
-        held.close()
+        held.release()
     assert not run_plan(plan, jobs=1).failed
 
 

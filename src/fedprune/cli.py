@@ -185,7 +185,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if state == "finished":
             raise ConfigError(f"cannot resume {args.resume}: the run finished "
                               f"({rd.summary_file.name} is there)")
-        restart = state == "fresh" and rd.config_file.is_file() and rd.can_start_new_run()
+        restart = rd.stopped_before_first_checkpoint()
         if state == "fresh" and not restart:
             raise ConfigError(f"cannot resume {args.resume}: it holds no run (no "
                               f"{rd.config_file.name} and no checkpoint): start one with "
@@ -357,11 +357,10 @@ _OS_HINTS = {
 
 def os_error_line(exc: OSError) -> str:
     """One line naming the file, what the system said and what to do."""
-    where = exc.filename if exc.filename is not None else ""
     said = exc.strerror or str(exc)
-    hint = _OS_HINTS.get(exc.errno or -1, "")
-    return f"{where}: {said}" + (f" ({hint})" if hint else "") if where else \
-        said + (f" ({hint})" if hint else "")
+    line = f"{exc.filename}: {said}" if exc.filename is not None else said
+    hint = _OS_HINTS.get(exc.errno or -1)
+    return f"{line} ({hint})" if hint else line
 
 
 def _dispatch(args: argparse.Namespace, argv: list[str] | None) -> int:

@@ -71,10 +71,6 @@ class RunLock:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing drops the flock
@@ -146,15 +142,9 @@ class RunDir:
         it holds anything else -- a run with a checkpoint, a finished run, other files --
         which is never touched.
         """
-        if not self.path.exists():
-            return True
-        if (not self.path.is_dir() or self.state() != "fresh"
-                or self.checkpoint_file.exists()):  # a checkpoint is never a leftover
+        if not self.can_start_new_run():
             return False
-        stale = set(self.stale_files())
-        if any(entry not in stale and entry.name != LOCK_FILE for entry in self.path.iterdir()):
-            return False
-        for entry in stale:
+        for entry in self.stale_files():
             entry.unlink()
         return True
 
@@ -163,10 +153,16 @@ class RunDir:
         if not self.path.exists():
             return True
         if (not self.path.is_dir() or self.state() != "fresh"
-                or self.checkpoint_file.exists()):
+                or self.checkpoint_file.exists()):  # a checkpoint is never a leftover
             return False
         stale = set(self.stale_files())
         return all(entry in stale or entry.name == LOCK_FILE for entry in self.path.iterdir())
+
+    def stopped_before_first_checkpoint(self) -> bool:
+        """Whether the folder holds a run killed before its first checkpoint (its
+        ``config.json`` and leftovers only): resuming it starts it again from round 1."""
+        return (self.state() == "fresh" and self.config_file.is_file()
+                and self.can_start_new_run())
 
     def written_by(self) -> str | None:
         """``"flower"`` or ``"in-process"``: the engine whose round records these are (the

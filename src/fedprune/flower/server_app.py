@@ -145,7 +145,7 @@ def _out_dir(settings: FlowerSettings, cfg: ExperimentConfig) -> Path | None:
                               "continue the run it holds")
         return out
     state = rd.state()
-    if state == "fresh" and rd.config_file.is_file() and rd.can_start_new_run():
+    if rd.stopped_before_first_checkpoint():
         logger.warning("out-dir %s holds a run stopped before its first checkpoint: it "
                        "starts again from round 1", out)
     elif state != "resumable":

@@ -23,8 +23,6 @@ suite and still finishing its run, can never write a run folder at the same time
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import multiprocessing
@@ -40,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..rundir import RunDir
+from ..rundir import RunDir, RunDirBusy, RunLock
 from .progress import RunEvent, TaskInfo
 from .suites import Plan, PlannedRun
 
@@ -172,16 +170,6 @@ def execute(task: Task) -> dict[str, Any]:
             "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
 
 
-def _try_lock(path: Path):
-    fh = open(path, "a+")  # noqa: SIM115 - held until the caller closes it (or exits)
-    try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.close()
-        return None
-    return fh
-
-
 def _worker_init() -> None:
     import torch
 
@@ -236,10 +224,11 @@ def run_plan(
         raise ValueError(f"{plan.out} holds suite {suite_in_out!r}, not {plan.suite.name!r}: "
                          "choose another --out")
     plan.out.mkdir(parents=True, exist_ok=True)
-    suite_lock = _try_lock(plan.out / ".suite.lock")
-    if suite_lock is None:
-        raise ValueError(f"{plan.out} is in use by another fedprune reproduce")
-    with contextlib.closing(suite_lock):
+    try:
+        suite_lock = RunLock(plan.out / ".suite.lock")
+    except RunDirBusy:
+        raise ValueError(f"{plan.out} is in use by another fedprune reproduce") from None
+    with suite_lock:
         return _run_plan(plan, jobs, emit, argv)
 
 
