@@ -46,7 +46,7 @@ def test_auto_suite_plan_holds_everything_but_the_method_equal(tmp_path, fashion
     assert auto.data.max_test_samples == 2000 and auto.train.local_epochs == 1
     assert by[("cnn_femnist_a01", "auto")].data.alpha == 0.1
     assert by[("cnn_femnist_a01", "auto")].model.name == "cnn_femnist"
-    assert by[("inception", "auto")].fed.rounds == 60
+    assert by[("inception", "auto")].fed.rounds == 100
     for r in (0.25, 0.5, 0.75):
         ratio = by[("cnn_femnist", f"ratio{round(100 * r)}")].prune
         assert (ratio.method, ratio.ratio, ratio.start_round, ratio.max_prune_round) == (
