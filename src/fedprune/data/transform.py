@@ -43,7 +43,10 @@ class PixelTransform:
 
     def __call__(self, xb: torch.Tensor) -> torch.Tensor:
         out = xb.to(torch.float32)
-        return out.mul_(self._scale).add_(self._shift)  # type: ignore[attr-defined]
+        scale, shift = self._scale, self._shift  # type: ignore[attr-defined]
+        if out.device != scale.device:  # a batch on an accelerator
+            scale, shift = scale.to(out.device), shift.to(out.device)
+        return out.mul_(scale).add_(shift)
 
 
 def attach_transform(x: torch.Tensor, transform: PixelTransform | None) -> torch.Tensor:

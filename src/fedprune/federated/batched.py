@@ -46,6 +46,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..data.transform import to_float_batch
+from ..device import autocast, loss_scaler
 
 StateDict = dict[str, torch.Tensor]
 
@@ -109,11 +110,12 @@ class BatchedTrainer:
     """
 
     def __init__(self, model: nn.Module, cfg: TrainConfig,
-                 memory_mb: int = DEFAULT_MEMORY_MB) -> None:
+                 memory_mb: int = DEFAULT_MEMORY_MB, device: torch.device | None = None) -> None:
         reason = batched_support(model)
         if reason is not None:
             raise ValueError(f"batched training is not possible: {reason}")
         self.cfg = cfg
+        self.device = device if device is not None else torch.device("cpu")
         self.ops = _ops(model)
         names = {id(p): n for n, p in model.named_parameters()}
         # per op: (kind, module, weight name, bias name)
@@ -252,20 +254,21 @@ class BatchedTrainer:
         s_max = steps_sorted[0]
 
         # All clients' samples as one float NHWC tensor, plus a zero row for padding.
+        dev = self.device
         xs, ys, offsets, off = [], [], [], 0
         for i in order:
             job = jobs[i]
-            xf = to_float_batch(job.x, job.x)
+            xf = to_float_batch(job.x, job.x).to(dev)
             if tuple(xf.shape[1:]) != self.input_shape:
                 raise ValueError(f"client data of shape {tuple(xf.shape[1:])} does not fit the "
                                  f"model input {self.input_shape}")
             xs.append(xf.permute(0, 2, 3, 1))
-            ys.append(job.y)
+            ys.append(job.y.to(dev))
             offsets.append(off)
             off += int(job.y.shape[0])
         cin, hh, ww = self.input_shape
-        x_all = torch.cat(xs + [torch.zeros(1, hh, ww, cin)])
-        y_all = torch.cat(ys + [torch.zeros(1, dtype=torch.int64)])
+        x_all = torch.cat(xs + [torch.zeros(1, hh, ww, cin, device=dev)])
+        y_all = torch.cat(ys + [torch.zeros(1, dtype=torch.int64, device=dev)])
         pad_row = off
 
         # (s_max, c, batch) global row indices; padding -> the zero row.
@@ -280,12 +283,15 @@ class BatchedTrainer:
         weights = valid.to(torch.float32) * inv.unsqueeze(2)  # per-sample loss weight
         idx = torch.where(valid, idx, torch.full_like(idx, pad_row))
         active = [sum(1 for s in steps_sorted if s > t) for t in range(s_max)]
+        if dev.type != "cpu":
+            idx, valid, weights = idx.to(dev), valid.to(dev), weights.to(dev)
 
-        params = {n: global_state[n].detach().to(torch.float32).unsqueeze(0)
+        params = {n: global_state[n].detach().to(dev, torch.float32).unsqueeze(0)
                   .repeat(c, *([1] * len(self.shapes[n]))).contiguous()
                   for n in self.names}
         opt = _StackedOptimizer(cfg, [params[n] for n in self.names])
-        loss_sums = torch.zeros(s_max, c)
+        scaler = loss_scaler(cfg.precision)
+        loss_sums = torch.zeros(s_max, c, device=dev)
 
         for t in range(s_max):
             a = active[t]
@@ -294,21 +300,25 @@ class BatchedTrainer:
             xb = xb.view(bsz, hh, ww, a * cin).permute(0, 3, 1, 2)  # channels-last
             yb = y_all[rows].view(a, bsz)
             leaves = {n: params[n][:a].detach().requires_grad_() for n in self.names}
-            logits = self._forward(leaves, xb, a)
-            ce = F.cross_entropy(logits.reshape(a * bsz, -1), yb.reshape(-1),
+            with autocast(dev, cfg.precision):
+                logits = self._forward(leaves, xb, a)
+            ce = F.cross_entropy(logits.float().reshape(a * bsz, -1), yb.reshape(-1),
                                  reduction="none").view(a, bsz)
             loss = (ce * weights[t, :a]).sum()
-            grads = torch.autograd.grad(loss, [leaves[n] for n in self.names])
+            grads = torch.autograd.grad(scaler.scaled(loss), [leaves[n] for n in self.names])
             with torch.no_grad():
                 loss_sums[t, :a] = (ce.detach() * valid[t, :a]).sum(dim=1)
-                opt.step(grads, a)
+                finite = scaler.unscale(grads)
+                if finite:  # fp16: a step with an overflow is skipped for every client
+                    opt.step(grads, a)
+                scaler.update(finite)
 
         results: list[tuple[StateDict, int, dict[str, float]] | None] = [None] * c
         for k, i in enumerate(order):
             n = int(jobs[i].y.shape[0])
             spe = steps_sorted[k] // cfg.local_epochs
             last = float(loss_sums[steps_sorted[k] - spe : steps_sorted[k], k].sum()) / n
-            state = {name: params[name][k].clone() for name in self.names}
+            state = {name: params[name][k].to("cpu", copy=True) for name in self.names}
             results[i] = (state, n, {"train_loss": last})
         return results  # type: ignore[return-value]
 

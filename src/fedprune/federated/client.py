@@ -13,6 +13,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..data.transform import to_float_batch
+from ..device import autocast, loss_scaler, to_device
 
 StateDict = dict[str, torch.Tensor]
 
@@ -37,13 +38,19 @@ def train_local(
     Batches are drawn from ready tensors with a seeded permutation per epoch.  A uint8 ``x``
     (a view of the prepared cache) is turned into float32 one batch at a time, through the
     transform attached to it (``fedprune.data.transform``); float tensors pass unchanged.
-    Returns ``(state_dict, n_examples, {"train_loss": mean loss of the last epoch})``.
-    ``optimizer`` (built by :func:`make_optimizer` on ``model``) is reused with its state
-    cleared, which is the same as a fresh one; ``None`` builds one.
+    Training runs on the device of ``model``'s parameters (``x`` and ``y`` are moved there
+    if they are elsewhere) in ``cfg.precision`` (:mod:`fedprune.device`).
+    Returns ``(state_dict, n_examples, {"train_loss": mean loss of the last epoch})``, the
+    weights as float32 CPU tensors.  ``optimizer`` (built by :func:`make_optimizer` on
+    ``model``) is reused with its state cleared, which is the same as a fresh one; ``None``
+    builds one.
     """
     n = int(y.shape[0])
     if n == 0:
         raise ValueError("a client with no training samples cannot train")
+    device = next(model.parameters()).device
+    x, y = to_device(x, device), to_device(y, device)
+    scaler = loss_scaler(cfg.precision)
     if optimizer is None:
         opt = make_optimizer(model, cfg)
     else:
@@ -54,34 +61,55 @@ def train_local(
     for _ in range(cfg.local_epochs):
         perm = torch.randperm(n, generator=generator)
         total, seen = 0.0, 0
+        if device.type != "cpu":
+            perm = perm.to(device)
         for start in range(0, n, cfg.batch_size):
             idx = perm[start : start + cfg.batch_size]
             xb, yb = to_float_batch(x, x[idx]), y[idx]
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(xb), yb)
-            loss.backward()
-            opt.step()
+            with autocast(device, cfg.precision):
+                logits = model(xb)
+            loss = F.cross_entropy(logits.float(), yb)
+            if scaler.enabled:
+                scaler.scaled(loss).backward()
+                finite = scaler.unscale([p.grad for p in model.parameters()
+                                         if p.grad is not None])
+                if finite:
+                    opt.step()
+                scaler.update(finite)
+            else:
+                loss.backward()
+                opt.step()
             total += float(loss.detach()) * idx.numel()
             seen += idx.numel()
         last_loss = total / seen
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     return state, n, {"train_loss": last_loss}
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512,
+    device: torch.device | None = None,
 ) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy of ``model`` on ``(x, y)``, in eval mode.
+    """Accuracy and mean cross-entropy of ``model`` on ``(x, y)``, in eval mode, float32.
 
-    A uint8 ``x`` is converted batch by batch, as in :func:`train_local`.
+    A uint8 ``x`` is converted batch by batch, as in :func:`train_local`.  Runs on
+    ``device`` (a copy of ``model`` is moved there when it is elsewhere), by default on the
+    device of ``model``'s parameters; batches of ``x`` elsewhere are moved there.
     """
+    here = next(model.parameters()).device
+    if device is not None and device != here:
+        model = copy.deepcopy(model).to(device)
+    else:
+        device = here
+    y = to_device(y, device)
     was_training = model.training
     model.eval()
     correct, loss_sum = 0, 0.0
     try:
         for start in range(0, int(y.shape[0]), batch_size):
-            xb = to_float_batch(x, x[start : start + batch_size])
+            xb = to_float_batch(x, x[start : start + batch_size]).to(device)
             yb = y[start : start + batch_size]
             logits = model(xb)
             loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
@@ -100,9 +128,12 @@ class PerClientTrainer:
     Same interface as :class:`fedprune.federated.batched.BatchedTrainer`.
     """
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig) -> None:
+    def __init__(self, model: nn.Module, cfg: TrainConfig,
+                 device: torch.device | None = None) -> None:
         self.cfg = cfg
         self.worker = copy.deepcopy(model)
+        if device is not None:
+            self.worker.to(device)
         self.optimizer = make_optimizer(self.worker, cfg)
 
     def train(self, global_state: StateDict, jobs: Sequence[Any]

@@ -7,6 +7,7 @@ of ``cfg.seed`` (:mod:`fedprune.seeds`).
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from torch import nn
 from .. import seeds
 from ..config import ExperimentConfig
 from ..data import FederatedData, load_federated
+from ..device import check_precision, resolve_device, to_device
 from ..metrics import RoundRecord, payload_bytes
 from ..models import ModelSpec
 from ..rundir import CHECKPOINT_FILE, load_checkpoint, save_checkpoint  # noqa: F401
@@ -40,15 +42,35 @@ class RunResult:
 
 
 def make_trainer(model: nn.Module, cfg: ExperimentConfig) -> BatchedTrainer | PerClientTrainer:
-    """The local-training engine of ``cfg.train.engine`` for ``model``'s architecture."""
+    """The local-training engine of ``cfg.train.engine`` for ``model``'s architecture, on
+    ``cfg.device``."""
     engine = cfg.train.engine
+    device = resolve_device(cfg.device)
     reason = batched_support(model)
     if engine == "batched" and reason is not None:
         raise ValueError(f"train.engine = 'batched' cannot train {cfg.model.name}: {reason}; "
                          "use train.engine = 'auto' or 'per_client'")
     if engine == "per_client" or reason is not None:
-        return PerClientTrainer(model, cfg.train)
-    return BatchedTrainer(model, cfg.train)
+        return PerClientTrainer(model, cfg.train, device)
+    return BatchedTrainer(model, cfg.train, device=device)
+
+
+class DeviceData:
+    """The clients' tensors on the training device, each moved there once (on first use)
+    and kept; on the CPU, the tensors themselves."""
+
+    def __init__(self, data: FederatedData, device: torch.device) -> None:
+        self.data, self.device = data, device
+        self._moved: dict[tuple[int, str], torch.Tensor] = {}
+
+    def get(self, cid: int, name: str) -> torch.Tensor:
+        t = getattr(self.data.clients[cid], name)
+        if self.device.type == "cpu" or t is None:
+            return t
+        key = (cid, name)
+        if key not in self._moved:
+            self._moved[key] = to_device(t, self.device)
+        return self._moved[key]
 
 
 def run_simulation(
@@ -69,6 +91,7 @@ def run_simulation(
         raise ValueError("resume needs the run directory of the interrupted run")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    check_precision(resolve_device(cfg.device), cfg.train.precision)  # before any work
     data = data if data is not None else load_federated(cfg.data, cfg.seed)
     server = PruningServer.for_data(cfg, data, run_dir=run_dir, on_round=on_round)
     server.begin(resume=resume)
@@ -83,17 +106,22 @@ def _run_rounds(cfg: ExperimentConfig, data: FederatedData, server: PruningServe
     """The rounds of :func:`run_simulation`, from the server's next round to the last."""
     server.start_clock(t0)
     trainer = make_trainer(server.model, cfg)
-    logger.info("local training engine: %s", type(trainer).__name__)
+    device = resolve_device(cfg.device)
+    on_device = DeviceData(data, device)
+    logger.info("local training engine: %s on %s in %s", type(trainer).__name__, device,
+                cfg.train.precision)
 
     def validate(net: nn.Module, _spec: ModelSpec, ids: list[int]) -> Validation:
         """Federated validation: each client's accuracy on its own validation split."""
         correct, loss, total = 0.0, 0.0, 0
         answers = []
+        if device.type != "cpu":
+            net = copy.deepcopy(net).to(device)
         for cid in ids:
             cd = data.clients[cid]
             if cd.val_y is None or len(cd.val_y) == 0:
                 continue
-            acc, lo = evaluate(net, cd.val_x, cd.val_y)
+            acc, lo = evaluate(net, on_device.get(cid, "val_x"), on_device.get(cid, "val_y"))
             correct += acc * len(cd.val_y)
             loss += lo * len(cd.val_y)
             total += len(cd.val_y)
@@ -103,7 +131,7 @@ def _run_rounds(cfg: ExperimentConfig, data: FederatedData, server: PruningServe
         return Validation(correct / total, total, loss / total, tuple(answers))
 
     def jobs_of(rnd: int, sampled: list[int]) -> list[ClientJob]:
-        return [ClientJob(data.clients[cid].x, data.clients[cid].y,
+        return [ClientJob(on_device.get(cid, "x"), on_device.get(cid, "y"),
                           seeds.batch_order(cfg.seed, rnd, cid)) for cid in sampled]
 
     # trainers of the trial models (candidate, reference), built once per model

@@ -31,6 +31,7 @@ from torch import nn
 from .. import seeds
 from ..config import ConfigError, ExperimentConfig
 from ..data import FederatedData
+from ..device import resolve_device, to_device
 from ..metrics import Recorder, RoundRecord, count_macs, n_params, payload_bytes
 from ..models import ModelSpec, new_model
 from ..rundir import RunDir, RunLock
@@ -81,7 +82,9 @@ class PruningServer:
         self.cfg = cfg
         self.model, self.spec = model, spec
         self.num_clients = num_clients
-        self.test_x, self.test_y = test_x, test_y
+        # central evaluation runs on cfg.device as this machine resolves it
+        self.device = resolve_device(cfg.device)
+        self.test_x, self.test_y = to_device(test_x, self.device), to_device(test_y, self.device)
         self.max_client_size = max_client_size
         self.run_dir = RunDir(run_dir) if run_dir is not None else None
         self.on_round = on_round
@@ -364,7 +367,8 @@ class PruningServer:
         self.bytes_total_dense += 2 * self.cfg.fed.clients_per_round * self.dense_payload
         evaluated = rnd % self.cfg.fed.eval_every == 0 or rnd == self.cfg.fed.rounds
         if evaluated:
-            self.accuracy, self.loss = evaluate(self.model, self.test_x, self.test_y)
+            self.accuracy, self.loss = evaluate(self.model, self.test_x, self.test_y,
+                                                device=self.device)
         macs = count_macs(self.model, self.example)
         if rejected is None:
             rejected = [r._asdict() for r in out.rejections]
