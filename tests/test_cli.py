@@ -28,7 +28,7 @@ def test_config_prints_resolved_json_with_override(capsys: pytest.CaptureFixture
     resolved = json.loads(out)
     assert resolved["prune"]["k"] == 1.5
     assert resolved["prune"]["start_round"] == 30  # defaults are printed too
-    assert set(resolved) == {"seed", "threads", "data", "model", "train", "fed", "prune",
+    assert set(resolved) == {"seed", "threads", "device", "data", "model", "train", "fed", "prune",
                             "budget"}
 
 

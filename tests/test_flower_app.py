@@ -209,6 +209,29 @@ def test_local_grid_run_matches_the_in_process_loop_exactly(tmp_path, prune):
         assert (tmp_path / "flower" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_bf16_payloads_and_bf16_training_match_the_loop_and_halve_the_weights_bytes(tmp_path):
+    # the weights travel as int16 bit patterns of bfloat16 (numpy has no bfloat16); the
+    # ClientApp trains in bf16 autocast; the automatic method's trial models travel so too
+    over = {"prune": {**TINY["prune"], "method": "auto", "max_accuracy_drop": 1.0},
+            "train": {**TINY["train"], "engine": "per_client", "precision": "bf16"},
+            "fed": {**TINY["fed"], "payload_dtype": "bfloat16"}}
+    cfg = from_dict({**TINY, **over})
+    loop = run_simulation(cfg, tmp_path / "loop")
+    summary = run_server(_grid(), {**experiment_to_run_config(cfg),
+                                   "out-dir": str(tmp_path / "flower")})
+    for key, value in loop.summary.items():
+        if key != "seconds":
+            assert summary[key] == value, key
+    rows_loop, rows_fl = read_rounds(tmp_path / "loop"), read_rounds(tmp_path / "flower")
+    for a, b in zip(rows_loop, rows_fl, strict=True):
+        for key in a:
+            if key != "seconds":
+                assert b[key] == a[key], key
+    run_simulation(from_dict({**TINY, **over, "fed": TINY["fed"]}), tmp_path / "f32")
+    rows32 = read_rounds(tmp_path / "f32")
+    assert rows_fl[0]["bytes_up"] * 2 == rows32[0]["bytes_up"]
+
+
 def test_plots_false_writes_no_pngs(tmp_path):
     _, rc = _tiny(**{"out-dir": str(tmp_path), "plots": False, "fed.rounds": 1,
                      "prune.enabled": False})

@@ -210,6 +210,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--out {args.out} exists and is not empty: choose a new "
                               "directory (results are never overwritten)")
     resume = args.resume is not None and not restart
+    from .device import check_precision, resolve_device
+
+    check_precision(resolve_device(cfg.device), cfg.train.precision)  # before the progress bar
     bar = None
     if not args.no_progress:
         from tqdm import tqdm

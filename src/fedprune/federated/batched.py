@@ -27,6 +27,13 @@ One further rewrite is exact: ``ReLU`` directly followed by ``MaxPool2d`` is com
 ``MaxPool2d`` then ``ReLU`` (both commute, values and gradients alike, because ReLU is
 monotone), which runs the activation on a quarter of the elements.
 
+The engine runs on ``device`` (:mod:`fedprune.device`): the clients' samples, the stacked
+parameters and the optimizer state live there, and the trained weights come back as float32
+CPU tensors.  ``train.precision`` ``bf16`` / ``fp16`` autocast the forward pass (the
+convolutions and batched products run in 16 bits; parameters, gradients and Adam's moments
+stay float32); fp16 scales the loss, and a step whose gradients overflow is skipped for every
+client of the chunk (the per-client path skips it for its one client).
+
 Supported models expose ``as_sequence()``: the list of modules their ``forward`` applies in
 order.  Modules allowed in it: ``Conv2d`` (zero padding), ``Linear``, ``ReLU``, ``MaxPool2d``,
 ``AvgPool2d``, ``AdaptiveAvgPool2d``, ``Flatten`` and ``Identity``; the model must have no

@@ -22,7 +22,7 @@ from .. import seeds
 from ..config import ExperimentConfig
 from ..data import FederatedData, load_federated
 from ..device import check_precision, resolve_device, to_device
-from ..metrics import RoundRecord, payload_bytes
+from ..metrics import RoundRecord
 from ..models import ModelSpec
 from ..rundir import CHECKPOINT_FILE, load_checkpoint, save_checkpoint  # noqa: F401
 from .batched import BatchedTrainer, ClientJob, batched_support
@@ -149,8 +149,8 @@ def _run_rounds(cfg: ExperimentConfig, data: FederatedData, server: PruningServe
         server.aggregate(rnd, replies, trial_replies=trial_replies, clients=sampled)
         if server.after_aggregate(rnd, validate).changed:
             trainer = make_trainer(server.model, cfg)
-        up = sum(payload_bytes(s) for s, _ in replies)
-        up += sum(payload_bytes(s) for copies in trial_replies for s in copies)
+        up = sum(server.payload_bytes(s) for s, _ in replies)
+        up += sum(server.payload_bytes(s) for copies in trial_replies for s in copies)
         server.finish_round(rnd, bytes_down=bytes_down, bytes_up=up)
 
     summary = server.summary()

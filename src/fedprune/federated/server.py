@@ -40,6 +40,7 @@ from .auto_server import AutoPruner
 from .budget_server import BudgetServer
 from .client import evaluate
 from .schedule import Pruner, PruneStep, SchedulePruner, Validate, Validation
+from .wire import element_bytes, round_model, round_trip
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,10 @@ class PruningServer:
         self.params_initial = n_params(model)
         self.macs_initial = count_macs(model, self.example)
         self.widths_initial = spec.widths_now()
-        self.dense_payload = payload_bytes(model)
+        # what the weights travel as (fed.payload_dtype): the model is kept rounded to it
+        self.payload_dtype = cfg.fed.payload_dtype
+        round_model(model, self.payload_dtype)
+        self.dense_payload = self.payload_bytes(model.state_dict())
         self.pruner: Pruner
         if cfg.budget.active:
             self.pruner = BudgetServer(cfg, model, self.example, spec, self.params_initial,
@@ -199,10 +203,14 @@ class PruningServer:
         """Bytes of sending the current model (weights, and the spec when pruning) to ``sent``
         clients, with the trial models of the round (candidate, reference) and their specs."""
         spec_bytes = len(self.spec.to_json().encode()) if self.cfg.prune.enabled else 0
-        per_client = payload_bytes(self.model.state_dict()) + spec_bytes
+        per_client = self.payload_bytes(self.model.state_dict()) + spec_bytes
         for model, spec in self.trial():
-            per_client += payload_bytes(model.state_dict()) + len(spec.to_json().encode())
+            per_client += self.payload_bytes(model.state_dict()) + len(spec.to_json().encode())
         return sent * per_client
+
+    def payload_bytes(self, state: StateDict) -> int:
+        """Bytes of sending ``state``'s float tensors as ``fed.payload_dtype``."""
+        return payload_bytes(state, element_bytes(self.payload_dtype))
 
     def aggregate(self, rnd: int, replies: Sequence[tuple[StateDict, int]],
                   versions: Sequence[int] | None = None,
@@ -238,6 +246,10 @@ class PruningServer:
         if len(clients) != len(replies):
             raise ValueError(f"round {rnd}: {len(replies)} replies but {len(clients)} client "
                              "ids; pass aggregate(clients=...) with one id per reply")
+        if self.payload_dtype != "float32":  # the replies as they arrive
+            replies = [(round_trip(s, self.payload_dtype), n) for s, n in replies]
+            trial_replies = [[None if c is None else round_trip(c, self.payload_dtype)
+                              for c in copies] for copies in trial_replies or []]
         accepted, rejected = screen_replies(
             replies, self.model.state_dict(), versions=versions,
             arch_version=self.arch_version if versions is not None else None,
@@ -278,6 +290,7 @@ class PruningServer:
                                         clip_factor=fed.clip_factor,
                                         trim_fraction=fed.trim_fraction)
         model.load_state_dict(state)
+        round_model(model, self.payload_dtype)  # what is sent next is the model itself
         return clips
 
     @staticmethod
@@ -345,7 +358,7 @@ class PruningServer:
         """``validate``, counting its queries' bytes into this round's traffic: the model
         and its spec to each asked client, :data:`VALIDATION_ANSWER_BYTES` back."""
         def counted(model: nn.Module, spec: ModelSpec, ids: Sequence[int]) -> Validation:
-            self.query_bytes[0] += len(ids) * (payload_bytes(model.state_dict())
+            self.query_bytes[0] += len(ids) * (self.payload_bytes(model.state_dict())
                                                + len(spec.to_json().encode()))
             self.query_bytes[1] += len(ids) * VALIDATION_ANSWER_BYTES
             return validate(model, spec, ids)

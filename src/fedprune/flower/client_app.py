@@ -11,6 +11,9 @@ model with :func:`fedprune.models.build`, loads the weights with ``strict=True``
 :func:`fedprune.seeds.batch_order`, and replies with the weights, ``num-examples`` and the
 ``arch-version`` it trained.  It also answers the server's queries: which partition it
 serves, and a model's accuracy on its validation split (the automatic method, budget mode).
+It trains and validates on the experiment's ``device`` (``train.precision``), or on the
+``device`` of its SuperNode's node config (``--node-config 'partition-id=0 device="cuda:1"'``),
+resolved on the node's own machine; its partition's tensors move there once.
 During the automatic method's paired trials the message also carries its trial models
 (``trial-arrays-I``, ``trial-spec-I``: the candidate, the reference); the ClientApp trains
 each with the same batches and sends them back beside the weights.
@@ -21,21 +24,32 @@ from __future__ import annotations
 import json
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from .. import seeds
 from ..config import ExperimentConfig, from_dict
 from ..data import FederatedData, load_federated
+from ..device import check_device_name, check_precision, resolve_device, to_device
 from ..federated.client import evaluate, train_local
 from ..models import ModelSpec, build
-from .messages import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, QUERY_KIND, VALIDATE_KIND, trial_key
+from .messages import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    METRICS_KEY,
+    QUERY_KIND,
+    VALIDATE_KIND,
+    pack,
+    trial_key,
+    unpack,
+)
 
 __all__ = ["NODE_DATA_KEYS", "client_app"]
 
 client_app = ClientApp()
 
 _DATA_CACHE: dict[str, FederatedData] = {}
+_DEVICE_CACHE: dict[tuple[int, str, str], torch.Tensor] = {}
 
 
 #: Node-config keys a SuperNode may set to say where *its* copy of the data lives.
@@ -58,8 +72,32 @@ def _federated_data(cfg: ExperimentConfig) -> FederatedData:
     key = json.dumps([cfg.seed, cfg.to_dict()["data"]], sort_keys=True)
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()  # one experiment at a time per process
+        _DEVICE_CACHE.clear()
         _DATA_CACHE[key] = load_federated(cfg.data, cfg.seed)
     return _DATA_CACHE[key]
+
+
+def _device(context: Context, cfg: ExperimentConfig) -> torch.device:
+    """Where this node trains: its node config's ``device`` if set, else the experiment's
+    ``device``, resolved on this machine (a clear error if it is not here)."""
+    name = context.node_config.get("device", cfg.device)
+    if not isinstance(name, str) or not check_device_name(name):
+        raise ValueError(f"node config device = {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    device = resolve_device(name)
+    check_precision(device, cfg.train.precision)
+    return device
+
+
+def _on_device(cfg: ExperimentConfig, pid: int, name: str, device: torch.device
+               ) -> torch.Tensor:
+    """This partition's tensor ``name`` on ``device``, moved there once per experiment."""
+    t = getattr(_federated_data(cfg).clients[pid], name)
+    if device.type == "cpu" or t is None:
+        return t
+    key = (pid, name, str(device))
+    if key not in _DEVICE_CACHE:
+        _DEVICE_CACHE[key] = to_device(t, device)
+    return _DEVICE_CACHE[key]
 
 
 def _partition_id(context: Context, cfg: ExperimentConfig) -> int:
@@ -107,14 +145,16 @@ def _client_validate(msg: Message, context: Context) -> Message:
     if not isinstance(spec_json, str):
         raise TypeError("the validation query carries no model spec")
     model = build(ModelSpec.from_json(spec_json))
-    model.load_state_dict(msg.content.array_records[ARRAYS_KEY].to_torch_state_dict(),
-                          strict=True)
+    model.load_state_dict(unpack(msg.content.array_records[ARRAYS_KEY],
+                                 cfg.fed.payload_dtype, model.state_dict()), strict=True)
     client = _federated_data(cfg).clients[pid]
     metrics: dict[str, int | float] = {"partition-id": pid, "val-examples": 0}
     if client.val_y is not None and len(client.val_y) > 0:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        acc, loss = evaluate(model, client.val_x, client.val_y)
+        device = _device(context, cfg)
+        acc, loss = evaluate(model.to(device), _on_device(cfg, pid, "val_x", device),
+                             _on_device(cfg, pid, "val_y", device))
         metrics.update({"val-accuracy": float(acc), "val-loss": float(loss),
                         "val-examples": len(client.val_y)})
     return Message(RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)
@@ -137,14 +177,16 @@ def _client_train(msg: Message, context: Context) -> Message:
     if not isinstance(rnd, int) or not isinstance(version, int) or not isinstance(spec_json, str):
         raise TypeError("train config needs integer server-round, arch-version and a "
                          "model-spec string")
+    device = _device(context, cfg)
+    wire = cfg.fed.payload_dtype
     model = build(ModelSpec.from_json(spec_json))
-    model.load_state_dict(msg.content.array_records[ARRAYS_KEY].to_torch_state_dict(),
-                          strict=True)
-    cd = _federated_data(cfg).clients[pid]
-    state, n, metrics = train_local(model, cd.x, cd.y, cfg.train,
+    model.load_state_dict(unpack(msg.content.array_records[ARRAYS_KEY], wire,
+                                 model.state_dict()), strict=True)
+    x, y = _on_device(cfg, pid, "x", device), _on_device(cfg, pid, "y", device)
+    state, n, metrics = train_local(model.to(device), x, y, cfg.train,
                                     seeds.batch_order(cfg.seed, rnd, pid))
     reply = RecordDict({
-        ARRAYS_KEY: ArrayRecord.from_torch_state_dict(state),
+        ARRAYS_KEY: pack(state, wire),
         METRICS_KEY: MetricRecord({"num-examples": n, "train-loss": metrics["train_loss"],
                                    "arch-version": version, "partition-id": pid}),
     })
@@ -154,10 +196,10 @@ def _client_train(msg: Message, context: Context) -> Message:
         if not isinstance(trial_spec, str):
             raise TypeError(f"trial model {i} was sent without its trial-spec-{i}")
         trial = build(ModelSpec.from_json(trial_spec))
-        trial.load_state_dict(msg.content.array_records[trial_key(i)].to_torch_state_dict(),
-                              strict=True)
-        trial_state, _, _ = train_local(trial, cd.x, cd.y, cfg.train,
+        trial.load_state_dict(unpack(msg.content.array_records[trial_key(i)], wire,
+                                     trial.state_dict()), strict=True)
+        trial_state, _, _ = train_local(trial.to(device), x, y, cfg.train,
                                         seeds.batch_order(cfg.seed, rnd, pid))
-        reply[trial_key(i)] = ArrayRecord.from_torch_state_dict(trial_state)
+        reply[trial_key(i)] = pack(trial_state, wire)
         i += 1
     return Message(reply, reply_to=msg)

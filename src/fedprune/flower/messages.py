@@ -5,7 +5,8 @@ A train message carries the weights as an ``ArrayRecord`` (numpy arrays, no pick
 JSON, its ``arch-version``, the resolved experiment config as JSON, the ``server-round`` and
 the ``partition-id`` -- never a pickled module or code.  Queries (``MessageType.QUERY``) ask a
 node for its partition (:data:`QUERY_KIND`) or, in budget mode, for a model's accuracy on its
-validation split (:data:`VALIDATE_KIND`).
+validation split (:data:`VALIDATE_KIND`).  Weights travel as ``fed.payload_dtype``
+(:func:`pack`, :func:`unpack`; :mod:`fedprune.federated.wire`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+
+from ..federated.wire import decode, encode
 
 ARRAYS_KEY = "arrays"
 # the automatic method's trial models (candidate, reference), trained beside the model:
@@ -101,13 +104,26 @@ def validation_answer(msg: Message) -> tuple[float, int, float] | None:
     return None
 
 
-def unpack_train_reply(msg: Message, pid: int, node: int, dtypes: dict[str, str],
-                       trial_dtypes: list[dict[str, str]] | None = None
-                       ) -> tuple[Reply | None, str | None]:
-    """The reply's content as tensors, or why it cannot be used (message-level checks:
-    records present, the partition asked of that node, the current dtypes).  With
-    ``trial_dtypes`` (trial models were sent) the trained trial models are read too; one
-    missing or unreadable is None (the model's weights still count)."""
+def pack(state: dict[str, torch.Tensor], payload_dtype: str) -> ArrayRecord:
+    """``state`` as an ``ArrayRecord`` of ``fed.payload_dtype`` (:func:`~.wire.encode`)."""
+    return ArrayRecord.from_torch_state_dict(encode(state, payload_dtype))
+
+
+def unpack(arrays: ArrayRecord, payload_dtype: str, like: dict[str, torch.Tensor]
+           ) -> dict[str, torch.Tensor]:
+    """The float32 state of a :func:`pack`-ed record; ``like``: the architecture's state."""
+    return decode(arrays.to_torch_state_dict(), payload_dtype, like)
+
+
+def unpack_train_reply(msg: Message, pid: int, node: int, like: dict[str, torch.Tensor],
+                       trial_like: list[dict[str, torch.Tensor]] | None = None,
+                       payload_dtype: str = "float32") -> tuple[Reply | None, str | None]:
+    """The reply's content as float32 tensors, or why it cannot be used (message-level
+    checks: records present, the partition asked of that node, the dtypes of the current
+    architecture ``like`` as sent in ``payload_dtype``).  With ``trial_like`` (trial models
+    were sent) the trained trial models are read too; one missing or unreadable is None
+    (the model's weights still count)."""
+    dtypes = np_dtypes(like, payload_dtype)
     content = msg.content
     arrays = content.array_records.get(ARRAYS_KEY)
     metrics = content.metric_records.get(METRICS_KEY)
@@ -118,39 +134,49 @@ def unpack_train_reply(msg: Message, pid: int, node: int, dtypes: dict[str, str]
                       f"{metrics.get('partition-id')!r}; asked node {node} for {pid}")
     n, version = metrics.get("num-examples"), metrics.get("arch-version")
     loss = metrics.get("train-loss", float("nan"))
-    state, reason = _read_arrays(arrays, dtypes)
+    state, reason = _read_arrays(arrays, dtypes, payload_dtype, like)
     if state is None:
         return None, reason
     reply = Reply(pid, node, state, n, version, float(loss))  # type: ignore[arg-type]
-    if trial_dtypes is not None:  # a missing or unreadable copy is None, the reply counts
-        reply.trial_states = [_read_arrays(content.array_records.get(trial_key(i)), want)[0]
-                              for i, want in enumerate(trial_dtypes)]
+    if trial_like is not None:  # a missing or unreadable copy is None, the reply counts
+        reply.trial_states = [
+            _read_arrays(content.array_records.get(trial_key(i)),
+                         np_dtypes(ref, payload_dtype), payload_dtype, ref)[0]
+            for i, ref in enumerate(trial_like)]
     return reply, None
 
 
-def _read_arrays(arrays: ArrayRecord | None, dtypes: dict[str, str]
+def _read_arrays(arrays: ArrayRecord | None, dtypes: dict[str, str], payload_dtype: str,
+                 like: dict[str, torch.Tensor]
                  ) -> tuple[dict[str, torch.Tensor] | None, str | None]:
-    """A state dict of ``arrays`` with the architecture's ``dtypes``, or (None, why not)."""
+    """A float32 state dict of ``arrays`` with the architecture's ``dtypes`` on the wire,
+    or (None, why not)."""
     if arrays is None:
         return None, "no arrays"
     for key, arr in arrays.items():
         if key in dtypes and arr.dtype != dtypes[key]:
-            return None, f"{key} is {arr.dtype}, the current architecture has {dtypes[key]}"
+            return None, (f"{key} is {arr.dtype}, the current architecture sends "
+                          f"{dtypes[key]}")
     try:
-        return {k: torch.from_numpy(np.array(a.numpy())) for k, a in arrays.items()}, None
+        return decode({k: torch.from_numpy(np.array(a.numpy())) for k, a in arrays.items()},
+                      payload_dtype, like), None
     except Exception as exc:  # noqa: BLE001 - a malformed array from a client
         return None, f"arrays cannot be read: {exc}"
 
 
 def array_payload(arrays: ArrayRecord | None) -> int:
-    """Bytes of the float arrays of a reply, counted like
-    :func:`~fedprune.metrics.payload_bytes`."""
+    """Bytes of the weights of a record: its float arrays, and the ``int16`` arrays that
+    carry bfloat16 weights; integer buffers are not counted (as in
+    :func:`~fedprune.metrics.payload_bytes`)."""
     if arrays is None:
         return 0
-    return int(sum(4 * int(np.prod(a.shape)) for a in arrays.values()
-                   if np.dtype(a.dtype).kind == "f"))
+    return int(sum(np.dtype(a.dtype).itemsize * int(np.prod(a.shape)) for a in arrays.values()
+                   if np.dtype(a.dtype).kind == "f" or np.dtype(a.dtype) == np.int16))
 
 
-def np_dtypes(state: dict[str, torch.Tensor]) -> dict[str, str]:
-    """The numpy dtype string an ArrayRecord stores for each tensor of ``state``."""
-    return {k: str(torch.empty(0, dtype=t.dtype).numpy().dtype) for k, t in state.items()}
+def np_dtypes(state: dict[str, torch.Tensor], payload_dtype: str = "float32"
+              ) -> dict[str, str]:
+    """The numpy dtype string an ArrayRecord of ``payload_dtype`` stores for each tensor of
+    ``state``."""
+    return {k: str(t.numpy().dtype) for k, t in encode(
+        {k: torch.empty(0, dtype=v.dtype) for k, v in state.items()}, payload_dtype).items()}

@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 from torch import nn
 
@@ -21,7 +20,13 @@ from ..config import ConfigError, ExperimentConfig
 from ..federated.schedule import Validation
 from ..models import ModelSpec
 from .grid import PollingGrid
-from .messages import partition_answer, partition_query, validation_answer, validation_query
+from .messages import (
+    pack,
+    partition_answer,
+    partition_query,
+    validation_answer,
+    validation_query,
+)
 
 logger = logging.getLogger("flwr.fedprune")
 
@@ -110,7 +115,7 @@ class NodeDirectory:
         ``nan`` and 0 samples without replies)."""
         if grid is None:
             raise RuntimeError("no grid yet: validation happens after a training round")
-        arrays = ArrayRecord.from_torch_state_dict(model.state_dict())
+        arrays = pack(model.state_dict(), self.cfg.fed.payload_dtype)
         experiment, spec_json = self.cfg.to_json(), spec.to_json()
         msgs = {node: validation_query(arrays, experiment=experiment, spec_json=spec_json,
                                        node=node)

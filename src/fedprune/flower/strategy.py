@@ -35,7 +35,7 @@ from .messages import (
     CONFIG_KEY,
     Reply,
     array_payload,
-    np_dtypes,
+    pack,
     train_message,
     trial_key,
     unpack_train_reply,
@@ -117,10 +117,10 @@ class PruningFedAvg(FedAvg):
         self.nodes.refresh(grid)
         srv = self.server
         self.stats = st = RoundStats(sampled=srv.sample(rnd))
-        record = ArrayRecord.from_torch_state_dict(srv.model.state_dict())
+        wire = srv.payload_dtype
+        record = pack(srv.model.state_dict(), wire)
         spec_json, experiment = srv.spec.to_json(), self.cfg.to_json()
-        trial_msg = [(ArrayRecord.from_torch_state_dict(m.state_dict()), sp.to_json())
-                     for m, sp in srv.trial()]
+        trial_msg = [(pack(m.state_dict(), wire), sp.to_json()) for m, sp in srv.trial()]
         for pid in st.sampled:
             node = self.nodes.node_of.get(pid)
             if node is None:
@@ -141,8 +141,8 @@ class PruningFedAvg(FedAvg):
         """Drop bad replies, let the server FedAvg the rest in partition order and prune."""
         rnd = self.offset + server_round
         st, srv = self.stats, self.server
-        dtypes = np_dtypes(srv.model.state_dict())
-        trial_dtypes = [np_dtypes(m.state_dict()) for m, _ in srv.trial()]
+        like = srv.model.state_dict()
+        trial_like = [m.state_dict() for m, _ in srv.trial()]
         candidates: dict[int, Reply] = {}
         # a reply names the message it answers (the grid set the ids when it pushed them);
         # the SuperLink's own error replies (node unavailable) come from node 0
@@ -163,8 +163,9 @@ class PruningFedAvg(FedAvg):
                 continue
             st.bytes_up += array_payload(msg.content.array_records.get(ARRAYS_KEY))
             st.bytes_up += sum(array_payload(msg.content.array_records.get(trial_key(i)))
-                               for i in range(len(trial_dtypes)))
-            reply, reason = unpack_train_reply(msg, pid, node, dtypes, trial_dtypes)
+                               for i in range(len(trial_like)))
+            reply, reason = unpack_train_reply(msg, pid, node, like, trial_like,
+                                               srv.payload_dtype)
             if reason is not None or reply is None:
                 self._reject(rnd, node, pid, str(reason))
                 continue
@@ -177,7 +178,7 @@ class PruningFedAvg(FedAvg):
                                "no more work while it stays listed", rnd, node, pid)
         order = [candidates[p] for p in sorted(candidates)]  # the loop's (sampled) order
         trial_replies = [[r.trial_states[i] if r.trial_states else None for r in order]
-                         for i in range(len(trial_dtypes))]
+                         for i in range(len(trial_like))]
         outcome = srv.aggregate(rnd, [(r.state, r.n) for r in order],
                                 versions=[r.version for r in order], trial_replies=trial_replies,
                                 clients=[r.pid for r in order])
