@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # fedprune on one CUDA GPU: the CUDA tests and the simulation-speed benchmark, figures in one file.
 #
-#     bash benchmarks/gpu_check.sh [OUT_FILE]        # default gpu_check.txt; about 3 minutes
+#     bash benchmarks/gpu_check.sh [OUT_FILE]        # default gpu_check.txt; under 5 minutes
 #
 # Run on a machine with one NVIDIA GPU.  It uses $PYTHON (default python3) when its torch is
 # a CUDA build and fedprune imports; otherwise it makes .venv-gpu and installs torch 2.13.0
@@ -13,8 +13,7 @@
 #      the GPU; fp32, bf16 and fp16 with loss scaling) -- these skip where no GPU is seen;
 #   3. benchmarks/sim_speed.py on the GPU: the plain per-client loop (fp32) beside the batched
 #      engine in fp32, bf16 and fp16, at the initial width [32, 64] and at [6, 12] (50 clients x
-#      200 samples x 5 local epochs, medians of 3 rounds), and the same on this machine's CPU
-#      (fp32, bf16) for the side-by-side ratio;
+#      200 samples x 5 local epochs, medians of 3 rounds, side by side in one process);
 # and writes everything to OUT_FILE (the benchmark's JSON beside it, OUT_FILE.json).
 set -uo pipefail
 
@@ -55,7 +54,4 @@ timeout 120 "$PY" benchmarks/sim_speed.py --device cuda --widths 32,64 6,12 --re
     --precisions fp32 bf16 fp16 --no-flower --threads 1 --json "$OUT.json" 2>&1 | tee -a "$OUT"
 log "benchmark exit status: ${PIPESTATUS[0]}"
 
-log "== the same on this machine's CPU, 2 threads, initial width only (side by side)"
-timeout 90 "$PY" benchmarks/sim_speed.py --device cpu --widths 32,64 --reps 1 \
-    --precisions fp32 bf16 --no-flower --threads 2 --json "$OUT.cpu.json" 2>&1 | tee -a "$OUT"
 log "== done $(date -u +%FT%TZ); figures in $OUT"

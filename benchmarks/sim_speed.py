@@ -28,7 +28,7 @@ float32: it is the baseline a user would write.
 the medians are reported, with the ratios of the medians.  The **fraction of matmul peak** is
 training FLOPs per second (3 x the forward FLOPs of one sample, x samples x epochs) divided by
 the median FLOP/s of a 2048x2048 fp32 ``torch.mm`` measured here with the same thread count
-(on the same device).
+(on the same device); the bf16 ``torch.mm`` peak is printed beside it.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from fedprune.config import load_config
 from fedprune.data import load_federated
 from fedprune.data.synthetic import femnist_clients, write_leaf_femnist
 from fedprune.data.transform import to_float_batch
-from fedprune.device import check_precision, resolve_device, to_device
+from fedprune.device import DeviceError, check_precision, resolve_device, to_device
 from fedprune.federated.batched import BatchedTrainer, ClientJob
 from fedprune.metrics import count_macs, read_rounds
 from fedprune.models import new_model
@@ -65,12 +65,13 @@ def _sync(device: torch.device) -> None:
 
 
 def matmul_peak(threads: int, device: torch.device | None = None, n: int = 2048,
-                reps: int = 15) -> float:
-    """Median FLOP/s of an n x n fp32 ``torch.mm`` (2 n^3 FLOPs per product)."""
+                reps: int = 15, dtype: torch.dtype = torch.float32) -> float:
+    """Median FLOP/s of an n x n ``torch.mm`` in ``dtype`` (2 n^3 FLOPs per product)."""
     device = device or torch.device("cpu")
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    out = torch.empty(n, n, device=device)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
     for _ in range(3):
         torch.mm(a, b, out=out)
     _sync(device)
@@ -165,17 +166,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
-    device = resolve_device(args.device)
-    for p in args.precisions:
-        check_precision(device, p)
+    try:
+        device = resolve_device(args.device)
+        for p in args.precisions:
+            check_precision(device, p)
+    except DeviceError as exc:
+        print(f"sim_speed: {exc}", file=sys.stderr)
+        return 2
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else platform.processor() or platform.machine())
 
     peak = matmul_peak(args.threads, device)
-    print(f"device: {device} ({name}); matmul peak (2048x2048 fp32 torch.mm, "
-          f"{args.threads} threads): {peak / 1e9:.1f} GFLOP/s", flush=True)
+    peak16 = (matmul_peak(args.threads, device, dtype=torch.bfloat16)
+              if "bf16" in args.precisions else None)
+    print(f"device: {device} ({name}); matmul peak (2048x2048 torch.mm, {args.threads} "
+          f"threads): fp32 {peak / 1e9:.1f} GFLOP/s"
+          + (f", bf16 {peak16 / 1e9:.1f} GFLOP/s ({peak16 / peak:.2f}x)" if peak16 else ""),
+          flush=True)
     results: dict[str, dict] = {"device": str(device), "device_name": name,
-                                "threads": args.threads, "peak_flops": peak, "widths": {}}
+                                "threads": args.threads, "peak_flops": peak,
+                                "peak_flops_bf16": peak16, "widths": {}}
     with tempfile.TemporaryDirectory(prefix="fedprune-sim-speed-") as tmp:
         root = write_data(Path(tmp) / "femnist", args.clients, args.samples, seed=0)
         base = ["data.name=femnist", f"data.path={root}", "data.partition=natural",

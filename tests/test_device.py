@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,15 +16,15 @@ from interrupt import Stop, stop_after
 
 from fedprune.cli import main
 from fedprune.config import ConfigError, TrainConfig, from_dict, load_config
+from fedprune.data.transform import PixelTransform, attach_transform, get_transform
 from fedprune.device import (
     DeviceError,
     LossScaler,
-    autocast,
     check_precision,
+    precision_context,
     resolve_device,
     to_device,
 )
-from fedprune.data.transform import PixelTransform, attach_transform, get_transform
 from fedprune.federated import run_simulation
 from fedprune.federated.batched import BatchedTrainer, ClientJob
 from fedprune.federated.client import evaluate, train_local
@@ -126,19 +127,13 @@ def test_client_data_move_to_the_device_once_and_keep_their_transform():
     assert moved.device.type == "meta" and get_transform(moved) is tf
     assert to_device(x, torch.device("cpu")) is x  # already there: the tensor itself
 
-    class Client:
-        def __init__(self):
-            self.x, self.y, self.val_x, self.val_y = x, torch.zeros(5, dtype=torch.int64), \
-                None, None
-
-    class Data:
-        clients = [Client()]
-
-    on_meta = DeviceData(Data(), torch.device("meta"))
+    client = SimpleNamespace(x=x, y=torch.zeros(5, dtype=torch.int64), val_x=None, val_y=None)
+    data = SimpleNamespace(clients=[client])
+    on_meta = DeviceData(data, torch.device("meta"))
     first = on_meta.get(0, "x")
     assert first.device.type == "meta" and on_meta.get(0, "x") is first  # moved once
     assert on_meta.get(0, "val_x") is None
-    on_cpu = DeviceData(Data(), torch.device("cpu"))
+    on_cpu = DeviceData(data, torch.device("cpu"))
     assert on_cpu.get(0, "x") is x
 
 
@@ -217,9 +212,9 @@ def test_mixed_precision_trains_with_float32_weights_and_both_engines_agree(prec
 def test_autocast_is_off_in_fp32_and_on_in_bf16():
     conv = torch.nn.Conv2d(1, 2, 3)
     x = torch.randn(1, 1, 5, 5)
-    with autocast(torch.device("cpu"), "fp32"):
+    with precision_context(torch.device("cpu"), "fp32"):
         assert conv(x).dtype == torch.float32
-    with autocast(torch.device("cpu"), "bf16"):
+    with precision_context(torch.device("cpu"), "bf16"):
         assert conv(x).dtype == torch.bfloat16
 
 
@@ -344,3 +339,21 @@ def test_a_supernodes_node_config_device_wins_over_the_run_configs(no_cuda):
         _device(ctx(device="gpu"), cfg)
     with pytest.raises(DeviceError, match="fp16"):
         _device(ctx(), _cfg(device="cpu", train={**TINY["train"], "precision": "fp16"}))
+
+
+def test_resume_may_continue_on_another_device_and_nothing_else_may_change(no_cuda, tmp_path,
+                                                                           capsys):
+    cfg = _cfg()
+    with pytest.raises(Stop):
+        run_simulation(cfg, tmp_path / "cut", on_round=stop_after(2))
+    assert main(["run", "--resume", str(tmp_path / "cut"), "--set", "seed=3",
+                 "--no-progress"]) == 2
+    assert "only --set device=... may be given" in capsys.readouterr().err
+    # "auto" is the CPU here: a real change of name, the same arithmetic
+    assert main(["run", "--resume", str(tmp_path / "cut"), "--set", "device=auto",
+                 "--no-progress"]) == 0
+    ref = run_simulation(cfg, tmp_path / "full")
+    got = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(got[k], v) for k, v in ref.model.state_dict().items())
+    saved = (tmp_path / "cut" / "config.json").read_text()
+    assert '"device": "cpu"' in saved  # the run's record keeps how it started

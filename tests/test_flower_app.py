@@ -257,6 +257,22 @@ def test_nodes_with_another_partition_count_stop_the_run_before_round_1(simulati
     assert not any(m.metadata.message_type == MessageType.TRAIN for m in grid.sent)
 
 
+def test_a_node_without_its_device_says_why_before_round_1_and_gets_no_work(monkeypatch,
+                                                                           tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _, rc = _tiny(**{"out-dir": str(tmp_path), "fed.rounds": 1})
+    nodes = [{"partition-id": i, "num-partitions": 4} for i in range(4)]
+    nodes[3]["device"] = "cuda"  # this node's machine has no GPU
+    grid = LocalGrid(client_app, nodes)
+    with _captured_log() as lines:
+        run_server(grid, rc)
+    assert any("cannot serve this experiment" in line and "device = 'cuda' but" in line
+               for line in lines)
+    trained = {m.metadata.dst_node_id for m in grid.sent
+               if m.metadata.message_type == MessageType.TRAIN}
+    assert trained and 1003 not in trained  # node 3 (id 1003) got no work
+
+
 def test_a_run_in_which_no_round_got_a_valid_reply_fails(tmp_path):
     _, rc = _tiny(**{"out-dir": str(tmp_path), "fed.rounds": 2})
 

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import logging
@@ -178,9 +179,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     rd = RunDir(args.resume if args.resume is not None else args.out)
     if args.resume is not None:
-        if args.config is not None or args.sets:
+        device_sets = [x for x in args.sets if x.partition("=")[0].strip() == "device"]
+        if args.config is not None or len(device_sets) != len(args.sets):
             raise ConfigError(f"--resume takes the run's own {rd.config_file.name}; drop "
-                              "--config/--set")
+                              "--config/--set (only --set device=... may be given, to "
+                              "continue on another device)")
         state = rd.state()
         if state == "finished":
             raise ConfigError(f"cannot resume {args.resume}: the run finished "
@@ -197,6 +200,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
             cfg = rd.read_config()
         except ValueError as exc:
             raise ConfigError(f"cannot resume {args.resume}: {exc}") from None
+        if device_sets:  # the last one wins, as --set does
+            device = load_config(None, device_sets[-1:]).device
+            if device != cfg.device:
+                logger.warning("%s: continuing on device %r instead of %r; the result agrees "
+                               "with an uninterrupted run to float rounding, not bit for bit, "
+                               "and %s keeps %r", args.resume, device, cfg.device,
+                               rd.config_file.name, cfg.device)
+                cfg = dataclasses.replace(cfg, device=device)
         if restart:
             logger.warning("%s holds a run stopped before its first checkpoint: it starts "
                            "again from round 1 with its %s", args.resume, rd.config_file.name)

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
-
-from .device import check_device_name
 
 
 class ConfigError(ValueError):
@@ -55,6 +54,15 @@ def default_auto_deadline(rounds: int) -> int:
     the final architecture trains for at least 40 % of the run."""
     _, last, _ = default_window(rounds)
     return max(last, round(0.6 * rounds))
+
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def check_device_name(name: object) -> bool:
+    """True when ``name`` is a device name of the ``device`` setting (syntax only; whether
+    the device is there is :func:`fedprune.device.resolve_device`'s question)."""
+    return isinstance(name, str) and _DEVICE_RE.match(name) is not None
 
 
 def _check(ok: bool, key: str, allowed: str, value: Any) -> None:

@@ -13,35 +13,32 @@ float32) or ``fp16`` (autocast to float16 with dynamic loss scaling, CUDA only).
 is float32 whatever the precision; what travels is set by ``fed.payload_dtype``
 (:mod:`fedprune.federated.wire`).
 
-Only CPU float32 is bit-reproducible across runs, engines and resumes (the engine-equality
-and resume tests hold there); bf16 and CUDA runs are reproducible only up to the order of
-floating-point reductions, which oneDNN and cuDNN choose per machine.
+On the CPU a run resumes bit-identically in float32 and in bf16 (tested), and the two
+engines agree to float rounding; float32 runs are the same bit for bit as before these
+settings existed.  On CUDA, runs agree with the CPU's and with themselves only up to the order
+of floating-point reductions, which cuDNN chooses (tested to rounding, not bit for bit).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
-__all__ = ["DEVICE_NAMES", "PRECISIONS", "LossScaler", "autocast", "check_device_name",
-           "check_precision", "loss_scaler", "resolve_device", "to_device"]
+from .config import check_device_name
+
+__all__ = ["DEVICE_NAMES", "PRECISIONS", "DeviceError", "LossScaler", "check_device_name",
+           "check_precision", "loss_scaler", "precision_context", "resolve_device",
+           "to_device"]
 
 DEVICE_NAMES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 PRECISIONS = ("fp32", "bf16", "fp16")
-_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 class DeviceError(ValueError):
     """The device or precision asked for is not available on this machine."""
-
-
-def check_device_name(name: str) -> bool:
-    """True when ``name`` is one of the device names fedprune accepts (syntax only)."""
-    return isinstance(name, str) and _DEVICE_RE.match(name) is not None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -85,17 +82,32 @@ def check_precision(device: torch.device, precision: str) -> None:
         raise DeviceError(f"train.precision = 'fp16' needs a CUDA device (this run trains on "
                           f"{device.type}); on the CPU use 'bf16', which needs no loss scaling")
     if (precision == "bf16" and device.type == "cuda"
-            and not torch.cuda.is_bf16_supported(including_emulation=False)):
+            and torch.cuda.get_device_capability(device) < (8, 0)):
         raise DeviceError(f"train.precision = 'bf16' but {torch.cuda.get_device_name(device)} "
-                          "has no native bfloat16; use 'fp16' or 'fp32'")
+                          "(compute capability below 8.0) has no native bfloat16; use 'fp16' "
+                          "or 'fp32'")
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """The autocast context of ``precision`` on ``device`` (nothing for fp32)."""
+def precision_context(device: torch.device, precision: str
+                      ) -> contextlib.AbstractContextManager:
+    """The arithmetic of ``precision`` on ``device``: autocast for bf16 / fp16; for fp32,
+    nothing on the CPU and IEEE float32 on CUDA (convolutions and matrix products without
+    TF32, which torch otherwise lets cuDNN use for float32 convolutions)."""
     if precision == "fp32":
-        return contextlib.nullcontext()
+        return _ieee_fp32() if device.type == "cuda" else contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def _ieee_fp32() -> Iterator[None]:
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = conv.fp32_precision, matmul.fp32_precision
+    conv.fp32_precision = matmul.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = before
 
 
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -114,7 +126,9 @@ class LossScaler:
     the gradients back and says whether they are all finite.  A step with a non-finite
     gradient is skipped (the optimizer does not step, its step count does not advance) and
     the scale halves; after ``growth_interval`` finite steps in a row it doubles.  Used by
-    both local-training engines; ``enabled=False`` (fp32, bf16) makes every method a no-op.
+    both local-training engines, which keep one scaler across their clients and rounds (the
+    scale settles once, not per client) and log the skipped steps; ``enabled=False`` (fp32,
+    bf16) makes every method a no-op.
     """
 
     def __init__(self, enabled: bool, init_scale: float = 2.0**16,
@@ -123,6 +137,7 @@ class LossScaler:
         self.scale = float(init_scale) if enabled else 1.0
         self.growth_interval = growth_interval
         self._good = 0
+        self.steps = self.skipped = 0  # steps taken through this scaler, and those skipped
 
     def scaled(self, loss: torch.Tensor) -> torch.Tensor:
         return loss * self.scale if self.enabled else loss
@@ -133,12 +148,14 @@ class LossScaler:
             return True
         inv = 1.0 / self.scale
         torch._foreach_mul_(list(grads), inv)
-        return all(bool(torch.isfinite(g).all()) for g in grads)
+        return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
     def update(self, finite: bool) -> None:
         if not self.enabled:
             return
+        self.steps += 1
         if not finite:
+            self.skipped += 1
             self.scale = max(self.scale / 2.0, 2.0**-24)
             self._good = 0
             return

@@ -36,6 +36,7 @@ class PixelTransform:
                              dtype=torch.float32)
         object.__setattr__(self, "_scale", scale.view(-1, 1, 1))
         object.__setattr__(self, "_shift", shift.view(-1, 1, 1))
+        object.__setattr__(self, "_on", {})  # (scale, shift) per accelerator, copied once
 
     @classmethod
     def of(cls, mean: Sequence[float], std: Sequence[float]) -> PixelTransform:
@@ -45,7 +46,10 @@ class PixelTransform:
         out = xb.to(torch.float32)
         scale, shift = self._scale, self._shift  # type: ignore[attr-defined]
         if out.device != scale.device:  # a batch on an accelerator
-            scale, shift = scale.to(out.device), shift.to(out.device)
+            on = self._on  # type: ignore[attr-defined]
+            if out.device not in on:
+                on[out.device] = (scale.to(out.device), shift.to(out.device))
+            scale, shift = on[out.device]
         return out.mul_(scale).add_(shift)
 
 

@@ -43,6 +43,7 @@ train with the per-client path; :func:`batched_support` says why.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,9 +54,10 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..data.transform import to_float_batch
-from ..device import autocast, loss_scaler
+from ..device import loss_scaler, precision_context
 
 StateDict = dict[str, torch.Tensor]
+logger = logging.getLogger(__name__)
 
 _POINTWISE = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity)
 # Memory budget for one batched step's activations; the clients of a round are trained in
@@ -123,6 +125,7 @@ class BatchedTrainer:
             raise ValueError(f"batched training is not possible: {reason}")
         self.cfg = cfg
         self.device = device if device is not None else torch.device("cpu")
+        self.scaler = loss_scaler(cfg.precision)  # fp16: one scale across chunks and rounds
         self.ops = _ops(model)
         names = {id(p): n for n, p in model.named_parameters()}
         # per op: (kind, module, weight name, bias name)
@@ -297,7 +300,7 @@ class BatchedTrainer:
                   .repeat(c, *([1] * len(self.shapes[n]))).contiguous()
                   for n in self.names}
         opt = _StackedOptimizer(cfg, [params[n] for n in self.names])
-        scaler = loss_scaler(cfg.precision)
+        scaler, skipped_before = self.scaler, self.scaler.skipped
         loss_sums = torch.zeros(s_max, c, device=dev)
 
         for t in range(s_max):
@@ -307,7 +310,7 @@ class BatchedTrainer:
             xb = xb.view(bsz, hh, ww, a * cin).permute(0, 3, 1, 2)  # channels-last
             yb = y_all[rows].view(a, bsz)
             leaves = {n: params[n][:a].detach().requires_grad_() for n in self.names}
-            with autocast(dev, cfg.precision):
+            with precision_context(dev, cfg.precision):
                 logits = self._forward(leaves, xb, a)
             ce = F.cross_entropy(logits.float().reshape(a * bsz, -1), yb.reshape(-1),
                                  reduction="none").view(a, bsz)
@@ -320,6 +323,9 @@ class BatchedTrainer:
                     opt.step(grads, a)
                 scaler.update(finite)
 
+        if scaler.skipped > skipped_before:
+            logger.info("fp16: %d batched steps skipped (gradient overflow); loss scale now %g",
+                        scaler.skipped - skipped_before, scaler.scale)
         results: list[tuple[StateDict, int, dict[str, float]] | None] = [None] * c
         for k, i in enumerate(order):
             n = int(jobs[i].y.shape[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -13,9 +14,10 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..data.transform import to_float_batch
-from ..device import autocast, loss_scaler, to_device
+from ..device import LossScaler, loss_scaler, precision_context, to_device
 
 StateDict = dict[str, torch.Tensor]
+logger = logging.getLogger(__name__)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -32,6 +34,7 @@ def train_local(
     cfg: TrainConfig,
     generator: torch.Generator,
     optimizer: torch.optim.Optimizer | None = None,
+    scaler: LossScaler | None = None,
 ) -> tuple[StateDict, int, dict[str, float]]:
     """Train ``model`` in place for ``cfg.local_epochs`` epochs; return a copy of its weights.
 
@@ -43,14 +46,17 @@ def train_local(
     Returns ``(state_dict, n_examples, {"train_loss": mean loss of the last epoch})``, the
     weights as float32 CPU tensors.  ``optimizer`` (built by :func:`make_optimizer` on
     ``model``) is reused with its state cleared, which is the same as a fresh one; ``None``
-    builds one.
+    builds one.  ``scaler`` (fp16): the engine's loss scaler, kept across clients; ``None``
+    makes one for this call.
     """
     n = int(y.shape[0])
     if n == 0:
         raise ValueError("a client with no training samples cannot train")
     device = next(model.parameters()).device
     x, y = to_device(x, device), to_device(y, device)
-    scaler = loss_scaler(cfg.precision)
+    if scaler is None:
+        scaler = loss_scaler(cfg.precision)
+    skipped_before = scaler.skipped
     if optimizer is None:
         opt = make_optimizer(model, cfg)
     else:
@@ -67,7 +73,7 @@ def train_local(
             idx = perm[start : start + cfg.batch_size]
             xb, yb = to_float_batch(x, x[idx]), y[idx]
             opt.zero_grad(set_to_none=True)
-            with autocast(device, cfg.precision):
+            with precision_context(device, cfg.precision):
                 logits = model(xb)
             loss = F.cross_entropy(logits.float(), yb)
             if scaler.enabled:
@@ -83,6 +89,9 @@ def train_local(
             total += float(loss.detach()) * idx.numel()
             seen += idx.numel()
         last_loss = total / seen
+    if scaler.skipped > skipped_before:
+        logger.info("fp16: %d steps of this client skipped (gradient overflow); loss scale "
+                    "now %g", scaler.skipped - skipped_before, scaler.scale)
     state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     return state, n, {"train_loss": last_loss}
 
@@ -108,12 +117,13 @@ def evaluate(
     model.eval()
     correct, loss_sum = 0, 0.0
     try:
-        for start in range(0, int(y.shape[0]), batch_size):
-            xb = to_float_batch(x, x[start : start + batch_size]).to(device)
-            yb = y[start : start + batch_size]
-            logits = model(xb)
-            loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
-            correct += int((logits.argmax(dim=1) == yb).sum())
+        with precision_context(device, "fp32"):  # IEEE float32 on CUDA too
+            for start in range(0, int(y.shape[0]), batch_size):
+                xb = to_float_batch(x, x[start : start + batch_size]).to(device)
+                yb = y[start : start + batch_size]
+                logits = model(xb)
+                loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+                correct += int((logits.argmax(dim=1) == yb).sum())
     finally:
         model.train(was_training)
     n = int(y.shape[0])
@@ -135,6 +145,7 @@ class PerClientTrainer:
         if device is not None:
             self.worker.to(device)
         self.optimizer = make_optimizer(self.worker, cfg)
+        self.scaler = loss_scaler(cfg.precision)
 
     def train(self, global_state: StateDict, jobs: Sequence[Any]
               ) -> list[tuple[StateDict, int, dict[str, float]]]:
@@ -143,5 +154,5 @@ class PerClientTrainer:
         for job in jobs:
             self.worker.load_state_dict(global_state)
             out.append(train_local(self.worker, job.x, job.y, self.cfg, job.generator,
-                                   self.optimizer))
+                                   self.optimizer, self.scaler))
         return out

@@ -28,10 +28,11 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from .. import seeds
-from ..config import ExperimentConfig, from_dict
+from ..config import ExperimentConfig, check_device_name, from_dict
 from ..data import FederatedData, load_federated
-from ..device import check_device_name, check_precision, resolve_device, to_device
+from ..device import check_precision, resolve_device
 from ..federated.client import evaluate, train_local
+from ..federated.loop import DeviceData
 from ..models import ModelSpec, build
 from .messages import (
     ARRAYS_KEY,
@@ -49,7 +50,7 @@ __all__ = ["NODE_DATA_KEYS", "client_app"]
 client_app = ClientApp()
 
 _DATA_CACHE: dict[str, FederatedData] = {}
-_DEVICE_CACHE: dict[tuple[int, str, str], torch.Tensor] = {}
+_DEVICE_CACHE: dict[str, DeviceData] = {}  # per device: the partitions' tensors there
 
 
 #: Node-config keys a SuperNode may set to say where *its* copy of the data lives.
@@ -91,13 +92,11 @@ def _device(context: Context, cfg: ExperimentConfig) -> torch.device:
 def _on_device(cfg: ExperimentConfig, pid: int, name: str, device: torch.device
                ) -> torch.Tensor:
     """This partition's tensor ``name`` on ``device``, moved there once per experiment."""
-    t = getattr(_federated_data(cfg).clients[pid], name)
-    if device.type == "cpu" or t is None:
-        return t
-    key = (pid, name, str(device))
+    data = _federated_data(cfg)
+    key = str(device)
     if key not in _DEVICE_CACHE:
-        _DEVICE_CACHE[key] = to_device(t, device)
-    return _DEVICE_CACHE[key]
+        _DEVICE_CACHE[key] = DeviceData(data, device)
+    return _DEVICE_CACHE[key].get(pid, name)
 
 
 def _partition_id(context: Context, cfg: ExperimentConfig) -> int:
@@ -124,6 +123,8 @@ def _client_query(msg: Message, context: Context) -> Message:
         return _client_validate(msg, context)
     if kind != QUERY_KIND:
         raise ValueError(f"unknown query {kind!r}")
+    # a node that cannot train where the experiment asks answers with why, before round 1
+    _device(context, _experiment(msg, context))
     # the server checks the partition against the experiment (and can then name the settings:
     # data.num-clients, num-supernodes in simulation); the node only says what it serves
     pid = context.node_config.get("partition-id")
