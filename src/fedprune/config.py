@@ -160,8 +160,9 @@ class TrainConfig:
     engine: Literal["auto", "batched", "per_client"] = "auto"
     # Arithmetic of local training (fedprune.device): "fp32"; "bf16" = autocast to bfloat16
     # (convolutions and matrix products; float32 weights, optimizer state and aggregation),
-    # about 2x faster on CPUs with AVX-512 BF16 or AMX and on recent GPUs; "fp16" = autocast
-    # to float16 with dynamic loss scaling, CUDA only.  Evaluation runs in float32.
+    # faster on CPUs with AVX-512 BF16 or AMX and on recent GPUs (README, "Devices");
+    # "fp16" = autocast to float16 with dynamic loss scaling, CUDA only.  Evaluation runs in
+    # float32.
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
     def __post_init__(self) -> None:
