@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -41,11 +41,12 @@ class DeviceError(ValueError):
     """The device or precision asked for is not available on this machine."""
 
 
-def resolve_device(name: str) -> torch.device:
-    """The torch device ``name`` means on this machine; :class:`DeviceError` when it is not
-    here (a CPU-only torch, no GPU visible, an index past the GPUs, no MPS)."""
+def resolve_device(name: str, key: str = "device") -> torch.device:
+    """The torch device ``name`` means on this machine; :class:`DeviceError` when it is no
+    device name or not here (a CPU-only torch, no GPU visible, an index past the GPUs, no
+    MPS).  ``key`` names the setting in the messages (a SuperNode's "node config device")."""
     if not check_device_name(name):
-        raise DeviceError(f"device = {name!r} is not a device: use one of "
+        raise DeviceError(f"{key} = {name!r} is not a device: use one of "
                           f"{', '.join(DEVICE_NAMES)}")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -53,7 +54,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if name == "mps":
         if not torch.backends.mps.is_available():
-            raise DeviceError("device = 'mps' but this machine has no usable Apple MPS "
+            raise DeviceError(f"{key} = 'mps' but this machine has no usable Apple MPS "
                               "backend (torch.backends.mps.is_available() is False); use "
                               "device = 'cpu' or 'auto'")
         return torch.device("mps")
@@ -62,14 +63,14 @@ def resolve_device(name: str) -> torch.device:
                if torch.version.cuda is None else
                f"no CUDA GPU is visible to torch {torch.__version__} (CUDA "
                f"{torch.version.cuda}; check the driver and CUDA_VISIBLE_DEVICES)")
-        raise DeviceError(f"device = {name!r} but {why}; use device = 'cpu', or 'auto' to "
+        raise DeviceError(f"{key} = {name!r} but {why}; use device = 'cpu', or 'auto' to "
                           "take a GPU only where there is one")
     dev = torch.device(name)
     count = torch.cuda.device_count()
     if dev.index is None:  # the current device, named (a model there is on "cuda:0")
         return torch.device("cuda", torch.cuda.current_device())
     if dev.index >= count:
-        raise DeviceError(f"device = {name!r} but torch sees {count} CUDA device"
+        raise DeviceError(f"{key} = {name!r} but torch sees {count} CUDA device"
                           f"{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})")
     return dev
 
@@ -142,13 +143,14 @@ class LossScaler:
     def scaled(self, loss: torch.Tensor) -> torch.Tensor:
         return loss * self.scale if self.enabled else loss
 
-    def unscale(self, grads: Sequence[torch.Tensor]) -> bool:
-        """Divide ``grads`` in place by the scale; True when every value is finite."""
+    def unscale(self, grads: Iterable[torch.Tensor | None]) -> bool:
+        """Divide ``grads`` (None: a parameter without one) in place by the scale; True when
+        every value is finite.  Disabled, it reads nothing and says True."""
         if not self.enabled:
             return True
-        inv = 1.0 / self.scale
-        torch._foreach_mul_(list(grads), inv)
-        return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        present = [g for g in grads if g is not None]
+        torch._foreach_mul_(present, 1.0 / self.scale)
+        return bool(torch.stack([torch.isfinite(g).all() for g in present]).all())
 
     def update(self, finite: bool) -> None:
         if not self.enabled:

@@ -293,8 +293,7 @@ class BatchedTrainer:
         weights = valid.to(torch.float32) * inv.unsqueeze(2)  # per-sample loss weight
         idx = torch.where(valid, idx, torch.full_like(idx, pad_row))
         active = [sum(1 for s in steps_sorted if s > t) for t in range(s_max)]
-        if dev.type != "cpu":
-            idx, valid, weights = idx.to(dev), valid.to(dev), weights.to(dev)
+        idx, valid, weights = idx.to(dev), valid.to(dev), weights.to(dev)  # themselves on CPU
 
         params = {n: global_state[n].detach().to(dev, torch.float32).unsqueeze(0)
                   .repeat(c, *([1] * len(self.shapes[n]))).contiguous()

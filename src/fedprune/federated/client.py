@@ -67,8 +67,7 @@ def train_local(
     for _ in range(cfg.local_epochs):
         perm = torch.randperm(n, generator=generator)
         total, seen = 0.0, 0
-        if device.type != "cpu":
-            perm = perm.to(device)
+        perm = perm.to(device)  # itself on the CPU
         for start in range(0, n, cfg.batch_size):
             idx = perm[start : start + cfg.batch_size]
             xb, yb = to_float_batch(x, x[idx]), y[idx]
@@ -76,16 +75,11 @@ def train_local(
             with precision_context(device, cfg.precision):
                 logits = model(xb)
             loss = F.cross_entropy(logits.float(), yb)
-            if scaler.enabled:
-                scaler.scaled(loss).backward()
-                finite = scaler.unscale([p.grad for p in model.parameters()
-                                         if p.grad is not None])
-                if finite:
-                    opt.step()
-                scaler.update(finite)
-            else:
-                loss.backward()
+            scaler.scaled(loss).backward()  # the loss itself unless fp16
+            finite = scaler.unscale(p.grad for p in model.parameters())
+            if finite:  # fp16: a step whose gradients overflow is skipped
                 opt.step()
+            scaler.update(finite)
             total += float(loss.detach()) * idx.numel()
             seen += idx.numel()
         last_loss = total / seen

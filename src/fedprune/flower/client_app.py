@@ -24,11 +24,12 @@ from __future__ import annotations
 import json
 
 import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from torch import nn
 
 from .. import seeds
-from ..config import ExperimentConfig, check_device_name, from_dict
+from ..config import ExperimentConfig, from_dict
 from ..data import FederatedData, load_federated
 from ..device import check_precision, resolve_device
 from ..federated.client import evaluate, train_local
@@ -82,9 +83,8 @@ def _device(context: Context, cfg: ExperimentConfig) -> torch.device:
     """Where this node trains: its node config's ``device`` if set, else the experiment's
     ``device``, resolved on this machine (a clear error if it is not here)."""
     name = context.node_config.get("device", cfg.device)
-    if not isinstance(name, str) or not check_device_name(name):
-        raise ValueError(f"node config device = {name!r}: use auto, cpu, cuda, cuda:N or mps")
-    device = resolve_device(name)
+    key = "node config device" if "device" in context.node_config else "device"
+    device = resolve_device(name, key)  # type: ignore[arg-type]
     check_precision(device, cfg.train.precision)
     return device
 
@@ -97,6 +97,15 @@ def _on_device(cfg: ExperimentConfig, pid: int, name: str, device: torch.device
     if key not in _DEVICE_CACHE:
         _DEVICE_CACHE[key] = DeviceData(data, device)
     return _DEVICE_CACHE[key].get(pid, name)
+
+
+def _received_model(spec_json: str, arrays: ArrayRecord, cfg: ExperimentConfig) -> nn.Module:
+    """The model a message sends: built from its spec JSON, its weights (sent as
+    ``fed.payload_dtype``) loaded strictly."""
+    model = build(ModelSpec.from_json(spec_json))
+    model.load_state_dict(unpack(arrays, cfg.fed.payload_dtype, model.state_dict()),
+                          strict=True)
+    return model
 
 
 def _partition_id(context: Context, cfg: ExperimentConfig) -> int:
@@ -145,9 +154,7 @@ def _client_validate(msg: Message, context: Context) -> Message:
     spec_json = msg.content.config_records[CONFIG_KEY]["model-spec"]
     if not isinstance(spec_json, str):
         raise TypeError("the validation query carries no model spec")
-    model = build(ModelSpec.from_json(spec_json))
-    model.load_state_dict(unpack(msg.content.array_records[ARRAYS_KEY],
-                                 cfg.fed.payload_dtype, model.state_dict()), strict=True)
+    model = _received_model(spec_json, msg.content.array_records[ARRAYS_KEY], cfg)
     client = _federated_data(cfg).clients[pid]
     metrics: dict[str, int | float] = {"partition-id": pid, "val-examples": 0}
     if client.val_y is not None and len(client.val_y) > 0:
@@ -180,9 +187,7 @@ def _client_train(msg: Message, context: Context) -> Message:
                          "model-spec string")
     device = _device(context, cfg)
     wire = cfg.fed.payload_dtype
-    model = build(ModelSpec.from_json(spec_json))
-    model.load_state_dict(unpack(msg.content.array_records[ARRAYS_KEY], wire,
-                                 model.state_dict()), strict=True)
+    model = _received_model(spec_json, msg.content.array_records[ARRAYS_KEY], cfg)
     x, y = _on_device(cfg, pid, "x", device), _on_device(cfg, pid, "y", device)
     state, n, metrics = train_local(model.to(device), x, y, cfg.train,
                                     seeds.batch_order(cfg.seed, rnd, pid))
@@ -196,9 +201,7 @@ def _client_train(msg: Message, context: Context) -> Message:
         trial_spec = cfg_rec.get(f"trial-spec-{i}")
         if not isinstance(trial_spec, str):
             raise TypeError(f"trial model {i} was sent without its trial-spec-{i}")
-        trial = build(ModelSpec.from_json(trial_spec))
-        trial.load_state_dict(unpack(msg.content.array_records[trial_key(i)], wire,
-                                     trial.state_dict()), strict=True)
+        trial = _received_model(trial_spec, msg.content.array_records[trial_key(i)], cfg)
         trial_state, _, _ = train_local(trial.to(device), x, y, cfg.train,
                                         seeds.batch_order(cfg.seed, rnd, pid))
         reply[trial_key(i)] = pack(trial_state, wire)
