@@ -132,6 +132,24 @@ def test_a_flipped_byte_in_a_checkpoint_is_refused_by_resume_export_and_bench(tm
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_a_model_with_batchnorm_checkpoints_and_resumes_to_the_same_run(tmp_path):
+    # BatchNorm's num_batches_tracked is a 0-dim integer tensor: the checksum covers it too
+    cfg = from_dict({**TINY, "model": {"name": "tiny_resnet"},
+                     "prune": {"start_round": 2, "max_prune_round": 3, "interval": 1}})
+    with pytest.raises(Stop):
+        run_simulation(cfg, tmp_path / "r", on_round=stop_after(2))
+    _, model, _ = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
+    tracked = [v for k, v in model.state_dict().items() if k.endswith("num_batches_tracked")]
+    assert tracked and all(v.dim() == 0 and int(v) > 0 for v in tracked)
+    resumed = run_simulation(cfg, tmp_path / "r", resume=True)
+    whole = run_simulation(cfg, tmp_path / "w")
+    assert resumed.summary["accuracy"] == whole.summary["accuracy"]
+    assert _strip(json.loads(x) for x in (tmp_path / "r" / "rounds.jsonl").read_text()
+                  .splitlines()) == _strip(json.loads(x) for x in (tmp_path / "w" /
+                                                                     "rounds.jsonl")
+                                           .read_text().splitlines())
+
+
 def test_non_finite_weights_in_a_checkpoint_are_refused(tmp_path):
     with pytest.raises(Stop):
         run_simulation(_cfg(), tmp_path / "r", on_round=stop_after(2))

@@ -385,7 +385,9 @@ def payload_digest(payload: dict[str, Any]) -> str:
         elif isinstance(obj, torch.Tensor):
             t = obj.detach().cpu().contiguous()
             h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            # reshape: a 0-dim tensor (BatchNorm's num_batches_tracked) cannot be viewed as
+            # bytes; the shape is in the header above
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         else:
             h.update(repr(obj).encode())
 
