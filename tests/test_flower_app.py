@@ -175,13 +175,17 @@ def test_format_run_config_is_what_flwr_parses():
 # ----------------------------------------------------------------------------- strategy
 
 
-@pytest.mark.parametrize("prune", [{}, {"method": "ratio", "ratio": 0.3},
-                                   {"method": "auto", "max_accuracy_drop": 1.0}],
-                         ids=["boundary-rule", "ratio", "auto"])
-def test_local_grid_run_matches_the_in_process_loop_exactly(tmp_path, prune):
+@pytest.mark.parametrize("prune, model", [
+    ({}, {}), ({"method": "ratio", "ratio": 0.3}, {}),
+    ({"method": "auto", "max_accuracy_drop": 1.0}, {}),
+    # BatchNorm: running statistics and the 0-dim num_batches_tracked travel and checkpoint
+    ({"method": "auto", "max_accuracy_drop": 1.0}, {"name": "tiny_resnet", "widths": [4, 8, 8]}),
+], ids=["boundary-rule", "ratio", "auto", "auto-batchnorm"])
+def test_local_grid_run_matches_the_in_process_loop_exactly(tmp_path, prune, model):
     # ClientApps train one client each: compare with the loop's one-by-one engine, bit for bit
     # (the batched engine agrees to float rounding: tests/test_batched.py).
     cfg = from_dict({**TINY, "prune": {**TINY["prune"], **prune},
+                     "model": {**TINY["model"], **model},
                      "train": {**TINY.get("train", {}), "engine": "per_client"}})
     rc = {**experiment_to_run_config(cfg), "out-dir": str(tmp_path / "flower")}
     loop = run_simulation(cfg, tmp_path / "loop")
