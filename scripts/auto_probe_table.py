@@ -41,16 +41,19 @@ ROUNDS = (32, 36, 40, 46, 50, 56, 60, 66, 70, 76, 80, 86, 90)
 FIT = (40, 60)  # the rounds a straight line is fitted through
 
 
+def tries_of(run: Path) -> list[dict]:
+    return json.loads((run / "summary.json").read_text())["auto"]["tries"]
+
+
 def judgements(run: Path) -> dict[int, tuple[float, float]]:
-    tries = json.loads((run / "summary.json").read_text())["auto"]["tries"]
-    return {t["round"]: (100 * t["cost"], 100 * t["cost_se"]) for t in tries
-            if t.get("cost") is not None}
+    """Cost and its standard error in points, by judgement round."""
+    return {t["round"]: (100 * t["cost"], 100 * t["cost_se"]) for t in tries_of(run)
+            if t.get("cost") is not None and t.get("cost_se") is not None}
 
 
 def loss_gaps(run: Path) -> dict[int, float]:
     """Candidate minus reference mean validation loss, by judgement round."""
-    tries = json.loads((run / "summary.json").read_text())["auto"]["tries"]
-    return {t["round"]: t["loss_candidate"] - t["loss_reference"] for t in tries
+    return {t["round"]: t["loss_candidate"] - t["loss_reference"] for t in tries_of(run)
             if t.get("loss_candidate") is not None and t.get("loss_reference") is not None}
 
 
@@ -107,9 +110,14 @@ def show(probes: Path, suite: Path, rounds: tuple[int, ...], fit: tuple[int, int
                     cells.append("-")
             fits = [r for r, (c, se) in sorted(j.items()) if c + 2 * se <= 1.0]
             print(f"| {s.name} | " + " | ".join(cells) + f" | {fits[0] if fits else 'none'} |")
+        kept = [(s.name, t["round"]) for s in seeds for t in tries_of(s)
+                if t.get("decision") == "accept"]
         print("| mean | " + " | ".join(
             f"{statistics.fmean(per_round[r]):.2f}" if r in per_round else "-"
             for r in rounds) + " | |")
+        for name, r in kept:  # a probe is meant to keep nothing: its later rows are not its cut
+            print(f"\nwarning: {name} kept its cut at round {r}; its judgements after that are "
+                  "of a later candidate")
         losses: dict[int, list[float]] = {}
         for s in seeds:
             for r, g in loss_gaps(s).items():

@@ -148,6 +148,14 @@ def test_a_model_with_batchnorm_checkpoints_and_resumes_to_the_same_run(tmp_path
                   .splitlines()) == _strip(json.loads(x) for x in (tmp_path / "w" /
                                                                      "rounds.jsonl")
                                            .read_text().splitlines())
+    # and a changed count is refused like any changed weight
+    ckpt = tmp_path / "w" / "checkpoint.pt"
+    payload = torch.load(ckpt, weights_only=True)
+    key = next(k for k in payload["state_dict"] if k.endswith("num_batches_tracked"))
+    payload["state_dict"][key] = payload["state_dict"][key] + 1
+    torch.save(payload, ckpt)
+    with pytest.raises(ValueError, match="do not match the checksum"):
+        load_checkpoint(ckpt)
 
 
 def test_non_finite_weights_in_a_checkpoint_are_refused(tmp_path):

@@ -385,8 +385,8 @@ def payload_digest(payload: dict[str, Any]) -> str:
         elif isinstance(obj, torch.Tensor):
             t = obj.detach().cpu().contiguous()
             h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-            # reshape: a 0-dim tensor (BatchNorm's num_batches_tracked) cannot be viewed as
-            # bytes; the shape is in the header above
+            # reshape: a 0-dim tensor of elements wider than one byte (BatchNorm's int64
+            # num_batches_tracked) cannot be viewed as bytes; the shape is in the header above
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         else:
             h.update(repr(obj).encode())
