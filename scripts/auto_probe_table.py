@@ -28,10 +28,12 @@ Usage: ``python scripts/auto_probe_table.py [--probes runs/auto-probe] [--suite 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 from pathlib import Path
+
+from fedprune.metrics import read_rounds
+from fedprune.rundir import RunDir
 
 # probe folder name -> (suite model folder, the suite's fixed ratio with the same cut)
 PROBES = {"inception-cut75": ("inception", "ratio75"),
@@ -42,28 +44,26 @@ FIT = (40, 60)  # the rounds a straight line is fitted through
 
 
 def tries_of(run: Path) -> list[dict]:
-    return json.loads((run / "summary.json").read_text())["auto"]["tries"]
+    """The run's judgements as ``summary.json`` records them."""
+    return RunDir(run).read_summary()["auto"]["tries"]
 
 
-def judgements(run: Path) -> dict[int, tuple[float, float]]:
+def judgements(tries: list[dict]) -> dict[int, tuple[float, float]]:
     """Cost and its standard error in points, by judgement round."""
-    return {t["round"]: (100 * t["cost"], 100 * t["cost_se"]) for t in tries_of(run)
+    return {t["round"]: (100 * t["cost"], 100 * t["cost_se"]) for t in tries
             if t.get("cost") is not None and t.get("cost_se") is not None}
 
 
-def loss_gaps(run: Path) -> dict[int, float]:
+def loss_gaps(tries: list[dict]) -> dict[int, float]:
     """Candidate minus reference mean validation loss, by judgement round."""
-    return {t["round"]: t["loss_candidate"] - t["loss_reference"] for t in tries_of(run)
+    return {t["round"]: t["loss_candidate"] - t["loss_reference"] for t in tries
             if t.get("loss_candidate") is not None and t.get("loss_reference") is not None}
 
 
 def test_accuracy(run: Path) -> dict[int, float]:
-    out = {}
-    for line in (run / "rounds.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        if row.get("accuracy") is not None:
-            out[row["round"]] = 100 * row["accuracy"]
-    return out
+    """Test accuracy in points, by evaluated round."""
+    return {row["round"]: 100 * row["accuracy"] for row in read_rounds(run)
+            if row.get("accuracy") is not None}
 
 
 def line_fit(points: list[tuple[int, float]]) -> tuple[float, float]:
@@ -98,9 +98,11 @@ def show(probes: Path, suite: Path, rounds: tuple[int, ...], fit: tuple[int, int
         print("| seed | " + " | ".join(str(r) for r in rounds) + " | first round within "
               "1 point (cost + 2 s.e.) |")
         print("|---" * (len(rounds) + 2) + "|")
+        tries = {s: tries_of(s) for s in seeds}
+        configs = {s: RunDir(s).read_config() for s in seeds}
         per_round: dict[int, list[float]] = {}
         for s in seeds:
-            j = judgements(s)
+            j = judgements(tries[s])
             cells = []
             for r in rounds:
                 if r in j:
@@ -110,7 +112,7 @@ def show(probes: Path, suite: Path, rounds: tuple[int, ...], fit: tuple[int, int
                     cells.append("-")
             fits = [r for r, (c, se) in sorted(j.items()) if c + 2 * se <= 1.0]
             print(f"| {s.name} | " + " | ".join(cells) + f" | {fits[0] if fits else 'none'} |")
-        kept = [(s.name, t["round"]) for s in seeds for t in tries_of(s)
+        kept = [(s.name, t["round"]) for s in seeds for t in tries[s]
                 if t.get("decision") == "accept"]
         print("| mean | " + " | ".join(
             f"{statistics.fmean(per_round[r]):.2f}" if r in per_round else "-"
@@ -120,13 +122,13 @@ def show(probes: Path, suite: Path, rounds: tuple[int, ...], fit: tuple[int, int
                   "of a later candidate")
         losses: dict[int, list[float]] = {}
         for s in seeds:
-            for r, g in loss_gaps(s).items():
+            for r, g in loss_gaps(tries[s]).items():
                 losses.setdefault(r, []).append(g)
         print("\npaired validation loss, candidate minus reference, mean over the seeds: "
               + ", ".join(f"{r}: {statistics.fmean(losses[r]):.3f}" for r in rounds
                           if r in losses))
         # the same cut made for good (one-shot ratio at round 30) against dense, test set
-        start = json.loads((seeds[0] / "config.json").read_text())["prune"]["start_round"]
+        start = configs[seeds[0]].prune.start_round
         gaps: dict[int, list[float]] = {}
         for s in seeds:
             base = suite / "fashion-mnist" / model
@@ -145,8 +147,9 @@ def show(probes: Path, suite: Path, rounds: tuple[int, ...], fit: tuple[int, int
         # what a straight line through the fitted rounds predicts for the last round
         preds = []
         for s in seeds:
-            last = json.loads((s / "config.json").read_text())["fed"]["rounds"]
-            pts = [(r, c) for r, (c, _) in judgements(s).items() if fit[0] <= r <= fit[1]]
+            last = configs[s].fed.rounds
+            pts = [(r, c) for r, (c, _) in judgements(tries[s]).items()
+                   if fit[0] <= r <= fit[1]]
             if len(pts) >= 3:
                 slope, icept = line_fit(pts)
                 preds.append((s.name, slope, icept + slope * last))

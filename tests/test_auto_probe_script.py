@@ -3,7 +3,6 @@ every interval), dense FedAvg and the fixed ratio with the same cut."""
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 
 from fedprune.config import from_dict
 from fedprune.federated import run_simulation
+from fedprune.metrics import read_rounds
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "auto_probe_table.py"
 BASE = {"threads": 1, "train": {"local_epochs": 1},
@@ -54,10 +54,8 @@ def test_the_probe_table_shows_each_judgement_the_ratio_gap_and_the_fitted_line(
     shown = float(re.search(r"\b8: (-?\d+\.\d+)", loss_line).group(1))
     assert abs(shown - (tries[-1]["loss_candidate"] - tries[-1]["loss_reference"])) <= 0.0006
     # the ratio's test gap, from the cut's round on
-    dense = {json.loads(x)["round"]: json.loads(x)["accuracy"]
-             for x in (suite / "dense" / "seed0" / "rounds.jsonl").read_text().splitlines()}
-    cut = {json.loads(x)["round"]: json.loads(x)["accuracy"]
-           for x in (suite / "ratio75" / "seed0" / "rounds.jsonl").read_text().splitlines()}
+    dense = {r["round"]: r["accuracy"] for r in read_rounds(suite / "dense" / "seed0")}
+    cut = {r["round"]: r["accuracy"] for r in read_rounds(suite / "ratio75" / "seed0")}
     gap_line = next(line for line in out.splitlines() if line.startswith("ratio75"))
     listed = dict(re.findall(r"(\d+): (-?\d+\.\d+)", gap_line.split("(points): ")[1]))
     assert sorted(int(r) for r in listed) == list(range(2, 9))

@@ -144,10 +144,8 @@ def test_a_model_with_batchnorm_checkpoints_and_resumes_to_the_same_run(tmp_path
     resumed = run_simulation(cfg, tmp_path / "r", resume=True)
     whole = run_simulation(cfg, tmp_path / "w")
     assert resumed.summary["accuracy"] == whole.summary["accuracy"]
-    assert _strip(json.loads(x) for x in (tmp_path / "r" / "rounds.jsonl").read_text()
-                  .splitlines()) == _strip(json.loads(x) for x in (tmp_path / "w" /
-                                                                     "rounds.jsonl")
-                                           .read_text().splitlines())
+    assert _strip(RunDir(tmp_path / "r").read_rounds()) == _strip(
+        RunDir(tmp_path / "w").read_rounds())
     # and a changed count is refused like any changed weight
     ckpt = tmp_path / "w" / "checkpoint.pt"
     payload = torch.load(ckpt, weights_only=True)
