@@ -200,8 +200,13 @@ def test_mixed_precision_trains_with_float32_weights_and_both_engines_agree(prec
         # ... but it is the same training: the update points the same way, the loss agrees
         assert _cosine_of_updates(s_per, s32, state) > 0.9
         assert math.isclose(m_per["train_loss"], m32["train_loss"], rel_tol=0.01)
-        # and the two engines compute the same mixed-precision training, up to rounding
-        assert _max_rel(s_bat, s_per) < 1e-3
+        # and the two engines compute the same mixed-precision training, up to rounding:
+        # closer to each other than to float32, and within a bound set by the format.  On
+        # the CPU fp16 autocast rounds differently in the batched engine's grouped kernels
+        # (AMD EPYC: 5e-4 to 8e-3 between the engines, against 7e-3 to 0.39 from float32);
+        # bf16 agrees to 2e-6 there.
+        assert _max_rel(s_bat, s_per) < 0.5 * _max_rel(s_per, s32)
+        assert _max_rel(s_bat, s_per) < {"bf16": 1e-3, "fp16": 2e-2}[precision]
         assert math.isclose(m_bat["train_loss"], m_per["train_loss"], rel_tol=1e-4)
         assert n_per == 40
     # float32 is unchanged by the precision plumbing: the engines still agree to rounding
