@@ -2,10 +2,15 @@
 
 Each scenario runs a real experiment and returns its *fingerprint*: every ``summary.json``
 figure and every ``rounds.jsonl`` field except wall times, plus a SHA-256 of the final
-weights (read back from ``checkpoint.pt``).  ``tests/golden/<name>.json`` holds the
-fingerprints recorded from a known-good tree; ``tests/test_golden.py`` compares, bit for bit.
+weights (read back from ``checkpoint.pt``).  ``tests/golden/<cpu vendor>/<name>.json``
+holds the fingerprints recorded from a known-good tree on that kind of CPU (float32 kernels
+round differently on Intel and AMD processors: ``GenuineIntel`` was recorded on an Intel
+Xeon, ``AuthenticAMD`` on an AMD EPYC, from the same tree); ``tests/test_golden.py``
+compares, bit for bit, against the recordings of the CPU it runs on (an unknown vendor: the
+Intel ones).
 
-Record them anew (only when a change of results is intended, and say so in the commit):
+Record them anew (only when a change of results is intended, and say so in the commit), or
+for a new kind of CPU from a known-good tree:
 
     python tests/golden_runs.py --write
 """
@@ -21,7 +26,27 @@ from typing import Any
 import torch
 
 HERE = Path(__file__).resolve().parent
-GOLDEN_DIR = HERE / "golden"
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor id (``GenuineIntel``, ``AuthenticAMD``, ...), or ``unknown``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def golden_dir(vendor: str | None = None, writing: bool = False) -> Path:
+    """The recordings of ``vendor``'s CPUs (default: this machine's); reading, the Intel
+    ones where that vendor has none."""
+    path = HERE / "golden" / (vendor or cpu_vendor())
+    return path if writing or path.is_dir() else HERE / "golden" / "GenuineIntel"
+
+
+GOLDEN_DIR = golden_dir()
 VOLATILE = {"seconds"}  # wall times: the only figures that may differ between two runs
 
 SHORT = ["fed.rounds=12", "train.local_epochs=1"]  # the default digits run, shortened
@@ -69,8 +94,23 @@ def fingerprint(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def wire_texts(cfg: Any) -> dict[str, int]:
+    """Bytes of the texts every train message carries that the recordings did not count:
+    the experiment config, and the dense model's spec (for the dense-equivalent traffic)."""
+    from fedprune.data import load_federated
+    from fedprune.models import new_model
+
+    data = load_federated(cfg.data, cfg.seed)
+    c, h, _ = data.input_shape
+    _, spec = new_model(cfg.model.name, num_classes=data.num_classes, in_channels=c,
+                        image_size=h, widths=cfg.model.widths, seed=cfg.seed)
+    return {"experiment": len(cfg.to_json().encode()), "dense_spec": len(spec.to_json().encode()),
+            "clients_per_round": cfg.fed.clients_per_round}
+
+
 def run_scenario(name: str, out: Path) -> dict[str, Any]:
-    """Run scenario ``name`` into ``out`` (a new folder) and return its fingerprint."""
+    """Run scenario ``name`` into ``out`` (a new folder) and return its fingerprint, with
+    :func:`wire_texts` under ``"wire"``."""
     from fedprune.config import load_config
     from fedprune.federated import run_simulation
 
@@ -84,22 +124,23 @@ def run_scenario(name: str, out: Path) -> dict[str, Any]:
         except Stop:
             pass
         run_simulation(cfg, out, resume=True)
-        return fingerprint(out)
+        return {**fingerprint(out), "wire": wire_texts(cfg)}
     cfg = load_config(None, SCENARIOS[name])
     if name.startswith("flower"):
         from fedprune.flower.client_app import client_app
         from fedprune.flower.grid import LocalGrid
-        from fedprune.flower.run_config import experiment_to_run_config
+        from fedprune.flower.run_config import experiment_to_run_config, parse_run_config
         from fedprune.flower.server_app import run_server
 
         n = cfg.data.num_clients
         grid = LocalGrid(client_app, [{"partition-id": i, "num-partitions": n}
                                       for i in range(n)])
-        run_server(grid, {**experiment_to_run_config(cfg), "out-dir": str(out),
-                          "plots": False})
+        run_config = experiment_to_run_config(cfg)
+        run_server(grid, {**run_config, "out-dir": str(out), "plots": False})
+        cfg = parse_run_config(run_config)[0]  # the experiment as the ServerApp sends it
     else:
         run_simulation(cfg, out)
-    return fingerprint(out)
+    return {**fingerprint(out), "wire": wire_texts(cfg)}
 
 
 NAMES = [*SCENARIOS, *RESUME_AFTER]
@@ -112,11 +153,13 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 2
     sys.path.insert(0, str(HERE))
-    GOLDEN_DIR.mkdir(exist_ok=True)
+    out_dir = golden_dir(writing=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name in NAMES:
             fp = run_scenario(name, Path(tmp) / name)
-            (GOLDEN_DIR / f"{name}.json").write_text(json.dumps(fp, indent=1, sort_keys=True)
+            del fp["wire"]
+            (out_dir / f"{name}.json").write_text(json.dumps(fp, indent=1, sort_keys=True)
                                                       + "\n", encoding="utf-8")
             print(f"{name}: {fp['summary']['params_final']} params, accuracy "
                   f"{fp['summary']['accuracy']:.4f}, weights {fp['weights_sha256'][:12]}")

@@ -1,8 +1,9 @@
-"""The in-process engine: sample -> train -> aggregate -> maybe prune -> broadcast.
+"""The in-process engine: the server's rounds over a transport that trains the clients here.
 
-No Flower needed.  The server side of each round is :class:`~.server.PruningServer`; this
-module trains the sampled clients in process.  Every source of randomness is a named stream
-of ``cfg.seed`` (:mod:`fedprune.seeds`).
+No Flower needed.  The server side of each round is :class:`~.server.PruningServer`;
+:class:`LocalTransport` trains the sampled clients in process and measures the messages a
+deployment would exchange with the one meter (:mod:`.meter`).  Every source of randomness
+is a named stream of ``cfg.seed`` (:mod:`fedprune.seeds`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,17 @@ from ..models import ModelSpec
 from ..rundir import CHECKPOINT_FILE, load_checkpoint, save_checkpoint  # noqa: F401
 from .batched import BatchedTrainer, ClientJob, batched_support
 from .client import PerClientTrainer, evaluate
-from .schedule import Validation
+from .meter import (
+    answer_content,
+    message_bytes,
+    query_content,
+    reply_content,
+    train_content,
+    wire_state,
+)
 from .server import PruningServer
+from .transport import Delivery, Queried, TrainPlan, TrainReply, pool
+from .wire import encode
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +51,10 @@ class RunResult:
     records: list[RoundRecord]
 
 
-def make_trainer(model: nn.Module, cfg: ExperimentConfig) -> BatchedTrainer | PerClientTrainer:
+Trainer = BatchedTrainer | PerClientTrainer
+
+
+def make_trainer(model: nn.Module, cfg: ExperimentConfig) -> Trainer:
     """The local-training engine of ``cfg.train.engine`` for ``model``'s architecture, on
     ``cfg.device``."""
     engine = cfg.train.engine
@@ -71,6 +84,73 @@ class DeviceData:
         if key not in self._moved:
             self._moved[key] = to_device(t, self.device)
         return self._moved[key]
+
+
+class LocalTransport:
+    """The in-process :class:`~.transport.Transport`: the clients are ``data``'s, trained on
+    ``device`` by the engine of ``cfg.train.engine``: one trainer for the global model while
+    its architecture lasts, one for each trial model while it is trained."""
+
+    reports_delivery = False  # nothing is lost in process
+
+    def __init__(self, cfg: ExperimentConfig, data: FederatedData, device: torch.device
+                 ) -> None:
+        self.cfg, self.data, self.device = cfg, data, device
+        self.on_device = DeviceData(data, device)
+        # (global or trial, the model's id, its architecture) -> (the model, its trainer)
+        self._trainers: dict[tuple[bool, int, str], tuple[nn.Module, Trainer]] = {}
+
+    def trainer(self, model: nn.Module, spec: ModelSpec, trial: bool = False) -> Trainer:
+        """The trainer of ``model`` (the global one, or a trial model), built on first use."""
+        key = (trial, id(model), spec.to_json())
+        if key not in self._trainers:
+            self._trainers[key] = (model, make_trainer(model, self.cfg))
+        return self._trainers[key][1]
+
+    def _jobs(self, rnd: int, clients: Sequence[int]) -> list[ClientJob]:
+        return [ClientJob(self.on_device.get(cid, "x"), self.on_device.get(cid, "y"),
+                          seeds.batch_order(self.cfg.seed, rnd, cid)) for cid in clients]
+
+    def train(self, plan: TrainPlan) -> Delivery:
+        """Every model of the plan trained by every client, with the same batches."""
+        trainers = [self.trainer(m, sp, i > 0) for i, (m, sp) in enumerate(plan.models)]
+        # trainers of models no longer in the plan (an old architecture, a dropped trial) go
+        live = {(i > 0, id(m), sp.to_json()) for i, (m, sp) in enumerate(plan.models)}
+        self._trainers = {k: v for k, v in self._trainers.items() if k in live}
+        trained = [t.train(m.state_dict(), self._jobs(plan.rnd, plan.clients))
+                   for t, (m, _) in zip(trainers, plan.models, strict=True)]
+        wire = plan.payload_dtype
+        sent = [(wire_state(m, wire), sp.to_json()) for m, sp in plan.models]
+        down = up = 0
+        replies = []
+        for i, cid in enumerate(plan.clients):
+            states = tuple(per_model[i][0] for per_model in trained)
+            n, loss = trained[0][i][1], trained[0][i][2]["train_loss"]
+            down += message_bytes(train_content(sent, experiment=plan.experiment, rnd=plan.rnd,
+                                                arch_version=plan.arch_version, client=cid))
+            up += message_bytes(reply_content([encode(s, wire) for s in states], n=n,
+                                              loss=loss, arch_version=plan.arch_version,
+                                              client=cid))
+            replies.append(TrainReply(cid, states, n, loss=loss))
+        return Delivery(replies, list(plan.clients), down, up)
+
+    def validate(self, model: nn.Module, spec: ModelSpec, clients: Sequence[int],
+                 experiment: str, payload_dtype: str) -> Queried:
+        """Each client's accuracy on its own validation split, pooled."""
+        query = message_bytes(query_content(wire_state(model, payload_dtype),
+                                            spec_json=spec.to_json(), experiment=experiment))
+        net = model if self.device.type == "cpu" else copy.deepcopy(model).to(self.device)
+        answers, up = [], 0
+        for cid in clients:
+            cd = self.data.clients[cid]
+            answer = None
+            if cd.val_y is not None and len(cd.val_y) > 0:
+                acc, lo = evaluate(net, self.on_device.get(cid, "val_x"),
+                                   self.on_device.get(cid, "val_y"))
+                answer = (acc, len(cd.val_y), lo)
+                answers.append((cid, *answer))
+            up += message_bytes(answer_content(cid, answer))
+        return Queried(pool(answers), list(clients), len(clients) * query, up)
 
 
 def run_simulation(
@@ -105,54 +185,12 @@ def _run_rounds(cfg: ExperimentConfig, data: FederatedData, server: PruningServe
                 t0: float) -> RunResult:
     """The rounds of :func:`run_simulation`, from the server's next round to the last."""
     server.start_clock(t0)
-    trainer = make_trainer(server.model, cfg)
     device = resolve_device(cfg.device)
-    on_device = DeviceData(data, device)
-    logger.info("local training engine: %s on %s in %s", type(trainer).__name__, device,
+    transport = LocalTransport(cfg, data, device)
+    logger.info("local training engine: %s on %s in %s",
+                type(transport.trainer(server.model, server.spec)).__name__, device,
                 cfg.train.precision)
-
-    def validate(net: nn.Module, _spec: ModelSpec, ids: list[int]) -> Validation:
-        """Federated validation: each client's accuracy on its own validation split."""
-        correct, loss, total = 0.0, 0.0, 0
-        answers = []
-        if device.type != "cpu":
-            net = copy.deepcopy(net).to(device)
-        for cid in ids:
-            cd = data.clients[cid]
-            if cd.val_y is None or len(cd.val_y) == 0:
-                continue
-            acc, lo = evaluate(net, on_device.get(cid, "val_x"), on_device.get(cid, "val_y"))
-            correct += acc * len(cd.val_y)
-            loss += lo * len(cd.val_y)
-            total += len(cd.val_y)
-            answers.append((cid, acc, len(cd.val_y)))
-        if total == 0:
-            return Validation(float("nan"), 0, float("nan"))
-        return Validation(correct / total, total, loss / total, tuple(answers))
-
-    def jobs_of(rnd: int, sampled: list[int]) -> list[ClientJob]:
-        return [ClientJob(on_device.get(cid, "x"), on_device.get(cid, "y"),
-                          seeds.batch_order(cfg.seed, rnd, cid)) for cid in sampled]
-
-    # trainers of the trial models (candidate, reference), built once per model
-    trial_trainers: list[tuple[nn.Module, BatchedTrainer | PerClientTrainer]] = []
-    for rnd in range(server.rounds_done + 1, cfg.fed.rounds + 1):
-        sampled = server.sample(rnd)
-        bytes_down = server.bytes_down(len(sampled))
-        replies = [(s, n) for s, n, _ in trainer.train(server.model.state_dict(),
-                                                       jobs_of(rnd, sampled))]
-        trial = server.trial()  # trained on the same clients with the same batches
-        trial_trainers = [(m, next((t for m2, t in trial_trainers if m2 is m), None)
-                           or make_trainer(m, cfg)) for m, _ in trial]
-        trial_replies = [[s for s, _, _ in t.train(m.state_dict(), jobs_of(rnd, sampled))]
-                         for m, t in trial_trainers]
-        server.aggregate(rnd, replies, trial_replies=trial_replies, clients=sampled)
-        if server.after_aggregate(rnd, validate).changed:
-            trainer = make_trainer(server.model, cfg)
-        up = sum(server.payload_bytes(s) for s, _ in replies)
-        up += sum(server.payload_bytes(s) for copies in trial_replies for s in copies)
-        server.finish_round(rnd, bytes_down=bytes_down, bytes_up=up)
-
+    server.run(transport)
     summary = server.summary()
     server.write_summary(summary)
     return RunResult(summary=summary, model=server.model, spec=server.spec,

@@ -2,8 +2,8 @@
 
 * :mod:`.server_app` -- ``server_app`` and :func:`~.server_app.run_server`;
 * :mod:`.client_app` -- ``client_app``;
-* :mod:`.strategy` -- :class:`~.strategy.PruningFedAvg`, the adapter between Flower's
-  messages and :class:`fedprune.federated.server.PruningServer`;
+* :mod:`.transport` -- :class:`~.transport.FlowerTransport`, the transport that carries
+  :class:`fedprune.federated.server.PruningServer`'s rounds as Flower messages;
 * :mod:`.messages` -- what travels, packed and unpacked;
 * :mod:`.nodes` -- which SuperNode serves which partition;
 * :mod:`.grid` -- a polling grid, and an in-process grid for running without processes;

@@ -1,9 +1,11 @@
 """What travels between the ServerApp and the ClientApps, packed and unpacked in one place.
 
-A train message carries the weights as an ``ArrayRecord`` (numpy arrays, no pickle) and a
-``ConfigRecord`` of plain values: the architecture as :class:`~fedprune.models.ModelSpec`
-JSON, its ``arch-version``, the resolved experiment config as JSON, the ``server-round`` and
-the ``partition-id`` -- never a pickled module or code.  Queries (``MessageType.QUERY``) ask a
+What a message carries is built engine-neutrally by :mod:`fedprune.federated.meter`
+(and measured there); :func:`to_message` packs it into a Flower message.  A train message
+carries the weights as an ``ArrayRecord`` (numpy arrays, no pickle) and a ``ConfigRecord``
+of plain values: the architecture as :class:`~fedprune.models.ModelSpec` JSON, its
+``arch-version``, the resolved experiment config as JSON, the ``server-round`` and the
+``partition-id`` -- never a pickled module or code.  Queries (``MessageType.QUERY``) ask a
 node for its partition (:data:`QUERY_KIND`) or, in budget mode, for a model's accuracy on its
 validation split (:data:`VALIDATE_KIND`).  Weights travel as ``fed.payload_dtype``
 (:func:`pack`, :func:`unpack`; :mod:`fedprune.federated.wire`).
@@ -18,21 +20,17 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
+from ..federated.meter import ARRAYS_KEY, TRIAL_KEY, VALIDATE_KIND, Content, trial_key
 from ..federated.wire import decode, encode
 
-ARRAYS_KEY = "arrays"
-# the automatic method's trial models (candidate, reference), trained beside the model:
-# arrays "trial-arrays-I" with config "trial-spec-I", I = 0, 1, ...
-TRIAL_KEY = "trial-arrays"
+__all__ = ["ARRAYS_KEY", "CONFIG_KEY", "METRICS_KEY", "QUERY_KIND", "TRIAL_KEY",
+           "VALIDATE_KIND", "Reply", "content_of", "np_dtypes", "pack", "partition_answer",
+           "partition_query", "to_message", "trial_key", "unpack", "unpack_train_reply",
+           "validation_answer"]
+
 CONFIG_KEY = "config"
 METRICS_KEY = "metrics"
 QUERY_KIND = "fedprune.partition"
-# a model's accuracy on the client's validation split (the automatic method, budget guard)
-VALIDATE_KIND = "fedprune.validate"
-
-
-def trial_key(i: int) -> str:
-    return f"{TRIAL_KEY}-{i}"
 
 
 @dataclass
@@ -49,34 +47,35 @@ class Reply:
     trial_states: list[dict[str, torch.Tensor] | None] | None = None
 
 
-def train_message(arrays: ArrayRecord, *, spec_json: str, experiment: str, rnd: int,
-                  arch_version: int, pid: int, node: int,
-                  trial: list[tuple[ArrayRecord, str]] | None = None) -> Message:
-    """A train message; ``trial`` = [(weights, spec JSON), ...] of the automatic method's
-    trial models: the client trains each beside the model, with the same batches."""
-    cfg_rec = ConfigRecord({"server-round": rnd, "arch-version": arch_version,
-                            "model-spec": spec_json, "experiment": experiment,
-                            "partition-id": pid})
-    content = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: cfg_rec})
-    for i, (t_arrays, t_spec) in enumerate(trial or []):
-        content[trial_key(i)] = t_arrays
-        cfg_rec[f"trial-spec-{i}"] = t_spec
-    return Message(content=content, dst_node_id=node, message_type=MessageType.TRAIN,
-                   group_id=str(rnd))
+def to_message(content: Content, node: int, message_type: str, group_id: str | None = None,
+               records: dict[int, ArrayRecord] | None = None) -> Message:
+    """A Flower message carrying ``content`` (:mod:`fedprune.federated.meter`): each weight
+    record as an ``ArrayRecord`` (tensors as they travel: :func:`~.wire.encode`-d), the
+    values as the ``config`` record.  ``records`` caches the ``ArrayRecord`` of each weight
+    mapping, so that messages carrying the same weights share one."""
+    records = {} if records is None else records
+    rec = RecordDict({CONFIG_KEY: ConfigRecord(dict(content.values))})
+    for name, state in content.arrays.items():
+        if id(state) not in records:
+            records[id(state)] = ArrayRecord.from_torch_state_dict(dict(state))
+        rec[name] = records[id(state)]
+    return Message(content=rec, dst_node_id=node, message_type=message_type,
+                   group_id=group_id)
+
+
+def content_of(msg: Message) -> Content:
+    """What a received message carries, for the meter: its weight records and the values of
+    its config and metric records."""
+    content = msg.content
+    values = {k: v for rec in (*content.config_records.values(),
+                               *content.metric_records.values()) for k, v in rec.items()}
+    return Content({k: dict(a.items()) for k, a in content.array_records.items()}, values)
 
 
 def partition_query(experiment: str, node: int) -> Message:
     cfg_rec = ConfigRecord({"fedprune": QUERY_KIND, "experiment": experiment})
     return Message(content=RecordDict({CONFIG_KEY: cfg_rec}), dst_node_id=node,
                    message_type=MessageType.QUERY)
-
-
-def validation_query(arrays: ArrayRecord, *, experiment: str, spec_json: str,
-                     node: int) -> Message:
-    cfg_rec = ConfigRecord({"fedprune": VALIDATE_KIND, "experiment": experiment,
-                            "model-spec": spec_json})
-    return Message(content=RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: cfg_rec}),
-                   dst_node_id=node, message_type=MessageType.QUERY)
 
 
 def partition_answer(msg: Message) -> tuple[object, object]:
@@ -162,16 +161,6 @@ def _read_arrays(arrays: ArrayRecord | None, dtypes: dict[str, str], payload_dty
                       payload_dtype, like), None
     except Exception as exc:  # noqa: BLE001 - a malformed array from a client
         return None, f"arrays cannot be read: {exc}"
-
-
-def array_payload(arrays: ArrayRecord | None) -> int:
-    """Bytes of the weights of a record: its float arrays, and the ``int16`` arrays that
-    carry bfloat16 weights; integer buffers are not counted (as in
-    :func:`~fedprune.metrics.payload_bytes`)."""
-    if arrays is None:
-        return 0
-    return int(sum(np.dtype(a.dtype).itemsize * int(np.prod(a.shape)) for a in arrays.values()
-                   if np.dtype(a.dtype).kind == "f" or np.dtype(a.dtype) == np.int16))
 
 
 def np_dtypes(state: dict[str, torch.Tensor], payload_dtype: str = "float32"

@@ -1,5 +1,4 @@
-"""Which SuperNode serves which partition, learnt once per node with a ``query`` message;
-and federated validation by the partitions' nodes (budget mode's guard).
+"""Which SuperNode serves which partition, learnt once per node with a ``query`` message.
 
 A node that cannot serve the experiment (no partition id, one out of range or already taken,
 a ``num-partitions`` other than ``data.num_clients``), fails the query, or misses a round's
@@ -17,16 +16,8 @@ from flwr.serverapp import Grid
 from torch import nn
 
 from ..config import ConfigError, ExperimentConfig
-from ..federated.schedule import Validation
-from ..models import ModelSpec
 from .grid import PollingGrid
-from .messages import (
-    pack,
-    partition_answer,
-    partition_query,
-    validation_answer,
-    validation_query,
-)
+from .messages import partition_answer, partition_query
 
 logger = logging.getLogger("flwr.fedprune")
 
@@ -106,39 +97,6 @@ class NodeDirectory:
         """
         self.refresh(PollingGrid(grid, self.poll_interval), strict=True)
         return len(self.node_of)
-
-    def validate(self, grid: Grid, model: nn.Module, spec: ModelSpec, pids: Sequence[int]
-                 ) -> Validation:
-        """Federated validation (the automatic method, budget mode's guard): the partitions'
-        nodes evaluate ``model`` on their own validation splits (a ``query`` message each);
-        accuracy and loss pooled over their samples, and each node's answer (accuracy
-        ``nan`` and 0 samples without replies)."""
-        if grid is None:
-            raise RuntimeError("no grid yet: validation happens after a training round")
-        arrays = pack(model.state_dict(), self.cfg.fed.payload_dtype)
-        experiment, spec_json = self.cfg.to_json(), spec.to_json()
-        msgs = {node: validation_query(arrays, experiment=experiment, spec_json=spec_json,
-                                       node=node)
-                for pid in pids if (node := self.node_of.get(pid)) is not None}
-        replies = list(grid.send_and_receive(list(msgs.values()), timeout=self.query_timeout))
-        asked = {m.metadata.message_id: n for n, m in msgs.items()}
-        correct, loss, total = 0.0, 0.0, 0
-        answers = []
-        for msg in replies:
-            node = asked.pop(msg.metadata.reply_to_message_id, None)
-            if node is None:
-                continue
-            answer = validation_answer(msg)
-            if answer is not None:
-                acc, n, lo = answer
-                correct += acc * n
-                loss += lo * n
-                total += n
-                answers.append((self.partition_of.get(node, -1), acc, n))
-        if total == 0:
-            logger.warning("validation: no replies; the candidate cannot be judged")
-            return Validation(float("nan"), 0, float("nan"))
-        return Validation(correct / total, total, loss / total, tuple(sorted(answers)))
 
     def missed_deadline(self, node: int) -> None:
         """``node`` did not reply in time: no more work while the SuperLink lists it."""

@@ -5,8 +5,8 @@ It resolves the run config into an :class:`~fedprune.config.ExperimentConfig`
 (:mod:`.run_config`), creates the seeded initial model like the in-process loop, waits for
 ``min-nodes`` SuperNodes (asking each for its partition as it connects: one whose
 ``num-partitions`` is not ``data.num-clients`` -- in simulation, ``num-supernodes`` -- stops
-the run at once), and runs :class:`~.strategy.PruningFedAvg` over
-:class:`~fedprune.federated.server.PruningServer` for ``fed.rounds`` rounds.  With ``out-dir``
+the run at once), and runs :class:`~fedprune.federated.server.PruningServer`'s rounds over
+:class:`~.transport.FlowerTransport` for ``fed.rounds`` rounds.  With ``out-dir``
 set it writes the loop's files there: ``config.json``, ``rounds.jsonl`` (one line per round),
 ``checkpoint.pt`` (after every round), ``summary.json`` and, unless ``plots = false``, the
 plots of ``fedprune run``.  With ``resume = true`` it continues the run whose checkpoint
@@ -32,7 +32,7 @@ from ..metrics import RoundRecord, plot_run
 from ..rundir import RunDir
 from .nodes import NodeDirectory, wait_for_nodes
 from .run_config import FlowerSettings, parse_run_config
-from .strategy import PruningFedAvg
+from .transport import FlowerTransport, flower_summary
 
 logger = logging.getLogger("flwr.fedprune")
 
@@ -94,7 +94,7 @@ def run_server(
     server = PruningServer.for_data(cfg, data, run_dir=out, on_round=on_round)
     nodes = NodeDirectory(cfg, query_timeout=settings.round_timeout,
                           simulation=is_simulation(grid) if simulation is None else simulation)
-    strategy = PruningFedAvg(server, nodes, query_timeout=settings.round_timeout)
+    transport = FlowerTransport(grid, nodes, timeout=settings.round_timeout)
     # ask every SuperNode for its partition while waiting: a node whose num-partitions is not
     # data.num-clients (in simulation: num-supernodes) stops the run here, not 300 s later
     wait_for_nodes(grid, settings.min_nodes or n, settings.node_wait_timeout,
@@ -105,8 +105,8 @@ def run_server(
     server.begin(resume=resume)
     try:
         server.start_clock()
-        strategy.run(grid, timeout=settings.round_timeout)
-        summary = strategy.run_summary()
+        server.run(transport)
+        summary = flower_summary(server, nodes)
         summary["flower"] = settings.to_run_config()
         server.write_summary(summary)
         if out is not None and settings.plots:

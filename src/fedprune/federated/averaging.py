@@ -1,0 +1,126 @@
+"""One round's averaging on the server: screen the replies, average the valid ones into the
+global model and each trial model, bounded against the round's median update.
+
+:func:`average_round` is what :meth:`~.server.PruningServer.run_round` does with a round's
+replies; it returns the :class:`Averaged` outcome as a value.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..config import FedConfig
+from .aggregate import Clip, Rejection, robust_aggregate, screen_replies
+from .transport import TrainReply
+from .wire import round_model, round_trip
+
+logger = logging.getLogger(__name__)
+
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Averaged:
+    """What the server did with the replies of one round."""
+
+    clients: int = 0  # replies aggregated (0 when skipped)
+    skipped: bool = False  # fewer valid replies than fed.min_replies: nothing averaged
+    rejections: list[Rejection] = field(default_factory=list)  # screened out, by reply index
+    trial_rejections: list[Rejection] = field(default_factory=list)  # trial copies left out
+    clips: list[Clip] = field(default_factory=list)  # updates scaled down to the bound
+    trial_clips: list[tuple[int, Clip]] = field(default_factory=list)  # (trial model, clip)
+
+
+def average_round(rnd: int, fed: FedConfig, models: Sequence[nn.Module],
+                  replies: Sequence[TrainReply], *, arch_version: int,
+                  max_samples: int | None) -> Averaged:
+    """Screen ``replies`` (in client order) and average the valid ones into ``models[0]``;
+    each trial model ``models[t]`` (t >= 1) over the copies of the clients whose reply to the
+    global model was accepted, by the same rule (clipped against the median of its own
+    copies' updates), so that every model of the round learns from the same clients in the
+    same way.  A missing or unfit copy is a trial rejection.  Fewer valid replies than
+    ``fed.min_replies`` skip the round: no model is averaged.
+
+    The architecture version of each reply is checked against ``arch_version`` where the
+    replies report one.  Replies arrive rounded to ``fed.payload_dtype``.
+    """
+    wire = fed.payload_dtype
+    main = [(round_trip(r.states[0], wire), r.n) for r in replies]  # type: ignore[arg-type]
+    versions = [r.version for r in replies]
+    reported = any(v is not None for v in versions)
+    accepted, rejected = screen_replies(
+        main, models[0].state_dict(), versions=versions if reported else None,
+        arch_version=arch_version if reported else None, max_samples=max_samples)
+    bad = {r.index for r in rejected}
+    kept = [i for i in range(len(replies)) if i not in bad]  # accepted's reply indices
+    clients = [r.client for r in replies]
+    if len(accepted) < fed.min_replies:
+        logger.warning("round %d skipped: %d valid replies, fed.min_replies = %d", rnd,
+                       len(accepted), fed.min_replies)
+        return Averaged(skipped=True, rejections=rejected)
+    clips = [c._replace(index=kept[c.index]) for c in _average_into(models[0], accepted, fed)]
+    _log_clips(rnd, "the model", clips, len(accepted), clients)
+    trial_rejected: list[Rejection] = []
+    trial_clips: list[tuple[int, Clip]] = []
+    for t, model in enumerate(models[1:]):
+        copies = [None if r.states[t + 1] is None else round_trip(r.states[t + 1], wire)
+                  for r in replies]
+        unfit, clipped = _average_trial(t, model, copies, main, bad, fed, max_samples)
+        trial_rejected += unfit
+        trial_clips += [(t, c) for c in clipped]
+        _log_clips(rnd, f"trial model {t}", clipped, len(replies) - len(bad), clients)
+    return Averaged(clients=len(accepted), rejections=rejected,
+                    trial_rejections=trial_rejected, clips=clips, trial_clips=trial_clips)
+
+
+def _average_into(model: nn.Module, replies: Sequence[tuple[StateDict, int]],
+                  fed: FedConfig) -> list[Clip]:
+    """Load the aggregate of ``replies`` (copies of ``model`` as sent) into ``model``; the
+    clipped replies, by position in ``replies``."""
+    state, clips = robust_aggregate(replies, model.state_dict(), aggregator=fed.aggregator,
+                                    clip_factor=fed.clip_factor,
+                                    trim_fraction=fed.trim_fraction)
+    model.load_state_dict(state)
+    round_model(model, fed.payload_dtype)  # what is sent next is the model itself
+    return clips
+
+
+def _average_trial(t: int, model: nn.Module, copies: Sequence[StateDict | None],
+                   replies: Sequence[tuple[StateDict, int]], bad: set[int], fed: FedConfig,
+                   max_samples: int | None) -> tuple[list[Rejection], list[Clip]]:
+    """Average trial model ``t`` over the copies of the clients whose main reply was
+    accepted (``bad``: the rejected ones); the missing or unfit copies and the clipped
+    ones, by reply index."""
+    rejected: list[Rejection] = []
+    pairs = [(i, c) for i, c in enumerate(copies) if i not in bad]
+    for i, c in pairs:
+        if c is None:
+            rejected.append(Rejection(i, f"trial model {t}: no trained copy in the reply"))
+    present = [(i, c) for i, c in pairs if c is not None]
+    ok, unfit = screen_replies([(c, replies[i][1]) for i, c in present], model.state_dict(),
+                               max_samples=max_samples)
+    rejected += [Rejection(present[r.index][0], f"trial model {t}: {r.reason}")
+                 for r in unfit]
+    clips: list[Clip] = []
+    if ok:
+        unfit_at = {r.index for r in unfit}
+        fit = [i for j, (i, _) in enumerate(present) if j not in unfit_at]
+        clips = [c._replace(index=fit[c.index]) for c in _average_into(model, ok, fed)]
+    if rejected:
+        logger.warning("trial model %d: %d of %d copies missing or unfit; averaged over %d",
+                       t, len(rejected), len(pairs), len(ok))
+    return sorted(rejected), clips
+
+
+def _log_clips(rnd: int, what: str, clips: Sequence[Clip], n: int,
+               clients: Sequence[int]) -> None:
+    if clips:
+        logger.info("round %d: %s: clipped %d of %d updates to norm %.4g (clients %s, norms "
+                    "%s)", rnd, what, len(clips), n, clips[0].bound,
+                    [int(clients[c.index]) for c in clips],
+                    ", ".join(f"{c.norm:.4g}" for c in clips))

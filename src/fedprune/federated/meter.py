@@ -1,0 +1,156 @@
+"""The one meter: what every message carries, its size on the wire, and the clients' compute.
+
+Both engines describe each message they exchange as a :class:`Content` -- named weight
+records plus named plain values, exactly what the Flower app puts in a message's
+``ArrayRecord``\\ s and its config or metric record -- built by the functions below, and
+measure it with :func:`message_bytes` where they encode it: the Flower transport when it
+packs or receives a Flower message, the in-process transport for the message it would send.
+So both count the same bytes for the same run, and everything that travels is counted: the
+weights (every array at its wire width, integer buffers included), the architecture and the
+experiment config as UTF-8 text, the round number, version and partition id, and the
+metrics of each reply, 8 bytes a number.  Names and framing are not counted.
+
+Client compute (:class:`ClientCompute`) is counted from what the server asks: a client
+asked to train a model for ``local_epochs`` epochs over its ``n`` training samples spends
+``3 x forward FLOPs x n x epochs`` (the backward pass costs twice the forward one: gradients
+with respect to the inputs and to the weights); a client asked to validate a model spends
+``forward FLOPs x`` its validation samples.  Forward FLOPs are :func:`~fedprune.metrics.
+count_flops` (convolutions and linear layers, one sample).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..models import ModelSpec
+from .wire import encode
+
+__all__ = ["ClientCompute", "Content", "NUMBER_BYTES", "answer_content", "array_bytes",
+           "message_bytes", "query_content", "reply_content", "train_content", "trial_key"]
+
+NUMBER_BYTES = 8  # an int, float or bool value of a config or metric record
+ARRAYS_KEY = "arrays"
+# the automatic method's trial models (candidate, reference), trained beside the model:
+# arrays "trial-arrays-I" with config "trial-spec-I", I = 0, 1, ...
+TRIAL_KEY = "trial-arrays"
+# the kind of a validation query: a model's accuracy on the client's validation split
+VALIDATE_KIND = "fedprune.validate"
+
+Value = int | float | str | bool
+
+
+def trial_key(i: int) -> str:
+    return f"{TRIAL_KEY}-{i}"
+
+
+@dataclass(frozen=True)
+class Content:
+    """What one message carries: weight records (name -> tensors as they travel) and plain
+    values (a config record's or a metric record's)."""
+
+    arrays: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    values: Mapping[str, Value] = field(default_factory=dict)
+
+
+def array_bytes(a: Any) -> int:
+    """Bytes of one array as it travels: a torch tensor, a numpy array or a Flower
+    ``Array`` (anything with ``dtype`` and ``shape``)."""
+    if isinstance(a, torch.Tensor):
+        return a.element_size() * a.numel()
+    return np.dtype(a.dtype).itemsize * int(np.prod(a.shape))
+
+
+def value_bytes(v: Value) -> int:
+    if isinstance(v, str):
+        return len(v.encode())
+    if isinstance(v, bytes):
+        return len(v)
+    if isinstance(v, list | tuple):
+        return sum(value_bytes(x) for x in v)
+    return NUMBER_BYTES
+
+
+def message_bytes(content: Content) -> int:
+    """The size of a message on the wire: its arrays' bytes, its texts' UTF-8 bytes and
+    :data:`NUMBER_BYTES` per number."""
+    return (sum(array_bytes(a) for rec in content.arrays.values() for a in rec.values())
+            + sum(value_bytes(v) for v in content.values.values()))
+
+
+def train_content(models: Sequence[tuple[Mapping[str, torch.Tensor], str]], *,
+                  experiment: str, rnd: int, arch_version: int, client: int) -> Content:
+    """A train message: ``models`` = [(weights as they travel, spec JSON), ...], the global
+    model first, then the trial models that the client trains beside it with the same
+    batches; the experiment config JSON, the round, the architecture version, the partition."""
+    (state, spec_json), *trial = models
+    values: dict[str, Value] = {"server-round": rnd, "arch-version": arch_version,
+                                "model-spec": spec_json, "experiment": experiment,
+                                "partition-id": client}
+    arrays: dict[str, Mapping[str, Any]] = {ARRAYS_KEY: state}
+    for i, (t_state, t_spec) in enumerate(trial):
+        arrays[trial_key(i)] = t_state
+        values[f"trial-spec-{i}"] = t_spec
+    return Content(arrays, values)
+
+
+def reply_content(states: Sequence[Mapping[str, torch.Tensor]], *, n: int, loss: float,
+                  arch_version: int, client: int) -> Content:
+    """A train reply: the trained weights as they travel (the model's, then each trial
+    model's), the training samples, the last epoch's loss, the version and the partition."""
+    arrays = {ARRAYS_KEY if i == 0 else trial_key(i - 1): s for i, s in enumerate(states)}
+    return Content(arrays, {"num-examples": n, "train-loss": loss,
+                            "arch-version": arch_version, "partition-id": client})
+
+
+def query_content(state: Mapping[str, torch.Tensor], *, spec_json: str,
+                  experiment: str) -> Content:
+    """A validation query: a model (weights as they travel, spec JSON) to evaluate on the
+    client's validation split."""
+    return Content({ARRAYS_KEY: state}, {"fedprune": VALIDATE_KIND, "experiment": experiment,
+                                         "model-spec": spec_json})
+
+
+def answer_content(client: int, answer: tuple[float, int, float] | None) -> Content:
+    """A validation answer: the partition and, for a client with a validation split,
+    ``(accuracy, samples, loss)``; without one, 0 samples."""
+    values: dict[str, Value] = {"partition-id": client, "val-examples": 0}
+    if answer is not None:
+        acc, n, loss = answer
+        values.update({"val-accuracy": float(acc), "val-loss": float(loss),
+                       "val-examples": int(n)})
+    return Content({}, values)
+
+
+def wire_state(model: nn.Module, payload_dtype: str) -> dict[str, torch.Tensor]:
+    """``model``'s weights as they travel (:func:`~.wire.encode`)."""
+    return encode(model.state_dict(), payload_dtype)
+
+
+@dataclass(frozen=True)
+class ClientCompute:
+    """The clients' FLOPs, counted from what the server asks of them.
+
+    ``train_sizes`` / ``val_sizes``: each client's training and validation samples;
+    ``epochs``: local epochs per round.  Models are given by their forward FLOPs per sample
+    (:func:`~fedprune.metrics.count_flops`).
+    """
+
+    train_sizes: Sequence[int]
+    val_sizes: Sequence[int]
+    epochs: int
+
+    def train(self, forward_flops: Sequence[int], clients: Sequence[int]) -> int:
+        """FLOPs of ``clients`` each training every model (given by its forward FLOPs) for
+        one round: forward and backward over every training sample, every epoch."""
+        samples = sum(self.train_sizes[c] for c in clients) * self.epochs
+        return sum(3 * f * samples for f in forward_flops)
+
+    def validate(self, forward_flops: int, clients: Sequence[int]) -> int:
+        """FLOPs of ``clients`` each evaluating a model on its validation split."""
+        return forward_flops * sum(self.val_sizes[c] for c in clients)

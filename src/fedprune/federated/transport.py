@@ -1,0 +1,108 @@
+"""How the server reaches its clients: the transport interface every engine implements.
+
+The server (:meth:`~.server.PruningServer.run_round`) decides a round and hands the
+transport a :class:`TrainPlan`: which clients, which models (the global one first, then the
+trial models that the clients train beside it with the same batches), the round and the
+architecture version.  The transport delivers it -- the in-process loop trains the clients
+itself (:class:`~.loop.LocalTransport`), the Flower app sends messages to SuperNodes
+(:class:`~fedprune.flower.transport.FlowerTransport`) -- and returns a :class:`Delivery`:
+the replies it could read, in client order, and what the messages weighed, measured by
+:mod:`.meter` where they were encoded.  Federated validation goes the same way
+(:meth:`Transport.validate`).  Everything else -- screening, averaging, pruning,
+evaluation, records, checkpoints -- is the server's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from ..models import ModelSpec
+from .schedule import Validation
+
+StateDict = dict[str, torch.Tensor]
+
+__all__ = ["Delivery", "Queried", "TrainPlan", "TrainReply", "Transport", "pool"]
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """One round's training, as the server asks for it."""
+
+    rnd: int
+    clients: tuple[int, ...]  # the sampled clients, sorted
+    models: tuple[tuple[nn.Module, ModelSpec], ...]  # the global model, then the trial models
+    arch_version: int  # the global model's architecture version
+    experiment: str  # the resolved experiment config (JSON) that travels with every message
+    payload_dtype: str  # what the weights travel as (fed.payload_dtype)
+
+
+@dataclass(frozen=True)
+class TrainReply:
+    """One client's answer to a train message, as tensors."""
+
+    client: int
+    states: tuple[StateDict | None, ...]  # trained copy of each model of the plan (None: none)
+    n: int  # training samples the client reports
+    version: int | None = None  # architecture version it trained (None: not reported)
+    loss: float = math.nan  # mean training loss of its last epoch
+    node: int | None = None  # the node that answered, where the transport has nodes
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What a transport did with one round's train messages."""
+
+    replies: list[TrainReply]  # the readable replies, in client order
+    sent: list[int]  # the clients a train message went to
+    bytes_down: int  # the train messages' bytes (the meter's count)
+    bytes_up: int  # the replies' bytes, readable or not
+    # replies left out before the server saw them: {"client", "node", "reason"}
+    dropped: list[dict[str, Any]] = field(default_factory=list)
+    failures: int = 0  # error replies and replies missing at the deadline
+
+
+@dataclass(frozen=True)
+class Queried:
+    """A validation query's answers and the bytes of the query and its answers."""
+
+    validation: Validation
+    sent: list[int]  # the clients a query went to
+    bytes_down: int  # the queries' bytes
+    bytes_up: int  # the answers' bytes
+
+
+class Transport(Protocol):
+    """What an engine provides to the server."""
+
+    # whether each round's record tells what became of every message (sampled, sent,
+    # failures, dropped, with node ids): true where messages can be lost
+    reports_delivery: bool
+
+    def train(self, plan: TrainPlan) -> Delivery:
+        """Send the plan's models to its clients; the readable replies, in client order."""
+        ...
+
+    def validate(self, model: nn.Module, spec: ModelSpec, clients: Sequence[int],
+                 experiment: str, payload_dtype: str) -> Queried:
+        """Ask ``clients`` for ``model``'s accuracy on their validation splits."""
+        ...
+
+
+def pool(answers: Sequence[tuple[int, float, int, float]]) -> Validation:
+    """Validation answers ``(client, accuracy, samples, loss)`` pooled over their samples
+    (summed in the order given), with each client's answer, sorted by client."""
+    correct, loss, total = 0.0, 0.0, 0
+    for _, acc, n, lo in answers:
+        correct += acc * n
+        loss += lo * n
+        total += n
+    if total == 0:
+        return Validation(float("nan"), 0, float("nan"))
+    return Validation(correct / total, total, loss / total,
+                      tuple(sorted((c, acc, n) for c, acc, n, _ in answers)))
