@@ -214,7 +214,7 @@ def _server():
                      "fed": {"rounds": 2, "clients_per_round": 4}})
     model, spec = new_model("cnn_femnist", num_classes=10, in_channels=1, image_size=28,
                             widths=[4, 8], seed=0)
-    server = PruningServer(cfg, model, spec, num_clients=5, has_validation=[True] * 5,
+    server = PruningServer(cfg, model, spec, train_sizes=[7] * 5, val_sizes=[2] * 5,
                            test_x=torch.zeros(2, 1, 28, 28), test_y=torch.zeros(2).long())
     candidate = copy.deepcopy(model)
     server.pruner.candidate = (candidate, spec)  # one trial model, as the automatic method has
@@ -232,26 +232,29 @@ def _moved(state, steps):
 
 
 def test_the_server_bounds_the_model_and_its_trial_copies_by_client():
+    from fake_transport import FakeTransport
+
+    from fedprune.federated.transport import TrainReply
+
     server, candidate = _server()
     sent = {k: v.clone() for k, v in server.model.state_dict().items()}
     sent_trial = {k: v.clone() for k, v in candidate.state_dict().items()}
-    sampled = server.sample(1)
-    # client 2 of the four: its model update is about 1e4 times the others', its trial copy
-    # about 40 times
+    # the third of the four clients: its model update is about 1e4 times the others', its
+    # trial copy about 40 times
     main = [_moved(sent, [1e-3 * (1 + i / 10)]) for i in range(4)]
     main[2] = _moved(sent, [10.0])
     trial = [_moved(sent_trial, [-1e-3]) for _ in range(4)]
     trial[2] = _moved(sent_trial, [-5e-2])
     trial[0] = _moved(sent_trial, [-2e-3])
-    out = server.aggregate(1, [(s, 7) for s in main], trial_replies=[trial],
-                           clients=[11, 12, 13, 14])
-    assert [c.index for c in out.clips] == [2]
-    assert [(t, c.index) for t, c in out.trial_clips] == [(0, 2)]
-    record = server.finish_round(1, bytes_down=0, bytes_up=0)
+    transport = FakeTransport(lambda plan: [TrainReply(c, (main[i], trial[i]), 7)
+                                            for i, c in enumerate(plan.clients)])
+    record = server.run_round(1, transport)
+    rogue = transport.plans[0].clients[2]
+    assert len(transport.plans[0].models) == 2  # the model and its trial copy were sent
     (clip,) = record.extra["clipped"]
-    assert clip["client"] == 13 and clip["norm"] / clip["bound"] > 1000
+    assert clip["client"] == rogue and clip["norm"] / clip["bound"] > 1000
     (tclip,) = record.extra["trial_clipped"]
-    assert tclip["client"] == 13 and tclip["trial"] == 0
+    assert tclip["client"] == rogue and tclip["trial"] == 0
     # its own median: steps 1, 1, 2 and 50 (x 1e-3), median 1.5, bound 4.5: 50 / 4.5 beyond
     assert tclip["norm"] / tclip["bound"] == pytest.approx(50 / 4.5, rel=1e-4)
     # every coordinate moved by the mean of the honest steps 1.0, 1.1, 1.3 (x 1e-3) and the
@@ -261,11 +264,17 @@ def test_the_server_bounds_the_model_and_its_trial_copies_by_client():
     moved = server.model.state_dict()[key] - sent[key]
     assert moved.min() == pytest.approx(expected, rel=1e-3)
     assert moved.max() == pytest.approx(expected, rel=1e-3)
-    assert sampled and len(sampled) == 4
 
 
-def test_the_server_needs_a_client_id_per_reply():
+def test_a_reply_without_the_trial_copies_still_counts_for_the_model():
+    from fake_transport import FakeTransport
+
+    from fedprune.federated.transport import TrainReply
+
     server, _ = _server()
     sent = server.model.state_dict()
-    with pytest.raises(ValueError, match="3 replies but 0 client ids"):
-        server.aggregate(1, [(sent, 1)] * 3, trial_replies=[[sent] * 3])
+    record = server.run_round(1, FakeTransport(
+        lambda plan: [TrainReply(c, (sent,), 1) for c in plan.clients]))
+    assert record.clients == 4
+    assert [r["index"] for r in record.extra["trial_rejected"]] == [0, 1, 2, 3]
+    assert all("no trained copy" in r["reason"] for r in record.extra["trial_rejected"])

@@ -14,8 +14,7 @@ from fedprune.config import ConfigError, from_dict, load_config
 from fedprune.federated import run_simulation
 from fedprune.federated.auto_server import AutoPruner, paired
 from fedprune.federated.schedule import Validation
-from fedprune.federated.server import VALIDATION_ANSWER_BYTES
-from fedprune.metrics import n_params, payload_bytes
+from fedprune.metrics import count_macs, n_params, payload_bytes
 from fedprune.models import new_model
 
 SHORT = {"threads": 1, "train": {"local_epochs": 1},
@@ -215,9 +214,13 @@ def test_a_run_records_each_try_and_counts_the_trial_traffic(tmp_path):
     r1, r3, r4 = rows[0], rows[2], rows[3]
     assert r1["bytes_down"] > 0 and r3["bytes_down"] > r1["bytes_down"]
     assert r3["bytes_up"] > r1["bytes_up"]
+    # the judged round's queries: the reference and the candidate to each asked client
     n_val = tries[0]["clients"]
-    assert r4["bytes_up"] - r3["bytes_up"] >= 2 * n_val * VALIDATION_ANSWER_BYTES - (
-        r3["bytes_up"] - r1["bytes_up"])
+    assert r4["messages"] == {"train": 5, "validate": 2 * n_val}
+    assert r3["messages"]["validate"] == 0
+    # and their compute: every asked client evaluates both models on its validation split
+    assert r4["client_flops_val"] > 0 == r3["client_flops_val"]
+    assert r3["client_flops_train"] > r1["client_flops_train"]  # two models trained
     assert rows[3]["auto"]["judged"]["decision"] == "accept"
     assert rows[1]["auto"]["candidate"]["round"] == 2
     from fedprune.metrics import plot_run
@@ -278,31 +281,36 @@ def test_a_candidate_nobody_validated_is_judged_again_next_round():
 
 
 def test_trial_models_learn_from_the_clients_whose_main_reply_was_accepted():
-    from fedprune.federated.server import PruningServer
+    from fake_transport import FakeTransport
 
-    cfg = _cfg()
+    from fedprune.federated.server import PruningServer
+    from fedprune.federated.transport import TrainReply
+
+    cfg = from_dict({**_cfg().to_dict(), "fed": {**SHORT["fed"], "clients_per_round": 3}})
     model, spec = new_model("cnn_femnist", num_classes=10, in_channels=1, image_size=28,
                             widths=[4, 8], seed=0)
-    server = PruningServer(cfg, model, spec, num_clients=3, has_validation=[True] * 3,
+    server = PruningServer(cfg, model, spec, train_sizes=[10] * 3, val_sizes=[2] * 3,
                            test_x=torch.zeros(2, 1, 28, 28), test_y=torch.zeros(2).long())
     cand, cspec = copy.deepcopy(model), spec
     server.pruner.candidate = (cand, cspec)
     base = {k: v.clone() for k, v in model.state_dict().items()}
     good = [{k: v + i for k, v in base.items()} for i in range(3)]
     nan = {k: torch.full_like(v, math.nan) for k, v in base.items()}
-    replies = [(good[0], 10), (nan, 10), (good[2], 10)]  # client 1's main reply is NaN
-    copies = [{k: v + 10 for k, v in base.items()}, good[1], None]  # client 2 sent none
+    # client 1's main reply is NaN; client 2 sent no trained copy of the candidate
+    states = [(good[0], {k: v + 10 for k, v in base.items()}), (nan, good[1]), (good[2], None)]
 
-    out = server.aggregate(1, replies, trial_replies=[copies], clients=[0, 1, 2])
+    rec = server.run_round(1, FakeTransport(
+        lambda plan: [TrainReply(c, states[c], 10) for c in plan.clients]))
 
-    assert [r.index for r in out.rejections] == [1]
-    assert [(r.index, "no trained copy" in r.reason) for r in out.trial_rejections] == [
-        (2, True)]
+    assert [r["index"] for r in rec.extra["rejected"]] == [1]
+    assert [(r["index"], "no trained copy" in r["reason"])
+            for r in rec.extra["trial_rejected"]] == [(2, True)]
     # the candidate averaged client 0's copy alone: not client 1's (main reply rejected)
     key = next(iter(base))
     assert torch.equal(cand.state_dict()[key], base[key] + 10)
-    with pytest.raises(ValueError, match="trial models were sent"):
-        server.aggregate(2, replies)
+    # every client trained both models: the candidate's FLOPs count as the model's
+    assert rec.extra["client_flops_train"] == 2 * 3 * 30 * cfg.train.local_epochs * (
+        2 * count_macs(model, spec.example_input()))
 
 
 def test_a_skipped_last_round_still_judges_the_pending_candidate():

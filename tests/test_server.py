@@ -1,24 +1,27 @@
-"""The server of a round (:class:`fedprune.federated.PruningServer`) driven by hand.
+"""The server of a round (:class:`fedprune.federated.PruningServer`) driven through a fake
+transport with hand-made replies (:mod:`fake_transport`).
 
-The engines' tests run it through the in-process loop and the Flower strategy; here a
-minimal driver checks the round's contract on its own: a skipped round changes nothing, the
-architecture version follows the cuts, and a restored server continues where the
+The engines' tests run it through the in-process and the Flower transports; here the
+round's contract on its own: a skipped round changes nothing, the architecture version
+follows the cuts, malformed replies are dropped with their reason, the meter's figures are
+the transport's plus the clients' compute, and a restored server continues where the
 checkpointed one was.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
 import torch
+from fake_transport import FakeTransport, poisoned, trained
 
-from fedprune import seeds
 from fedprune.config import from_dict
 from fedprune.data import load_federated
-from fedprune.federated import PruningServer, train_local
-from fedprune.metrics import read_rounds
+from fedprune.federated import PruningServer
+from fedprune.federated.client import evaluate
+from fedprune.federated.transport import TrainReply
+from fedprune.metrics import count_flops, read_rounds
 from fedprune.models import new_model
 
 CFG = from_dict({
@@ -30,33 +33,9 @@ CFG = from_dict({
 })
 
 
-def _server(run_dir=None):
-    data = load_federated(CFG.data, CFG.seed)
-    c, h, _ = data.input_shape
-    model, spec = new_model(CFG.model.name, num_classes=data.num_classes, in_channels=c,
-                            image_size=h, widths=CFG.model.widths, seed=CFG.seed)
-    server = PruningServer(CFG, model, spec, num_clients=len(data.clients),
-                           has_validation=[False] * len(data.clients), test_x=data.test_x,
-                           test_y=data.test_y, run_dir=run_dir)
-    return server, data
-
-
-def _round(server, data, rnd, poison=0):
-    """One round trained client by client; the first ``poison`` replies are NaN."""
-    sampled = server.sample(rnd)
-    replies = []
-    for cid in sampled:
-        worker = copy.deepcopy(server.model)
-        state, n, _ = train_local(worker, data.clients[cid].x, data.clients[cid].y,
-                                  CFG.train, seeds.batch_order(CFG.seed, rnd, cid))
-        replies.append((state, n))
-    for i in range(poison):
-        replies[i] = ({k: torch.full_like(v, math.nan) if v.is_floating_point() else v
-                       for k, v in replies[i][0].items()}, replies[i][1])
-    server.aggregate(rnd, replies)
-    step = server.after_aggregate(rnd, validate=lambda *a: (math.nan, 0))
-    return step, server.finish_round(rnd, bytes_down=server.bytes_down(len(sampled)),
-                                     bytes_up=0)
+def _server(run_dir=None, cfg=CFG):
+    data = load_federated(cfg.data, cfg.seed)
+    return PruningServer.for_data(cfg, data, run_dir=run_dir), data
 
 
 def test_a_skipped_round_averages_nothing_and_prunes_nothing():
@@ -64,25 +43,81 @@ def test_a_skipped_round_averages_nothing_and_prunes_nothing():
     before = {k: v.clone() for k, v in server.model.state_dict().items()}
     params = sum(p.numel() for p in server.model.parameters())
 
-    step, rec = _round(server, data, 1, poison=2)  # 1 valid reply < fed.min_replies = 2
+    # 1 valid reply < fed.min_replies = 2
+    rec = server.run_round(1, FakeTransport(poisoned(trained(data, CFG), 2)))
 
     assert rec.extra["skipped"] and rec.clients == 0 and not rec.pruned
     assert [r["index"] for r in rec.extra["rejected"]] == [0, 1]
-    assert not step.changed and server.arch_version == 0
+    assert server.arch_version == 0
     assert sum(p.numel() for p in server.model.parameters()) == params  # a pruning round
     for k, v in server.model.state_dict().items():
         assert torch.equal(v, before[k]), k
 
-    step, rec = _round(server, data, 2)
+    rec = server.run_round(2, FakeTransport(trained(data, CFG)))
     assert not rec.extra["skipped"] and rec.clients == 3
-    assert step.changed and rec.pruned and server.arch_version == 1
+    assert rec.pruned and server.arch_version == 1
+
+
+def test_malformed_replies_are_dropped_with_their_reason():
+    server, data = _server()
+    honest = trained(data, CFG)
+
+    def replies(plan):
+        got = honest(plan)
+        a, b, _ = got
+        stranger = next(c for c in range(4) if c not in plan.clients)
+        return [
+            a, a,  # a second answer for the same client
+            TrainReply(stranger, a.states, a.n),  # a client not asked
+            TrainReply(b.client, (None,), b.n),  # no trained copy of the model
+            TrainReply(got[2].client, got[2].states, 10**9),  # an implausible sample count
+        ]
+
+    rec = server.run_round(1, FakeTransport(replies))
+
+    reasons = [r["reason"] for r in rec.extra["rejected"]]
+    assert reasons[:3] == ["a second answer for the same client",
+                           "answer for a client not asked this round",
+                           "no trained copy of the model"]
+    assert "sample count" in reasons[3] and len(reasons) == 4
+    assert rec.extra["rejected"][1]["index"] == -1  # not a client of the round
+    assert rec.clients == 0 and rec.extra["skipped"]  # one valid reply of min_replies = 2
+
+
+def test_a_reply_of_another_architecture_version_is_rejected():
+    server, data = _server()
+    honest = trained(data, CFG)
+
+    def replies(plan):
+        return [TrainReply(r.client, r.states, r.n, version=plan.arch_version + (i == 0))
+                for i, r in enumerate(honest(plan))]
+
+    rec = server.run_round(1, FakeTransport(replies))
+    assert [r["index"] for r in rec.extra["rejected"]] == [0] and rec.clients == 2
+
+
+def test_the_round_counts_the_transports_bytes_and_the_clients_flops():
+    server, data = _server()
+    flops = count_flops(server.model, server.example)
+    transport = FakeTransport(trained(data, CFG), bytes_per_message=1000)
+
+    rec = server.run_round(1, transport)
+
+    assert (rec.bytes_down, rec.bytes_up) == (3000, 3000)  # what the transport measured
+    samples = sum(len(data.clients[c]) for c in transport.plans[0].clients)
+    # forward and backward (3 x the forward FLOPs) over every sample of the one epoch
+    assert rec.extra["client_flops_train"] == 3 * flops * samples
+    assert rec.extra["client_flops_val"] == 0
+    assert rec.extra["messages"] == {"train": 3, "validate": 0}
+    assert server.client_flops_total == rec.extra["client_flops"]
+    assert server.client_flops_total_dense == 3 * flops * samples  # dense: the same model
 
 
 def test_a_restored_server_continues_where_the_checkpoint_was(tmp_path):
     server, data = _server(tmp_path)
     server.begin()
     for rnd in (1, 2):
-        _round(server, data, rnd)
+        server.run_round(rnd, FakeTransport(trained(data, CFG)))
     with pytest.raises(ValueError, match="in use by another fedprune process"):
         _server(tmp_path)[0].begin(resume=True)  # one writer at a time
     server.close()  # what the engines do when the run ends
@@ -93,51 +128,53 @@ def test_a_restored_server_continues_where_the_checkpoint_was(tmp_path):
     assert restored.spec.to_json() == server.spec.to_json()
     for k, v in server.model.state_dict().items():
         assert torch.equal(restored.model.state_dict()[k], v), k
-    assert restored.sample(3) == server.sample(3)  # the sampling stream's state came back
-    assert (restored.bytes_total, restored.accuracy) == (server.bytes_total, server.accuracy)
     assert [r.round for r in restored.records] == [r["round"] for r in read_rounds(tmp_path)]
+    server.run_dir = None  # the original goes on beside it, writing nothing
+    a, b = FakeTransport(trained(data, CFG)), FakeTransport(trained(data, CFG))
+    restored.run_round(3, a)
+    server.run_round(3, b)
+    assert a.plans[0].clients == b.plans[0].clients  # the sampling stream's state came back
+    assert (restored.bytes_total, restored.accuracy) == (server.bytes_total, server.accuracy)
+    assert restored.client_flops_total == server.client_flops_total
 
 
 def test_a_candidate_left_at_a_skipped_last_round_is_judged_all_the_same():
-    from fedprune.federated.client import evaluate
-
     cfg = from_dict({**CFG.to_dict(), "data": {**CFG.to_dict()["data"], "val_fraction": 0.2},
                      "prune": {**CFG.to_dict()["prune"], "start_round": 3},
                      "budget": {"params_fraction": 0.3, "guard_recovery_rounds": 2,
                                 "guard_tolerance": 1.0, "guard_clients": 3}})
-    data = load_federated(cfg.data, cfg.seed)
-    c, h, _ = data.input_shape
-    model, spec = new_model(cfg.model.name, num_classes=data.num_classes, in_channels=c,
-                            image_size=h, widths=cfg.model.widths, seed=cfg.seed)
-    server = PruningServer(cfg, model, spec, num_clients=len(data.clients),
-                           has_validation=[cl.val_y is not None and len(cl.val_y) > 0
-                                           for cl in data.clients],
-                           test_x=data.test_x, test_y=data.test_y)
+    server, data = _server(cfg=cfg)
 
     def validate(net, _spec, ids):
-        accs = [(evaluate(net, data.clients[i].val_x, data.clients[i].val_y)[0],
-                 len(data.clients[i].val_y)) for i in ids]
-        total = sum(n for _, n in accs)
-        return sum(a * n for a, n in accs) / total, total
+        from fedprune.federated.transport import pool
+
+        return pool([(i, *_answer(net, data.clients[i])) for i in ids])
 
     records = []
     for rnd in range(1, 5):
-        sampled = server.sample(rnd)
-        replies = []
-        for cid in sampled:
-            state, n, _ = train_local(copy.deepcopy(server.model), data.clients[cid].x,
-                                      data.clients[cid].y, cfg.train,
-                                      seeds.batch_order(cfg.seed, rnd, cid))
-            replies.append((state, n))
+        replies = trained(data, cfg)
         if rnd == 4:  # the last round: every reply NaN, nothing aggregated
-            replies = [({k: torch.full_like(v, math.nan) if v.is_floating_point() else v
-                         for k, v in s.items()}, n) for s, n in replies]
-        server.aggregate(rnd, replies)
-        server.after_aggregate(rnd, validate)
-        records.append(server.finish_round(rnd, bytes_down=0, bytes_up=0))
+            replies = poisoned(replies, cfg.fed.clients_per_round)
+        records.append(server.run_round(rnd, FakeTransport(replies, validate)))
 
     assert records[2].extra["budget"]["pending"]  # the cut of round 3 awaits its verdict
     last = records[3]
     assert last.extra["skipped"] and not last.extra["budget"]["pending"]
     assert [e["decision"] for e in last.extra["budget"]["guard"]] == ["accept"]
+    assert last.extra["messages"]["validate"] == 3  # the guard's queries, counted
+    assert last.extra["client_flops_val"] > 0
     assert server.summary()["budget_status"] in ("met", "deadline")
+
+
+def _answer(net, client):
+    acc, loss = evaluate(net, client.val_x, client.val_y)
+    return acc, len(client.val_y), loss
+
+
+def test_the_sizes_must_describe_the_same_clients():
+    model, spec = new_model("cnn_femnist", num_classes=10, in_channels=1, image_size=28,
+                            widths=[4, 8], seed=0)
+    with pytest.raises(ValueError, match="3 training sizes but 2 validation sizes"):
+        PruningServer(CFG, model, spec, train_sizes=[5, 5, 5], val_sizes=[1, 1],
+                      test_x=torch.zeros(1, 1, 28, 28), test_y=torch.zeros(1).long())
+    assert math.isfinite(count_flops(model, spec.example_input()))
