@@ -20,6 +20,7 @@ from fedprune.data import load_federated
 from fedprune.federated import PruningServer, train_local
 from fedprune.metrics import read_rounds
 from fedprune.models import new_model
+from fedprune.pruners import Validation, pool_validation
 
 CFG = from_dict({
     "threads": 1, "data": {"num_clients": 4}, "model": {"widths": [8, 16]},
@@ -54,7 +55,7 @@ def _round(server, data, rnd, poison=0):
         replies[i] = ({k: torch.full_like(v, math.nan) if v.is_floating_point() else v
                        for k, v in replies[i][0].items()}, replies[i][1])
     server.aggregate(rnd, replies)
-    step = server.after_aggregate(rnd, validate=lambda *a: (math.nan, 0))
+    step = server.after_aggregate(rnd, validate=lambda *a: Validation(math.nan, 0, math.nan))
     return step, server.finish_round(rnd, bytes_down=server.bytes_down(len(sampled)),
                                      bytes_up=0)
 
@@ -115,10 +116,9 @@ def test_a_candidate_left_at_a_skipped_last_round_is_judged_all_the_same():
                            test_x=data.test_x, test_y=data.test_y)
 
     def validate(net, _spec, ids):
-        accs = [(evaluate(net, data.clients[i].val_x, data.clients[i].val_y)[0],
-                 len(data.clients[i].val_y)) for i in ids]
-        total = sum(n for _, n in accs)
-        return sum(a * n for a, n in accs) / total, total
+        return pool_validation(
+            (i, *evaluate(net, data.clients[i].val_x, data.clients[i].val_y),
+             len(data.clients[i].val_y)) for i in ids)
 
     records = []
     for rnd in range(1, 5):

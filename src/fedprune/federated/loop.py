@@ -24,10 +24,10 @@ from ..data import FederatedData, load_federated
 from ..device import check_precision, resolve_device, to_device
 from ..metrics import RoundRecord
 from ..models import ModelSpec
+from ..pruners import Validation, pool_validation
 from ..rundir import CHECKPOINT_FILE, load_checkpoint, save_checkpoint  # noqa: F401
 from .batched import BatchedTrainer, ClientJob, batched_support
 from .client import PerClientTrainer, evaluate
-from .schedule import Validation
 from .server import PruningServer
 
 logger = logging.getLogger(__name__)
@@ -113,7 +113,6 @@ def _run_rounds(cfg: ExperimentConfig, data: FederatedData, server: PruningServe
 
     def validate(net: nn.Module, _spec: ModelSpec, ids: list[int]) -> Validation:
         """Federated validation: each client's accuracy on its own validation split."""
-        correct, loss, total = 0.0, 0.0, 0
         answers = []
         if device.type != "cpu":
             net = copy.deepcopy(net).to(device)
@@ -122,13 +121,8 @@ def _run_rounds(cfg: ExperimentConfig, data: FederatedData, server: PruningServe
             if cd.val_y is None or len(cd.val_y) == 0:
                 continue
             acc, lo = evaluate(net, on_device.get(cid, "val_x"), on_device.get(cid, "val_y"))
-            correct += acc * len(cd.val_y)
-            loss += lo * len(cd.val_y)
-            total += len(cd.val_y)
-            answers.append((cid, acc, len(cd.val_y)))
-        if total == 0:
-            return Validation(float("nan"), 0, float("nan"))
-        return Validation(correct / total, total, loss / total, tuple(answers))
+            answers.append((cid, acc, lo, len(cd.val_y)))
+        return pool_validation(answers)
 
     def jobs_of(rnd: int, sampled: list[int]) -> list[ClientJob]:
         return [ClientJob(on_device.get(cid, "x"), on_device.get(cid, "y"),

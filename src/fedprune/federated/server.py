@@ -3,7 +3,7 @@
 :class:`PruningServer` owns what the server decides and keeps: client sampling, bytes on the
 wire, screening and the bounded-influence average (``fed.clip_factor``, ``fed.aggregator``),
 the ``fed.min_replies`` skip, the pruning step (the schedule's rule or budget mode, behind
-one :class:`~.schedule.Pruner` interface), central evaluation, the round records, the
+one :class:`~fedprune.pruners.Pruner` interface), central evaluation, the round records, the
 checkpoint and the summary.  An engine only moves weights to clients
 and back: the in-process loop (:func:`fedprune.federated.run_simulation`) trains them
 directly, the Flower strategy (:mod:`fedprune.flower.strategy`) sends messages.  A round is::
@@ -34,12 +34,10 @@ from ..data import FederatedData
 from ..device import resolve_device, to_device
 from ..metrics import Recorder, RoundRecord, count_macs, n_params, payload_bytes
 from ..models import ModelSpec, new_model
+from ..pruners import Pruner, PruneStep, Validate, Validation, make_pruner
 from ..rundir import RunDir, RunLock
 from .aggregate import Clip, Rejection, robust_aggregate, screen_replies
-from .auto_server import AutoPruner
-from .budget_server import BudgetServer
 from .client import evaluate
-from .schedule import Pruner, PruneStep, SchedulePruner, Validate, Validation
 from .wire import element_bytes, round_model, round_trip
 
 logger = logging.getLogger(__name__)
@@ -62,7 +60,7 @@ class RoundOutcome:
     clips: list[Clip] = field(default_factory=list)  # updates scaled down to the bound
     trial_clips: list[tuple[int, Clip]] = field(default_factory=list)  # (trial model, clip)
     pruned: bool = False
-    budget: dict[str, Any] | None = None  # budget mode: the round's "budget" entry
+    record: dict[str, Any] | None = None  # the pruner's entry (under its record_key)
 
 
 class PruningServer:
@@ -97,14 +95,10 @@ class PruningServer:
         self.payload_dtype = cfg.fed.payload_dtype
         round_model(model, self.payload_dtype)
         self.dense_payload = self.payload_bytes(model.state_dict())
-        self.pruner: Pruner
-        if cfg.budget.active:
-            self.pruner = BudgetServer(cfg, model, self.example, spec, self.params_initial,
-                                       2 * self.macs_initial, num_clients, has_validation)
-        elif cfg.prune.enabled and cfg.prune.method == "auto":
-            self.pruner = AutoPruner(cfg, self.example, num_clients, has_validation)
-        else:
-            self.pruner = SchedulePruner(cfg, self.example)
+        self.pruner: Pruner = make_pruner(
+            cfg, model=model, spec=spec, example=self.example,
+            params_initial=self.params_initial, flops_initial=2 * self.macs_initial,
+            num_clients=num_clients, has_validation=has_validation)
         # traffic of the pruning step's validation queries this round (down, up)
         self.query_bytes = [0, 0]
         self.sample_rng = seeds.client_sampling(cfg.seed)
@@ -177,10 +171,6 @@ class PruningServer:
 
     def elapsed(self) -> float:
         return self.seconds_before + time.perf_counter() - self.t0
-
-    @property
-    def budget_mode(self) -> bool:
-        return isinstance(self.pruner, BudgetServer)
 
     # ------------------------------------------------------------------ one round
 
@@ -348,7 +338,7 @@ class PruningServer:
             step = self.pruner.after_aggregate(rnd, self.model, self.spec, validate,
                                                last_round=last_round)
         self.model, self.spec = step.model, step.spec
-        self.outcome.pruned, self.outcome.budget = step.pruned, step.record
+        self.outcome.pruned, self.outcome.record = step.pruned, step.record
         if step.changed:
             self.arch_version += 1
             logger.info("round %d: arch-version %d", rnd, self.arch_version)
@@ -399,8 +389,7 @@ class PruningServer:
                                          for t, c in out.trial_clips]}
                       if out.trial_clips else {}),
                    **(extra or {}),
-                   **({"budget": out.budget} if self.budget_mode else {}),
-                   **({"auto": out.budget} if isinstance(self.pruner, AutoPruner) else {})},
+                   **({self.pruner.record_key: out.record} if self.pruner.record_key else {})},
         )
         self.records.append(rec)
         self.rounds_done = rnd

@@ -17,8 +17,8 @@ from flwr.serverapp import Grid
 from torch import nn
 
 from ..config import ConfigError, ExperimentConfig
-from ..federated.schedule import Validation
 from ..models import ModelSpec
+from ..pruners import Validation
 from .grid import PollingGrid
 from .messages import (
     pack,
