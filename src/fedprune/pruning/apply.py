@@ -293,8 +293,7 @@ def _decide_group(gs: GroupScores, rule: Rule) -> Decision:
         return Decision(np.ones(scores.size, dtype=bool), np.nan, np.nan, np.nan, np.nan)
     if g == 1:
         return rule.decide(scores)
-    local_rule = replace(rule, min_channels=max(-(-rule.min_channels // g),  # type: ignore[type-var]
-                                                gs.min_per_block))
+    local_rule = replace(rule, min_channels=max(-(-rule.min_channels // g), gs.min_per_block))
     local = local_rule.decide(scores.reshape(g, -1).mean(axis=0))
     return replace(local, keep=np.tile(local.keep, g))
 
