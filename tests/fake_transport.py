@@ -12,7 +12,7 @@ import torch
 from fedprune import seeds
 from fedprune.federated import train_local
 from fedprune.federated.transport import Delivery, Queried, TrainPlan, TrainReply
-from fedprune.federated.schedule import Validation
+from fedprune.pruners import Validation
 
 
 class FakeTransport:

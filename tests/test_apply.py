@@ -10,7 +10,17 @@ from nets import ConcatNet, DepthwiseNet, ResidualNet
 from torch import nn
 
 from fedprune.config import PruneConfig
-from fedprune.pruning import initial_record, prune_model, rebuild, widths_of
+from fedprune.pruning import (
+    BoundaryRule,
+    default_rule,
+    initial_record,
+    prune_model,
+    rebuild,
+    widths_of,
+)
+
+# k = 0.5 with the configuration's other defaults: the low tail, at most 20 % a step
+HALF = BoundaryRule(k=0.5, mode="low", max_fraction=0.2)
 
 
 def _equalise_filters(model: nn.Module, seed: int = 0) -> None:
@@ -44,7 +54,7 @@ def _zero_out(modules: list[nn.Module], channels: list[int]) -> None:
 def _assert_zero_channel_removed_and_output_kept(model, x, expect_widths):
     model.eval()
     before = model(x)
-    result = prune_model(model, x[:1], k=2.0, mode="low")
+    result = prune_model(model, x[:1], BoundaryRule(k=2.0, mode="low", max_fraction=0.2))
     after = model(x)
     assert widths_of(result.record) == expect_widths
     assert after.shape == before.shape
@@ -99,7 +109,7 @@ def test_grouped_conv_loses_the_same_positions_in_every_block():
     _zero_out([net.pw], [1])  # only one block: its twin (7) is not zero, so the mean is 0.5
     net.eval()
     x = torch.randn(2, 1, 8, 8)
-    res = prune_model(net, x[:1], k=0.5, mode="low", max_fraction=0.5)
+    res = prune_model(net, x[:1], BoundaryRule(k=0.5, mode="low", max_fraction=0.5))
     kept = {g["root"]: g["kept"] for g in res.record["groups"]}["pw"]
     local = [i for i in kept if i < 6]
     assert kept == local + [i + 6 for i in local]  # same local positions in both blocks
@@ -111,7 +121,7 @@ def test_surviving_weights_are_slices_of_the_originals():
     net = ResidualNet(c=8)
     orig = copy.deepcopy(net.state_dict())
     x = torch.randn(2, 1, 8, 8)
-    res = prune_model(net, x[:1], k=0.5, mode="both")
+    res = prune_model(net, x[:1], BoundaryRule(k=0.5, mode="both", max_fraction=0.2))
     assert res.n_removed > 0
     kept = {g["root"]: torch.tensor(g["kept"]) for g in res.record["groups"]}
     s, c1 = kept["stem"], kept["conv1"]
@@ -132,8 +142,8 @@ def test_record_rebuilds_the_pruned_architecture_after_several_steps(cls):
     x = torch.randn(3, 1, 8, 8)
     record = None
     for _ in range(3):
-        record = prune_model(net, x[:1], k=0.7, mode="both", record=record,
-                             max_fraction=1.0).record
+        record = prune_model(net, x[:1], BoundaryRule(k=0.7, mode="both", max_fraction=1.0),
+                             record=record).record
     wire = json.loads(json.dumps(record))  # what travels is plain JSON
     fresh = rebuild(cls(), wire, x[:1])
     fresh.load_state_dict(net.state_dict(), strict=True)
@@ -147,15 +157,15 @@ def test_min_channels_is_never_crossed():
     x = torch.randn(1, 1, 8, 8)
     record = None
     for _ in range(6):
-        record = prune_model(net, x, k=0.0, mode="both", min_channels=2, record=record,
-                             max_fraction=1.0).record
+        record = prune_model(net, x, BoundaryRule(k=0.0, mode="both", min_channels=2,
+                                                  max_fraction=1.0), record=record).record
     assert min(widths_of(record).values()) == 2
 
 
 def test_output_layer_of_a_fully_convolutional_net_is_not_pruned():
     net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1), nn.Flatten(1))
     x = torch.randn(2, 1, 6, 6)
-    prune_model(net, x[:1], k=0.0, mode="both")
+    prune_model(net, x[:1], BoundaryRule(k=0.0, mode="both", max_fraction=0.2))
     assert net[2].out_channels == 4
     assert net(x).shape == (2, 4 * 4 * 4)
 
@@ -165,9 +175,9 @@ def test_reinit_is_explicit_and_seeded():
     base = ResidualNet(c=8)
     x = torch.randn(1, 1, 8, 8)
     a, b, kept = copy.deepcopy(base), copy.deepcopy(base), copy.deepcopy(base)
-    prune_model(a, x, k=0.5, reinit=True, seed=7)
-    prune_model(b, x, k=0.5, reinit=True, seed=7)
-    res = prune_model(kept, x, k=0.5)
+    prune_model(a, x, HALF, reinit=True, seed=7)
+    prune_model(b, x, HALF, reinit=True, seed=7)
+    res = prune_model(kept, x, HALF)
     torch.testing.assert_close(a.state_dict(), b.state_dict())
     s = torch.tensor({g["root"]: g["kept"] for g in res.record["groups"]}["stem"])
     assert torch.equal(kept.stem.weight, base.stem.weight[s])
@@ -198,16 +208,16 @@ def test_pruning_with_a_stale_record_is_refused():
     x = torch.randn(1, 1, 8, 8)
     net = ResidualNet()
     record = initial_record(net, x)
-    prune_model(net, x, k=0.0, record=record)
+    prune_model(net, x, BoundaryRule(k=0.0, mode="low", max_fraction=0.2), record=record)
     with pytest.raises(ValueError, match="does not match"):
-        prune_model(net, x, k=0.0, record=record)
+        prune_model(net, x, BoundaryRule(k=0.0, mode="low", max_fraction=0.2), record=record)
 
 
 def test_the_library_and_the_configuration_share_one_set_of_defaults():
-    sig = inspect.signature(prune_model).parameters
-    cfg = PruneConfig()
+    assert inspect.signature(prune_model).parameters["rule"].default is None
+    rule, cfg = default_rule(), PruneConfig()
     for name in ("k", "mode", "min_channels", "max_fraction"):
-        assert sig[name].default == getattr(cfg, name), name
+        assert getattr(rule, name) == getattr(cfg, name), name
     # and they act as such: one call removes at most 20 % of a group, weak filters only
     torch.manual_seed(5)
     net = ConcatNet()

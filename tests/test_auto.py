@@ -12,10 +12,10 @@ from interrupt import Stop, stop_after
 
 from fedprune.config import ConfigError, from_dict, load_config
 from fedprune.federated import run_simulation
-from fedprune.federated.auto_server import AutoPruner, paired
-from fedprune.federated.schedule import Validation
 from fedprune.metrics import count_macs, n_params, payload_bytes
 from fedprune.models import new_model
+from fedprune.pruners import Validation, make_pruner
+from fedprune.pruners.auto import paired
 
 SHORT = {"threads": 1, "train": {"local_epochs": 1},
          "fed": {"rounds": 8, "clients_per_round": 5, "eval_every": 1},
@@ -30,8 +30,10 @@ def _cfg(**prune):
 def _pruner(cfg, n_val=4):
     model, spec = new_model("cnn_femnist", num_classes=10, in_channels=1, image_size=28,
                             widths=[10, 20], seed=0)
-    return AutoPruner(cfg, spec.example_input(), 6, [True] * n_val + [False] * (6 - n_val)), \
-        model, spec
+    pruner = make_pruner(cfg, model=model, spec=spec, example=spec.example_input(),
+                         params_initial=n_params(model), flops_initial=0, num_clients=6,
+                         has_validation=[True] * n_val + [False] * (6 - n_val))
+    return pruner, model, spec
 
 
 def _validator(cost_of):

@@ -14,7 +14,7 @@ from fedprune.federated.batched import BatchedTrainer, ClientJob, batched_suppor
 from fedprune.federated.client import PerClientTrainer, train_local
 from fedprune.federated.loop import make_trainer, run_simulation
 from fedprune.models import new_model
-from fedprune.pruning import prune_model
+from fedprune.pruning import RatioRule, prune_model
 
 MODELS = {
     "cnn_femnist": {"num_classes": 10, "in_channels": 1, "image_size": 28, "widths": [4, 6]},
@@ -103,7 +103,7 @@ def test_a_pruned_model_trains_batched_like_per_client():
     kw = MODELS["cnn_femnist"]
     model, _ = new_model("cnn_femnist", seed=2, **kw)
     ex = torch.zeros(1, *model.input_shape)
-    prune_model(model, ex, ratio=0.5)
+    prune_model(model, ex, RatioRule(0.5))
     assert (model.features[0].out_channels, model.features[3].out_channels) == (2, 3)
     clients = _clients(model, [7, 11, 20], kw["num_classes"])
     cfg = TrainConfig(local_epochs=2, batch_size=4)

@@ -13,11 +13,12 @@ from interrupt import Stop, stop_after
 import fedprune.federated.loop as loop_mod
 from fedprune.config import BudgetConfig, ConfigError, from_dict
 from fedprune.federated import run_simulation
-from fedprune.federated.budget_server import BudgetServer, measure, smallest_model
 from fedprune.metrics import n_params, plot_run
 from fedprune.models import new_model
+from fedprune.pruners import Validation, make_pruner
+from fedprune.pruners.budget import measure, smallest_model
+from fedprune.pruning import BoundaryRule, prune_model
 from fedprune.pruning import budget as B
-from fedprune.pruning import prune_model
 
 # ----------------------------------------------------------------------------- controller
 
@@ -130,19 +131,25 @@ def test_the_floor_is_the_smallest_model_the_rule_can_reach():
     assert n_params(model) > n_params(small)  # the original is untouched
 
 
-def test_budget_server_rolls_back_to_the_exact_pre_cut_model():
+def _pruner(cfg, model, spec):
+    """Budget mode's pruner of ``model`` among 4 clients, each with a validation split."""
+    return make_pruner(cfg, model=model, spec=spec, example=spec.example_input(),
+                       params_initial=n_params(model), flops_initial=2 * 10**6,
+                       num_clients=4, has_validation=[True] * 4)
+
+
+def test_budget_pruner_rolls_back_to_the_exact_pre_cut_model():
     model, spec = _model()
     cfg = from_dict({"data": {"val_fraction": 0.2}, "budget": {
         "params_fraction": 0.2, "guard_recovery_rounds": 1, "guard_tolerance": 0.01},
         "prune": {"start_round": 1, "interval": 2, "max_prune_round": 10, "k": 0.0,
                   "max_fraction": 0.5}})
-    ex = spec.example_input()
-    srv = BudgetServer(cfg, model, ex, spec, n_params(model), 2 * 10**6, 4, [True] * 4)
+    srv = _pruner(cfg, model, spec)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     accs = iter([0.9, 0.5])  # before the cut, then after recovery: a 40-point drop
 
     def validate(m, s, ids):
-        return next(accs), 100
+        return Validation(next(accs), 100, 0.3)
 
     step = srv.after_aggregate(1, model, spec, validate)
     assert step.pruned and step.changed
@@ -166,7 +173,7 @@ def test_the_cut_that_meets_the_budget_takes_only_what_it_needs(guard):
     model, spec = _model()
     ex = spec.example_input()
     full = copy.deepcopy(model)  # the same cut at the controller's full step
-    prune_model(full, ex, k=0.0, mode="low", min_channels=1, max_fraction=0.5,
+    prune_model(full, ex, BoundaryRule(k=0.0, mode="low", min_channels=1, max_fraction=0.5),
                 seed=1 * 100_003 + 1, record=spec.record)
     target = n_params(model) - 300  # a few channels' worth below the model
     assert n_params(full) < target - 1000  # the full step would overshoot it by far
@@ -174,8 +181,8 @@ def test_the_cut_that_meets_the_budget_takes_only_what_it_needs(guard):
         "params": target, "guard": guard, "guard_recovery_rounds": 0},
         "prune": {"start_round": 1, "interval": 1, "max_prune_round": 10, "k": 0.0,
                   "max_fraction": 0.5}})
-    srv = BudgetServer(cfg, model, ex, spec, n_params(model), 2 * 10**6, 4, [True] * 4)
-    step = srv.after_aggregate(1, model, spec, lambda m, s, ids: (0.9, 100))
+    srv = _pruner(cfg, model, spec)
+    step = srv.after_aggregate(1, model, spec, lambda m, s, ids: Validation(0.9, 100, 0.3))
     assert step.pruned
     assert n_params(full) < n_params(step.model) <= target
     assert 0 < step.record["cut_step"] < 0.5

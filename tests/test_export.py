@@ -7,7 +7,7 @@ import torch
 from fedprune.export import ATOL, ExportError, bench_onnx_latency, export_onnx, ort_session
 from fedprune.metrics.latency import measure_interleaved
 from fedprune.models import model_defaults, new_model
-from fedprune.pruning import prune_model
+from fedprune.pruning import BoundaryRule, prune_model
 
 PAPER_MODELS = ["cnn_femnist", "cnn_celeba", "resnet7", "inception"]
 
@@ -21,7 +21,7 @@ def test_export_runs_in_onnxruntime_with_parity(name, pruned, tmp_path):
                             image_size=d["image_size"], widths=None, seed=0)
     x = spec.example_input()
     if pruned:
-        res = prune_model(model, x, k=0.5, mode="both")
+        res = prune_model(model, x, BoundaryRule(k=0.5, mode="both", max_fraction=0.2))
         assert res.n_removed > 0
     report = export_onnx(model, x, tmp_path / "m.onnx")
     assert report.bytes > 0 and report.max_abs_diff <= ATOL

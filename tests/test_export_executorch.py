@@ -8,7 +8,7 @@ import torch
 from fedprune.export import ExportError
 from fedprune.export.executorch import export_executorch, pte_runner
 from fedprune.models import new_model
-from fedprune.pruning import prune_model
+from fedprune.pruning import BoundaryRule, prune_model
 
 
 @pytest.mark.slow
@@ -18,7 +18,7 @@ def test_pte_export_matches_pytorch(pruned, tmp_path):
                             widths=None, seed=0)
     x = spec.example_input()
     if pruned:
-        assert prune_model(model, x, k=0.5).n_removed > 0
+        assert prune_model(model, x, BoundaryRule(k=0.5, mode="low", max_fraction=0.2)).n_removed > 0
     report = export_executorch(model, x, tmp_path / "m.pte")
     assert report.bytes > 0 and report.max_abs_diff <= 1e-4
     out = pte_runner(report.path, torch.ones_like(x))()[0]

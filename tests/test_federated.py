@@ -18,7 +18,7 @@ from fedprune.federated import (
 )
 from fedprune.metrics import count_flops, payload_bytes, read_rounds
 from fedprune.models import ModelSpec, build, create_model, list_models, model_defaults, new_model
-from fedprune.pruning import prune_model
+from fedprune.pruning import BoundaryRule, prune_model
 
 
 def test_fedavg_weights_by_sample_count():
@@ -161,7 +161,8 @@ def test_flops_match_torch_flop_counter_before_and_after_pruning(name):
             model.eval()(x)
         assert count_flops(model, x) == fc.get_total_flops()
         spec = ModelSpec(**{**spec.__dict__, "record": prune_model(
-            model, x, k=0.5, record=spec.record).record})
+            model, x, BoundaryRule(k=0.5, mode="low", max_fraction=0.2),
+            record=spec.record).record})
     rebuilt = build(ModelSpec.from_json(spec.to_json()))
     rebuilt.load_state_dict(model.state_dict(), strict=True)
     assert np.isclose(count_flops(rebuilt, x), count_flops(model, x))

@@ -423,7 +423,7 @@ def test_what_travels_is_numpy_arrays_and_json_never_a_pickle():
 
 def test_client_refuses_another_partition_and_mismatched_weights():
     from fedprune.models import new_model
-    from fedprune.pruning import prune_model
+    from fedprune.pruning import BoundaryRule, prune_model
 
     _grid()
     cfg, _ = _tiny()
@@ -433,8 +433,8 @@ def test_client_refuses_another_partition_and_mismatched_weights():
         client_app(_train_message(cfg, spec, model.state_dict(), pid=0), _ctx(pid=1))
     with pytest.raises(ValueError, match="num-partitions"):
         client_app(_train_message(cfg, spec, model.state_dict()), _ctx(n=3))
-    pruned = prune_model(model, spec.example_input(), k=0.5, mode="low", max_fraction=0.5,
-                         record=spec.record)
+    pruned = prune_model(model, spec.example_input(),
+                         BoundaryRule(k=0.5, mode="low", max_fraction=0.5), record=spec.record)
     with pytest.raises(RuntimeError, match="size mismatch"):  # new weights, old architecture
         client_app(_train_message(cfg, spec, pruned.model.state_dict()), _ctx())
 

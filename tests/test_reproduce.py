@@ -77,15 +77,15 @@ def test_prune_model_ratio_cuts_grouped_blocks_alike():
         net.pw.weight.mul_(scale.view(-1, 1, 1, 1))
         net.gconv.weight.mul_(torch.arange(1.0, 13.0).view(-1, 1, 1, 1))
     x = torch.randn(2, 1, 8, 8)
-    res = prune_model(net, x[:1], ratio=0.5, k=99.0, mode="low", max_fraction=0.01)
+    res = prune_model(net, x[:1], RatioRule(0.5))
     kept = {g["root"]: g["kept"] for g in res.record["groups"]}
-    assert kept["conv"] == [4, 5, 6, 7]  # floor(0.5 * 8) = 4 lowest gone; k, cap ignored
+    assert kept["conv"] == [4, 5, 6, 7]  # floor(0.5 * 8) = 4 lowest gone
     assert kept["pw"] == [0, 1, 2, 6, 7, 8]  # floor(0.5 * 6) = 3 per block, same positions
     assert kept["gconv"] == [3, 4, 5, 9, 10, 11]
     assert net(x).shape == (2, 3) and net.gconv.groups == 2
 
     net = DepthwiseNet()
-    res = prune_model(net, x[:1], ratio=0.85)
+    res = prune_model(net, x[:1], RatioRule(0.85))
     w = widths_of(res.record)
     # conv floor(6.8) = 6 -> 2; pw floor(0.85 * 6) = 5 per block -> 1 + 1; gconv must keep
     # 2 per block (fewer would look depthwise), so 4 of its 6 per block go -> 2 + 2

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from fedprune.pruning import BoundaryRule, Schedule, ScheduleState, advance, decide, is_active
+from fedprune.pruners.schedule import Schedule, ScheduleState, advance, is_active
+from fedprune.pruning import BoundaryRule, decide
 
 
 def test_both_tails_removes_outliers_on_each_side():

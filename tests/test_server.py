@@ -22,6 +22,7 @@ from fedprune.federated import PruningServer
 from fedprune.federated.client import evaluate
 from fedprune.federated.transport import TrainReply
 from fedprune.metrics import count_flops, read_rounds
+from fedprune.pruners import pool_validation
 from fedprune.models import new_model
 
 CFG = from_dict({
@@ -146,9 +147,9 @@ def test_a_candidate_left_at_a_skipped_last_round_is_judged_all_the_same():
     server, data = _server(cfg=cfg)
 
     def validate(net, _spec, ids):
-        from fedprune.federated.transport import pool
-
-        return pool([(i, *_answer(net, data.clients[i])) for i in ids])
+        return pool_validation(
+            (i, *evaluate(net, data.clients[i].val_x, data.clients[i].val_y),
+             len(data.clients[i].val_y)) for i in ids)
 
     records = []
     for rnd in range(1, 5):
@@ -164,11 +165,6 @@ def test_a_candidate_left_at_a_skipped_last_round_is_judged_all_the_same():
     assert last.extra["messages"]["validate"] == 3  # the guard's queries, counted
     assert last.extra["client_flops_val"] > 0
     assert server.summary()["budget_status"] in ("met", "deadline")
-
-
-def _answer(net, client):
-    acc, loss = evaluate(net, client.val_x, client.val_y)
-    return acc, len(client.val_y), loss
 
 
 def test_the_sizes_must_describe_the_same_clients():

@@ -241,7 +241,7 @@ class PruneConfig:
     # alongside the current model (and the unpruned reference) for prune.interval rounds; then
     # reference and candidate are validated on the clients' validation splits, and the cut is
     # kept while its measured accuracy cost stays within max_accuracy_drop
-    # (fedprune.federated.auto_server).
+    # (fedprune.pruners.auto).
     # "boundary" = the mean +- k*std rule on a fixed schedule (k, mode, max_fraction,
     # patience; the paper's rule with mode "both"); "ratio" = the fixed-ratio L1 baseline:
     # each tried round removes floor(ratio * channels) lowest-L1 filters of every layer

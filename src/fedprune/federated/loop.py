@@ -25,6 +25,7 @@ from ..data import FederatedData, load_federated
 from ..device import check_precision, resolve_device, to_device
 from ..metrics import RoundRecord
 from ..models import ModelSpec
+from ..pruners import pool_validation
 from ..rundir import CHECKPOINT_FILE, load_checkpoint, save_checkpoint  # noqa: F401
 from .batched import BatchedTrainer, ClientJob, batched_support
 from .client import PerClientTrainer, evaluate
@@ -37,7 +38,7 @@ from .meter import (
     wire_state,
 )
 from .server import PruningServer
-from .transport import Delivery, Queried, TrainPlan, TrainReply, pool
+from .transport import Delivery, Queried, TrainPlan, TrainReply
 from .wire import encode
 
 logger = logging.getLogger(__name__)
@@ -148,9 +149,9 @@ class LocalTransport:
                 acc, lo = evaluate(net, self.on_device.get(cid, "val_x"),
                                    self.on_device.get(cid, "val_y"))
                 answer = (acc, len(cd.val_y), lo)
-                answers.append((cid, *answer))
+                answers.append((cid, acc, lo, len(cd.val_y)))
             up += message_bytes(answer_content(cid, answer))
-        return Queried(pool(answers), list(clients), len(clients) * query, up)
+        return Queried(pool_validation(answers), list(clients), len(clients) * query, up)
 
 
 def run_simulation(

@@ -29,14 +29,12 @@ from ..data import FederatedData
 from ..device import resolve_device, to_device
 from ..metrics import Recorder, RoundRecord, count_flops, count_macs, n_params
 from ..models import ModelSpec, new_model
+from ..pruners import Pruner, PruneStep, Validate, Validation, make_pruner
 from ..rundir import RunDir, RunLock
 from .aggregate import Clip, Rejection
-from .auto_server import AutoPruner
 from .averaging import Averaged, average_round
-from .budget_server import BudgetServer
 from .client import evaluate
 from .meter import ClientCompute, message_bytes, reply_content, train_content, wire_state
-from .schedule import Pruner, PruneStep, SchedulePruner, Validate, Validation
 from .transport import Delivery, TrainPlan, TrainReply, Transport
 from .wire import round_model
 
@@ -98,15 +96,10 @@ class PruningServer:
             [(dense, spec.to_json())], experiment=self.experiment, rnd=1, arch_version=0,
             client=0)) + message_bytes(reply_content([dense], n=0, loss=0.0, arch_version=0,
                                                      client=0))
-        has_validation = [v > 0 for v in val_sizes]
-        self.pruner: Pruner
-        if cfg.budget.active:
-            self.pruner = BudgetServer(cfg, model, self.example, spec, self.params_initial,
-                                       2 * self.macs_initial, self.num_clients, has_validation)
-        elif cfg.prune.enabled and cfg.prune.method == "auto":
-            self.pruner = AutoPruner(cfg, self.example, self.num_clients, has_validation)
-        else:
-            self.pruner = SchedulePruner(cfg, self.example)
+        self.pruner: Pruner = make_pruner(
+            cfg, model=model, spec=spec, example=self.example,
+            params_initial=self.params_initial, flops_initial=2 * self.macs_initial,
+            num_clients=self.num_clients, has_validation=[v > 0 for v in val_sizes])
         self.sample_rng = seeds.client_sampling(cfg.seed)
         self.arch_version = 0  # +1 whenever the architecture changes (cut or rollback)
         self.bytes_total = self.bytes_total_dense = 0
@@ -275,9 +268,8 @@ class PruningServer:
             extra.update(sampled=len(plan.clients), sent=len(delivery.sent),
                          failures=delivery.failures, dropped=len(rejected),
                          arch_version=self.arch_version)
-        key = self._record_key()
-        if key is not None:
-            extra[key] = step.record
+        if self.pruner.record_key is not None:
+            extra[self.pruner.record_key] = step.record
         extra.update(client_flops_train=tally.train_flops, client_flops_val=tally.val_flops,
                      client_flops=client_flops,
                      messages={"train": len(delivery.sent), "validate": tally.queries})
@@ -295,11 +287,6 @@ class PruningServer:
         if self.on_round is not None:
             self.on_round(rec)
         return rec
-
-    def _record_key(self) -> str | None:
-        if isinstance(self.pruner, BudgetServer):
-            return "budget"
-        return "auto" if isinstance(self.pruner, AutoPruner) else None
 
     # ------------------------------------------------------------------ state
 

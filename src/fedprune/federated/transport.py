@@ -23,11 +23,11 @@ import torch
 from torch import nn
 
 from ..models import ModelSpec
-from .schedule import Validation
+from ..pruners import Validation
 
 StateDict = dict[str, torch.Tensor]
 
-__all__ = ["Delivery", "Queried", "TrainPlan", "TrainReply", "Transport", "pool"]
+__all__ = ["Delivery", "Queried", "TrainPlan", "TrainReply", "Transport"]
 
 
 @dataclass(frozen=True)
@@ -93,16 +93,3 @@ class Transport(Protocol):
         """Ask ``clients`` for ``model``'s accuracy on their validation splits."""
         ...
 
-
-def pool(answers: Sequence[tuple[int, float, int, float]]) -> Validation:
-    """Validation answers ``(client, accuracy, samples, loss)`` pooled over their samples
-    (summed in the order given), with each client's answer, sorted by client."""
-    correct, loss, total = 0.0, 0.0, 0
-    for _, acc, n, lo in answers:
-        correct += acc * n
-        loss += lo * n
-        total += n
-    if total == 0:
-        return Validation(float("nan"), 0, float("nan"))
-    return Validation(correct / total, total, loss / total,
-                      tuple(sorted((c, acc, n) for c, acc, n, _ in answers)))

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Sequence
 
 from flwr.serverapp import Grid
-from torch import nn
 
 from ..config import ConfigError, ExperimentConfig
 from .grid import PollingGrid

@@ -28,8 +28,9 @@ from torch import nn
 
 from ..federated.meter import message_bytes, query_content, train_content, wire_state
 from ..federated.server import PruningServer
-from ..federated.transport import Delivery, Queried, TrainPlan, TrainReply, pool
+from ..federated.transport import Delivery, Queried, TrainPlan, TrainReply
 from ..models import ModelSpec
+from ..pruners import pool_validation
 from .grid import PollingGrid
 from .messages import content_of, to_message, unpack_train_reply, validation_answer
 from .nodes import NodeDirectory
@@ -143,10 +144,13 @@ class FlowerTransport:
                 up += message_bytes(content_of(msg))
             answer = validation_answer(msg)
             if answer is not None:
-                got.append((pid, *answer))
+                acc, n, loss = answer
+                got.append((pid, acc, loss, n))
         if not got:
             logger.warning("validation: no replies; the candidate cannot be judged")
-        return Queried(pool(got), list(msgs), len(msgs) * message_bytes(content), up)
+        # pooled in partition order, whatever order the answers came in
+        return Queried(pool_validation(sorted(got)), list(msgs),
+                       len(msgs) * message_bytes(content), up)
 
 
 def flower_summary(server: PruningServer, nodes: NodeDirectory) -> dict[str, Any]:

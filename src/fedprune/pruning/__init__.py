@@ -1,17 +1,20 @@
-"""Automatic structured pruning of conv nets: score (L1), decide (boundary rule), cut (DepGraph)."""
+"""Automatic structured pruning of conv nets: score (L1), decide (a rule), cut (DepGraph).
+
+When and how much to cut over a federated run is :mod:`fedprune.pruners`.
+"""
 
 from .apply import (
     GroupDecision,
     PruneResult,
     default_ignored_layers,
+    default_rule,
     initial_record,
     prune_model,
     rebuild,
     reinitialise,
     widths_of,
 )
-from .rule import BoundaryRule, Decision, RatioRule, decide, decide_ratio
-from .schedule import Schedule, ScheduleState, advance, is_active, is_try_round
+from .rule import BoundaryRule, Decision, RatioRule, Rule, decide, decide_ratio
 
 __all__ = [
     "BoundaryRule",
@@ -19,15 +22,12 @@ __all__ = [
     "GroupDecision",
     "PruneResult",
     "RatioRule",
-    "Schedule",
-    "ScheduleState",
-    "advance",
+    "Rule",
     "decide",
     "decide_ratio",
     "default_ignored_layers",
+    "default_rule",
     "initial_record",
-    "is_active",
-    "is_try_round",
     "prune_model",
     "rebuild",
     "reinitialise",

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..config import PruneConfig
 from .importance import GroupScores, group_l1_scores
-from .rule import BoundaryRule, Decision, RatioRule, decide_any
+from .rule import BoundaryRule, Decision, Rule
 
 logger = logging.getLogger(__name__)
 
@@ -176,55 +176,72 @@ def widths_of(record: dict[str, Any]) -> dict[str, int]:
     return {g["root"]: len(g["kept"]) for g in record["groups"]}
 
 
+def default_rule() -> BoundaryRule:
+    """The boundary rule with the configuration's defaults (``fedprune config``): k = 0.75,
+    the low tail only, at most 20 % of a group's channels per call, one channel kept."""
+    p = PruneConfig
+    return BoundaryRule(k=p.k, mode=p.mode, min_channels=p.min_channels,
+                        max_fraction=p.max_fraction)
+
+
 def prune_model(
     model: nn.Module,
     example_inputs: torch.Tensor,
+    rule: Rule | None = None,
     *,
-    k: float = PruneConfig.k,
-    mode: str = PruneConfig.mode,
-    min_channels: int = PruneConfig.min_channels,
-    max_fraction: float = PruneConfig.max_fraction,
     ignored_layers: Sequence[nn.Module] | None = None,
     reinit: bool = False,
     seed: int = 0,
     record: dict[str, Any] | None = None,
-    ratio: float | None = None,
 ) -> PruneResult:
-    """Prune ``model`` in place with the automatic boundary rule and return the result.
+    """Prune ``model`` in place by ``rule`` and return the result.
 
     Args:
         model: any module with Conv2d layers; pruned in place (surviving weights kept).
         example_inputs: a batch (size 1 is enough) used to trace the dependency graph.
-        k, mode, min_channels, max_fraction: the :class:`~.rule.BoundaryRule`; the defaults
-            are the configuration's (``fedprune config``): k = 0.75, the low tail only, at
-            most 20 % of a group's channels per call.  The paper's rule is ``k=2.0,
-            mode="both", max_fraction=1.0``.
+        rule: what each group loses (:class:`~.rule.BoundaryRule`, or the fixed-ratio
+            baseline :class:`~.rule.RatioRule`); by default the boundary rule with the
+            configuration's defaults (:func:`default_rule`).  The paper's rule is
+            ``BoundaryRule(k=2.0, mode="both", max_fraction=1.0)``.
         ignored_layers: layers whose outputs must not be pruned; by default the classifier
             (``get_classifier()``) and the layer producing the model's output.
         reinit: re-initialise all parameters after the cut (the paper's behaviour), seeded
             by ``seed``.  Off by default: fedprune keeps the trained weights.
         record: the record of the model as it is now (from an earlier call or
             :func:`initial_record`); the returned record is relative to the original model.
-        ratio: if set (in (0, 1)), the fixed-ratio baseline instead of the boundary rule:
-            every group loses its ``floor(ratio * channels)`` lowest-scoring channels (at
-            least ``min_channels`` kept; ``k``, ``mode`` and ``max_fraction`` are ignored).
     """
-    rule: BoundaryRule | RatioRule
-    if ratio is not None:
-        rule = RatioRule(ratio=ratio, min_channels=min_channels)
-    else:
-        rule = BoundaryRule(k=k, mode=mode, min_channels=min_channels, max_fraction=max_fraction)  # type: ignore[arg-type]
+    rule = default_rule() if rule is None else rule
     if record is None:
         record = initial_record(model, example_inputs, ignored_layers)
     _check_record(record)
     ignored = list(ignored_layers) if ignored_layers is not None else default_ignored_layers(
         model, example_inputs
     )
+    dg = _build_graph(model, example_inputs)
+    plans = _plan(model, dg, ignored, record, rule)
+    new_record = _cut(dg, plans, record)
+    if reinit:
+        reinitialise(model, seed)
+    return PruneResult(model=model, record=new_record, decisions=[p.group for p in plans])
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One group's cut, decided before any group is cut."""
+
+    root: nn.Module
+    handler: Any
+    removed: list[int]  # current channel indices to remove
+    group: GroupDecision
+    keep: np.ndarray
+
+
+def _plan(model: nn.Module, dg: tp.DependencyGraph, ignored: Sequence[nn.Module],
+          record: dict[str, Any], rule: Rule) -> list[_Plan]:
+    """Score and decide every group of ``model`` (which ``record`` must describe)."""
     names = {m: n for n, m in model.named_modules()}
     by_root = {g["root"]: g for g in record["groups"]}
-    dg = _build_graph(model, example_inputs)
-
-    plans: list[tuple[nn.Module, Any, list[int], GroupDecision, Decision]] = []
+    plans = []
     for group in _groups(model, dg, ignored):
         gs = group_l1_scores(group, dg, names)
         prev = by_root.get(gs.root)
@@ -238,28 +255,30 @@ def prune_model(
                            dec.lower, dec.upper)
         logger.debug("group %s: %d -> %d channels (bounds %.4g, %.4g)", gs.root, gd.channels,
                      gd.kept, dec.lower, dec.upper)
-        root_module = group[0].dep.target.module
-        plans.append((root_module, group[0].dep.handler, [int(i) for i in (~dec.keep).nonzero()[0]],
-                      gd, dec))
+        plans.append(_Plan(group[0].dep.target.module, group[0].dep.handler,
+                           [int(i) for i in (~dec.keep).nonzero()[0]], gd, dec.keep))
+    return plans
 
+
+def _cut(dg: tp.DependencyGraph, plans: Sequence[_Plan], record: dict[str, Any]
+         ) -> dict[str, Any]:
+    """Cut the planned channels in place; the record of the model after the cut."""
+    by_root = {g["root"]: g for g in record["groups"]}
     new_groups = {g["root"]: dict(g) for g in record["groups"]}
-    for root_module, handler, removed, gd, dec in plans:
-        prev_kept = by_root[gd.root]["kept"]
-        new_groups[gd.root]["kept"] = [prev_kept[i] for i in range(len(prev_kept)) if dec.keep[i]]
-        if removed:
-            group = dg.get_pruning_group(root_module, handler, removed)
+    for plan in plans:
+        prev_kept = by_root[plan.group.root]["kept"]
+        new_groups[plan.group.root]["kept"] = [prev_kept[i] for i in range(len(prev_kept))
+                                               if plan.keep[i]]
+        if plan.removed:
+            group = dg.get_pruning_group(plan.root, plan.handler, plan.removed)
             if not dg.check_pruning_group(group):
-                raise RuntimeError(f"Torch-Pruning refused to prune group {gd.root!r}")
+                raise RuntimeError(f"Torch-Pruning refused to prune group {plan.group.root!r}")
             group.prune(record_history=False)
-
-    if reinit:
-        reinitialise(model, seed)
-    new_record = {"format": RECORD_FORMAT, "version": RECORD_VERSION,
-                  "groups": [new_groups[g["root"]] for g in record["groups"]]}
-    return PruneResult(model=model, record=new_record, decisions=[p[3] for p in plans])
+    return {"format": RECORD_FORMAT, "version": RECORD_VERSION,
+            "groups": [new_groups[g["root"]] for g in record["groups"]]}
 
 
-def _decide_group(gs: GroupScores, rule: BoundaryRule | RatioRule) -> Decision:
+def _decide_group(gs: GroupScores, rule: Rule) -> Decision:
     """The rule on one group; grouped convs lose the same local positions in every block.
 
     For a grouped conv the rule sees one score per local position (the mean over the blocks)
@@ -273,9 +292,9 @@ def _decide_group(gs: GroupScores, rule: BoundaryRule | RatioRule) -> Decision:
                        "aligned; left unpruned", gs.root)
         return Decision(np.ones(scores.size, dtype=bool), np.nan, np.nan, np.nan, np.nan)
     if g == 1:
-        return decide_any(scores, rule)
+        return rule.decide(scores)
     local_rule = replace(rule, min_channels=max(-(-rule.min_channels // g), gs.min_per_block))
-    local = decide_any(scores.reshape(g, -1).mean(axis=0), local_rule)
+    local = local_rule.decide(scores.reshape(g, -1).mean(axis=0))
     return replace(local, keep=np.tile(local.keep, g))
 
 

@@ -2,7 +2,7 @@
 
 Pure logic with frozen state values, shared by every engine.  The server side that applies
 it to a model (cuts, snapshots, rollbacks, federated validation) is
-:class:`fedprune.federated.budget_server.BudgetServer`.
+:class:`fedprune.pruners.budget.BudgetPruner`.
 
 The controller
 --------------

@@ -19,7 +19,7 @@ of every group, whatever the scores look like, keeping at least ``min_channels``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -46,6 +46,10 @@ class BoundaryRule:
         if not 0.0 < self.max_fraction <= 1.0:
             raise ValueError(f"max_fraction must be in (0, 1], got {self.max_fraction!r}")
 
+    def decide(self, scores: np.ndarray) -> Decision:
+        """:func:`decide` with this rule."""
+        return decide(scores, self)
+
 
 @dataclass(frozen=True)
 class RatioRule:
@@ -59,6 +63,10 @@ class RatioRule:
             raise ValueError(f"ratio must be in (0, 1), got {self.ratio!r}")
         if int(self.min_channels) != self.min_channels or self.min_channels < 1:
             raise ValueError(f"min_channels must be an integer >= 1, got {self.min_channels!r}")
+
+    def decide(self, scores: np.ndarray) -> Decision:
+        """:func:`decide_ratio` with this rule."""
+        return decide_ratio(scores, self)
 
 
 @dataclass(frozen=True)
@@ -130,8 +138,14 @@ def decide_ratio(scores: np.ndarray, rule: RatioRule) -> Decision:
     return Decision(keep, lower, float("inf"), float(s.mean()), float(s.std()))
 
 
-def decide_any(scores: np.ndarray, rule: BoundaryRule | RatioRule) -> Decision:
-    """:func:`decide` for a :class:`BoundaryRule`, :func:`decide_ratio` for a :class:`RatioRule`."""
-    if isinstance(rule, RatioRule):
-        return decide_ratio(scores, rule)
-    return decide(scores, rule)
+class Rule(Protocol):
+    """What :func:`~.apply.prune_model` needs of a rule: a floor and a pure decision.
+
+    :class:`BoundaryRule` and :class:`RatioRule` are rules; a rule is a frozen dataclass, so
+    that a grouped conv's per-block floor can be set with :func:`dataclasses.replace`.
+    """
+
+    @property
+    def min_channels(self) -> int: ...
+
+    def decide(self, scores: np.ndarray) -> Decision: ...

@@ -1,10 +1,11 @@
-"""Budget mode on the server: cuts, guard checks by federated validation, rollbacks.
+"""Budget mode (method ``budget``): cuts, guard checks by federated validation, rollbacks.
 
-One :class:`BudgetServer` per run.  After each aggregated round the engine calls
-:meth:`BudgetServer.after_aggregate` with the aggregate and a ``validate`` callback that
+One :class:`BudgetPruner` per run.  After each aggregated round the server calls
+:meth:`BudgetPruner.after_aggregate` with the aggregate and a ``validate`` callback that
 asks clients for their accuracy on their own validation split (no data leaves them): the
 in-process loop evaluates the clients' splits directly, the Flower strategy sends query
-messages.  The decisions themselves are :mod:`fedprune.pruning.budget`.
+messages.  The decisions themselves (targets, the k controller, the guard) are pure:
+:mod:`fedprune.pruning.budget`.
 """
 
 from __future__ import annotations
@@ -22,16 +23,16 @@ from .. import seeds
 from ..config import ExperimentConfig
 from ..metrics import count_macs, n_params
 from ..models import ModelSpec, build
+from ..pruning import BoundaryRule, RatioRule, prune_model
 from ..pruning import budget as B
-from ..pruning import is_try_round, prune_model
-from .schedule import PruneStep, Validate, schedule_of
+from .base import Pruner, PruneStep, Validate, validation_clients
+from .registry import register
+from .schedule import is_try_round, schedule_of
 
 logger = logging.getLogger(__name__)
 
 # bisection steps for the last cut's size (the step is found within 2**-8 of the cap)
 FINAL_STEP_SEARCH = 8
-
-BudgetStep = PruneStep  # ``record`` holds the round's "budget" entry for rounds.jsonl
 
 
 def measure(model: nn.Module, example: torch.Tensor, table: B.LatencyTable | None
@@ -46,21 +47,26 @@ def smallest_model(model: nn.Module, example: torch.Tensor, spec: ModelSpec,
     record = spec.record
     while True:
         before = n_params(small)
-        record = prune_model(small, example, ratio=0.99, min_channels=min_channels,
+        record = prune_model(small, example, RatioRule(ratio=0.99, min_channels=min_channels),
                              record=record).record
         if n_params(small) >= before:
             return small
 
 
-class BudgetServer:
-    """Budget mode's pruning decisions (a :class:`~.schedule.Pruner`)."""
+@register("budget")
+class BudgetPruner(Pruner):
+    """Budget mode's pruning decisions: the boundary rule with the controller's k, each cut
+    a candidate under the accuracy guard."""
 
-    def __init__(self, cfg: ExperimentConfig, model: nn.Module, example: torch.Tensor,
-                 spec: ModelSpec, params_initial: int, flops_initial: int,
+    record_key = "budget"
+
+    def __init__(self, cfg: ExperimentConfig, *, model: nn.Module, spec: ModelSpec,
+                 example: torch.Tensor, params_initial: int, flops_initial: int,
                  num_clients: int, has_validation: Sequence[bool]) -> None:
+        super().__init__(cfg, model=model, spec=spec, example=example,
+                         params_initial=params_initial, flops_initial=flops_initial,
+                         num_clients=num_clients, has_validation=has_validation)
         bc = cfg.budget
-        self.cfg = cfg
-        self.example = example
         self.table = B.LatencyTable.load(bc.latency_table) if bc.latency_table else None
         self.targets = B.resolve_targets(bc, params_initial, flops_initial)
         self.floor = measure(smallest_model(model, example, spec, cfg.prune.min_channels),
@@ -69,15 +75,11 @@ class BudgetServer:
         self.state = B.start(cfg.prune.k, cfg.prune.max_fraction)
         self.snapshot: tuple[ModelSpec, dict[str, torch.Tensor]] | None = None
         self.cut_step: float | None = None  # the step of the latest round's cut, if any
-        self.val_pool = [i for i in range(num_clients) if has_validation[i]]
         if bc.guard and not self.val_pool:
             raise B.BudgetError("budget.guard needs clients with a validation split: set "
                                 "data.val_fraction > 0")
         logger.info("budget mode: targets %s (the rule's floor: %s)", self.targets.to_dict(),
                     self.floor)
-
-    def trial(self) -> list[tuple[nn.Module, ModelSpec]]:
-        return []  # budget mode cuts the global model itself
 
     # ------------------------------------------------------------------ schedule
 
@@ -85,15 +87,10 @@ class BudgetServer:
         return (self.state.status == "pruning" and not self.state.pending
                 and is_try_round(schedule_of(self.cfg), rnd))
 
-    def _val_clients(self, rnd: int) -> list[int]:
-        rng = seeds.guard_clients(self.cfg.seed, rnd)
-        k = min(self.cfg.budget.guard_clients, len(self.val_pool))
-        return sorted(int(c) for c in rng.choice(self.val_pool, size=k, replace=False))
-
     # ------------------------------------------------------------------ the round step
 
     def after_aggregate(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate,
-                        last_round: bool = False) -> BudgetStep:
+                        last_round: bool = False) -> PruneStep:
         events: list[dict[str, Any]] = []  # the guard's decisions this round, in order
         self.cut_step = None
         changed = pruned = False
@@ -118,7 +115,7 @@ class BudgetServer:
         return self._step(rnd, model, spec, changed, pruned, events)
 
     def after_skipped(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate,
-                      last_round: bool = False) -> BudgetStep | None:
+                      last_round: bool = False) -> PruneStep | None:
         """A round that aggregated nothing: no try; but a candidate still pending at the last
         round is judged now, so that the run never ends on a cut the guard has not seen."""
         self.cut_step = None
@@ -128,7 +125,7 @@ class BudgetServer:
         return self._step(rnd, model, spec, rolled_back, False, [ev])
 
     def _step(self, rnd: int, model: nn.Module, spec: ModelSpec, changed: bool, pruned: bool,
-              events: list[dict[str, Any]]) -> BudgetStep:
+              events: list[dict[str, Any]]) -> PruneStep:
         """The round's step and its ``budget`` record (after the deadline check)."""
         p = self.cfg.prune
         if self.state.status == "pruning" and not self.state.pending and rnd >= p.max_prune_round:
@@ -141,7 +138,7 @@ class BudgetServer:
                   "pending": self.state.pending, "guard": events, "cut_step": self.cut_step}
         if "latency_ms" in measured:
             record["latency_ms"] = measured["latency_ms"]
-        return BudgetStep(model, spec, changed, pruned, record)
+        return PruneStep(model, spec, changed, pruned, record)
 
     def _try(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate
              ) -> tuple[nn.Module, ModelSpec, bool, dict[str, Any] | None]:
@@ -150,8 +147,9 @@ class BudgetServer:
         acc_before: float | None = None
         n_before = 0
         if bc.guard:
-            clients = self._val_clients(rnd)
-            acc_before, n_before = validate(model, spec, clients)[:2]
+            clients = validation_clients(self.cfg.seed, rnd, self.val_pool, bc.guard_clients)
+            before_cut = validate(model, spec, clients)
+            acc_before, n_before = before_cut.accuracy, before_cut.samples
         snapshot = (spec, {k: v.detach().clone() for k, v in model.state_dict().items()})
         before = n_params(model)
         seed = seeds.pruning_seed(self.cfg.seed, rnd)
@@ -187,9 +185,9 @@ class BudgetServer:
 
         def cut(step: float) -> tuple[nn.Module, dict[str, Any], bool]:
             trial = copy.deepcopy(model)
-            res = prune_model(trial, self.example, k=self.state.k, mode=p.mode,
-                              min_channels=p.min_channels, max_fraction=step, seed=seed,
-                              record=spec.record)
+            rule = BoundaryRule(k=self.state.k, mode=p.mode, min_channels=p.min_channels,
+                                max_fraction=step)
+            res = prune_model(trial, self.example, rule, seed=seed, record=spec.record)
             met = B.is_met(self.targets, measure(trial, self.example, self.table))
             return trial, res.record, met
 
@@ -211,7 +209,8 @@ class BudgetServer:
                ) -> tuple[nn.Module, ModelSpec, bool, dict[str, Any]]:
         cut_round, acc_before = self.state.cut_round, self.state.acc_before
         n_before = self.state.n_before
-        acc_after, n_after = validate(model, spec, self.state.val_clients)[:2]
+        after_cut = validate(model, spec, self.state.val_clients)
+        acc_after, n_after = after_cut.accuracy, after_cut.samples
         margin = B.guard_margin(self.cfg.budget, acc_before or 0.0, n_before, acc_after, n_after)
         self.state, ok = B.judge(self.cfg.budget, self.state, acc_after, n_after)
         verdict = {"decision": "accept" if ok else "rollback", "cut_round": cut_round,
@@ -265,8 +264,6 @@ class BudgetServer:
         if self.state.pending and self.snapshot is None:
             raise ValueError("checkpoint: a guard candidate is pending but its snapshot is "
                              "missing")
-
-    # ------------------------------------------------------------------ Pruner interface
 
     def state_entries(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
         state, snapshot = self.checkpoint_state()

@@ -42,28 +42,34 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal, get_args
 
-import torch
 from torch import nn
 
 from .. import seeds
 from ..config import ConfigError, ExperimentConfig
 from ..metrics import count_macs, n_params
 from ..models import ModelSpec, build
-from ..pruning import prune_model
-from .schedule import PruneStep, Validate, Validation
+from ..pruning import RatioRule, prune_model
+from .base import Pruner, PruneStep, Validate, Validation, validation_clients
+from .registry import register
 
 logger = logging.getLogger(__name__)
 
+# waiting -> trial <-> between (after a judged candidate) -> stopped
+Status = Literal["waiting", "trial", "between", "stopped"]
+STATUSES: tuple[str, ...] = get_args(Status)
 
-@dataclass
+
+@dataclass(frozen=True)
 class AutoState:
-    """The automatic method's state over a run (JSON-able; in every checkpoint)."""
+    """The automatic method's state over a run (JSON-able; in every checkpoint).
 
-    status: str = "waiting"  # waiting -> trial <-> (between trials) -> stopped
+    A value: every transition below returns a new one and leaves its argument as it was.
+    """
+
+    status: Status = "waiting"
     step: float = 0.0  # share of each group's filters the next candidate loses
     spent: float = 0.0  # measured cost of the kept cuts (accuracy, 0.01 = 1 point)
     trial_round: int | None = None  # round whose aggregate the pending candidate was cut from
@@ -72,7 +78,52 @@ class AutoState:
     rejected: int = 0
     stopped_round: int | None = None
     stop_reason: str = ""
-    tries: list[dict[str, Any]] = field(default_factory=list)  # every judged candidate
+    tries: tuple[dict[str, Any], ...] = ()  # every judged candidate
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"automatic method: unknown status {self.status!r}")
+
+    @property
+    def between_trials(self) -> bool:
+        """No candidate is pending and pruning goes on."""
+        return self.status in ("waiting", "between")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "tries": list(self.tries)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AutoState:
+        return cls(**{**d, "tries": tuple(d.get("tries", ()))})
+
+
+# ----------------------------------------------------------------------------- transitions
+
+
+def started(st: AutoState, rnd: int) -> AutoState:
+    """A candidate was cut from the aggregate of round ``rnd``."""
+    return replace(st, status="trial", trial_round=rnd)
+
+
+def judged_again(st: AutoState, verdict: dict[str, Any]) -> AutoState:
+    """The candidate does not fit yet and trains on (``verdict`` is this judgement)."""
+    return replace(st, looks=st.looks + 1, tries=(*st.tries, verdict))
+
+
+def kept(st: AutoState, cost: float, verdict: dict[str, Any]) -> AutoState:
+    """The candidate became the global model; ``cost`` is what all kept cuts cost."""
+    return replace(st, status="between", trial_round=None, looks=0, spent=cost,
+                   accepted=st.accepted + 1, tries=(*st.tries, verdict))
+
+
+def dropped(st: AutoState, verdict: dict[str, Any]) -> AutoState:
+    """The candidate was dropped: the next one loses half the share."""
+    return replace(st, status="between", trial_round=None, looks=0, step=st.step / 2,
+                   rejected=st.rejected + 1, tries=(*st.tries, verdict))
+
+
+def stopped(st: AutoState, rnd: int, why: str) -> AutoState:
+    return replace(st, status="stopped", stopped_round=rnd, stop_reason=why)
 
 
 def paired(ref: Validation, got: Validation) -> tuple[float, float, int]:
@@ -105,14 +156,15 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-class AutoPruner:
-    """The automatic method's decisions (a :class:`~.schedule.Pruner`)."""
+@register("auto")
+class AutoPruner(Pruner):
+    """The automatic method's decisions; :attr:`state` is a new :class:`AutoState` after
+    every step, the candidate and reference models are kept beside it."""
 
-    def __init__(self, cfg: ExperimentConfig, example: torch.Tensor, num_clients: int,
-                 has_validation: Sequence[bool]) -> None:
-        self.cfg = cfg
-        self.example = example
-        self.val_pool = [i for i in range(num_clients) if has_validation[i]]
+    record_key = "auto"
+
+    def __init__(self, cfg: ExperimentConfig, **start: Any) -> None:
+        super().__init__(cfg, **start)
         if cfg.prune.enabled and not self.val_pool:
             raise ConfigError("prune.method = 'auto' validates each cut on the clients' "
                               "validation splits, and no client holds one: set "
@@ -121,8 +173,6 @@ class AutoPruner:
         self.state = AutoState(step=cfg.prune.step)
         self.candidate: tuple[nn.Module, ModelSpec] | None = None
         self.reference: tuple[nn.Module, ModelSpec] | None = None  # after the first kept cut
-
-    # ------------------------------------------------------------------ the trial models
 
     def trial(self) -> list[tuple[nn.Module, ModelSpec]]:
         """The models the sampled clients train beside the global one: the candidate, if any,
@@ -145,32 +195,32 @@ class AutoPruner:
 
     def after_aggregate(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate,
                         last_round: bool = False) -> PruneStep:
-        p, st = self.cfg.prune, self.state
+        p = self.cfg.prune
         judged: dict[str, Any] | None = None
         changed = False
         if not p.enabled:
             return PruneStep(model, spec, False, False)
+        st = self.state
         if self.candidate is not None and st.trial_round is not None and (
                 rnd >= st.trial_round + p.interval * (st.looks + 1) or last_round):
             model, spec, changed, judged = self._judge(rnd, model, spec, validate, last_round)
-        started = None
-        if (st.status in ("waiting", "between") and p.start_round <= rnd <= p.max_prune_round
-                and not last_round):
-            started = self._start_trial(rnd, model, spec)
+        cut = None
+        if self.state.between_trials and p.start_round <= rnd <= p.max_prune_round and \
+                not last_round:
+            cut = self._start_trial(rnd, model, spec)
         else:
             self._stop_if_past(rnd, last_round)
         record = self._record()
         if judged is not None:
             record["judged"] = judged
-        if started is not None:
-            record["candidate"] = started
+        if cut is not None:
+            record["candidate"] = cut
         return PruneStep(model, spec, changed, changed, record)
 
     def _stop_if_past(self, rnd: int, last_round: bool) -> None:
         """Stop, between candidates, at the run's last round or after the window."""
         p = self.cfg.prune
-        if self.state.status in ("waiting", "between") and (rnd > p.max_prune_round
-                                                             or last_round):
+        if self.state.between_trials and (rnd > p.max_prune_round or last_round):
             self._stop(rnd, "the run's last round" if last_round else
                        f"prune.max_prune_round ({p.max_prune_round}) has passed")
 
@@ -183,37 +233,31 @@ class AutoPruner:
     def _start_trial(self, rnd: int, model: nn.Module, spec: ModelSpec
                      ) -> dict[str, Any] | None:
         """Cut a candidate from ``model`` (left as it is); None (and stop) if nothing is cut."""
-        p, st = self.cfg.prune, self.state
+        p, step = self.cfg.prune, self.state.step
         trial = copy.deepcopy(model)
         before = n_params(model)
-        res = prune_model(trial, self.example, ratio=st.step, min_channels=p.min_channels,
+        res = prune_model(trial, self.example, RatioRule(ratio=step, min_channels=p.min_channels),
                           seed=seeds.pruning_seed(self.cfg.seed, rnd), record=spec.record)
         if n_params(trial) >= before:
-            self._stop(rnd, f"a cut of {st.step:.3g} of each layer removes no filter")
+            self._stop(rnd, f"a cut of {step:.3g} of each layer removes no filter")
             return None
         tspec = replace(spec, record=res.record)
         self.candidate = (trial, tspec)
-        st.status, st.trial_round = "trial", rnd
-        info = {"round": rnd, "step": st.step, "params": n_params(trial),
+        self.state = started(self.state, rnd)
+        info = {"round": rnd, "step": step, "params": n_params(trial),
                 "flops": 2 * count_macs(trial, self.example), "widths": tspec.widths_now()}
         logger.info("round %d: candidate cut %d -> %d params (step %.3g), widths %s; trained "
-                    "beside the model for %d rounds", rnd, before, info["params"], st.step,
+                    "beside the model for %d rounds", rnd, before, info["params"], step,
                     info["widths"], p.interval)
         return info
-
-    def _val_clients(self, rnd: int) -> list[int]:
-        k = min(self.cfg.prune.val_clients, len(self.val_pool))
-        rng = seeds.guard_clients(self.cfg.seed, rnd)
-        return sorted(int(c) for c in rng.choice(self.val_pool, size=k, replace=False))
 
     def _judge(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate,
                last_round: bool = False) -> tuple[nn.Module, ModelSpec, bool, dict[str, Any]]:
         p, st = self.cfg.prune, self.state
-        assert self.candidate is not None
+        assert self.candidate is not None and st.trial_round is not None
         cand, cspec = self.candidate
-        clients = self._val_clients(rnd)
-        reference = self.reference or (model, spec)
-        ref = validate(*reference, clients)
+        clients = validation_clients(self.cfg.seed, rnd, self.val_pool, p.val_clients)
+        ref = validate(*(self.reference or (model, spec)), clients)
         got = validate(cand, cspec, clients)
         cost, se, n_paired = paired(ref, got)
         if n_paired == 0 and not last_round:  # nobody answered both: ask again next round
@@ -221,6 +265,41 @@ class AutoPruner:
                            "round %s is judged next round", rnd, st.trial_round)
             return model, spec, False, {"cut_round": st.trial_round, "decision": "retry",
                                         "why": "no client validated both models"}
+        verdict = self._verdict(st, cand, cspec, ref, got, (cost, se, n_paired))
+        ok = verdict["decision"] == "accept"
+        if (not ok and n_paired > 0 and st.looks + 1 < p.judgements and not last_round
+                and rnd < p.max_prune_round):
+            # a fresh cut is still recovering: train it on and judge it again
+            verdict["decision"] = "again"
+            verdict["why"] += (f"; trained on, judged again at round "
+                               f"{st.trial_round + p.interval * (st.looks + 2)} "
+                               f"(judgement {st.looks + 2} of {p.judgements})")
+            self.state = judged_again(st, {"round": rnd, **verdict})
+            logger.info("round %d: the cut of round %s does not fit yet (%s)", rnd,
+                        verdict["cut_round"], verdict["why"])
+            return model, spec, False, verdict
+        self.candidate = None
+        if ok:
+            self.state = kept(st, cost, {"round": rnd, **verdict})
+            if self.reference is None:  # the unpruned model goes on as the reference
+                self.reference = (model, spec)
+            logger.info("round %d: kept the cut of round %s (%s); widths %s", rnd,
+                        verdict["cut_round"], verdict["why"], verdict["widths"])
+            return cand, cspec, True, verdict
+        self.state = dropped(st, {"round": rnd, **verdict})
+        logger.info("round %d: dropped the cut of round %s (%s); step -> %.3g", rnd,
+                    verdict["cut_round"], verdict["why"], self.state.step)
+        if self.state.step < p.min_step:
+            self._stop(rnd, f"{verdict['why']}, and the halved step {self.state.step:.3g} is "
+                       f"below prune.min_step ({p.min_step})")
+        return model, spec, False, verdict
+
+    def _verdict(self, st: AutoState, cand: nn.Module, cspec: ModelSpec, ref: Validation,
+                 got: Validation, pair: tuple[float, float, int]) -> dict[str, Any]:
+        """The judgement of the candidate from the paired ``(cost, se, clients)``: accept
+        while its bound fits ``prune.max_accuracy_drop``, else reject; and why."""
+        p = self.cfg.prune
+        cost, se, n_paired = pair
         # without a standard error (fewer than two clients paired) only z = 0 can accept
         bound = cost if p.confidence_z == 0 else (
             cost + p.confidence_z * (se if math.isfinite(se) else math.inf))
@@ -245,43 +324,10 @@ class AutoPruner:
                               "standard error, so the cut cannot be shown to fit")
         else:
             verdict["why"] = f"{total} > prune.max_accuracy_drop"
-        if (not ok and n_paired > 0 and st.looks + 1 < p.judgements and not last_round
-                and rnd < p.max_prune_round):
-            # a fresh cut is still recovering: train it on and judge it again
-            st.looks += 1
-            verdict["decision"] = "again"
-            verdict["why"] += (f"; trained on, judged again at round "
-                               f"{st.trial_round + p.interval * (st.looks + 1)} "
-                               f"(judgement {st.looks + 1} of {p.judgements})")
-            st.tries.append({"round": rnd, **verdict})
-            logger.info("round %d: the cut of round %s does not fit yet (%s)", rnd,
-                        verdict["cut_round"], verdict["why"])
-            return model, spec, False, verdict
-        st.tries.append({"round": rnd, **verdict})
-        self.candidate = None
-        st.trial_round = None
-        st.looks = 0
-        st.status = "between"
-        if ok:
-            st.spent = cost
-            st.accepted += 1
-            if self.reference is None:  # the unpruned model goes on as the reference
-                self.reference = (model, spec)
-            logger.info("round %d: kept the cut of round %s (%s); widths %s", rnd,
-                        verdict["cut_round"], verdict["why"], verdict["widths"])
-            return cand, cspec, True, verdict
-        st.rejected += 1
-        st.step /= 2
-        logger.info("round %d: dropped the cut of round %s (%s); step -> %.3g", rnd,
-                    verdict["cut_round"], verdict["why"], st.step)
-        if st.step < p.min_step:
-            self._stop(rnd, f"{verdict['why']}, and the halved step {st.step:.3g} is below "
-                       f"prune.min_step ({p.min_step})")
-        return model, spec, False, verdict
+        return verdict
 
     def _stop(self, rnd: int, why: str) -> None:
-        st = self.state
-        st.status, st.stopped_round, st.stop_reason = "stopped", rnd, why
+        self.state = st = stopped(self.state, rnd, why)
         self.reference = None  # only pruning needs it
         logger.info("round %d: pruning stopped: %s (%d cuts kept, measured cost %.2f points)",
                     rnd, why, st.accepted, 100 * st.spent)
@@ -293,13 +339,13 @@ class AutoPruner:
                        "state_dict": {k: v.detach().clone() for k, v in m[0].state_dict().items()}}
                 for name, m in (("candidate", self.candidate), ("reference", self.reference))
                 if m is not None}
-        return {"auto": asdict(self.state)}, snap or None
+        return {"auto": self.state.to_dict()}, snap or None
 
     def restore_entries(self, state: dict[str, Any], snapshot: dict[str, Any] | None) -> None:
         if "auto" not in state:
             raise ValueError("the checkpoint holds no state of prune.method = 'auto': it was "
                              "written by a run with another method")
-        self.state = AutoState(**state["auto"])
+        self.state = AutoState.from_dict(state["auto"])
         snapshot = snapshot or {}
 
         def model_of(name: str) -> tuple[nn.Module, ModelSpec]:
@@ -324,4 +370,4 @@ class AutoPruner:
                          "accepted": st.accepted, "rejected": st.rejected,
                          "measured_cost": st.spent,
                          "max_accuracy_drop": self.cfg.prune.max_accuracy_drop,
-                         "tries": st.tries}}
+                         "tries": list(st.tries)}}

@@ -1,0 +1,122 @@
+"""What every pruning method is to the server: one :class:`Pruner` per run.
+
+After each aggregated round the server calls :meth:`Pruner.after_aggregate` with the
+aggregate and a :data:`Validate` callback that asks clients for a model's accuracy on their
+own validation splits (no data leaves them); the method answers with a :class:`PruneStep`.
+The server writes the step's ``record`` into the round's record under the method's
+:attr:`Pruner.record_key`, and the method's :meth:`Pruner.state_entries` into every
+checkpoint, so that it drives any method the same way.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import nn
+
+from .. import seeds
+from ..config import ExperimentConfig
+from ..models import ModelSpec
+
+
+class Validation(NamedTuple):
+    """Federated validation of one model: pooled over the asked clients' validation splits."""
+
+    accuracy: float  # nan without answers
+    samples: int  # validation samples that answered (0: none)
+    loss: float  # mean cross-entropy over them
+    clients: tuple[tuple[int, float, int], ...] = ()  # (client, accuracy, samples) answers
+
+
+# validate(model, its spec, client ids) -> the clients' pooled validation figures
+Validate = Callable[[nn.Module, ModelSpec, Sequence[int]], Validation]
+
+
+def pool_validation(answers: Iterable[tuple[int, float, float, int]]) -> Validation:
+    """Pool the clients' answers ``(client, accuracy, loss, samples)``, in their order, into
+    one :class:`Validation`: accuracy and loss weighted by samples (nan without samples)."""
+    correct, loss, total = 0.0, 0.0, 0
+    clients = []
+    for client, acc, lo, n in answers:
+        correct += acc * n
+        loss += lo * n
+        total += n
+        clients.append((client, acc, n))
+    if total == 0:
+        return Validation(float("nan"), 0, float("nan"))
+    return Validation(correct / total, total, loss / total, tuple(clients))
+
+
+def validation_clients(seed: int, rnd: int, pool: Sequence[int], k: int) -> list[int]:
+    """The clients asked to validate in round ``rnd``: ``k`` of ``pool`` (all, if fewer),
+    drawn from the run's guard stream (:func:`fedprune.seeds.guard_clients`), sorted."""
+    rng = seeds.guard_clients(seed, rnd)
+    size = min(k, len(pool))
+    return sorted(int(c) for c in rng.choice(list(pool), size=size, replace=False))
+
+
+@dataclass
+class PruneStep:
+    """What the server's pruning step did after one round."""
+
+    model: nn.Module  # the model to train next (a restored one after a rollback)
+    spec: ModelSpec
+    changed: bool  # the architecture changed (cut or rollback): rebuild client workers
+    pruned: bool  # channels were cut this round
+    # the round's entry for the method's record key (Pruner.record_key), or None
+    record: dict[str, Any] | None = None
+
+
+class Pruner(abc.ABC):
+    """The server's pruning decisions over a run, and their state for a checkpoint.
+
+    A method is one subclass, registered by name (:func:`fedprune.pruners.register`); the
+    server builds it with :func:`fedprune.pruners.make_pruner`, which passes every method
+    the same keywords (:meth:`__init__`).
+    """
+
+    #: the key of the method's entry in each round's record (``PruneStep.record``); None:
+    #: the method records nothing per round
+    record_key: ClassVar[str | None] = None
+
+    def __init__(self, cfg: ExperimentConfig, *, model: nn.Module, spec: ModelSpec,
+                 example: torch.Tensor, params_initial: int, flops_initial: int,
+                 num_clients: int, has_validation: Sequence[bool]) -> None:
+        """What a method may need at the start of a run: the configuration, the initial
+        model and its spec, an example input, the initial size, and the clients (those with
+        a validation split form :attr:`val_pool`)."""
+        self.cfg = cfg
+        self.example = example
+        self.val_pool = [i for i in range(num_clients) if has_validation[i]]
+
+    def trial(self) -> list[tuple[nn.Module, ModelSpec]]:
+        """Models the sampled clients train this round beside the global one (the automatic
+        method's candidate and reference), with the same batches; usually none."""
+        return []
+
+    @abc.abstractmethod
+    def after_aggregate(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate,
+                        last_round: bool = False) -> PruneStep:
+        """The step after round ``rnd`` aggregated ``model``."""
+
+    def after_skipped(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate,
+                      last_round: bool = False) -> PruneStep | None:
+        """The step after a round that aggregated nothing (``fed.min_replies``): None, or
+        what must still happen then (budget mode: judge a candidate at the last round)."""
+        return None
+
+    @abc.abstractmethod
+    def state_entries(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """(JSON-able checkpoint entries, snapshot of tensors or None)."""
+
+    @abc.abstractmethod
+    def restore_entries(self, state: dict[str, Any], snapshot: dict[str, Any] | None) -> None:
+        """Continue from what :meth:`state_entries` wrote."""
+
+    @abc.abstractmethod
+    def summary_entries(self, model: nn.Module) -> dict[str, Any]:
+        """``summary.json`` keys: ``prune_steps`` and the method's own."""
