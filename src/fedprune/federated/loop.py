@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from .. import seeds
 from ..config import ExperimentConfig
 from ..data import FederatedData, load_federated
-from ..device import check_precision, resolve_device, to_device
+from ..device import DeviceData, check_precision, resolve_device, use_threads
 from ..metrics import RoundRecord
 from ..models import ModelSpec
 from ..rundir import CHECKPOINT_FILE, load_checkpoint, save_checkpoint  # noqa: F401
@@ -55,24 +54,6 @@ def make_trainer(model: nn.Module, cfg: ExperimentConfig) -> BatchedTrainer | Pe
     return BatchedTrainer(model, cfg.train, device=device)
 
 
-class DeviceData:
-    """The clients' tensors on the training device, each moved there once (on first use)
-    and kept; on the CPU, the tensors themselves."""
-
-    def __init__(self, data: FederatedData, device: torch.device) -> None:
-        self.data, self.device = data, device
-        self._moved: dict[tuple[int, str], torch.Tensor] = {}
-
-    def get(self, cid: int, name: str) -> torch.Tensor:
-        t = getattr(self.data.clients[cid], name)
-        if self.device.type == "cpu" or t is None:
-            return t
-        key = (cid, name)
-        if key not in self._moved:
-            self._moved[key] = to_device(t, self.device)
-        return self._moved[key]
-
-
 def run_simulation(
     cfg: ExperimentConfig,
     run_dir: Path | None = None,
@@ -89,8 +70,7 @@ def run_simulation(
     t0 = time.perf_counter()
     if resume and run_dir is None:
         raise ValueError("resume needs the run directory of the interrupted run")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    use_threads(cfg)
     check_precision(resolve_device(cfg.device), cfg.train.precision)  # before any work
     data = data if data is not None else load_federated(cfg.data, cfg.seed)
     server = PruningServer.for_data(cfg, data, run_dir=run_dir, on_round=on_round)
@@ -106,7 +86,7 @@ def _run_rounds(cfg: ExperimentConfig, data: FederatedData, server: PruningServe
     """The rounds of :func:`run_simulation`, from the server's next round to the last."""
     server.start_clock(t0)
     trainer = make_trainer(server.model, cfg)
-    device = resolve_device(cfg.device)
+    device = server.device
     on_device = DeviceData(data, device)
     logger.info("local training engine: %s on %s in %s", type(trainer).__name__, device,
                 cfg.train.precision)
@@ -121,7 +101,8 @@ def _run_rounds(cfg: ExperimentConfig, data: FederatedData, server: PruningServe
             cd = data.clients[cid]
             if cd.val_y is None or len(cd.val_y) == 0:
                 continue
-            acc, lo = evaluate(net, on_device.get(cid, "val_x"), on_device.get(cid, "val_y"))
+            acc, lo = evaluate(net, on_device.get(cid, "val_x"), on_device.get(cid, "val_y"),
+                               transform=data.transform)
             correct += acc * len(cd.val_y)
             loss += lo * len(cd.val_y)
             total += len(cd.val_y)
@@ -132,7 +113,8 @@ def _run_rounds(cfg: ExperimentConfig, data: FederatedData, server: PruningServe
 
     def jobs_of(rnd: int, sampled: list[int]) -> list[ClientJob]:
         return [ClientJob(on_device.get(cid, "x"), on_device.get(cid, "y"),
-                          seeds.batch_order(cfg.seed, rnd, cid)) for cid in sampled]
+                          seeds.batch_order(cfg.seed, rnd, cid), data.transform)
+                for cid in sampled]
 
     # trainers of the trial models (candidate, reference), built once per model
     trial_trainers: list[tuple[nn.Module, BatchedTrainer | PerClientTrainer]] = []

@@ -30,7 +30,7 @@ from torch import nn
 
 from .. import seeds
 from ..config import ConfigError, ExperimentConfig
-from ..data import FederatedData
+from ..data import FederatedData, PixelTransform
 from ..device import resolve_device, to_device
 from ..metrics import Recorder, RoundRecord, count_macs, n_params, payload_bytes
 from ..models import ModelSpec, new_model
@@ -69,7 +69,8 @@ class PruningServer:
     """The server of one run: the global model, the pruning state, the records.
 
     ``num_clients`` and ``has_validation`` (per client) describe the population the server
-    samples from; ``test_x``/``test_y`` are the held-out test split for central evaluation;
+    samples from; ``test_x``/``test_y`` are the held-out test split for central evaluation
+    (``test_transform``: the pixel transform of a uint8 ``test_x``);
     ``max_client_size`` bounds a plausible reply's sample count.  With ``run_dir``, every
     finished round is appended to ``rounds.jsonl`` and checkpointed (:meth:`begin` writes
     ``config.json`` or resumes).
@@ -79,13 +80,15 @@ class PruningServer:
                  num_clients: int, has_validation: Sequence[bool], test_x: torch.Tensor,
                  test_y: torch.Tensor, max_client_size: int | None = None,
                  run_dir: Path | str | None = None,
-                 on_round: Callable[[RoundRecord], None] | None = None) -> None:
+                 on_round: Callable[[RoundRecord], None] | None = None,
+                 test_transform: PixelTransform | None = None) -> None:
         self.cfg = cfg
         self.model, self.spec = model, spec
         self.num_clients = num_clients
         # central evaluation runs on cfg.device as this machine resolves it
         self.device = resolve_device(cfg.device)
         self.test_x, self.test_y = to_device(test_x, self.device), to_device(test_y, self.device)
+        self.test_transform = test_transform  # the pixel transform of a uint8 test_x
         self.max_client_size = max_client_size
         self.run_dir = RunDir(run_dir) if run_dir is not None else None
         self.on_round = on_round
@@ -136,7 +139,7 @@ class PruningServer:
         return cls(cfg, model, spec, num_clients=len(data.clients),
                    has_validation=[cl.val_y is not None and len(cl.val_y) > 0
                                    for cl in data.clients],
-                   test_x=data.test_x, test_y=data.test_y,
+                   test_x=data.test_x, test_y=data.test_y, test_transform=data.transform,
                    max_client_size=max(len(cl) for cl in data.clients), run_dir=run_dir,
                    on_round=on_round)
 
@@ -381,7 +384,7 @@ class PruningServer:
         evaluated = rnd % self.cfg.fed.eval_every == 0 or rnd == self.cfg.fed.rounds
         if evaluated:
             self.accuracy, self.loss = evaluate(self.model, self.test_x, self.test_y,
-                                                device=self.device)
+                                                device=self.device, transform=self.test_transform)
         macs = count_macs(self.model, self.example)
         if rejected is None:
             rejected = [r._asdict() for r in out.rejections]
