@@ -69,8 +69,7 @@ class PruningServer:
     """The server of one run: the global model, the pruning state, the records.
 
     ``num_clients`` and ``has_validation`` (per client) describe the population the server
-    samples from; ``test_x``/``test_y`` are the held-out test split for central evaluation
-    (``test_transform``: the pixel transform of a uint8 ``test_x``);
+    samples from; ``test_x``/``test_y`` are the held-out test split for central evaluation;
     ``max_client_size`` bounds a plausible reply's sample count.  With ``run_dir``, every
     finished round is appended to ``rounds.jsonl`` and checkpointed (:meth:`begin` writes
     ``config.json`` or resumes).
@@ -79,17 +78,15 @@ class PruningServer:
     def __init__(self, cfg: ExperimentConfig, model: nn.Module, spec: ModelSpec, *,
                  num_clients: int, has_validation: Sequence[bool], test_x: torch.Tensor,
                  test_y: torch.Tensor, max_client_size: int | None = None,
-                 run_dir: Path | str | None = None,
-                 on_round: Callable[[RoundRecord], None] | None = None,
-                 test_transform: PixelTransform | None = None) -> None:
+                 run_dir: Path | str | None = None, test_transform: PixelTransform | None = None,
+                 on_round: Callable[[RoundRecord], None] | None = None) -> None:
         self.cfg = cfg
         self.model, self.spec = model, spec
         self.num_clients = num_clients
         # central evaluation runs on cfg.device as this machine resolves it
         self.device = resolve_device(cfg.device)
         self.test_x, self.test_y = to_device(test_x, self.device), to_device(test_y, self.device)
-        self.test_transform = test_transform  # the pixel transform of a uint8 test_x
-        self.max_client_size = max_client_size
+        self.max_client_size, self.test_transform = max_client_size, test_transform  # of test_x
         self.run_dir = RunDir(run_dir) if run_dir is not None else None
         self.on_round = on_round
         self.example = spec.example_input()
