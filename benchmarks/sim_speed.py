@@ -52,7 +52,7 @@ from fedprune.config import load_config
 from fedprune.data import load_federated
 from fedprune.data.synthetic import femnist_clients, write_leaf_femnist
 from fedprune.data.transform import to_float_batch
-from fedprune.device import DeviceError, check_precision, resolve_device, to_device
+from fedprune.device import DeviceError, check_precision, resolve_device, to_device, use_threads
 from fedprune.federated.batched import BatchedTrainer, ClientJob
 from fedprune.metrics import count_macs, read_rounds
 from fedprune.models import new_model
@@ -97,7 +97,7 @@ def write_data(root: Path, clients: int, samples: int, seed: int) -> Path:
     return write_leaf_femnist(root, train, test)
 
 
-def plain_round(model, state, clients, cfg, seed: int, rnd: int) -> None:
+def plain_round(model, state, clients, cfg, seed: int, rnd: int, transform=None) -> None:
     """(a) The textbook per-client loop, float32, on the device of ``clients``' tensors."""
     device = clients[0][0].device
     worker = copy.deepcopy(model).to(device)
@@ -105,7 +105,7 @@ def plain_round(model, state, clients, cfg, seed: int, rnd: int) -> None:
     for cid, (xu, y) in enumerate(clients):
         worker.load_state_dict(state)
         opt = torch.optim.Adam(worker.parameters(), lr=tc.lr)
-        x = to_float_batch(xu, xu)  # the cache holds uint8 pixels: float once per client
+        x = to_float_batch(transform, xu)  # the cache holds uint8 pixels: float once per client
         gen = client_generator(seed, rnd, cid)
         n = len(y)
         for _ in range(tc.local_epochs):
@@ -118,9 +118,9 @@ def plain_round(model, state, clients, cfg, seed: int, rnd: int) -> None:
     _sync(device)
 
 
-def fast_round(trainer, state, clients, seed: int, rnd: int) -> None:
+def fast_round(trainer, state, clients, seed: int, rnd: int, transform=None) -> None:
     """(b) fedprune's batched engine."""
-    jobs = [ClientJob(x, y, client_generator(seed, rnd, cid))
+    jobs = [ClientJob(x, y, client_generator(seed, rnd, cid), transform)
             for cid, (x, y) in enumerate(clients)]
     trainer.train(state, jobs)
     _sync(trainer.device)
@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"data: {len(data.clients)} clients x {sizes} samples, {data.num_classes} "
               f"classes, {args.epochs} local epochs, batch {cfg.train.batch_size}", flush=True)
         clients = [(to_device(cd.x, device), to_device(cd.y, device)) for cd in data.clients]
-        torch.set_num_threads(args.threads)
+        use_threads(cfg)
+        tf = data.transform  # the cache's pixels are uint8
         for wtxt in args.widths:
             widths = [int(v) for v in wtxt.split(",")]
             model, spec = new_model("cnn_femnist", num_classes=data.num_classes, in_channels=1,
@@ -209,17 +210,17 @@ def main(argv: list[str] | None = None) -> int:
             train_flops = 3 * 2 * macs * samples
             trainers = {p: BatchedTrainer(model, dataclasses.replace(cfg.train, precision=p),
                                           device=device) for p in args.precisions}
-            plain_round(model, state, clients, cfg, cfg.seed, 0)  # warm-up: kernels, ...
+            plain_round(model, state, clients, cfg, cfg.seed, 0, tf)  # warm-up: kernels, ...
             for tr in trainers.values():
-                fast_round(tr, state, clients, cfg.seed, 0)
+                fast_round(tr, state, clients, cfg.seed, 0, tf)
             times: dict[str, list[float]] = {"plain": [], **{f"fast-{p}": [] for p in trainers}}
             for rep in range(args.reps):
                 t = time.perf_counter()
-                plain_round(model, state, clients, cfg, cfg.seed, rep + 1)
+                plain_round(model, state, clients, cfg, cfg.seed, rep + 1, tf)
                 times["plain"].append(time.perf_counter() - t)
                 for p, tr in trainers.items():
                     t = time.perf_counter()
-                    fast_round(tr, state, clients, cfg.seed, rep + 1)
+                    fast_round(tr, state, clients, cfg.seed, rep + 1, tf)
                     times[f"fast-{p}"].append(time.perf_counter() - t)
             row: dict = {"macs": macs, "train_flops_per_round": train_flops,
                          "seconds": times}

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fedprune.config import TrainConfig, from_dict
-from fedprune.data.transform import PixelTransform, attach_transform
+from fedprune.data.transform import PixelTransform
 from fedprune.federated.batched import BatchedTrainer, ClientJob, batched_support
 from fedprune.federated.client import PerClientTrainer, train_local
 from fedprune.federated.loop import make_trainer, run_simulation
@@ -35,24 +35,24 @@ def _clients(model: nn.Module, sizes: list[int], num_classes: int, seed: int = 0
     for n in sizes:
         if dtype == torch.uint8:
             x = torch.randint(0, 256, (n, c, h, w), generator=g, dtype=torch.uint8)
-            attach_transform(x, PixelTransform.of([0.4] * c, [0.3] * c))
         else:
             x = torch.randn(n, c, h, w, generator=g)
         out.append((x, torch.randint(0, num_classes, (n,), generator=g)))
     return out
 
 
-def _per_client(model, state, clients, cfg):
+def _per_client(model, state, clients, cfg, transform=None):
     out = []
     for i, (x, y) in enumerate(clients):
         worker = copy.deepcopy(model)
         worker.load_state_dict(state)
-        out.append(train_local(worker, x, y, cfg, torch.Generator().manual_seed(100 + i)))
+        out.append(train_local(worker, x, y, cfg, torch.Generator().manual_seed(100 + i),
+                               transform=transform))
     return out
 
 
-def _batched(model, state, clients, cfg, memory_mb=1024):
-    jobs = [ClientJob(x, y, torch.Generator().manual_seed(100 + i))
+def _batched(model, state, clients, cfg, memory_mb=1024, transform=None):
+    jobs = [ClientJob(x, y, torch.Generator().manual_seed(100 + i), transform)
             for i, (x, y) in enumerate(clients)]
     return BatchedTrainer(model, cfg, memory_mb=memory_mb).train(state, jobs)
 
@@ -90,13 +90,18 @@ def test_chunks_and_uint8_inputs_give_the_same_result():
     kw = MODELS["cnn_femnist"]
     model, _ = new_model("cnn_femnist", seed=1, **kw)
     clients = _clients(model, [9, 4, 17, 12, 30], kw["num_classes"], dtype=torch.uint8)
+    tf = PixelTransform.of([0.4], [0.3])
     cfg = TrainConfig(local_epochs=3, batch_size=4)
     state = copy.deepcopy(model.state_dict())
-    ref = _per_client(model, state, clients, cfg)
+    ref = _per_client(model, state, clients, cfg, transform=tf)
     trainer = BatchedTrainer(model, cfg, memory_mb=0)  # forces one client per chunk
     assert trainer.clients_per_chunk == 1
-    _assert_same(ref, _batched(model, state, clients, cfg, memory_mb=0))
-    _assert_same(ref, _batched(model, state, clients, cfg))
+    _assert_same(ref, _batched(model, state, clients, cfg, memory_mb=0, transform=tf))
+    got = _batched(model, state, clients, cfg, transform=tf)
+    _assert_same(ref, got)
+    # the transform passed with the jobs is the one applied: without it, other weights
+    unscaled = _batched(model, state, clients, cfg)
+    assert not torch.equal(unscaled[0][0]["features.0.weight"], got[0][0]["features.0.weight"])
 
 
 def test_a_pruned_model_trains_batched_like_per_client():

@@ -153,7 +153,5 @@ def test_the_clientapp_trains_on_its_node_configs_gpu(tmp_path):
                                                         "out-dir": str(tmp_path / "fl")})
     cpu = run_simulation(cfg, tmp_path / "cpu")
     assert abs(summary["accuracy"] - cpu.summary["accuracy"]) < 0.02
-    from fedprune.flower import client_app as app_mod
-
-    on_gpu = [d for key, d in app_mod._DEVICE_CACHE.items() if key.startswith("cuda")]
+    on_gpu = [d for d in client_app.runtime.devices() if d.device.type == "cuda"]
     assert on_gpu and on_gpu[0].get(0, "x").device.type == "cuda"  # the nodes trained there

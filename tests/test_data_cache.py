@@ -15,7 +15,7 @@ from fedprune.config import DataConfig, TrainConfig
 from fedprune.data import DataError, PixelTransform, load_federated, load_prepared
 from fedprune.data.cache import default_cache_dir
 from fedprune.data.synthetic import femnist_clients, split_clients, write_leaf_femnist
-from fedprune.data.transform import attach_transform, to_float_batch
+from fedprune.data.transform import to_float_batch
 from fedprune.federated.client import evaluate, train_local
 from fedprune.models import new_model
 
@@ -132,12 +132,12 @@ def test_transform_standardises_with_the_cached_mean_and_std(tmp_path: Path, lea
     meta = load_prepared(_cfg(tmp_path, leaf)).meta
     x = data.clients[0].x
 
-    out = to_float_batch(x, x[:5])
+    out = to_float_batch(data.transform, x[:5])
 
     ref = (x[:5].double() / 255 - meta["mean"][0]) / meta["std"][0]
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, ref.float(), atol=1e-5, rtol=1e-5)
-    allx = torch.cat([to_float_batch(c.x, c.x) for c in data.clients])
+    allx = torch.cat([to_float_batch(data.transform, c.x) for c in data.clients])
     assert abs(allx.mean().item()) < 0.05 and abs(allx.std().item() - 1) < 0.05
 
 
@@ -145,8 +145,9 @@ def test_uint8_without_transform_is_scaled_and_float_passes_through() -> None:
     u = torch.tensor([[[[0, 255]]]], dtype=torch.uint8)
     f = torch.randn(2, 1, 2, 2)
 
-    assert to_float_batch(u, u).tolist() == [[[[0.0, 1.0]]]]
-    assert to_float_batch(f, f) is f
+    assert to_float_batch(None, u).tolist() == [[[[0.0, 1.0]]]]
+    assert to_float_batch(None, f) is f
+    assert to_float_batch(PixelTransform.of([0.5], [0.5]), f) is f
 
 
 def test_rgb_transform_is_per_channel() -> None:
@@ -163,15 +164,16 @@ def test_train_and_evaluate_on_uint8_match_the_float_path() -> None:
     xu = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=g)
     y = torch.randint(0, 10, (64,), generator=g)
     tf = PixelTransform.of([0.3], [0.4])
-    attach_transform(xu, tf)
     xf = tf(xu)
     cfg = TrainConfig(local_epochs=1, batch_size=16)
     results = []
     for x in (xf, xu):
         model, _ = new_model("cnn_femnist", num_classes=10, in_channels=1, image_size=28,
                              widths=None, seed=0)
-        state, _, info = train_local(model, x, y, cfg, torch.Generator().manual_seed(1))
-        results.append((info["train_loss"], evaluate(model, x, y, batch_size=20), state))
+        state, _, info = train_local(model, x, y, cfg, torch.Generator().manual_seed(1),
+                                     transform=tf)
+        results.append((info["train_loss"], evaluate(model, x, y, batch_size=20, transform=tf),
+                        state))
 
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
     assert results[0][1] == pytest.approx(results[1][1], rel=1e-6)

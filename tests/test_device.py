@@ -16,19 +16,21 @@ from interrupt import Stop, stop_after
 
 from fedprune.cli import main
 from fedprune.config import ConfigError, TrainConfig, from_dict, load_config
-from fedprune.data.transform import PixelTransform, attach_transform, get_transform
+from fedprune.data.transform import PixelTransform
 from fedprune.device import (
+    DeviceData,
     DeviceError,
     LossScaler,
     check_precision,
     precision_context,
     resolve_device,
     to_device,
+    use_threads,
 )
 from fedprune.federated import run_simulation
 from fedprune.federated.batched import BatchedTrainer, ClientJob
 from fedprune.federated.client import evaluate, train_local
-from fedprune.federated.loop import DeviceData, make_trainer
+from fedprune.federated.loop import make_trainer
 from fedprune.federated.wire import decode, encode, round_trip
 from fedprune.metrics import read_rounds
 from fedprune.models import new_model
@@ -119,22 +121,35 @@ def test_the_loop_refuses_fp16_on_the_cpu_before_any_work(tmp_path):
 # ----------------------------------------------------------------------------- data moved once
 
 
-def test_client_data_move_to_the_device_once_and_keep_their_transform():
+def test_client_data_move_to_the_device_once_beside_their_transform():
     x = torch.randint(0, 256, (5, 1, 4, 4), dtype=torch.uint8)
     tf = PixelTransform.of([0.5], [0.25])
-    attach_transform(x, tf)
     moved = to_device(x, torch.device("meta"))
-    assert moved.device.type == "meta" and get_transform(moved) is tf
+    assert moved.device.type == "meta" and moved.dtype == torch.uint8
     assert to_device(x, torch.device("cpu")) is x  # already there: the tensor itself
 
     client = SimpleNamespace(x=x, y=torch.zeros(5, dtype=torch.int64), val_x=None, val_y=None)
-    data = SimpleNamespace(clients=[client])
+    data = SimpleNamespace(clients=[client], transform=tf)
     on_meta = DeviceData(data, torch.device("meta"))
     first = on_meta.get(0, "x")
     assert first.device.type == "meta" and on_meta.get(0, "x") is first  # moved once
     assert on_meta.get(0, "val_x") is None
+    assert on_meta.transform is tf  # the data's, not the tensor's
     on_cpu = DeviceData(data, torch.device("cpu"))
     assert on_cpu.get(0, "x") is x
+
+
+def test_use_threads_sets_the_configured_count_and_zero_leaves_it():
+    before = torch.get_num_threads()
+    try:
+        use_threads(_cfg(threads=1))
+        assert torch.get_num_threads() == 1
+        use_threads(_cfg(threads=2))
+        assert torch.get_num_threads() == 2
+        use_threads(_cfg(threads=0))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_the_engines_train_on_the_configured_device(no_cuda):

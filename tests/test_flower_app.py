@@ -439,6 +439,37 @@ def test_client_refuses_another_partition_and_mismatched_weights():
         client_app(_train_message(cfg, spec, pruned.model.state_dict()), _ctx())
 
 
+def test_a_clientapp_owns_its_data_and_two_experiments_never_share_it():
+    from fedprune.flower.client_app import ClientRuntime, FedpruneClientApp
+    from fedprune.models import new_model
+
+    cfg_a, _ = _tiny()
+    cfg_b = from_dict({**cfg_a.to_dict(), "seed": cfg_a.seed + 1})
+    cfg_a_longer = from_dict({**cfg_a.to_dict(), "fed": {**cfg_a.to_dict()["fed"], "rounds": 9}})
+    cpu = torch.device("cpu")
+    runtime = ClientRuntime()
+    a = runtime.data(cfg_a)
+    assert runtime.data(cfg_a) is a and runtime.data(cfg_a_longer) is a  # same seed and data
+    on_a = runtime.on_device(cfg_a, cpu)
+    assert on_a.data is a and runtime.on_device(cfg_a, cpu) is on_a and runtime.devices() == [on_a]
+    b = runtime.data(cfg_b)  # another experiment: its own partitions, a's tensors let go
+    assert b is not a and runtime.devices() == []
+    assert any(not torch.equal(x.y, z.y) for x, z in zip(a.clients, b.clients, strict=True))
+    assert runtime.on_device(cfg_b, cpu).data is b
+    assert runtime.data(cfg_a) is not a  # one experiment at a time: a's data loaded anew
+
+    # each app trains from the data its own runtime holds; another app's is untouched
+    _grid()  # sets Flower's task identity for messages built outside a run
+    mine, other = ClientRuntime(), ClientRuntime()
+    app = FedpruneClientApp(mine)
+    assert app.runtime is mine and FedpruneClientApp().runtime is not mine
+    model, spec = new_model("cnn_femnist", num_classes=10, in_channels=1, image_size=28,
+                            widths=[4, 8], seed=0)
+    app(_train_message(cfg_a, spec, model.state_dict()), _ctx())
+    assert [d.device for d in mine.devices()] == [cpu] and other.devices() == []
+    assert mine.devices()[0].data is mine.data(cfg_a)
+
+
 def test_the_serverapp_shows_the_engine_neutral_servers_log_lines():
     from fedprune.flower.server_app import _show_fedprune_logs
 

@@ -22,8 +22,8 @@ from fedprune.federated import PruningServer
 from fedprune.federated.client import evaluate
 from fedprune.federated.transport import TrainReply
 from fedprune.metrics import count_flops, read_rounds
-from fedprune.pruners import pool_validation
 from fedprune.models import new_model
+from fedprune.pruners import pool_validation
 
 CFG = from_dict({
     "threads": 1, "data": {"num_clients": 4}, "model": {"widths": [8, 16]},

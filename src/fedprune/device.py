@@ -17,6 +17,11 @@ On the CPU a run resumes bit-identically in float32 and in bf16 (tested), and th
 engines agree to float rounding; float32 runs are the same bit for bit as before these
 settings existed.  On CUDA, runs agree with the CPU's and with themselves only up to the order
 of floating-point reductions, which cuDNN chooses (tested to rounding, not bit for bit).
+
+Each entry point of a run (the in-process :func:`fedprune.federated.run_simulation`, the
+Flower ServerApp and ClientApp) sets torch's CPU thread count from ``threads`` through
+:func:`use_threads`, resolves ``device`` once and hands the :class:`torch.device` down; the
+clients' tensors are moved there once by :class:`DeviceData`, which both engines share.
 """
 
 from __future__ import annotations
@@ -24,14 +29,19 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
-from .config import check_device_name
+from .config import ExperimentConfig, check_device_name
 
-__all__ = ["DEVICE_NAMES", "PRECISIONS", "DeviceError", "LossScaler", "check_device_name",
-           "check_precision", "loss_scaler", "precision_context", "resolve_device",
-           "to_device"]
+if TYPE_CHECKING:  # data imports config, as this module does
+    from .data import FederatedData
+    from .data.transform import PixelTransform
+
+__all__ = ["DEVICE_NAMES", "PRECISIONS", "DeviceData", "DeviceError", "LossScaler",
+           "check_device_name", "check_precision", "loss_scaler", "precision_context",
+           "resolve_device", "to_device", "use_threads"]
 
 DEVICE_NAMES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -75,6 +85,13 @@ def resolve_device(name: str, key: str = "device") -> torch.device:
     return dev
 
 
+def use_threads(cfg: ExperimentConfig) -> None:
+    """Set this process's torch CPU thread count to ``cfg.threads`` (0: leave torch's
+    default).  Called once per process by each entry point of a run."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+
 def check_precision(device: torch.device, precision: str) -> None:
     """:class:`DeviceError` when ``train.precision`` cannot run on ``device``."""
     if precision not in PRECISIONS:
@@ -112,12 +129,31 @@ def _ieee_fp32() -> Iterator[None]:
 
 
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``x`` on ``device`` (itself when it is there already), keeping its pixel transform."""
-    from .data.transform import attach_transform, get_transform  # data imports config
+    """``x`` on ``device`` (itself when it is there already)."""
+    return x if x.device == device else x.to(device)
 
-    if x.device == device:
-        return x
-    return attach_transform(x.to(device), get_transform(x))
+
+class DeviceData:
+    """The clients' tensors of ``data`` on the training ``device``, each moved there once (on
+    first use) and kept; on the CPU, the tensors themselves.  Batches of a uint8 tensor
+    become model inputs through :attr:`transform`, ``data``'s pixel transform."""
+
+    def __init__(self, data: FederatedData, device: torch.device) -> None:
+        self.data, self.device = data, device
+        self._moved: dict[tuple[int, str], torch.Tensor] = {}
+
+    @property
+    def transform(self) -> PixelTransform | None:
+        return self.data.transform
+
+    def get(self, cid: int, name: str) -> torch.Tensor:
+        t = getattr(self.data.clients[cid], name)
+        if self.device.type == "cpu" or t is None:
+            return t
+        key = (cid, name)
+        if key not in self._moved:
+            self._moved[key] = to_device(t, self.device)
+        return self._moved[key]
 
 
 class LossScaler:

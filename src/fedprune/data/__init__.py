@@ -20,7 +20,7 @@ from .partition import (
 )
 from .registry import NAMES, SPECS
 from .source import detect_format, guess_name, resolve_source
-from .transform import PixelTransform, attach_transform, to_float_batch
+from .transform import PixelTransform, to_float_batch
 
 __all__ = [
     "NAMES",
@@ -30,7 +30,6 @@ __all__ = [
     "FederatedData",
     "PixelTransform",
     "Prepared",
-    "attach_transform",
     "default_cache_dir",
     "describe",
     "detect_format",

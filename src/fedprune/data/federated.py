@@ -4,8 +4,8 @@
 through the prepared cache (:mod:`fedprune.data.cache`): clients hold uint8 tensors that are
 views into the memory-mapped images whenever their samples are contiguous (natural clients
 of a source with its own test split), or into one shared gathered copy otherwise; never a
-copy per client.  Batches become float32 in ``train_local``/``evaluate`` through the transform
-attached to the tensors (:mod:`fedprune.data.transform`).
+copy per client.  Batches become float32 in ``train_local``/``evaluate`` through the data's
+``transform`` (:mod:`fedprune.data.transform`), which the engines pass beside the tensors.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from .partition import (
 )
 from .registry import NAMES, SPECS
 from .source import resolve_source
-from .transform import PixelTransform, attach_transform
+from .transform import PixelTransform
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,8 @@ class FederatedData:
     num_classes: int
     input_shape: tuple[int, int, int]  # (C, H, W)
     info: dict[str, Any] = field(default_factory=dict)  # dataset, source, cache, partition
+    # uint8 pixels -> model inputs, for every x above; None: float tensors (digits)
+    transform: PixelTransform | None = None
 
 
 def _stratified_split(
@@ -192,22 +194,20 @@ def federate(prep: Prepared, cfg: DataConfig, seed: int) -> FederatedData:
     p = plan(prep, cfg, seed)
     images = torch.from_numpy(prep.images)
     labels_t = torch.from_numpy(prep.labels)
-    transform = PixelTransform.of(meta["mean"], meta["std"])
     xs = _take(images, p.train + [v for v in p.val if v.size])
     vx_iter = iter(xs[len(p.train):])
     clients = []
     for i, (tr, va) in enumerate(zip(p.train, p.val, strict=True)):
         vx = vy = None
         if va.size:
-            vx = attach_transform(next(vx_iter), transform)
+            vx = next(vx_iter)
             vy = labels_t[torch.from_numpy(va)]
-        clients.append(ClientData(attach_transform(xs[i], transform),
-                                  labels_t[torch.from_numpy(tr)], vx, vy,
+        clients.append(ClientData(xs[i], labels_t[torch.from_numpy(tr)], vx, vy,
                                   p.names[i] if p.names else ""))
     (test_x,) = _take(images, [p.test])
     return FederatedData(
         clients=clients,
-        test_x=attach_transform(test_x, transform),
+        test_x=test_x,
         test_y=labels_t[torch.from_numpy(p.test)],
         num_classes=int(meta["num_classes"]),
         input_shape=tuple(int(s) for s in meta["shape"]),  # type: ignore[arg-type]
@@ -215,6 +215,7 @@ def federate(prep: Prepared, cfg: DataConfig, seed: int) -> FederatedData:
               "cache": str(prep.directory) if prep.directory else None,
               "cache_reused": prep.reused, "prepare_seconds": round(prep.seconds, 3),
               "test_samples": int(p.test.size), "partition": p.report},
+        transform=PixelTransform.of(meta["mean"], meta["std"]),
     )
 
 

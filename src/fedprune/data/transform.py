@@ -4,9 +4,11 @@ The prepared cache stores pixels as ``uint8`` and clients hold views into it, so
 converted up front.  Training and evaluation turn each batch into standardised float32 with
 :func:`to_float_batch`: ``x / 255`` and then ``(x - mean) / std`` per channel, with the
 dataset's mean and standard deviation (computed once, over the training split, when the cache
-is built) attached to the tensor by :func:`attach_transform`.  A uint8 tensor without an
-attached transform is only scaled to [0, 1]; float tensors pass through unchanged, so the
-in-memory digits path behaves exactly as before.
+is built).  That :class:`PixelTransform` travels beside the uint8 tensors
+(:attr:`fedprune.data.FederatedData.transform`) and is passed to every function that turns
+their batches into model inputs.  A uint8 batch without a transform (``None``) is only scaled
+to [0, 1]; float batches pass through unchanged, so the in-memory digits path behaves exactly
+as before.
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-
-_ATTR = "_fedprune_transform"
 
 
 @dataclass(frozen=True)
@@ -53,25 +53,14 @@ class PixelTransform:
         return out.mul_(scale).add_(shift)
 
 
-def attach_transform(x: torch.Tensor, transform: PixelTransform | None) -> torch.Tensor:
-    """Record on ``x`` (in place; returns ``x``) how its batches become model inputs."""
-    setattr(x, _ATTR, transform)
-    return x
+def to_float_batch(transform: PixelTransform | None, batch: torch.Tensor) -> torch.Tensor:
+    """Model input for ``batch``, pixels of a dataset whose transform is ``transform``.
 
-
-def get_transform(x: torch.Tensor) -> PixelTransform | None:
-    return getattr(x, _ATTR, None)
-
-
-def to_float_batch(source: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
-    """Model input for ``batch``, a slice or gather of ``source``.
-
-    Float batches are returned as they are; uint8 batches go through the transform attached
-    to ``source`` (or are scaled to [0, 1] if none is attached).
+    Float batches are returned as they are; uint8 batches go through ``transform`` (or are
+    scaled to [0, 1] when it is ``None``).
     """
     if batch.dtype != torch.uint8:
         return batch
-    transform = get_transform(source)
     if transform is None:
         return batch.to(torch.float32).div_(255.0)
     return transform(batch)

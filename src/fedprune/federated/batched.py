@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig
-from ..data.transform import to_float_batch
+from ..data.transform import PixelTransform, to_float_batch
 from ..device import loss_scaler, precision_context
 
 StateDict = dict[str, torch.Tensor]
@@ -67,11 +67,24 @@ DEFAULT_MEMORY_MB = 1024
 
 @dataclass(frozen=True)
 class ClientJob:
-    """One client's local training job: its data and its batch-order generator."""
+    """One client's local training job: its data, its batch-order generator and the pixel
+    transform of a uint8 ``x`` (``None``: float data, or uint8 scaled to [0, 1])."""
 
     x: torch.Tensor
     y: torch.Tensor
     generator: torch.Generator
+    transform: PixelTransform | None = None
+
+
+@dataclass(frozen=True)
+class _StepPlan:
+    """A chunk's steps (clients longest first), ``(steps, clients, width)``: rows of the stacked
+    samples (padding: the zero row), real or not, loss weights; clients active per step."""
+
+    idx: torch.Tensor
+    valid: torch.Tensor
+    weights: torch.Tensor
+    active: list[int]
 
 
 def batched_support(model: nn.Module) -> str | None:
@@ -253,22 +266,32 @@ class BatchedTrainer:
 
     def _train_chunk(self, global_state: StateDict, jobs: Sequence[ClientJob]
                      ) -> list[tuple[StateDict, int, dict[str, float]]]:
-        cfg = self.cfg
         bsz = self.step_width(jobs)  # samples per client per step, padding included
         schedules = self._schedule(jobs, bsz)  # randperm draws in job order, as per client
         steps = [s.shape[0] for s in schedules]
         # Longest first: at step t the active clients are a prefix of this order.
         order = sorted(range(len(jobs)), key=lambda i: -steps[i])
-        c = len(order)
-        steps_sorted = [steps[i] for i in order]
-        s_max = steps_sorted[0]
+        x_all, y_all, offsets = self._stack_samples(jobs, order)
+        plan = self._step_plan([schedules[i] for i in order], offsets, bsz, len(y_all) - 1)
+        params = {n: global_state[n].detach().to(self.device, torch.float32).unsqueeze(0)
+                  .repeat(len(order), *([1] * len(self.shapes[n]))).contiguous()
+                  for n in self.names}
+        loss_sums = self._run_steps(params, x_all, y_all, plan, bsz)
+        results: list[tuple[StateDict, int, dict[str, float]] | None] = [None] * len(order)
+        for k, i in enumerate(order):  # the loss of the last epoch, the weights on the CPU
+            n, spe = int(jobs[i].y.shape[0]), steps[i] // self.cfg.local_epochs
+            last = float(loss_sums[steps[i] - spe : steps[i], k].sum()) / n
+            results[i] = ({name: params[name][k].to("cpu", copy=True) for name in self.names},
+                          n, {"train_loss": last})
+        return results  # type: ignore[return-value]
 
-        # All clients' samples as one float NHWC tensor, plus a zero row for padding.
+    def _stack_samples(self, jobs: Sequence[ClientJob], order: Sequence[int]
+                       ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Samples (float NHWC) and labels in ``order`` on the device, a zero row last; offsets."""
         dev = self.device
         xs, ys, offsets, off = [], [], [], 0
-        for i in order:
-            job = jobs[i]
-            xf = to_float_batch(job.x, job.x).to(dev)
+        for job in (jobs[i] for i in order):
+            xf = to_float_batch(job.transform, job.x).to(dev)
             if tuple(xf.shape[1:]) != self.input_shape:
                 raise ValueError(f"client data of shape {tuple(xf.shape[1:])} does not fit the "
                                  f"model input {self.input_shape}")
@@ -279,12 +302,14 @@ class BatchedTrainer:
         cin, hh, ww = self.input_shape
         x_all = torch.cat(xs + [torch.zeros(1, hh, ww, cin, device=dev)])
         y_all = torch.cat(ys + [torch.zeros(1, dtype=torch.int64, device=dev)])
-        pad_row = off
+        return x_all, y_all, offsets
 
-        # (s_max, c, batch) global row indices; padding -> the zero row.
-        idx = torch.full((s_max, c, bsz), -1, dtype=torch.int64)
-        for k, i in enumerate(order):
-            sched = schedules[i]
+    def _step_plan(self, schedules: Sequence[torch.Tensor], offsets: Sequence[int], bsz: int,
+                   pad_row: int) -> _StepPlan:
+        """Every step's rows, from the sorted clients' schedules and their first rows."""
+        s_max = schedules[0].shape[0]
+        idx = torch.full((s_max, len(schedules), bsz), -1, dtype=torch.int64)
+        for k, sched in enumerate(schedules):
             idx[: sched.shape[0], k] = torch.where(sched >= 0, sched + offsets[k], -1)
         valid = idx >= 0
         counts = valid.sum(dim=2)  # (s_max, c)
@@ -292,19 +317,19 @@ class BatchedTrainer:
                           torch.zeros(()))
         weights = valid.to(torch.float32) * inv.unsqueeze(2)  # per-sample loss weight
         idx = torch.where(valid, idx, torch.full_like(idx, pad_row))
-        active = [sum(1 for s in steps_sorted if s > t) for t in range(s_max)]
-        idx, valid, weights = idx.to(dev), valid.to(dev), weights.to(dev)  # themselves on CPU
+        active = [sum(1 for s in schedules if s.shape[0] > t) for t in range(s_max)]
+        to = self.device  # the tensors themselves on the CPU
+        return _StepPlan(idx.to(to), valid.to(to), weights.to(to), active)
 
-        params = {n: global_state[n].detach().to(dev, torch.float32).unsqueeze(0)
-                  .repeat(c, *([1] * len(self.shapes[n]))).contiguous()
-                  for n in self.names}
+    def _run_steps(self, params: dict[str, torch.Tensor], x_all: torch.Tensor,
+                   y_all: torch.Tensor, plan: _StepPlan, bsz: int) -> torch.Tensor:
+        """Train the stacked ``params`` in place; each step's summed loss per client."""
+        (cin, hh, ww), cfg, dev = self.input_shape, self.cfg, self.device
         opt = _StackedOptimizer(cfg, [params[n] for n in self.names])
         scaler, skipped_before = self.scaler, self.scaler.skipped
-        loss_sums = torch.zeros(s_max, c, device=dev)
-
-        for t in range(s_max):
-            a = active[t]
-            rows = idx[t, :a].reshape(-1)
+        loss_sums = torch.zeros(len(plan.active), plan.idx.shape[1], device=dev)
+        for t, a in enumerate(plan.active):
+            rows = plan.idx[t, :a].reshape(-1)
             xb = x_all[rows].view(a, bsz, hh, ww, cin).permute(1, 2, 3, 0, 4).contiguous()
             xb = xb.view(bsz, hh, ww, a * cin).permute(0, 3, 1, 2)  # channels-last
             yb = y_all[rows].view(a, bsz)
@@ -313,26 +338,18 @@ class BatchedTrainer:
                 logits = self._forward(leaves, xb, a)
             ce = F.cross_entropy(logits.float().reshape(a * bsz, -1), yb.reshape(-1),
                                  reduction="none").view(a, bsz)
-            loss = (ce * weights[t, :a]).sum()
+            loss = (ce * plan.weights[t, :a]).sum()
             grads = torch.autograd.grad(scaler.scaled(loss), [leaves[n] for n in self.names])
             with torch.no_grad():
-                loss_sums[t, :a] = (ce.detach() * valid[t, :a]).sum(dim=1)
+                loss_sums[t, :a] = (ce.detach() * plan.valid[t, :a]).sum(dim=1)
                 finite = scaler.unscale(grads)
                 if finite:  # fp16: a step with an overflow is skipped for every client
                     opt.step(grads, a)
                 scaler.update(finite)
-
         if scaler.skipped > skipped_before:
             logger.info("fp16: %d batched steps skipped (gradient overflow); loss scale now %g",
                         scaler.skipped - skipped_before, scaler.scale)
-        results: list[tuple[StateDict, int, dict[str, float]] | None] = [None] * c
-        for k, i in enumerate(order):
-            n = int(jobs[i].y.shape[0])
-            spe = steps_sorted[k] // cfg.local_epochs
-            last = float(loss_sums[steps_sorted[k] - spe : steps_sorted[k], k].sum()) / n
-            state = {name: params[name][k].to("cpu", copy=True) for name in self.names}
-            results[i] = (state, n, {"train_loss": last})
-        return results  # type: ignore[return-value]
+        return loss_sums
 
 
 class _StackedOptimizer:

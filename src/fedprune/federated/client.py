@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig
-from ..data.transform import to_float_batch
+from ..data.transform import PixelTransform, to_float_batch
 from ..device import LossScaler, loss_scaler, precision_context, to_device
 
 StateDict = dict[str, torch.Tensor]
@@ -35,12 +35,14 @@ def train_local(
     generator: torch.Generator,
     optimizer: torch.optim.Optimizer | None = None,
     scaler: LossScaler | None = None,
+    transform: PixelTransform | None = None,
 ) -> tuple[StateDict, int, dict[str, float]]:
     """Train ``model`` in place for ``cfg.local_epochs`` epochs; return a copy of its weights.
 
     Batches are drawn from ready tensors with a seeded permutation per epoch.  A uint8 ``x``
-    (a view of the prepared cache) is turned into float32 one batch at a time, through the
-    transform attached to it (``fedprune.data.transform``); float tensors pass unchanged.
+    (a view of the prepared cache) is turned into float32 one batch at a time, through
+    ``transform``, its dataset's pixel transform (``fedprune.data.transform``; ``None``: scaled
+    to [0, 1]); float tensors pass unchanged.
     Training runs on the device of ``model``'s parameters (``x`` and ``y`` are moved there
     if they are elsewhere) in ``cfg.precision`` (:mod:`fedprune.device`).
     Returns ``(state_dict, n_examples, {"train_loss": mean loss of the last epoch})``, the
@@ -70,7 +72,7 @@ def train_local(
         perm = perm.to(device)  # itself on the CPU
         for start in range(0, n, cfg.batch_size):
             idx = perm[start : start + cfg.batch_size]
-            xb, yb = to_float_batch(x, x[idx]), y[idx]
+            xb, yb = to_float_batch(transform, x[idx]), y[idx]
             opt.zero_grad(set_to_none=True)
             with precision_context(device, cfg.precision):
                 logits = model(xb)
@@ -93,11 +95,12 @@ def train_local(
 @torch.no_grad()
 def evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512,
-    device: torch.device | None = None,
+    device: torch.device | None = None, transform: PixelTransform | None = None,
 ) -> tuple[float, float]:
     """Accuracy and mean cross-entropy of ``model`` on ``(x, y)``, in eval mode, float32.
 
-    A uint8 ``x`` is converted batch by batch, as in :func:`train_local`.  Runs on
+    A uint8 ``x`` is converted batch by batch through ``transform``, as in
+    :func:`train_local`.  Runs on
     ``device`` (a copy of ``model`` is moved there when it is elsewhere), by default on the
     device of ``model``'s parameters; batches of ``x`` elsewhere are moved there.
     """
@@ -113,7 +116,7 @@ def evaluate(
     try:
         with precision_context(device, "fp32"):  # IEEE float32 on CUDA too
             for start in range(0, int(y.shape[0]), batch_size):
-                xb = to_float_batch(x, x[start : start + batch_size]).to(device)
+                xb = to_float_batch(transform, x[start : start + batch_size]).to(device)
                 yb = y[start : start + batch_size]
                 logits = model(xb)
                 loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
@@ -148,5 +151,5 @@ class PerClientTrainer:
         for job in jobs:
             self.worker.load_state_dict(global_state)
             out.append(train_local(self.worker, job.x, job.y, self.cfg, job.generator,
-                                   self.optimizer, self.scaler))
+                                   self.optimizer, self.scaler, job.transform))
         return out

@@ -22,7 +22,7 @@ from torch import nn
 from .. import seeds
 from ..config import ExperimentConfig
 from ..data import FederatedData, load_federated
-from ..device import check_precision, resolve_device, to_device
+from ..device import DeviceData, check_precision, resolve_device, use_threads
 from ..metrics import RoundRecord
 from ..models import ModelSpec
 from ..pruners import pool_validation
@@ -69,24 +69,6 @@ def make_trainer(model: nn.Module, cfg: ExperimentConfig) -> Trainer:
     return BatchedTrainer(model, cfg.train, device=device)
 
 
-class DeviceData:
-    """The clients' tensors on the training device, each moved there once (on first use)
-    and kept; on the CPU, the tensors themselves."""
-
-    def __init__(self, data: FederatedData, device: torch.device) -> None:
-        self.data, self.device = data, device
-        self._moved: dict[tuple[int, str], torch.Tensor] = {}
-
-    def get(self, cid: int, name: str) -> torch.Tensor:
-        t = getattr(self.data.clients[cid], name)
-        if self.device.type == "cpu" or t is None:
-            return t
-        key = (cid, name)
-        if key not in self._moved:
-            self._moved[key] = to_device(t, self.device)
-        return self._moved[key]
-
-
 class LocalTransport:
     """The in-process :class:`~.transport.Transport`: the clients are ``data``'s, trained on
     ``device`` by the engine of ``cfg.train.engine``: one trainer for the global model while
@@ -110,7 +92,8 @@ class LocalTransport:
 
     def _jobs(self, rnd: int, clients: Sequence[int]) -> list[ClientJob]:
         return [ClientJob(self.on_device.get(cid, "x"), self.on_device.get(cid, "y"),
-                          seeds.batch_order(self.cfg.seed, rnd, cid)) for cid in clients]
+                          seeds.batch_order(self.cfg.seed, rnd, cid), self.data.transform)
+                for cid in clients]
 
     def train(self, plan: TrainPlan) -> Delivery:
         """Every model of the plan trained by every client, with the same batches."""
@@ -147,7 +130,7 @@ class LocalTransport:
             answer = None
             if cd.val_y is not None and len(cd.val_y) > 0:
                 acc, lo = evaluate(net, self.on_device.get(cid, "val_x"),
-                                   self.on_device.get(cid, "val_y"))
+                                   self.on_device.get(cid, "val_y"), transform=self.data.transform)
                 answer = (acc, len(cd.val_y), lo)
                 answers.append((cid, acc, lo, len(cd.val_y)))
             up += message_bytes(answer_content(cid, answer))
@@ -170,8 +153,7 @@ def run_simulation(
     t0 = time.perf_counter()
     if resume and run_dir is None:
         raise ValueError("resume needs the run directory of the interrupted run")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    use_threads(cfg)
     check_precision(resolve_device(cfg.device), cfg.train.precision)  # before any work
     data = data if data is not None else load_federated(cfg.data, cfg.seed)
     server = PruningServer.for_data(cfg, data, run_dir=run_dir, on_round=on_round)
@@ -186,7 +168,7 @@ def _run_rounds(cfg: ExperimentConfig, data: FederatedData, server: PruningServe
                 t0: float) -> RunResult:
     """The rounds of :func:`run_simulation`, from the server's next round to the last."""
     server.start_clock(t0)
-    device = resolve_device(cfg.device)
+    device = server.device
     transport = LocalTransport(cfg, data, device)
     logger.info("local training engine: %s on %s in %s",
                 type(transport.trainer(server.model, server.spec)).__name__, device,

@@ -28,11 +28,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models import ModelSpec
 from .wire import encode
 
-__all__ = ["ClientCompute", "Content", "NUMBER_BYTES", "answer_content", "array_bytes",
-           "message_bytes", "query_content", "reply_content", "train_content", "trial_key"]
+__all__ = [
+    "NUMBER_BYTES",
+    "ClientCompute",
+    "Content",
+    "answer_content",
+    "array_bytes",
+    "message_bytes",
+    "query_content",
+    "reply_content",
+    "train_content",
+    "trial_key",
+]
 
 NUMBER_BYTES = 8  # an int, float or bool value of a config or metric record
 ARRAYS_KEY = "arrays"

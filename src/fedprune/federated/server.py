@@ -25,7 +25,7 @@ from torch import nn
 
 from .. import seeds
 from ..config import ConfigError, ExperimentConfig
-from ..data import FederatedData
+from ..data import FederatedData, PixelTransform
 from ..device import resolve_device, to_device
 from ..metrics import Recorder, RoundRecord, count_flops, count_macs, n_params
 from ..models import ModelSpec, new_model
@@ -68,6 +68,7 @@ class PruningServer:
     def __init__(self, cfg: ExperimentConfig, model: nn.Module, spec: ModelSpec, *,
                  train_sizes: Sequence[int], val_sizes: Sequence[int], test_x: torch.Tensor,
                  test_y: torch.Tensor, run_dir: Path | str | None = None,
+                 test_transform: PixelTransform | None = None,
                  on_round: Callable[[RoundRecord], None] | None = None) -> None:
         if len(train_sizes) != len(val_sizes):
             raise ValueError(f"{len(train_sizes)} training sizes but {len(val_sizes)} "
@@ -80,6 +81,7 @@ class PruningServer:
         self.test_x, self.test_y = to_device(test_x, self.device), to_device(test_y, self.device)
         self.max_client_size = max(train_sizes, default=0)
         self.compute = ClientCompute(list(train_sizes), list(val_sizes), cfg.train.local_epochs)
+        self.test_transform = test_transform  # of test_x
         self.run_dir = RunDir(run_dir) if run_dir is not None else None
         self.on_round = on_round
         self.example = spec.example_input()
@@ -127,7 +129,8 @@ class PruningServer:
                                 image_size=h, widths=cfg.model.widths, seed=cfg.seed)
         return cls(cfg, model, spec, train_sizes=[len(cl) for cl in data.clients],
                    val_sizes=[0 if cl.val_y is None else len(cl.val_y) for cl in data.clients],
-                   test_x=data.test_x, test_y=data.test_y, run_dir=run_dir, on_round=on_round)
+                   test_x=data.test_x, test_y=data.test_y, test_transform=data.transform,
+                   run_dir=run_dir, on_round=on_round)
 
     # ------------------------------------------------------------------ run
 
@@ -242,7 +245,7 @@ class PruningServer:
         evaluated = rnd % cfg.fed.eval_every == 0 or rnd == cfg.fed.rounds
         if evaluated:
             self.accuracy, self.loss = evaluate(self.model, self.test_x, self.test_y,
-                                                device=self.device)
+                                                device=self.device, transform=self.test_transform)
         macs = count_macs(self.model, self.example)
 
         def entry(client: int, node: int | None, reason: str) -> dict[str, Any]:

@@ -14,6 +14,8 @@ serves, and a model's accuracy on its validation split (the automatic method, bu
 It trains and validates on the experiment's ``device`` (``train.precision``), or on the
 ``device`` of its SuperNode's node config (``--node-config 'partition-id=0 device="cuda:1"'``),
 resolved on the node's own machine; its partition's tensors move there once.
+What the app keeps between messages -- the experiment's data, loaded once per process, and
+its tensors per device -- belongs to the app's :class:`ClientRuntime`.
 During the automatic method's paired trials the message also carries its trial models
 (``trial-arrays-I``, ``trial-spec-I``: the candidate, the reference); the ClientApp trains
 each with the same batches and sends them back beside the weights.
@@ -31,9 +33,8 @@ from torch import nn
 from .. import seeds
 from ..config import ExperimentConfig, from_dict
 from ..data import FederatedData, load_federated
-from ..device import check_precision, resolve_device
+from ..device import DeviceData, check_precision, resolve_device, use_threads
 from ..federated.client import evaluate, train_local
-from ..federated.loop import DeviceData
 from ..models import ModelSpec, build
 from .messages import (
     ARRAYS_KEY,
@@ -46,12 +47,50 @@ from .messages import (
     unpack,
 )
 
-__all__ = ["NODE_DATA_KEYS", "client_app"]
+__all__ = ["NODE_DATA_KEYS", "ClientRuntime", "FedpruneClientApp", "client_app"]
 
-client_app = ClientApp()
 
-_DATA_CACHE: dict[str, FederatedData] = {}
-_DEVICE_CACHE: dict[str, DeviceData] = {}  # per device: the partitions' tensors there
+class ClientRuntime:
+    """What a ClientApp keeps in its process between messages: the federated data of the
+    experiment it serves (:func:`fedprune.data.load_federated` of the config's ``seed`` and
+    ``data`` settings), loaded on the first message, and that data's tensors on each device
+    its nodes train on (:class:`~fedprune.device.DeviceData`), each moved there once.
+
+    One experiment at a time: a message of another experiment (another seed or data setting)
+    drops both and loads its own data.  It lives as long as the :class:`FedpruneClientApp`
+    that owns it, which Flower builds once per process, at import.
+    """
+
+    def __init__(self) -> None:
+        self._key: str | None = None
+        self._data: FederatedData | None = None
+        self._on: dict[torch.device, DeviceData] = {}
+
+    @staticmethod
+    def experiment_key(cfg: ExperimentConfig) -> str:
+        """What identifies the data of ``cfg``: its seed and its data settings."""
+        return json.dumps([cfg.seed, cfg.to_dict()["data"]], sort_keys=True)
+
+    def data(self, cfg: ExperimentConfig) -> FederatedData:
+        """The federated data of ``cfg``, loaded once while its experiment is served."""
+        key = self.experiment_key(cfg)
+        if self._data is None or key != self._key:
+            self._key, self._data = None, None  # the previous experiment's are let go first
+            self._on.clear()
+            self._data = load_federated(cfg.data, cfg.seed)
+            self._key = key
+        return self._data
+
+    def on_device(self, cfg: ExperimentConfig, device: torch.device) -> DeviceData:
+        """The tensors of :meth:`data` on ``device``, each moved there once."""
+        data = self.data(cfg)
+        if device not in self._on:
+            self._on[device] = DeviceData(data, device)
+        return self._on[device]
+
+    def devices(self) -> list[DeviceData]:
+        """The data on every device used for the experiment served now."""
+        return list(self._on.values())
 
 
 #: Node-config keys a SuperNode may set to say where *its* copy of the data lives.
@@ -70,15 +109,6 @@ def _experiment(msg: Message, context: Context) -> ExperimentConfig:
     return from_dict(values)
 
 
-def _federated_data(cfg: ExperimentConfig) -> FederatedData:
-    key = json.dumps([cfg.seed, cfg.to_dict()["data"]], sort_keys=True)
-    if key not in _DATA_CACHE:
-        _DATA_CACHE.clear()  # one experiment at a time per process
-        _DEVICE_CACHE.clear()
-        _DATA_CACHE[key] = load_federated(cfg.data, cfg.seed)
-    return _DATA_CACHE[key]
-
-
 def _device(context: Context, cfg: ExperimentConfig) -> torch.device:
     """Where this node trains: its node config's ``device`` if set, else the experiment's
     ``device``, resolved on this machine (a clear error if it is not here)."""
@@ -87,16 +117,6 @@ def _device(context: Context, cfg: ExperimentConfig) -> torch.device:
     device = resolve_device(name, key)  # type: ignore[arg-type]
     check_precision(device, cfg.train.precision)
     return device
-
-
-def _on_device(cfg: ExperimentConfig, pid: int, name: str, device: torch.device
-               ) -> torch.Tensor:
-    """This partition's tensor ``name`` on ``device``, moved there once per experiment."""
-    data = _federated_data(cfg)
-    key = str(device)
-    if key not in _DEVICE_CACHE:
-        _DEVICE_CACHE[key] = DeviceData(data, device)
-    return _DEVICE_CACHE[key].get(pid, name)
 
 
 def _received_model(spec_json: str, arrays: ArrayRecord, cfg: ExperimentConfig) -> nn.Module:
@@ -123,13 +143,12 @@ def _partition_id(context: Context, cfg: ExperimentConfig) -> int:
     return pid
 
 
-@client_app.query()
-def _client_query(msg: Message, context: Context) -> Message:
+def _client_query(runtime: ClientRuntime, msg: Message, context: Context) -> Message:
     """Tell the server which partition this node serves (checked against the experiment)."""
     cfg_rec = msg.content.config_records[CONFIG_KEY]
     kind = cfg_rec.get("fedprune")
     if kind == VALIDATE_KIND:
-        return _client_validate(msg, context)
+        return _client_validate(runtime, msg, context)
     if kind != QUERY_KIND:
         raise ValueError(f"unknown query {kind!r}")
     # a node that cannot train where the experiment asks answers with why, before round 1
@@ -147,34 +166,31 @@ def _client_query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)
 
 
-def _client_validate(msg: Message, context: Context) -> Message:
+def _client_validate(runtime: ClientRuntime, msg: Message, context: Context) -> Message:
     """Budget guard: accuracy of the sent model on this partition's validation split."""
     cfg = _experiment(msg, context)
+    use_threads(cfg)
     pid = _partition_id(context, cfg)
     spec_json = msg.content.config_records[CONFIG_KEY]["model-spec"]
     if not isinstance(spec_json, str):
         raise TypeError("the validation query carries no model spec")
     model = _received_model(spec_json, msg.content.array_records[ARRAYS_KEY], cfg)
-    client = _federated_data(cfg).clients[pid]
+    client = runtime.data(cfg).clients[pid]
     metrics: dict[str, int | float] = {"partition-id": pid, "val-examples": 0}
     if client.val_y is not None and len(client.val_y) > 0:
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        device = _device(context, cfg)
-        acc, loss = evaluate(model.to(device), _on_device(cfg, pid, "val_x", device),
-                             _on_device(cfg, pid, "val_y", device))
+        on = runtime.on_device(cfg, _device(context, cfg))
+        acc, loss = evaluate(model.to(on.device), on.get(pid, "val_x"), on.get(pid, "val_y"),
+                             transform=on.transform)
         metrics.update({"val-accuracy": float(acc), "val-loss": float(loss),
                         "val-examples": len(client.val_y)})
     return Message(RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)
 
 
-@client_app.train()
-def _client_train(msg: Message, context: Context) -> Message:
+def _client_train(runtime: ClientRuntime, msg: Message, context: Context) -> Message:
     """Rebuild the model from the spec JSON, load the weights strictly, train, reply."""
     cfg_rec = msg.content.config_records[CONFIG_KEY]
     cfg = _experiment(msg, context)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    use_threads(cfg)
     pid = _partition_id(context, cfg)
     if cfg_rec.get("partition-id") != pid:
         raise ValueError(f"asked to train partition {cfg_rec.get('partition-id')!r}, this node "
@@ -188,9 +204,11 @@ def _client_train(msg: Message, context: Context) -> Message:
     device = _device(context, cfg)
     wire = cfg.fed.payload_dtype
     model = _received_model(spec_json, msg.content.array_records[ARRAYS_KEY], cfg)
-    x, y = _on_device(cfg, pid, "x", device), _on_device(cfg, pid, "y", device)
+    on = runtime.on_device(cfg, device)
+    x, y = on.get(pid, "x"), on.get(pid, "y")
     state, n, metrics = train_local(model.to(device), x, y, cfg.train,
-                                    seeds.batch_order(cfg.seed, rnd, pid))
+                                    seeds.batch_order(cfg.seed, rnd, pid),
+                                    transform=on.transform)
     reply = RecordDict({
         ARRAYS_KEY: pack(state, wire),
         METRICS_KEY: MetricRecord({"num-examples": n, "train-loss": metrics["train_loss"],
@@ -203,7 +221,29 @@ def _client_train(msg: Message, context: Context) -> Message:
             raise TypeError(f"trial model {i} was sent without its trial-spec-{i}")
         trial = _received_model(trial_spec, msg.content.array_records[trial_key(i)], cfg)
         trial_state, _, _ = train_local(trial.to(device), x, y, cfg.train,
-                                        seeds.batch_order(cfg.seed, rnd, pid))
+                                        seeds.batch_order(cfg.seed, rnd, pid),
+                                        transform=on.transform)
         reply[trial_key(i)] = pack(trial_state, wire)
         i += 1
     return Message(reply, reply_to=msg)
+
+
+class FedpruneClientApp(ClientApp):
+    """fedprune's ClientApp: the query and train handlers above, sharing one
+    :class:`ClientRuntime` (a fresh one unless ``runtime`` is given) for the app's lifetime."""
+
+    def __init__(self, runtime: ClientRuntime | None = None) -> None:
+        super().__init__()
+        self.runtime = held = runtime if runtime is not None else ClientRuntime()
+
+        @self.query()
+        def query(msg: Message, context: Context) -> Message:
+            return _client_query(held, msg, context)
+
+        @self.train()
+        def train(msg: Message, context: Context) -> Message:
+            return _client_train(held, msg, context)
+
+
+#: The app Flower loads (``fedprune.flower.client_app:client_app``), built once per process.
+client_app = FedpruneClientApp()

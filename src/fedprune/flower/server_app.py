@@ -21,12 +21,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from ..config import ConfigError, ExperimentConfig
 from ..data import load_federated
+from ..device import use_threads
 from ..federated.server import PruningServer
 from ..metrics import RoundRecord, plot_run
 from ..rundir import RunDir
@@ -83,8 +83,7 @@ def run_server(
                           "data to count the partitions, and in Flower one SuperNode serves "
                           "each: set data.num-clients to the number of SuperNodes "
                           "(num-supernodes in simulation)")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    use_threads(cfg)
     out = _out_dir(settings, cfg)
     data = load_federated(cfg.data, cfg.seed)
     if out is None:

@@ -79,7 +79,7 @@ def _plural(n: object, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def _num(v: float | int | None) -> str:
+def _num(v: float | None) -> str:
     if v is None:
         return "-"
     if isinstance(v, float) and not v.is_integer():
