@@ -227,8 +227,8 @@ def test_loop_rejects_an_unreachable_budget_before_training(tmp_path):
 def test_loop_guard_rolls_back_every_harmful_cut_and_gives_up(monkeypatch, tmp_path):
     real = loop_mod.evaluate
 
-    def evaluate(model, x, y, batch_size=512):  # smaller models look worse on validation
-        acc, loss = real(model, x, y, batch_size)
+    def evaluate(model, x, y, batch_size=512, **kw):  # smaller models look worse on validation
+        acc, loss = real(model, x, y, batch_size, **kw)
         return (n_params(model) / 10**4, loss) if len(y) < 100 else (acc, loss)
 
     monkeypatch.setattr(loop_mod, "evaluate", evaluate)

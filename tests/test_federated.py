@@ -103,13 +103,15 @@ def test_loop_records_bytes_params_and_pruning(tmp_path):
                          widths=[8, 16], seed=0)
     dense = create_model("cnn_femnist", num_classes=4, in_channels=1, image_size=28,
                          widths=[8, 16])
-    p = payload_bytes(dense)
-    assert rows[0]["bytes_down"] == 3 * (p + len(spec0.to_json().encode()))
-    assert rows[0]["bytes_up"] == 3 * p
+    p = payload_bytes(dense)  # no integer buffers in this model: every array counts
+    # down: weights, spec and config text, round, version and partition (8 bytes a number)
+    per_message = p + len(spec0.to_json().encode()) + len(cfg.to_json().encode()) + 3 * 8
+    assert rows[0]["bytes_down"] == 3 * per_message
+    assert rows[0]["bytes_up"] == 3 * (p + 4 * 8)  # weights, samples, loss, version, partition
     assert rows[-1]["bytes_cumulative"] == sum(r["bytes_down"] + r["bytes_up"] for r in rows)
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["bytes_total"] == rows[-1]["bytes_cumulative"]
-    assert s["bytes_total_dense"] == 6 * 3 * 2 * p
+    assert s["bytes_total_dense"] == 6 * 3 * (per_message + p + 4 * 8)
     assert s["bytes_total"] < s["bytes_total_dense"]
     assert s["params_final"] == rows[-1]["params"] == res.summary["params_final"]
     assert s["widths_final"] == rows[-1]["widths"]
