@@ -34,6 +34,7 @@ from flwr.common.config import flatten_dict
 
 from fedprune.config import ConfigError, from_dict
 from fedprune.federated import run_simulation
+from fedprune.federated.meter import NUMBER_BYTES
 from fedprune.flower.client_app import client_app
 from fedprune.flower.grid import LocalGrid
 from fedprune.flower.run_config import (
@@ -66,16 +67,20 @@ def _tiny(**flower):
 
 @contextlib.contextmanager
 def _captured_log():
-    """Messages of fedprune's strategy logger (a child of Flower's, which does not propagate)."""
+    """Messages of fedprune's Flower transport logger (a child of Flower's, which does not
+    propagate) and of the engine-neutral server's (shown through Flower's handler in the
+    ServerApp)."""
     lines: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
-    log = logging.getLogger("flwr.fedprune")
-    log.addHandler(handler)
+    logs = [logging.getLogger("flwr.fedprune"), logging.getLogger("fedprune")]
+    for log in logs:
+        log.addHandler(handler)
     try:
         yield lines
     finally:
-        log.removeHandler(handler)
+        for log in logs:
+            log.removeHandler(handler)
 
 
 def _grid(n=4, **kw):
@@ -233,7 +238,9 @@ def test_bf16_payloads_and_bf16_training_match_the_loop_and_halve_the_weights_by
                 assert b[key] == a[key], key
     run_simulation(from_dict({**TINY, **over, "fed": TINY["fed"]}), tmp_path / "f32")
     rows32 = read_rounds(tmp_path / "f32")
-    assert rows_fl[0]["bytes_up"] * 2 == rows32[0]["bytes_up"]
+    # the replies' weights halve; their four metrics (8 bytes each) stay
+    metrics = rows_fl[0]["messages"]["train"] * 4 * NUMBER_BYTES
+    assert (rows_fl[0]["bytes_up"] - metrics) * 2 == rows32[0]["bytes_up"] - metrics
 
 
 def test_plots_false_writes_no_pngs(tmp_path):

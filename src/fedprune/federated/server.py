@@ -254,7 +254,11 @@ class PruningServer:
                     **({"partition": client, "node": node} if reports_delivery else {})}
 
         def of(r: Rejection) -> dict[str, Any]:
-            return entry(replies[r.index].client, replies[r.index].node, r.reason)
+            reply = replies[r.index]
+            if reply.node is not None:
+                logger.warning("round %d: dropped the reply of node %d (partition %d): %s",
+                               rnd, reply.node, reply.client, r.reason)
+            return entry(reply.client, reply.node, r.reason)
 
         def clip(c: Clip) -> dict[str, Any]:
             return {"client": replies[c.index].client, "norm": c.norm, "bound": c.bound}

@@ -35,6 +35,8 @@ from ..config import ExperimentConfig, from_dict
 from ..data import FederatedData, load_federated
 from ..device import DeviceData, check_precision, resolve_device, use_threads
 from ..federated.client import evaluate, train_local
+from ..federated.meter import answer_content, reply_content
+from ..federated.wire import encode
 from ..models import ModelSpec, build
 from .messages import (
     ARRAYS_KEY,
@@ -42,7 +44,7 @@ from .messages import (
     METRICS_KEY,
     QUERY_KIND,
     VALIDATE_KIND,
-    pack,
+    to_reply,
     trial_key,
     unpack,
 )
@@ -176,14 +178,13 @@ def _client_validate(runtime: ClientRuntime, msg: Message, context: Context) -> 
         raise TypeError("the validation query carries no model spec")
     model = _received_model(spec_json, msg.content.array_records[ARRAYS_KEY], cfg)
     client = runtime.data(cfg).clients[pid]
-    metrics: dict[str, int | float] = {"partition-id": pid, "val-examples": 0}
+    answer = None
     if client.val_y is not None and len(client.val_y) > 0:
         on = runtime.on_device(cfg, _device(context, cfg))
         acc, loss = evaluate(model.to(on.device), on.get(pid, "val_x"), on.get(pid, "val_y"),
                              transform=on.transform)
-        metrics.update({"val-accuracy": float(acc), "val-loss": float(loss),
-                        "val-examples": len(client.val_y)})
-    return Message(RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)
+        answer = (acc, len(client.val_y), loss)
+    return to_reply(answer_content(pid, answer), msg)
 
 
 def _client_train(runtime: ClientRuntime, msg: Message, context: Context) -> Message:
@@ -209,13 +210,8 @@ def _client_train(runtime: ClientRuntime, msg: Message, context: Context) -> Mes
     state, n, metrics = train_local(model.to(device), x, y, cfg.train,
                                     seeds.batch_order(cfg.seed, rnd, pid),
                                     transform=on.transform)
-    reply = RecordDict({
-        ARRAYS_KEY: pack(state, wire),
-        METRICS_KEY: MetricRecord({"num-examples": n, "train-loss": metrics["train_loss"],
-                                   "arch-version": version, "partition-id": pid}),
-    })
-    i = 0
-    while trial_key(i) in msg.content.array_records:  # the trial models, same batches
+    states = [state]
+    while trial_key(i := len(states) - 1) in msg.content.array_records:  # same batches
         trial_spec = cfg_rec.get(f"trial-spec-{i}")
         if not isinstance(trial_spec, str):
             raise TypeError(f"trial model {i} was sent without its trial-spec-{i}")
@@ -223,9 +219,10 @@ def _client_train(runtime: ClientRuntime, msg: Message, context: Context) -> Mes
         trial_state, _, _ = train_local(trial.to(device), x, y, cfg.train,
                                         seeds.batch_order(cfg.seed, rnd, pid),
                                         transform=on.transform)
-        reply[trial_key(i)] = pack(trial_state, wire)
-        i += 1
-    return Message(reply, reply_to=msg)
+        states.append(trial_state)
+    return to_reply(reply_content([encode(s, wire) for s in states], n=n,
+                                  loss=metrics["train_loss"], arch_version=version, client=pid),
+                    msg)
 
 
 class FedpruneClientApp(ClientApp):

@@ -18,14 +18,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
 from ..federated.meter import ARRAYS_KEY, TRIAL_KEY, VALIDATE_KIND, Content, trial_key
 from ..federated.wire import decode, encode
 
 __all__ = ["ARRAYS_KEY", "CONFIG_KEY", "METRICS_KEY", "QUERY_KIND", "TRIAL_KEY",
            "VALIDATE_KIND", "Reply", "content_of", "np_dtypes", "pack", "partition_answer",
-           "partition_query", "to_message", "trial_key", "unpack", "unpack_train_reply",
+           "partition_query", "to_message", "to_reply", "trial_key", "unpack", "unpack_train_reply",
            "validation_answer"]
 
 CONFIG_KEY = "config"
@@ -61,6 +61,15 @@ def to_message(content: Content, node: int, message_type: str, group_id: str | N
         rec[name] = records[id(state)]
     return Message(content=rec, dst_node_id=node, message_type=message_type,
                    group_id=group_id)
+
+
+def to_reply(content: Content, msg: Message) -> Message:
+    """The reply to ``msg`` carrying ``content``: its weight records, and its values as the
+    ``metrics`` record."""
+    rec = RecordDict({METRICS_KEY: MetricRecord(dict(content.values))})
+    for name, state in content.arrays.items():
+        rec[name] = ArrayRecord.from_torch_state_dict(dict(state))
+    return Message(rec, reply_to=msg)
 
 
 def content_of(msg: Message) -> Content:

@@ -54,6 +54,8 @@ def _method(run: RunFacts) -> str:
         return "budget"
     if prune.get("method") == "ratio":
         return f"ratio {prune.get('ratio', 0):g}"
+    if prune.get("method") == "auto":
+        return f"auto, max drop {100 * prune.get('max_accuracy_drop', 0):g} pt"
     text = f"rule {prune.get('mode', '?')} k={prune.get('k', 0):g}"
     return text + (", reinit" if prune.get("reinit") else "")
 
@@ -87,6 +89,10 @@ def _num(v: float | None) -> str:
     return f"{int(v):,}"
 
 
+def _times(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
 def _budget_cell(run: RunFacts) -> str:
     if run.budget is None:
         return "-"
@@ -105,7 +111,8 @@ def _table(runs: list[RunFacts]) -> tuple[list[str], list[list[str]], list[str]]
     has_latency = any(r.latency is not None for r in runs)
     has_budget = any(r.budget is not None for r in runs)
     header = ["run"] + (["setting"] if varying else []) + [
-        "rounds", "accuracy", "params", "FLOPs", "FLOPs cut", "MB total", "bytes vs ref"]
+        "rounds", "accuracy", "params", "FLOPs", "FLOPs cut", "MB total", "bytes vs ref",
+        "bytes vs dense", "client FLOPs vs dense"]
     if has_latency:
         header += ["latency ms", "latency vs dense"]
     if has_budget:
@@ -123,6 +130,7 @@ def _table(runs: list[RunFacts]) -> tuple[list[str], list[list[str]], list[str]]
             "-" if run.flops_cut is None else f"{100 * run.flops_cut:.1f} %",
             f"{run.bytes_total / 1e6:,.2f}",
             f"{run.bytes_total / ref.bytes_total:.2f}x" if ref.bytes_total else "-",
+            _times(run.bytes_vs_dense), _times(run.client_flops_vs_dense),
         ]
         if has_latency:
             row += ["-" if run.latency_ms is None else f"{run.latency_ms:.3f}",
@@ -135,6 +143,9 @@ def _table(runs: list[RunFacts]) -> tuple[list[str], list[list[str]], list[str]]
         notes.append("all runs: " + "; ".join(facts[0][k] for k in common))
     notes.append(f"bytes vs ref: total bytes over those of {ref.label}"
                  + (" (dense FedAvg)" if ref.dense else " (the first run)"))
+    notes.append("vs dense: the run's total over what dense FedAvg would have spent on the "
+                 "same rounds and clients (bytes on the wire; the clients' training and "
+                 "validation FLOPs); '-': not recorded")
     if has_latency:
         notes.append("latency: final model, median of onnxruntime runs (1 thread, batch 1); "
                      "vs dense: over the run's own initial dense model; '-': not measured "

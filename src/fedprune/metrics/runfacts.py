@@ -37,6 +37,9 @@ class RunFacts:
     flops_initial: int | None
     flops_final: int
     bytes_total: int
+    bytes_total_dense: int | None  # what dense FedAvg would have moved on the same rounds
+    client_flops_total: int | None  # the clients' training and validation FLOPs
+    client_flops_total_dense: int | None  # dense FedAvg's clients on the same rounds
     engine: str  # "loop" or "flower"
     budget: dict[str, Any] | None  # summary["budget"] (targets, status, met, final, gap, ...)
     latency: dict[str, Any] | None  # latency.json
@@ -60,6 +63,16 @@ class RunFacts:
         if not self.flops_initial:
             return None
         return 1.0 - self.flops_final / self.flops_initial
+
+    @property
+    def bytes_vs_dense(self) -> float | None:
+        """Bytes over the run as a share of dense FedAvg's on the same rounds."""
+        return _ratio(self.bytes_total, self.bytes_total_dense)
+
+    @property
+    def client_flops_vs_dense(self) -> float | None:
+        """The clients' FLOPs as a share of dense FedAvg's clients' on the same rounds."""
+        return _ratio(self.client_flops_total, self.client_flops_total_dense)
 
     @property
     def budget_status(self) -> str | None:
@@ -131,6 +144,9 @@ def _facts_from(run_dir: Path, label: str | None, rows: list[dict[str, Any]],
         params_initial, params_final = summary["params_initial"], summary["params_final"]
         flops_initial, flops_final = summary["flops_initial"], summary["flops_final"]
         bytes_total = summary["bytes_total"]
+        bytes_dense = summary.get("bytes_total_dense")
+        flops_clients = summary.get("client_flops_total")
+        flops_clients_dense = summary.get("client_flops_total_dense")
         budget = summary.get("budget")
         engine = summary.get("engine", "loop")
     else:  # unfinished: the last round; the initial size is round 1's unless it pruned
@@ -141,6 +157,9 @@ def _facts_from(run_dir: Path, label: str | None, rows: list[dict[str, Any]],
         flops_initial = rows[0]["flops"] if first_dense else None
         params_final, flops_final = last["params"], last["flops"]
         bytes_total = last["bytes_cumulative"]
+        bytes_dense = flops_clients_dense = None  # dense FedAvg's totals are in the summary
+        flops_clients = (sum(r["client_flops"] for r in rows)
+                         if all("client_flops" in r for r in rows) else None)
         budget = _budget_so_far(last)
         engine = "flower" if "failures" in last else "loop"
     if accuracy is not None and isinstance(accuracy, float) and math.isnan(accuracy):
@@ -149,8 +168,14 @@ def _facts_from(run_dir: Path, label: str | None, rows: list[dict[str, Any]],
                     rows=rows, finished=summary is not None, accuracy=accuracy,
                     params_initial=params_initial, params_final=int(params_final),
                     flops_initial=flops_initial, flops_final=int(flops_final),
-                    bytes_total=int(bytes_total), engine=engine, budget=budget,
+                    bytes_total=int(bytes_total), bytes_total_dense=bytes_dense,
+                    client_flops_total=flops_clients,
+                    client_flops_total_dense=flops_clients_dense, engine=engine, budget=budget,
                     latency=latency)
+
+
+def _ratio(a: int | None, b: int | None) -> float | None:
+    return None if a is None or not b else a / b
 
 
 def _budget_so_far(row: dict[str, Any]) -> dict[str, Any] | None:

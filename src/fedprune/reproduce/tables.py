@@ -92,10 +92,13 @@ def collect(plan: Plan) -> dict[tuple[str, str], dict[str, Cell]]:
     return cells
 
 
-def _bytes_ratios(cell: Cell, dense: Cell | None) -> list[float]:
-    dense_bytes = {r.seed: r.summary["bytes_total"] for r in (dense.runs if dense else [])}
-    return [r.summary["bytes_total"] / dense_bytes.get(r.seed, r.summary["bytes_total_dense"])
-            for r in cell.runs]
+def _dense_ratios(cell: Cell, dense: Cell | None, key: str) -> list[float]:
+    """Each run's ``key`` total over the dense FedAvg run's of the same seed, else over its
+    own dense-equivalent ``key_dense``; runs that did not record it are left out."""
+    theirs = {r.seed: r.summary[key] for r in (dense.runs if dense else [])
+              if key in r.summary}
+    return [r.summary[key] / theirs.get(r.seed, r.summary[f"{key}_dense"])
+            for r in cell.runs if key in r.summary]
 
 
 def _fmt(mean: float, sd: float, spec: str, unit: str = "") -> str:
@@ -127,6 +130,7 @@ class Row:
     flops_cut: list[float]
     mbytes: tuple[float, float]
     bytes_ratio: tuple[float, float]
+    client_flops_ratio: tuple[float, float]  # the clients' FLOPs over dense FedAvg's
     latency_ratio: tuple[float, float]
     widths: str
     seconds: float
@@ -146,7 +150,9 @@ def rows_of(cells: dict[str, Cell]) -> list[Row]:
             mean_sd(c.values("params_final")), mean_sd(c.values("flops_final")),
             [1 - r.summary["flops_final"] / r.summary["flops_initial"] for r in c.runs],
             mean_sd([b / 1e6 for b in c.values("bytes_total")]),
-            mean_sd(_bytes_ratios(c, dense)), mean_sd(c.latency_ratios()), _widths(c),
+            mean_sd(_dense_ratios(c, dense, "bytes_total")),
+            mean_sd(_dense_ratios(c, dense, "client_flops_total")),
+            mean_sd(c.latency_ratios()), _widths(c),
             statistics.fmean(c.values("seconds")) if c.runs else math.nan,
             int(c.runs[0].summary["params_initial"]) if c.runs else 0,
             int(c.runs[0].summary["flops_initial"]) if c.runs else 0,
@@ -156,7 +162,8 @@ def rows_of(cells: dict[str, Cell]) -> list[Row]:
 
 def table(rows: list[Row], headline: str = HEADLINE_METHOD) -> str:
     head = ("| method | seeds | accuracy | Δ vs dense (points) | params | FLOPs / sample | "
-            "FLOPs cut | total bytes | bytes vs dense | latency vs dense | final widths | "
+            "FLOPs cut | total bytes | bytes vs dense | client FLOPs vs dense | "
+            "latency vs dense | final widths | "
             "run wall time |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
@@ -171,6 +178,7 @@ def table(rows: list[Row], headline: str = HEADLINE_METHOD) -> str:
             f"{_fmt(*r.params, ',.0f')} | "
             f"{_fmt(r.flops[0] / 1e6, r.flops[1] / 1e6, '.2f', ' M')} | "
             f"{cut} | {_fmt(*r.mbytes, ',.1f', ' MB')} | {_fmt(*r.bytes_ratio, '.3f')} | "
+            f"{_fmt(*r.client_flops_ratio, '.3f')} | "
             f"{_fmt(*r.latency_ratio, '.2f')} | {r.widths or '-'} | "
             f"{'-' if math.isnan(r.seconds) else f'{r.seconds:.0f} s'} |")
     return "\n".join(lines)
