@@ -20,6 +20,7 @@ from fedprune.data import load_federated
 from fedprune.federated import PruningServer, train_local
 from fedprune.metrics import read_rounds
 from fedprune.models import new_model
+from fedprune.rundir import RunDir
 
 CFG = from_dict({
     "threads": 1, "data": {"num_clients": 4}, "model": {"widths": [8, 16]},
@@ -30,14 +31,14 @@ CFG = from_dict({
 })
 
 
-def _server(run_dir=None):
+def _server():
     data = load_federated(CFG.data, CFG.seed)
     c, h, _ = data.input_shape
     model, spec = new_model(CFG.model.name, num_classes=data.num_classes, in_channels=c,
                             image_size=h, widths=CFG.model.widths, seed=CFG.seed)
     server = PruningServer(CFG, model, spec, num_clients=len(data.clients),
                            has_validation=[False] * len(data.clients), test_x=data.test_x,
-                           test_y=data.test_y, run_dir=run_dir)
+                           test_y=data.test_y)
     return server, data
 
 
@@ -79,15 +80,15 @@ def test_a_skipped_round_averages_nothing_and_prunes_nothing():
 
 
 def test_a_restored_server_continues_where_the_checkpoint_was(tmp_path):
-    server, data = _server(tmp_path)
-    server.begin()
+    server, data = _server()
+    server.begin(RunDir(tmp_path).open(CFG, resume=False, engine="in-process"))
     for rnd in (1, 2):
         _round(server, data, rnd)
     with pytest.raises(ValueError, match="in use by another fedprune process"):
-        _server(tmp_path)[0].begin(resume=True)  # one writer at a time
+        RunDir(tmp_path).open(CFG, resume=True, engine="in-process")  # one writer at a time
     server.close()  # what the engines do when the run ends
-    restored, _ = _server(tmp_path)
-    restored.begin(resume=True)
+    restored, _ = _server()
+    restored.begin(RunDir(tmp_path).open(CFG, resume=True, engine="in-process"))
 
     assert restored.rounds_done == 2 and restored.arch_version == server.arch_version
     assert restored.spec.to_json() == server.spec.to_json()

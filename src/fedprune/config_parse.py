@@ -19,7 +19,11 @@ from typing import Any, Literal
 
 from .config import ConfigError, ExperimentConfig
 
-__all__ = ["from_dict", "load_config", "merge", "parse_overrides"]
+__all__ = ["ENGINES", "ENGINE_KEY", "from_dict", "load_config", "merge", "parse_overrides"]
+
+# a run's config.json carries, beside the settings, the engine that wrote it: not a setting
+ENGINE_KEY = "engine"
+ENGINES = ("in-process", "flower")
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
@@ -104,6 +108,8 @@ def from_dict(values: dict[str, Any]) -> ExperimentConfig:
     """Build a config from nested overrides; everything absent keeps its default."""
     if not isinstance(values, dict):
         raise ConfigError("a configuration must be a table of keys and values")
+    if values.get(ENGINE_KEY) in ENGINES:  # read back from a run's config.json
+        values = {k: v for k, v in values.items() if k != ENGINE_KEY}
     return _build(ExperimentConfig, values, "")
 
 

@@ -25,6 +25,7 @@ from .checkpoint import (
     rebuild,
     save_checkpoint,
 )
+from .config_parse import ENGINE_KEY, ENGINES
 from .metrics.recorder import (
     CONFIG_FILE,
     ROUNDS_FILE,
@@ -34,11 +35,13 @@ from .metrics.recorder import (
     read_rounds,
 )
 from .models import ModelSpec
+from .runpolicy import Engine, OpenedRun, RunDirRefused, open_run
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CHECKPOINT_FILE", "CONFIG_FILE", "LATENCY_FILE", "ROUNDS_FILE", "SUMMARY_FILE",
-           "RunDir", "RunDirBusy", "RunLock", "RunState", "load_checkpoint", "save_checkpoint"]
+           "OpenedRun", "RunDir", "RunDirBusy", "RunDirRefused", "RunLock", "RunState",
+           "load_checkpoint", "save_checkpoint"]
 
 LATENCY_FILE = "latency.json"
 LOCK_FILE = ".lock"  # held (flock) by the process writing the run; holds its pid
@@ -169,14 +172,28 @@ class RunDir:
                 and self.can_start_new_run())
 
     def written_by(self) -> str | None:
-        """``"flower"`` or ``"in-process"``: the engine whose round records these are (the
-        Flower app's carry ``failures``); None without records."""
+        """``"flower"`` or ``"in-process"``: the engine that wrote this run, as its
+        ``config.json`` records it; for a run written before the engine was recorded, told
+        from its round records (the Flower app's carry ``failures``).  None when neither
+        says."""
+        try:
+            engine = self.read_config_dict().get(ENGINE_KEY) if self.config_file.is_file() else None
+        except ValueError:
+            engine = None
+        if engine in ENGINES:
+            return engine
         if not self.rounds_file.is_file():
             return None
         rows = read_rounds(self.path, torn_tail=True)
         if not rows:
             return None
         return "flower" if "failures" in rows[0] else "in-process"
+
+    def open(self, cfg, *, resume: bool, engine: Engine) -> OpenedRun:  # noqa: ANN001
+        """The one policy for starting or resuming a run here (:func:`~fedprune.runpolicy.
+        open_run`): decide, take the lock, clear a killed run's leftovers; refusals are
+        :class:`~fedprune.runpolicy.RunDirRefused`."""
+        return open_run(self, cfg, resume=resume, engine=engine)
 
     # ------------------------------------------------------------------ state
 

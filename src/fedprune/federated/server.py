@@ -22,7 +22,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,9 +31,9 @@ from .. import seeds
 from ..config import ConfigError, ExperimentConfig
 from ..data import FederatedData
 from ..device import resolve_device, to_device
-from ..metrics import Recorder, RoundRecord, count_macs, n_params, payload_bytes
+from ..metrics import RoundRecord, count_macs, n_params, payload_bytes
 from ..models import ModelSpec, new_model
-from ..rundir import RunDir, RunLock
+from ..rundir import OpenedRun, RunDir
 from .aggregate import Clip, Rejection, robust_aggregate, screen_replies
 from .auto_server import AutoPruner
 from .budget_server import BudgetServer
@@ -70,15 +69,14 @@ class PruningServer:
 
     ``num_clients`` and ``has_validation`` (per client) describe the population the server
     samples from; ``test_x``/``test_y`` are the held-out test split for central evaluation;
-    ``max_client_size`` bounds a plausible reply's sample count.  With ``run_dir``, every
-    finished round is appended to ``rounds.jsonl`` and checkpointed (:meth:`begin` writes
-    ``config.json`` or resumes).
+    ``max_client_size`` bounds a plausible reply's sample count.  With a run directory (opened
+    by :meth:`fedprune.rundir.RunDir.open`, given to :meth:`begin`), every finished round is
+    appended to ``rounds.jsonl`` and checkpointed.
     """
 
     def __init__(self, cfg: ExperimentConfig, model: nn.Module, spec: ModelSpec, *,
                  num_clients: int, has_validation: Sequence[bool], test_x: torch.Tensor,
                  test_y: torch.Tensor, max_client_size: int | None = None,
-                 run_dir: Path | str | None = None,
                  on_round: Callable[[RoundRecord], None] | None = None) -> None:
         self.cfg = cfg
         self.model, self.spec = model, spec
@@ -87,7 +85,7 @@ class PruningServer:
         self.device = resolve_device(cfg.device)
         self.test_x, self.test_y = to_device(test_x, self.device), to_device(test_y, self.device)
         self.max_client_size = max_client_size
-        self.run_dir = RunDir(run_dir) if run_dir is not None else None
+        self.run_dir: RunDir | None = None  # set by begin
         self.on_round = on_round
         self.example = spec.example_input()
         self.params_initial = n_params(model)
@@ -117,11 +115,10 @@ class PruningServer:
         self.sampled: list[int] = []  # the clients of the current round
         self.t0 = time.perf_counter()
         self.seconds_before = 0.0
-        self._lock: RunLock | None = None
+        self._run: OpenedRun | None = None
 
     @classmethod
     def for_data(cls, cfg: ExperimentConfig, data: FederatedData, *,
-                 run_dir: Path | str | None = None,
                  on_round: Callable[[RoundRecord], None] | None = None) -> PruningServer:
         """The server of ``cfg`` over ``data``, with the seeded initial model: what every
         engine starts from (the clients sampled are ``data``'s, with their validation splits
@@ -137,28 +134,22 @@ class PruningServer:
                    has_validation=[cl.val_y is not None and len(cl.val_y) > 0
                                    for cl in data.clients],
                    test_x=data.test_x, test_y=data.test_y,
-                   max_client_size=max(len(cl) for cl in data.clients), run_dir=run_dir,
-                   on_round=on_round)
+                   max_client_size=max(len(cl) for cl in data.clients), on_round=on_round)
 
     # ------------------------------------------------------------------ run
 
-    def begin(self, resume: bool = False) -> None:
-        """Take the run directory's lock (held until :meth:`close`; a second writer fails at
-        once), then write ``config.json`` -- after clearing what a run killed before its
-        first checkpoint left -- or, with ``resume``, continue from the checkpoint."""
-        if resume and self.run_dir is None:
-            raise ValueError("resume needs the run directory of the interrupted run")
-        if self.run_dir is None:
+    def begin(self, run: OpenedRun | None = None) -> None:
+        """Write into ``run``, the run directory opened (and locked, until :meth:`close`) by
+        :meth:`fedprune.rundir.RunDir.open`: its ``config.json``, or, when it resumes,
+        continue from its checkpoint.  Without one, nothing is written."""
+        if run is None:
             return
-        self._lock = self.run_dir.lock()
+        self.run_dir, self._run = run.run_dir, run
         try:
-            if resume:
+            if run.resume:
                 self.restore()
-            elif not self.run_dir.clear_for_new_run():
-                raise ConfigError(f"{self.run_dir.path} exists and is not empty: choose a new "
-                                  "directory (results are never overwritten)")
             else:
-                Recorder(self.run_dir.path).write_config(self.cfg.to_dict())
+                run.write_config(self.cfg)
         except BaseException:
             self.close()
             raise
@@ -166,9 +157,9 @@ class PruningServer:
     def close(self) -> None:
         """Release the run directory's lock (idempotent; the engines call it when the run
         ends, finished or not)."""
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        if self._run is not None:
+            self._run.close()
+            self._run = None
 
     def start_clock(self, started: float | None = None) -> None:
         """Count the run's wall time from ``started`` (a ``time.perf_counter()`` value) or
