@@ -1,7 +1,7 @@
 """Reading a configuration: TOML files and ``--set key=value`` overrides into the tree.
 
 Every value is converted to its field's type (:func:`_coerce`) and every key checked against the
-dataclasses of :mod:`fedprune.config`; a bad key or value raises
+dataclasses of the configuration tree (:mod:`fedprune.config_tree`); a bad key or value raises
 :class:`~fedprune.config.ConfigError` naming it.  :mod:`fedprune.config` re-exports
 :func:`from_dict`, :func:`parse_overrides`, :func:`merge` and :func:`load_config`.
 """
@@ -17,7 +17,8 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import ConfigError, ExperimentConfig
+from .config_sections import ConfigError
+from .config_tree import ExperimentConfig
 
 __all__ = ["ENGINES", "ENGINE_KEY", "from_dict", "load_config", "merge", "parse_overrides"]
 
