@@ -28,9 +28,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     run = _open(args)
     try:
         cfg = _on_device(args, run)
-        from .device import check_precision, resolve_device
-
-        check_precision(resolve_device(cfg.device), cfg.train.precision)  # before the bar
+        _check_precision(cfg)  # before the progress bar
         summary = _train(cfg, run, progress=not args.no_progress)
     finally:
         run.close()
@@ -47,6 +45,7 @@ def _open(args: argparse.Namespace) -> OpenedRun:
     configuration), opened by the run-directory policy."""
     if args.resume is None:
         cfg = load_config(args.config, args.sets)
+        _check_precision(cfg)  # before a folder is made
         return RunDir(args.out).open(cfg, resume=False, engine="in-process")
     rd = RunDir(args.resume)
     if args.config is not None or len(_device_sets(args)) != len(args.sets):
@@ -54,6 +53,12 @@ def _open(args: argparse.Namespace) -> OpenedRun:
                           "--config/--set (only --set device=... may be given, to "
                           "continue on another device)")
     return rd.open(None, resume=True, engine="in-process")
+
+
+def _check_precision(cfg: ExperimentConfig) -> None:
+    from .device import check_precision, resolve_device
+
+    check_precision(resolve_device(cfg.device), cfg.train.precision)
 
 
 def _device_sets(args: argparse.Namespace) -> list[str]:

@@ -3,7 +3,9 @@
 Every engine writes the same files (docs/run-files.md): ``config.json``, ``rounds.jsonl``,
 ``summary.json`` (its presence means the run finished), ``checkpoint.pt`` (after every
 round), ``latency.json`` (``fedprune bench-latency --save``) and PNG plots.  Everything that
-reads or writes them by name goes through :class:`RunDir`.
+reads or writes them by name goes through :class:`RunDir`.  Whether a run may start in a
+folder, or continue the run there, is decided once for every engine by :meth:`RunDir.open`
+(:mod:`fedprune.runpolicy`); the checkpoint's format is :mod:`fedprune.checkpoint`.
 """
 
 from __future__ import annotations
@@ -141,22 +143,11 @@ class RunDir:
             found += sorted(self.path.glob(f".{name}.*tmp"))
         return found
 
-    def clear_for_new_run(self) -> bool:
-        """Make the folder ready for a new run here.
-
-        True when it is: absent, empty, or holding only what a run stopped before its first
-        checkpoint leaves (``config.json``, temporary files), which is removed.  False when
-        it holds anything else -- a run with a checkpoint, a finished run, other files --
-        which is never touched.
-        """
-        if not self.can_start_new_run():
-            return False
-        for entry in self.stale_files():
-            entry.unlink()
-        return True
-
     def can_start_new_run(self) -> bool:
-        """Whether :meth:`clear_for_new_run` would accept the folder (nothing is removed)."""
+        """Whether a new run may start here: the folder is absent, empty, or holds only what
+        a run stopped before its first checkpoint leaves (``config.json``, temporary files:
+        :meth:`stale_files`, which :meth:`open` removes).  Anything else -- a run with a
+        checkpoint, a finished run, other files -- is never touched."""
         if not self.path.exists():
             return True
         if (not self.path.is_dir() or self.state() != "fresh"
