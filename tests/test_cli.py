@@ -153,6 +153,7 @@ def test_tiny_run_writes_all_records(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert all(0.75 * 0.75 * before[g] <= after[g] <= before[g] for g in before)
 
     config = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))
+    assert config.pop("engine") == "in-process"  # beside the settings: which engine wrote it
     assert config == summary["config"]
     assert (config["fed"]["rounds"], config["data"]["num_clients"]) == (4, 5)
     assert config["prune"]["k"] == 0.5

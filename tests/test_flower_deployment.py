@@ -75,7 +75,7 @@ def test_three_supernodes_three_rounds_with_pruning(deployment, tmp_path):
     assert summary["widths_final"] == rows[-1]["widths"]
     assert 0.0 <= summary["accuracy"] <= 1.0
     assert summary["failures_total"] == summary["dropped_total"] == 0
-    assert json.loads((out / "config.json").read_text()) == CFG.to_dict()
+    assert json.loads((out / "config.json").read_text()) == {**CFG.to_dict(), "engine": "flower"}
     assert (out / "checkpoint.pt").is_file()
 
     loop = run_simulation(CFG)  # same seed, same data: the same architectures, round by round

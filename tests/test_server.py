@@ -24,6 +24,7 @@ from fedprune.federated.transport import TrainReply
 from fedprune.metrics import count_flops, read_rounds
 from fedprune.models import new_model
 from fedprune.pruners import pool_validation
+from fedprune.rundir import RunDir
 
 CFG = from_dict({
     "threads": 1, "data": {"num_clients": 4}, "model": {"widths": [8, 16]},
@@ -34,9 +35,9 @@ CFG = from_dict({
 })
 
 
-def _server(run_dir=None, cfg=CFG):
+def _server(cfg=CFG):
     data = load_federated(cfg.data, cfg.seed)
-    return PruningServer.for_data(cfg, data, run_dir=run_dir), data
+    return PruningServer.for_data(cfg, data), data
 
 
 def test_a_skipped_round_averages_nothing_and_prunes_nothing():
@@ -115,15 +116,15 @@ def test_the_round_counts_the_transports_bytes_and_the_clients_flops():
 
 
 def test_a_restored_server_continues_where_the_checkpoint_was(tmp_path):
-    server, data = _server(tmp_path)
-    server.begin()
+    server, data = _server()
+    server.begin(RunDir(tmp_path).open(CFG, resume=False, engine="in-process"))
     for rnd in (1, 2):
         server.run_round(rnd, FakeTransport(trained(data, CFG)))
     with pytest.raises(ValueError, match="in use by another fedprune process"):
-        _server(tmp_path)[0].begin(resume=True)  # one writer at a time
+        RunDir(tmp_path).open(CFG, resume=True, engine="in-process")  # one writer at a time
     server.close()  # what the engines do when the run ends
-    restored, _ = _server(tmp_path)
-    restored.begin(resume=True)
+    restored, _ = _server()
+    restored.begin(RunDir(tmp_path).open(CFG, resume=True, engine="in-process"))
 
     assert restored.rounds_done == 2 and restored.arch_version == server.arch_version
     assert restored.spec.to_json() == server.spec.to_json()

@@ -16,11 +16,9 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import errno
 import json
 import logging
-import math
 import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
@@ -30,7 +28,8 @@ from .config import ConfigError, load_config
 from .export import ExportError
 from .export import commands as export_commands
 from .reproduce import commands as reproduce_commands
-from .rundir import CHECKPOINT_FILE, CONFIG_FILE, ROUNDS_FILE, SUMMARY_FILE, RunDir
+from .run_command import auto_line, budget_line, cmd_run  # noqa: F401 - public here too
+from .rundir import CHECKPOINT_FILE, CONFIG_FILE, ROUNDS_FILE, SUMMARY_FILE
 
 logger = logging.getLogger("fedprune")
 
@@ -173,136 +172,6 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from .federated import run_simulation
-    from .metrics import RoundRecord, plot_run
-
-    rd = RunDir(args.resume if args.resume is not None else args.out)
-    if args.resume is not None:
-        device_sets = [x for x in args.sets if x.partition("=")[0].strip() == "device"]
-        if args.config is not None or len(device_sets) != len(args.sets):
-            raise ConfigError(f"--resume takes the run's own {rd.config_file.name}; drop "
-                              "--config/--set (only --set device=... may be given, to "
-                              "continue on another device)")
-        state = rd.state()
-        if state == "finished":
-            raise ConfigError(f"cannot resume {args.resume}: the run finished "
-                              f"({rd.summary_file.name} is there)")
-        restart = rd.stopped_before_first_checkpoint()
-        if state == "fresh" and not restart:
-            raise ConfigError(f"cannot resume {args.resume}: it holds no run (no "
-                              f"{rd.config_file.name} and no checkpoint): start one with "
-                              f"--out {args.resume}")
-        if rd.written_by() == "flower":
-            raise ConfigError(f"cannot resume {args.resume}: it is a run of the Flower app; "
-                              "resume it there (run config resume = true)")
-        try:
-            cfg = rd.read_config()
-        except ValueError as exc:
-            raise ConfigError(f"cannot resume {args.resume}: {exc}") from None
-        if device_sets:  # the last one wins, as --set does
-            device = load_config(None, device_sets[-1:]).device
-            if device != cfg.device:
-                logger.warning("%s: continuing on device %r instead of %r; the result agrees "
-                               "with an uninterrupted run to float rounding, not bit for bit, "
-                               "and %s keeps %r", args.resume, device, cfg.device,
-                               rd.config_file.name, cfg.device)
-                cfg = dataclasses.replace(cfg, device=device)
-        if restart:
-            logger.warning("%s holds a run stopped before its first checkpoint: it starts "
-                           "again from round 1 with its %s", args.resume, rd.config_file.name)
-        args.out = args.resume
-    else:
-        restart = False
-        cfg = load_config(args.config, args.sets)
-        if rd.path.exists() and not rd.path.is_dir():
-            raise ConfigError(f"--out {args.out} is a file, not a directory")
-        if not rd.can_start_new_run():  # leftovers of a run killed before round 1 may go
-            raise ConfigError(f"--out {args.out} exists and is not empty: choose a new "
-                              "directory (results are never overwritten)")
-    resume = args.resume is not None and not restart
-    from .device import check_precision, resolve_device
-
-    check_precision(resolve_device(cfg.device), cfg.train.precision)  # before the progress bar
-    bar = None
-    if not args.no_progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.fed.rounds, unit="round", dynamic_ncols=True,
-                   initial=rd.rounds_done() if resume else 0)
-
-    last_acc = math.nan
-
-    def on_round(rec: RoundRecord) -> None:
-        nonlocal last_acc
-        if rec.accuracy is not None:
-            last_acc = rec.accuracy
-        if bar is not None:
-            bar.set_postfix(acc=f"{last_acc:.3f}", params=rec.params, refresh=False)
-            bar.update(1)
-
-    try:
-        result = run_simulation(cfg, args.out, on_round=on_round, resume=resume)
-    finally:
-        if bar is not None:
-            bar.close()
-    if not args.no_plots:
-        plot_run(args.out)
-    s = result.summary
-    budget_status = s.get("budget_status", (s.get("budget") or {}).get("status"))
-    print(json.dumps({
-        "accuracy": round(s["accuracy"], 4),
-        "params": f"{s['params_initial']} -> {s['params_final']}",
-        "flops": f"{s['flops_initial']} -> {s['flops_final']}",
-        "bytes_total": s["bytes_total"],
-        "bytes_total_dense": s["bytes_total_dense"],
-        "widths_final": s["widths_final"],
-        "budget_status": budget_status,
-        "seconds": round(s["seconds"], 1),
-        "out": str(args.out),
-    }, indent=2))
-    if s.get("budget"):
-        sys.stdout.flush()
-        print(budget_line(s["budget"], budget_status), file=sys.stderr)
-    if s.get("auto"):
-        sys.stdout.flush()
-        print(auto_line(s["auto"], s), file=sys.stderr)
-    return 0
-
-
-def auto_line(auto: dict, summary: dict) -> str:
-    """One line on what the automatic method decided, e.g. ``automatic pruning: 3 cuts kept,
-    FLOPs -55.0 %, measured cost 0.68 points (<= 1.00); stopped: ...``."""
-    cut = 1 - summary["flops_final"] / summary["flops_initial"]
-    cost = auto.get("measured_cost") or 0.0
-    why = auto.get("stop_reason") or auto.get("status", "?")
-    return (f"automatic pruning: {auto.get('accepted', 0)} cuts kept, {auto.get('rejected', 0)} "
-            f"dropped, FLOPs -{100 * cut:.1f} %, measured cost {100 * cost:.2f} points "
-            f"(prune.max_accuracy_drop {100 * auto.get('max_accuracy_drop', 0):.2f}); "
-            f"stopped: {why}")
-
-
-def budget_line(budget: dict, status: str | None = None) -> str:
-    """One line on a budget run's outcome, e.g. ``budget met: params 5,229 <= 5,274``."""
-    status = status or budget.get("status") or "?"
-    final, targets = budget.get("final") or {}, budget.get("targets") or {}
-    parts = []
-    for key, target in targets.items():
-        if target is None or key not in final:
-            continue
-        value = final[key]
-        unit = " ms" if key == "latency_ms" else ""
-        name = "latency" if key == "latency_ms" else key
-        fmt = (lambda v: f"{v:,.3f}") if key == "latency_ms" else (lambda v: f"{int(v):,}")
-        sign = "<=" if value <= target * (1 + 1e-12) else ">"
-        parts.append(f"{name} {fmt(value)}{unit} {sign} {fmt(target)}{unit}")
-    if budget.get("met"):
-        head = "budget met" if status == "met" else f"budget met ({status})"
-    else:
-        head = f"budget NOT met ({status})"
-    return head + (": " + ", ".join(parts) if parts else "")
-
-
 def _cmd_compare(args: argparse.Namespace) -> int:
     from .metrics.compare import format_table, label_runs, plot_compare, read_run
 
@@ -379,7 +248,7 @@ def os_error_line(exc: OSError) -> str:
 
 def _dispatch(args: argparse.Namespace, argv: list[str] | None) -> int:
     if args.command == "run":
-        return _cmd_run(args)
+        return cmd_run(args)
     if args.command == "config":
         print(json.dumps(load_config(args.config, args.sets).to_dict(), indent=2))
         return 0

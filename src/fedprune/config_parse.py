@@ -1,7 +1,7 @@
 """Reading a configuration: TOML files and ``--set key=value`` overrides into the tree.
 
 Every value is converted to its field's type (:func:`_coerce`) and every key checked against the
-dataclasses of :mod:`fedprune.config`; a bad key or value raises
+dataclasses of the configuration tree (:mod:`fedprune.config_tree`); a bad key or value raises
 :class:`~fedprune.config.ConfigError` naming it.  :mod:`fedprune.config` re-exports
 :func:`from_dict`, :func:`parse_overrides`, :func:`merge` and :func:`load_config`.
 """
@@ -17,9 +17,14 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import ConfigError, ExperimentConfig
+from .config_sections import ConfigError
+from .config_tree import ExperimentConfig
 
-__all__ = ["from_dict", "load_config", "merge", "parse_overrides"]
+__all__ = ["ENGINES", "ENGINE_KEY", "from_dict", "load_config", "merge", "parse_overrides"]
+
+# a run's config.json carries, beside the settings, the engine that wrote it: not a setting
+ENGINE_KEY = "engine"
+ENGINES = ("in-process", "flower")
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
@@ -104,6 +109,8 @@ def from_dict(values: dict[str, Any]) -> ExperimentConfig:
     """Build a config from nested overrides; everything absent keeps its default."""
     if not isinstance(values, dict):
         raise ConfigError("a configuration must be a table of keys and values")
+    if values.get(ENGINE_KEY) in ENGINES:  # read back from a run's config.json
+        values = {k: v for k, v in values.items() if k != ENGINE_KEY}
     return _build(ExperimentConfig, values, "")
 
 

@@ -26,7 +26,8 @@ from ..device import DeviceData, check_precision, resolve_device, use_threads
 from ..metrics import RoundRecord
 from ..models import ModelSpec
 from ..pruners import pool_validation
-from ..rundir import CHECKPOINT_FILE, load_checkpoint, save_checkpoint  # noqa: F401
+from ..rundir import CHECKPOINT_FILE, RunDir, load_checkpoint, save_checkpoint  # noqa: F401
+from ..runpolicy import OpenedRun
 from .batched import BatchedTrainer, ClientJob, batched_support
 from .client import PerClientTrainer, evaluate
 from .meter import (
@@ -139,7 +140,7 @@ class LocalTransport:
 
 def run_simulation(
     cfg: ExperimentConfig,
-    run_dir: Path | None = None,
+    run_dir: Path | OpenedRun | None = None,
     on_round: Callable[[RoundRecord], None] | None = None,
     data: FederatedData | None = None,
     resume: bool = False,
@@ -148,20 +149,28 @@ def run_simulation(
 
     With a ``run_dir``, a checkpoint is written atomically after every round; ``resume=True``
     continues from it (same config), giving the same final weights and figures, bit for bit
-    on CPU, as a run that was never interrupted.
+    on CPU, as a run that was never interrupted.  A folder is opened by
+    :meth:`~fedprune.rundir.RunDir.open` (which may refuse it); an already opened run is
+    written as it was opened (``resume`` is then its own).
     """
     t0 = time.perf_counter()
     if resume and run_dir is None:
         raise ValueError("resume needs the run directory of the interrupted run")
     use_threads(cfg)
     check_precision(resolve_device(cfg.device), cfg.train.precision)  # before any work
-    data = data if data is not None else load_federated(cfg.data, cfg.seed)
-    server = PruningServer.for_data(cfg, data, run_dir=run_dir, on_round=on_round)
-    server.begin(resume=resume)
+    run = (RunDir(run_dir).open(cfg, resume=resume, engine="in-process")
+           if run_dir is not None and not isinstance(run_dir, OpenedRun) else run_dir)
     try:
-        return _run_rounds(cfg, data, server, t0)
+        data = data if data is not None else load_federated(cfg.data, cfg.seed)
+        server = PruningServer.for_data(cfg, data, on_round=on_round)
+        server.begin(run)
+        try:
+            return _run_rounds(cfg, data, server, t0)
+        finally:
+            server.close()
     finally:
-        server.close()
+        if run is not None:
+            run.close()
 
 
 def _run_rounds(cfg: ExperimentConfig, data: FederatedData, server: PruningServer,

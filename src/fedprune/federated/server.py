@@ -17,7 +17,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,10 +26,10 @@ from .. import seeds
 from ..config import ConfigError, ExperimentConfig
 from ..data import FederatedData, PixelTransform
 from ..device import resolve_device, to_device
-from ..metrics import Recorder, RoundRecord, count_flops, count_macs, n_params
+from ..metrics import RoundRecord, count_flops, count_macs, n_params
 from ..models import ModelSpec, new_model
 from ..pruners import Pruner, PruneStep, Validate, Validation, make_pruner
-from ..rundir import RunDir, RunLock
+from ..rundir import OpenedRun, RunDir
 from .aggregate import Clip, Rejection
 from .averaging import Averaged, average_round
 from .client import evaluate
@@ -60,15 +59,14 @@ class PruningServer:
     ``train_sizes`` and ``val_sizes`` (per client: training and validation samples) describe
     the population the server samples from and what the meter counts the clients' compute
     by; ``test_x``/``test_y`` are the held-out test split for central evaluation.  The
-    largest training size bounds a plausible reply's sample count.  With ``run_dir``, every
-    finished round is appended to ``rounds.jsonl`` and checkpointed (:meth:`begin` writes
-    ``config.json`` or resumes).
+    largest training size bounds a plausible reply's sample count.  With a run directory
+    (opened by :meth:`fedprune.rundir.RunDir.open`, given to :meth:`begin`), every finished
+    round is appended to ``rounds.jsonl`` and checkpointed.
     """
 
     def __init__(self, cfg: ExperimentConfig, model: nn.Module, spec: ModelSpec, *,
                  train_sizes: Sequence[int], val_sizes: Sequence[int], test_x: torch.Tensor,
-                 test_y: torch.Tensor, run_dir: Path | str | None = None,
-                 test_transform: PixelTransform | None = None,
+                 test_y: torch.Tensor, test_transform: PixelTransform | None = None,
                  on_round: Callable[[RoundRecord], None] | None = None) -> None:
         if len(train_sizes) != len(val_sizes):
             raise ValueError(f"{len(train_sizes)} training sizes but {len(val_sizes)} "
@@ -82,7 +80,7 @@ class PruningServer:
         self.max_client_size = max(train_sizes, default=0)
         self.compute = ClientCompute(list(train_sizes), list(val_sizes), cfg.train.local_epochs)
         self.test_transform = test_transform  # of test_x
-        self.run_dir = RunDir(run_dir) if run_dir is not None else None
+        self.run_dir: RunDir | None = None  # set by begin
         self.on_round = on_round
         self.example = spec.example_input()
         self.params_initial = n_params(model)
@@ -111,11 +109,10 @@ class PruningServer:
         self.rounds_done = 0
         self.t0 = time.perf_counter()
         self.seconds_before = 0.0
-        self._lock: RunLock | None = None
+        self._run: OpenedRun | None = None
 
     @classmethod
     def for_data(cls, cfg: ExperimentConfig, data: FederatedData, *,
-                 run_dir: Path | str | None = None,
                  on_round: Callable[[RoundRecord], None] | None = None) -> PruningServer:
         """The server of ``cfg`` over ``data``, with the seeded initial model: what every
         engine starts from (the clients sampled are ``data``'s, with their validation splits
@@ -130,27 +127,22 @@ class PruningServer:
         return cls(cfg, model, spec, train_sizes=[len(cl) for cl in data.clients],
                    val_sizes=[0 if cl.val_y is None else len(cl.val_y) for cl in data.clients],
                    test_x=data.test_x, test_y=data.test_y, test_transform=data.transform,
-                   run_dir=run_dir, on_round=on_round)
+                   on_round=on_round)
 
     # ------------------------------------------------------------------ run
 
-    def begin(self, resume: bool = False) -> None:
-        """Take the run directory's lock (held until :meth:`close`; a second writer fails at
-        once), then write ``config.json`` -- after clearing what a run killed before its
-        first checkpoint left -- or, with ``resume``, continue from the checkpoint."""
-        if resume and self.run_dir is None:
-            raise ValueError("resume needs the run directory of the interrupted run")
-        if self.run_dir is None:
+    def begin(self, run: OpenedRun | None = None) -> None:
+        """Write into ``run``, the run directory opened (and locked, until :meth:`close`) by
+        :meth:`fedprune.rundir.RunDir.open`: its ``config.json``, or, when it resumes,
+        continue from its checkpoint.  Without one, nothing is written."""
+        if run is None:
             return
-        self._lock = self.run_dir.lock()
+        self.run_dir, self._run = run.run_dir, run
         try:
-            if resume:
+            if run.resume:
                 self.restore()
-            elif not self.run_dir.clear_for_new_run():
-                raise ConfigError(f"{self.run_dir.path} exists and is not empty: choose a new "
-                                  "directory (results are never overwritten)")
             else:
-                Recorder(self.run_dir.path).write_config(self.cfg.to_dict())
+                run.write_config(self.cfg)
         except BaseException:
             self.close()
             raise
@@ -158,9 +150,9 @@ class PruningServer:
     def close(self) -> None:
         """Release the run directory's lock (idempotent; the engines call it when the run
         ends, finished or not)."""
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        if self._run is not None:
+            self._run.close()
+            self._run = None
 
     def start_clock(self, started: float | None = None) -> None:
         """Count the run's wall time from ``started`` (a ``time.perf_counter()`` value) or

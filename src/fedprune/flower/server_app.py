@@ -29,7 +29,7 @@ from ..data import load_federated
 from ..device import use_threads
 from ..federated.server import PruningServer
 from ..metrics import RoundRecord, plot_run
-from ..rundir import RunDir
+from ..rundir import OpenedRun, RunDir
 from .nodes import NodeDirectory, wait_for_nodes
 from .run_config import FlowerSettings, parse_run_config
 from .transport import FlowerTransport, flower_summary
@@ -84,34 +84,12 @@ def run_server(
                           "each: set data.num-clients to the number of SuperNodes "
                           "(num-supernodes in simulation)")
     use_threads(cfg)
-    out = _out_dir(settings, cfg)
-    data = load_federated(cfg.data, cfg.seed)
-    if out is None:
-        logger.warning("out-dir is not set: no rounds.jsonl / summary.json are written")
-    # the ServerApp loads the same partitions as the ClientApps (for the test split and the
-    # plausible sample counts), so it builds the server exactly as the in-process loop does
-    server = PruningServer.for_data(cfg, data, run_dir=out, on_round=on_round)
-    nodes = NodeDirectory(cfg, query_timeout=settings.round_timeout,
-                          simulation=is_simulation(grid) if simulation is None else simulation)
-    transport = FlowerTransport(grid, nodes, timeout=settings.round_timeout)
-    # ask every SuperNode for its partition while waiting: a node whose num-partitions is not
-    # data.num-clients (in simulation: num-supernodes) stops the run here, not 300 s later
-    wait_for_nodes(grid, settings.min_nodes or n, settings.node_wait_timeout,
-                   probe=lambda: nodes.probe(grid), problems=nodes.problems)
-    # config.json only once the federation fits; a run killed before its first checkpoint
-    # starts again from round 1
-    resume = settings.resume and out is not None and RunDir(out).state() == "resumable"
-    server.begin(resume=resume)
+    run = _open_out_dir(settings, cfg)  # the policy decides at once, and locks the folder
     try:
-        server.start_clock()
-        server.run(transport)
-        summary = flower_summary(server, nodes)
-        summary["flower"] = settings.to_run_config()
-        server.write_summary(summary)
-        if out is not None and settings.plots:
-            logger.info("plots: %s", ", ".join(p.name for p in plot_run(out)))
+        summary = _serve(grid, cfg, settings, run, on_round, simulation)
     finally:
-        server.close()
+        if run is not None:
+            run.close()
     if summary["status"] != "completed":
         logger.error("fedprune: run failed: %s", summary["error"])
         raise RuntimeError(f"fedprune run failed: {summary['error']}")
@@ -127,41 +105,44 @@ def is_simulation(grid: Grid) -> bool:
     return isinstance(grid, InMemoryGrid)
 
 
-def _out_dir(settings: FlowerSettings, cfg: ExperimentConfig) -> Path | None:
-    """``out-dir``: new or empty; with ``resume``, an unfinished run of the same config."""
+def _serve(grid: Grid, cfg: ExperimentConfig, settings: FlowerSettings, run: OpenedRun | None,
+           on_round: Callable[[RoundRecord], None] | None,
+           simulation: bool | None) -> dict[str, Any]:
+    """Load the data, wait for the SuperNodes, run the rounds; the run's summary."""
+    n = cfg.data.num_clients
+    data = load_federated(cfg.data, cfg.seed)
+    if run is None:
+        logger.warning("out-dir is not set: no rounds.jsonl / summary.json are written")
+    # the ServerApp loads the same partitions as the ClientApps (for the test split and the
+    # plausible sample counts), so it builds the server exactly as the in-process loop does
+    server = PruningServer.for_data(cfg, data, on_round=on_round)
+    nodes = NodeDirectory(cfg, query_timeout=settings.round_timeout,
+                          simulation=is_simulation(grid) if simulation is None else simulation)
+    transport = FlowerTransport(grid, nodes, timeout=settings.round_timeout)
+    # ask every SuperNode for its partition while waiting: a node whose num-partitions is not
+    # data.num-clients (in simulation: num-supernodes) stops the run here, not 300 s later
+    wait_for_nodes(grid, settings.min_nodes or n, settings.node_wait_timeout,
+                   probe=lambda: nodes.probe(grid), problems=nodes.problems)
+    server.begin(run)  # config.json only once the federation fits
+    try:
+        server.start_clock()
+        server.run(transport)
+        summary = flower_summary(server, nodes)
+        summary["flower"] = settings.to_run_config()
+        server.write_summary(summary)
+        if run is not None and settings.plots:
+            logger.info("plots: %s", ", ".join(p.name for p in plot_run(run.path)))
+    finally:
+        server.close()
+    return summary
+
+
+def _open_out_dir(settings: FlowerSettings, cfg: ExperimentConfig) -> OpenedRun | None:
+    """``out-dir``, opened by the run-directory policy (:meth:`RunDir.open`): new or empty;
+    with ``resume``, an unfinished run of this app and of the same config."""
     if not settings.out_dir:
         if settings.resume:
             raise ConfigError("resume = true needs out-dir: the run directory to resume")
         return None
-    out = Path(settings.out_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"out-dir {out} is a file, not a directory")
-    rd = RunDir(out)
-    if not settings.resume:
-        if not rd.can_start_new_run():  # leftovers of a run stopped before round 1 go
-            raise ConfigError(f"out-dir {out} exists and is not empty: choose a new directory "
-                              "(results are never overwritten), or set resume = true to "
-                              "continue the run it holds")
-        return out
-    state = rd.state()
-    if rd.stopped_before_first_checkpoint():
-        logger.warning("out-dir %s holds a run stopped before its first checkpoint: it "
-                       "starts again from round 1", out)
-    elif state != "resumable":
-        why = ("it holds a finished run (summary.json)" if state == "finished"
-               else "it holds no checkpoint of a run (start it anew without resume)")
-        raise ConfigError(f"resume = true but out-dir {out} cannot be resumed: {why}")
-    if state != "resumable":
-        return out
-    if rd.written_by() == "in-process":
-        raise ConfigError(f"resume = true but out-dir {out} holds a run of the in-process "
-                          f"loop: resume it with fedprune run --resume {out}")
-    try:  # compared by resolved values, as reproduce does
-        differences = rd.config_differences(cfg)
-    except ValueError as exc:
-        raise ConfigError(f"resume = true but {rd.config_file} cannot be read: {exc}") from None
-    if differences:
-        sections = sorted({key.split(".")[0] for key, _, _ in differences})
-        raise ConfigError(f"resume = true but the run config differs from {rd.config_file} "
-                          f"(section {', '.join(sections)}): resume with the run's own settings")
-    return out
+    return RunDir(Path(settings.out_dir).expanduser()).open(cfg, resume=settings.resume,
+                                                             engine="flower")

@@ -3,11 +3,12 @@
 ``fedprune reproduce --suite quick`` (run folders and ``report.md`` under ``runs/quick/``)
 """
 
+from .catalog import SUITES, Suite, get_suite
 from .methods import METHODS, Method, Setting, Window
 from .progress import RunEvent, TaskInfo, TimeLeft, format_left
 from .report import write_report
 from .runner import measure_latency, run_plan, run_state
-from .suites import SUITES, Plan, PlannedRun, Suite, get_suite, plan_suite
+from .suites import Plan, PlannedRun, plan_suite
 
 __all__ = [
     "METHODS",

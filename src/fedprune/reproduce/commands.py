@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from .catalog import SUITES, get_suite
 from .methods import METHODS
 from .progress import RunEvent, TimeLeft, format_left
 from .runner import record_report_seconds, run_plan, run_state
-from .suites import SUITES, Plan, get_suite, plan_suite
+from .suites import Plan, plan_suite
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

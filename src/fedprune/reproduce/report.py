@@ -82,31 +82,48 @@ def wall_time(log: dict[str, Any]) -> tuple[list[str], float]:
 def render(plan: Plan, cells: dict[tuple[str, str], dict[str, Cell]],
            plot_files: dict[str, list[Path]], report_path: Path,
            notes: str = "") -> str:
-    suite = plan.suite
-    log = read_suite_log(plan.out)
-    inv = log.get("invocations", [])
-    machine = inv[-1]["machine"] if inv else {}
-    out: list[str] = [f"# fedprune reproduce: suite `{suite.name}`", ""]
+    """The report's Markdown: what was run and where, then a section per setting, then the
+    paper's numbers beside ours, then ``notes``."""
     planned = [(r.setting, r.method, r.seed) for r in plan.runs] + [
         (s, m, seed) for s, m, seed, _ in plan.deferred]
+    out = _introduction(plan, planned)
+    out += _command_and_machine(plan, read_suite_log(plan.out))
+    out += _methods(plan)
+    with_auto = "auto" in {m.name for _, m, _ in planned}
+    for (dataset, model), by in cells.items():
+        out += _setting_section(plan, dataset, model, by, with_auto,
+                                plot_files, report_path)
+    out += _paper_section(cells)
+    if notes.strip():
+        out += ["## Notes", "", notes.strip(), ""]
+    return "\n".join(out)
+
+
+def _introduction(plan: Plan, planned: list[tuple[Any, Any, int]]) -> list[str]:
+    """The title and what the report covers: runs, settings, methods, seeds."""
     n_set = len({(s.dataset, s.model) for s, _, _ in planned})
     n_met = len({m.name for _, m, _ in planned})
     n_seed = len({seed for _, _, seed in planned})
     waiting = (f"; {len(plan.deferred)} of them wait for the run whose size they take"
                if plan.deferred else "")
-    out.append(f"{suite.description}. This report: {len(planned)} runs{waiting} ({n_set} setting"
-               f"{'s' if n_set != 1 else ''} × {n_met} method{'s' if n_met != 1 else ''} × "
-               f"{n_seed} seed{'s' if n_seed != 1 else ''}). Generated from the run folders "
-               f"under `{plan.out}` by the report step "
-               "of `fedprune reproduce` (it runs alone with `--report-only`): every number "
-               f"below is read from the runs' `{SUMMARY_FILE}`, `{ROUNDS_FILE}` and "
-               f"`{LATENCY_FILE}`.")
-    out.append("")
-    out.append("## Command and machine")
-    out.append("")
+    return [f"# fedprune reproduce: suite `{plan.suite.name}`", "",
+            f"{plan.suite.description}. This report: {len(planned)} runs{waiting} ({n_set} "
+            f"setting{'s' if n_set != 1 else ''} × {n_met} method{'s' if n_met != 1 else ''} "
+            f"× {n_seed} seed{'s' if n_seed != 1 else ''}). Generated from the run folders "
+            f"under `{plan.out}` by the report step "
+            "of `fedprune reproduce` (it runs alone with `--report-only`): every number "
+            f"below is read from the runs' `{SUMMARY_FILE}`, `{ROUNDS_FILE}` and "
+            f"`{LATENCY_FILE}`.", ""]
+
+
+def _command_and_machine(plan: Plan, log: dict[str, Any]) -> list[str]:
+    """The first invocation's command, the wall and CPU time, and the machine."""
+    suite = plan.suite
+    inv = log.get("invocations", [])
+    machine = inv[-1]["machine"] if inv else {}
+    out = ["## Command and machine", ""]
     if inv:
-        out.append("```bash\n" + _command(inv[0]["argv"]) + "\n```")
-        out.append("")
+        out += ["```bash\n" + _command(inv[0]["argv"]) + "\n```", ""]
     lines, total = wall_time(log)
     if lines:
         cpu = sum(i.get("cpu_seconds", 0.0) for i in inv)
@@ -115,9 +132,7 @@ def render(plan: Plan, cells: dict[tuple[str, str], dict[str, Cell]],
                    f"used {cpu / 60:.1f} core-min of CPU time (single-threaded each), i.e. at "
                    f"least {cpu / 60 / jobs:.1f} min of wall time on {jobs} dedicated cores; a "
                    "wall time far above that means the machine was shared (load averages).")
-        out.append("")
-        out += lines
-        out.append("")
+        out += ["", *lines, ""]
     if machine:
         out.append(f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores, "
                    f"Python {machine.get('python')}, torch {machine.get('torch')}; "
@@ -128,15 +143,19 @@ def render(plan: Plan, cells: dict[tuple[str, str], dict[str, Cell]],
                    "right after the run, while the other worker was training: ratios, not "
                    "absolute times.")
         out.append("")
-    out.append("## Methods (same seeds, rounds, clients per round and local epochs)")
-    out.append("")
+    return out
+
+
+def _methods(plan: Plan) -> list[str]:
+    """The methods run, the suite's note, the settings left out, what the columns mean."""
+    suite = plan.suite
+    out = ["## Methods (same seeds, rounds, clients per round and local epochs)", ""]
     present = {r.method.name for r in plan.runs}
     for name in (m for m in suite.methods if m in present):
         out.append(f"- **{METHODS[name].label}** (`{name}`): {METHODS[name].description}.")
     out.append("")
     if suite.note:
-        out.append(suite.note)
-        out.append("")
+        out += [suite.note, ""]
     for setting, why in plan.skipped_settings:
         out.append(f"- Not run: {setting.title} ({why}).")
     if plan.skipped_settings:
@@ -150,62 +169,62 @@ def render(plan: Plan, cells: dict[tuple[str, str], dict[str, Cell]],
                "the initial dense model's (lower is better for all three). Δ is the method's "
                "mean accuracy minus dense FedAvg's, in points.")
     out.append("")
-    for (dataset, model), by in cells.items():
-        setting = next(iter(by.values())).setting
-        out.append(f"## {setting.title}")
-        out.append("")
-        first = next((r for r in plan.runs if (r.setting.dataset, r.setting.model) ==
-                      (dataset, model)), None)
-        if first is not None:
-            out.append(f"Setting: {describe_setting(first.config)}"
-                       + (f" ({setting.note})" if setting.note else "") + ". "
-                       f"Pruning window of fedprune's rule: rounds {setting.window.start}-"
-                       f"{setting.window.stop} every {setting.window.interval} (the default "
-                       "is 30-40 every 2 of 100 rounds); the fixed-ratio baselines cut once at "
-                       f"round {setting.window.start}."
-                       + (f" The automatic method starts candidates from round "
-                          f"{first.config.prune.start_round} up to round "
-                          f"{auto_last(first.config.fed.rounds, setting.window.stop)}, each "
-                          f"trained {setting.window.interval} rounds before it is judged."
-                          if "auto" in {m.name for _, m, _ in planned} else ""))
-            out.append("")
-        rows = rows_of(by)
-        headline = plan.suite.headline
-        out.append(table(rows, headline))
-        out.append("")
-        out.append(f"Targets for {METHODS[headline].label}:")
-        out.append("")
-        out += [f"- {c}" for c in (auto_checks(rows, by) if headline == AUTO_HEADLINE
-                                   else checks(rows))]
-        out.append("")
-        for path in plot_files.get(slug(setting), []):
-            rel = os.path.relpath(path, report_path.parent)
-            out.append(f"![{path.stem}]({rel})")
-        out.append("")
-        pr = next((r for r in plan.runs if (r.setting.dataset, r.setting.model) ==
-                   (dataset, model) and r.method.name == headline), None)
-        if pr is not None:
-            sets = " ".join(f"--set {shlex.quote(s)}" for s in pr.sets()
-                            if not s.startswith("seed="))
-            out.append(f"One run of {METHODS[headline].label} by hand: "
-                       f"`fedprune run --out DIR --set seed={pr.seed} {sets}`.")
-            out.append("")
-    out.append("## The paper's published numbers beside ours")
+    return out
+
+
+def _setting_section(plan: Plan, dataset: str, model: str, by: dict[str, Cell],
+                     with_auto: bool, plot_files: dict[str, list[Path]],
+                     report_path: Path) -> list[str]:
+    """One (dataset, model) setting: how it is set up, its table of methods, the headline
+    method's targets, its plots and one run of it by hand."""
+    setting = next(iter(by.values())).setting
+    out = [f"## {setting.title}", ""]
+    mine = [r for r in plan.runs if (r.setting.dataset, r.setting.model) == (dataset, model)]
+    if mine:
+        out += [_setting_line(setting, mine[0].config, with_auto), ""]
+    rows = rows_of(by)
+    headline = plan.suite.headline
+    out += [table(rows, headline), "", f"Targets for {METHODS[headline].label}:", ""]
+    out += [f"- {c}" for c in (auto_checks(rows, by) if headline == AUTO_HEADLINE
+                               else checks(rows))]
     out.append("")
-    out.append("The paper's rows are its authors' saved runs on FEMNIST and CelebA "
-               "(`method.md`, 500 rounds, 50 clients per round; "
-               f"{PAPER_CLAIM}). Our rows are this suite's means on its own data, so the "
-               "comparison is of the reductions and the accuracy cost, not of absolute "
-               "accuracy.")
+    for path in plot_files.get(slug(setting), []):
+        rel = os.path.relpath(path, report_path.parent)
+        out.append(f"![{path.stem}]({rel})")
     out.append("")
-    out.append(paper_table(cells))
-    out.append("")
-    if notes.strip():
-        out.append("## Notes")
-        out.append("")
-        out.append(notes.strip())
-        out.append("")
-    return "\n".join(out)
+    pr = next((r for r in mine if r.method.name == headline), None)
+    if pr is not None:
+        sets = " ".join(f"--set {shlex.quote(s)}" for s in pr.sets()
+                        if not s.startswith("seed="))
+        out += [f"One run of {METHODS[headline].label} by hand: "
+                f"`fedprune run --out DIR --set seed={pr.seed} {sets}`.", ""]
+    return out
+
+
+def _setting_line(setting: Any, config: ExperimentConfig, with_auto: bool) -> str:
+    """The setting's data, model and training, and its pruning windows."""
+    window = setting.window
+    return (f"Setting: {describe_setting(config)}"
+            + (f" ({setting.note})" if setting.note else "") + ". "
+            f"Pruning window of fedprune's rule: rounds {window.start}-"
+            f"{window.stop} every {window.interval} (the default "
+            "is 30-40 every 2 of 100 rounds); the fixed-ratio baselines cut once at "
+            f"round {window.start}."
+            + (f" The automatic method starts candidates from round "
+               f"{config.prune.start_round} up to round "
+               f"{auto_last(config.fed.rounds, window.stop)}, each "
+               f"trained {window.interval} rounds before it is judged."
+               if with_auto else ""))
+
+
+def _paper_section(cells: dict[tuple[str, str], dict[str, Cell]]) -> list[str]:
+    """The paper's published numbers beside this suite's means."""
+    return ["## The paper's published numbers beside ours", "",
+            "The paper's rows are its authors' saved runs on FEMNIST and CelebA "
+            "(`method.md`, 500 rounds, 50 clients per round; "
+            f"{PAPER_CLAIM}). Our rows are this suite's means on its own data, so the "
+            "comparison is of the reductions and the accuracy cost, not of absolute "
+            "accuracy.", "", paper_table(cells), ""]
 
 
 def auto_last(rounds: int, window_stop: int) -> int:

@@ -1,0 +1,138 @@
+"""The pruning sections of the configuration: the rule or automatic method
+(:class:`PruneConfig`, ``[prune]``) and budget mode (:class:`BudgetConfig`, ``[budget]``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .config_sections import _check
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    enabled: bool = True  # false = the dense FedAvg baseline, everything else equal
+    # k, mode, max_fraction and patience: method "boundary" (and budget mode)
+    k: float = 0.75  # boundary half-width in standard deviations of the layer's L1 scores
+    mode: Literal["both", "low"] = "low"  # "both" = the paper's rule (also cuts strong filters)
+    min_channels: int = 1  # fewest channels a prunable group may keep
+    max_fraction: float = 0.2  # most of a group's channels one step may remove
+    # The pruning window; 0 = automatic from fed.rounds (config.default_window): at the
+    # default 100 rounds, from round 30 every 2 rounds, up to round 60 with method "auto",
+    # 40 with "boundary" and "ratio", and 80 in budget mode.
+    start_round: int = 0  # warm-up: cutting an untrained net kills it (paper: round 1)
+    max_prune_round: int = 0  # last round pruning may happen (paper: 50 or 100)
+    patience: int = 3  # stop after this many tried rounds in a row without a params drop
+    # try the rule every N rounds (N-1 recovery rounds between cuts); method "auto": a
+    # candidate trains N rounds beside the current model before it is judged
+    interval: int = 0
+    reinit: bool = False  # true = re-initialise survivors after each cut (the paper's code)
+    # "auto" = fedprune's automatic method: each cut is a candidate the sampled clients train
+    # alongside the current model (and the unpruned reference) for prune.interval rounds; then
+    # reference and candidate are validated on the clients' validation splits, and the cut is
+    # kept while its measured accuracy cost stays within max_accuracy_drop
+    # (fedprune.pruners.auto).
+    # "boundary" = the mean +- k*std rule on a fixed schedule (k, mode, max_fraction,
+    # patience; the paper's rule with mode "both"); "ratio" = the fixed-ratio L1 baseline:
+    # each tried round removes floor(ratio * channels) lowest-L1 filters of every layer
+    # (k, mode and max_fraction unused); one-shot when max_prune_round == start_round
+    method: Literal["auto", "boundary", "ratio"] = "auto"
+    ratio: float = 0.5  # fraction of each layer's filters the ratio method removes per step
+    # method "auto": the largest drop in validation accuracy (a fraction: 0.01 = 1 point)
+    # that the kept cuts together may cost, as measured by paired federated validation
+    max_accuracy_drop: float = 0.01
+    # method "auto": a cut is kept only if its cost against the reference plus this many
+    # standard errors of it (from the clients' paired differences) fits max_accuracy_drop
+    confidence_z: float = 2.0
+    step: float = 0.2  # method "auto": share of each layer's filters the first cut removes
+    min_step: float = 0.05  # method "auto": a dropped cut halves the step; below this, stop
+    # method "auto": a candidate that does not fit yet trains on for another prune.interval
+    # rounds and is judged again, up to this many judgements (a fresh cut is still
+    # recovering), before it is dropped; 1 = judged once
+    judgements: int = 3
+    val_clients: int = 50  # clients that validate a candidate (all, if fewer hold a split)
+
+    def __post_init__(self) -> None:
+        _check(self.k >= 0, "prune.k", ">= 0", self.k)
+        _check(self.method in ("auto", "boundary", "ratio"), "prune.method",
+               "'auto', 'boundary' or 'ratio'", self.method)
+        _check(0 <= self.max_accuracy_drop <= 1, "prune.max_accuracy_drop", "in [0, 1]",
+               self.max_accuracy_drop)
+        _check(0 <= self.confidence_z <= 10, "prune.confidence_z", "in [0, 10]",
+               self.confidence_z)
+        _check(0 < self.step < 1, "prune.step", "in (0, 1)", self.step)
+        _check(0 < self.min_step <= self.step, "prune.min_step",
+               f"in (0, prune.step ({self.step})]", self.min_step)
+        _check(self.judgements >= 1, "prune.judgements", ">= 1", self.judgements)
+        _check(self.val_clients >= 2, "prune.val_clients",
+               ">= 2 (the cost's standard error needs two clients)", self.val_clients)
+        _check(0 < self.ratio < 1, "prune.ratio", "in (0, 1)", self.ratio)
+        _check(self.mode in ("both", "low"), "prune.mode", "'both' or 'low'", self.mode)
+        _check(self.min_channels >= 1, "prune.min_channels", ">= 1", self.min_channels)
+        _check(0 < self.max_fraction <= 1, "prune.max_fraction", "in (0, 1]", self.max_fraction)
+        _check(self.start_round >= 0, "prune.start_round", ">= 1, or 0 for automatic",
+               self.start_round)
+        _check(self.max_prune_round >= 0, "prune.max_prune_round", ">= 1, or 0 for automatic",
+               self.max_prune_round)
+        _check(not (self.start_round and self.max_prune_round)
+               or self.max_prune_round >= self.start_round, "prune.max_prune_round",
+               f">= prune.start_round ({self.start_round}), or 0 for automatic",
+               self.max_prune_round)
+        _check(self.patience >= 1, "prune.patience", ">= 1", self.patience)
+        _check(self.interval >= 0, "prune.interval", ">= 1, or 0 for automatic", self.interval)
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """Budget mode: prune until the model fits a device budget, guarded by validation.
+
+    Active when any target is set.  Tries happen every ``prune.interval`` rounds from
+    ``prune.start_round`` up to ``prune.max_prune_round`` (patience is not used: the
+    controller tightens k instead), and stop once every target is met.
+    """
+
+    params: int = 0  # most trainable parameters; 0 = no such target
+    params_fraction: float = 0.0  # ... as a fraction of the initial model's; 0 = none
+    flops: int = 0  # most forward FLOPs per sample; 0 = none
+    flops_fraction: float = 0.0  # ... as a fraction of the initial model's; 0 = none
+    latency_ms: float = 0.0  # most latency per sample, estimated from latency_table; 0 = none
+    latency_table: str = ""  # JSON written by `fedprune bench-latency --table`
+    k_min: float = 0.0  # k never goes below this when tightening
+    k_max: float = 4.0  # nor above this when relaxing
+    tighten: float = 0.7  # k *= tighten after a try that cut nothing while over budget
+    relax: float = 1.5  # k *= relax and the step's max fraction halves when the guard fires
+    guard: bool = True  # federated-validation accuracy guard (needs data.val_fraction > 0)
+    guard_tolerance: float = 0.01  # largest validation-accuracy drop a cut may cause ...
+    guard_z: float = 1.0  # ... plus this many standard errors of the two accuracy estimates
+    guard_recovery_rounds: int = 2  # rounds a cut model trains before the guard judges it
+    guard_clients: int = 10  # clients that report validation accuracy (fewer if fewer exist)
+    max_rollbacks: int = 4  # rollbacks in a row before budget mode gives up
+
+    def __post_init__(self) -> None:
+        _check(self.params >= 0, "budget.params", ">= 0", self.params)
+        _check(0 <= self.params_fraction < 1, "budget.params_fraction", "in [0, 1)",
+               self.params_fraction)
+        _check(self.flops >= 0, "budget.flops", ">= 0", self.flops)
+        _check(0 <= self.flops_fraction < 1, "budget.flops_fraction", "in [0, 1)",
+               self.flops_fraction)
+        _check(self.latency_ms >= 0, "budget.latency_ms", ">= 0", self.latency_ms)
+        _check(not (self.latency_ms > 0 and not self.latency_table), "budget.latency_table",
+               "a JSON file from `fedprune bench-latency --table` when budget.latency_ms is set",
+               self.latency_table)
+        _check(self.k_min >= 0, "budget.k_min", ">= 0", self.k_min)
+        _check(self.k_max > self.k_min, "budget.k_max", f"> budget.k_min ({self.k_min})",
+               self.k_max)
+        _check(0 < self.tighten < 1, "budget.tighten", "in (0, 1)", self.tighten)
+        _check(self.relax > 1, "budget.relax", "> 1", self.relax)
+        _check(0 <= self.guard_tolerance <= 1, "budget.guard_tolerance", "in [0, 1]",
+               self.guard_tolerance)
+        _check(0 <= self.guard_z <= 10, "budget.guard_z", "in [0, 10]", self.guard_z)
+        _check(self.guard_recovery_rounds >= 0, "budget.guard_recovery_rounds", ">= 0",
+               self.guard_recovery_rounds)
+        _check(self.guard_clients >= 1, "budget.guard_clients", ">= 1", self.guard_clients)
+        _check(self.max_rollbacks >= 1, "budget.max_rollbacks", ">= 1", self.max_rollbacks)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.params or self.params_fraction or self.flops or self.flops_fraction
+                    or self.latency_ms)
