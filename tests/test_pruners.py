@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from fedprune.config import from_dict
+from fedprune.config import ConfigError, from_dict, load_config
 from fedprune.federated import run_simulation
 from fedprune.metrics import n_params
 from fedprune.models import new_model
@@ -64,14 +64,22 @@ BASE = {"threads": 1, "data": {"num_clients": 6, "val_fraction": 0.2},
 
 
 def _cfg(method=None, **over):
-    """BASE with ``over`` merged into its sections; ``method`` names a registered method
-    that the configuration's own check does not list (set on the built value)."""
+    """BASE with ``over`` merged into its sections; ``method``: set on the built value (a
+    name the configuration's own check may refuse)."""
     tree = {k: ({**v, **over.get(k, {})} if isinstance(v, dict) else v)
             for k, v in BASE.items()}
     cfg = from_dict({**tree, **{k: v for k, v in over.items() if k not in tree}})
     if method is not None:
         object.__setattr__(cfg.prune, "method", method)
     return cfg
+
+
+def _flat(tree, prefix=""):
+    """``tree`` as ``section.key`` -> value, for ``--set`` overrides."""
+    out = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
 
 
 def _make(cfg):
@@ -117,7 +125,15 @@ def test_an_unknown_method_is_refused_with_the_known_ones_named():
 
 
 def test_a_new_method_is_one_registered_class_the_server_drives_unchanged(tmp_path):
-    result = run_simulation(_cfg("quarter_once"), tmp_path)
+    # chosen by name like a built-in one: the configuration knows every registered method
+    cfg = load_config(None, [f"{k}={v}" for k, v in _flat(BASE).items()]
+                      + ["prune.method=quarter_once"])
+    assert cfg.prune.method == "quarter_once"
+    with pytest.raises(ConfigError, match="'quarter_once'"):  # named among the choices
+        load_config(None, ["prune.method=quarter_twice"])
+    with pytest.raises(ConfigError, match="prune.method"):  # chosen by other settings
+        load_config(None, ["prune.method=budget"])
+    result = run_simulation(cfg, tmp_path)
     rows = [json.loads(x) for x in (tmp_path / "rounds.jsonl").read_text().splitlines()]
     widths = [r["widths"] for r in rows]
     assert widths[0] == {"features.0": 8, "features.3": 16}  # before the cut

@@ -9,6 +9,11 @@ from typing import Literal
 from .config_sections import _check
 
 
+#: the names ``prune.method`` accepts: the built-in methods and every method registered with
+#: :func:`fedprune.pruners.register` (which adds its name here)
+PRUNE_METHODS: set[str] = {"auto", "boundary", "ratio"}
+
+
 @dataclass(frozen=True)
 class PruneConfig:
     enabled: bool = True  # false = the dense FedAvg baseline, everything else equal
@@ -36,7 +41,7 @@ class PruneConfig:
     # patience; the paper's rule with mode "both"); "ratio" = the fixed-ratio L1 baseline:
     # each tried round removes floor(ratio * channels) lowest-L1 filters of every layer
     # (k, mode and max_fraction unused); one-shot when max_prune_round == start_round
-    method: Literal["auto", "boundary", "ratio"] = "auto"
+    method: str = "auto"  # one of PRUNE_METHODS
     ratio: float = 0.5  # fraction of each layer's filters the ratio method removes per step
     # method "auto": the largest drop in validation accuracy (a fraction: 0.01 = 1 point)
     # that the kept cuts together may cost, as measured by paired federated validation
@@ -54,8 +59,8 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         _check(self.k >= 0, "prune.k", ">= 0", self.k)
-        _check(self.method in ("auto", "boundary", "ratio"), "prune.method",
-               "'auto', 'boundary' or 'ratio'", self.method)
+        _check(self.method in PRUNE_METHODS, "prune.method",
+               "one of " + ", ".join(repr(m) for m in sorted(PRUNE_METHODS)), self.method)
         _check(0 <= self.max_accuracy_drop <= 1, "prune.max_accuracy_drop", "in [0, 1]",
                self.max_accuracy_drop)
         _check(0 <= self.confidence_z <= 10, "prune.confidence_z", "in [0, 10]",

@@ -50,7 +50,7 @@ def _server_main(grid: Grid, context: Context) -> None:
 def _show_fedprune_logs() -> None:
     """In the ServerApp's process only Flower's logger has a handler: give fedprune's
     engine-neutral loggers (the server's skips, cuts, resume) the same one, at its level, so
-    their lines reach ``flwr run --stream`` and the SuperLink's log like the strategy's."""
+    their lines reach ``flwr run --stream`` and the SuperLink's log like the transport's."""
     flwr_log, ours = logging.getLogger("flwr"), logging.getLogger("fedprune")
     for handler in flwr_log.handlers:
         if handler not in ours.handlers:

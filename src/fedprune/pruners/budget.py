@@ -3,7 +3,7 @@
 One :class:`BudgetPruner` per run.  After each aggregated round the server calls
 :meth:`BudgetPruner.after_aggregate` with the aggregate and a ``validate`` callback that
 asks clients for their accuracy on their own validation split (no data leaves them): the
-in-process loop evaluates the clients' splits directly, the Flower strategy sends query
+in-process loop evaluates the clients' splits directly, the Flower transport sends query
 messages.  The decisions themselves (targets, the k controller, the guard) are pure:
 :mod:`fedprune.pruning.budget`.
 """
@@ -53,7 +53,7 @@ def smallest_model(model: nn.Module, example: torch.Tensor, spec: ModelSpec,
             return small
 
 
-@register("budget")
+@register("budget", selectable=False)
 class BudgetPruner(Pruner):
     """Budget mode's pruning decisions: the boundary rule with the controller's k, each cut
     a candidate under the accuracy guard."""

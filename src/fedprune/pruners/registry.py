@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..config import ExperimentConfig
+from ..config_pruning import PRUNE_METHODS
 from ..models import ModelSpec
 from .base import Pruner
 
@@ -34,8 +35,10 @@ PRUNERS: Mapping[str, type[Pruner]] = MappingProxyType(_REGISTERED)
 NEVER = "none"
 
 
-def register(name: str) -> Callable[[P], P]:
-    """Class decorator: register a :class:`~.base.Pruner` subclass as method ``name``."""
+def register(name: str, *, selectable: bool = True) -> Callable[[P], P]:
+    """Class decorator: register a :class:`~.base.Pruner` subclass as method ``name``;
+    ``selectable``: ``prune.method = name`` chooses it (budget mode and dense runs are
+    chosen by other settings)."""
     def add(cls: P) -> P:
         if not (isinstance(cls, type) and issubclass(cls, Pruner)):
             raise TypeError(f"pruning method {name!r}: {cls!r} is not a Pruner subclass")
@@ -43,6 +46,8 @@ def register(name: str) -> Callable[[P], P]:
             raise ValueError(f"pruning method {name!r} is already registered "
                              f"({_REGISTERED[name].__qualname__})")
         _REGISTERED[name] = cls
+        if selectable:
+            PRUNE_METHODS.add(name)
         return cls
     return add
 

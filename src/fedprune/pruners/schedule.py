@@ -100,7 +100,7 @@ def rule_of(p: PruneConfig) -> BoundaryRule | RatioRule:
                         max_fraction=p.max_fraction)
 
 
-@register(NEVER)
+@register(NEVER, selectable=False)
 @register("ratio")
 @register("boundary")
 class SchedulePruner(Pruner):

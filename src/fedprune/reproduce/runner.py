@@ -153,7 +153,6 @@ def execute(task: Task) -> dict[str, Any]:
         rd = RunDir(run_dir)
         if task.state in ("fresh", "resume"):
             cfg = from_dict(task.config)
-            torch.set_num_threads(max(1, cfg.threads))
             if task.state == "fresh":  # a run killed before its first checkpoint
                 with rd.lock():
                     for path in [*rd.stale_files(), rd.latency_file]:
