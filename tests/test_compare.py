@@ -90,7 +90,7 @@ def test_flower_runs_read_like_loop_runs(runs):
     # only what differs goes in the setting column; the rest is said once below the table
     assert re.search(r"^rule +in-process +4 ", table, re.M), table
     assert re.search(r"^flower +Flower +4 ", table, re.M), table
-    assert "all runs: digits (4 clients); cnn_femnist [8, 16]; rule low k=0.5;" in table
+    assert "all runs: digits (4 clients); cnn_femnist [8, 16]; auto, max drop 1 pt;" in table
 
 
 def test_an_unfinished_run_is_read_from_its_last_round(runs):
@@ -270,3 +270,15 @@ def test_a_folder_that_is_not_a_run_is_refused_clearly(runs, tmp_path, capsys):
     assert "a record lacks the key 'params'" in capsys.readouterr().err
     assert main(["compare", str(runs["rule"]), "--plot", str(tmp_path / "x.notanimage")]) == 2
     assert "--plot" in capsys.readouterr().err and not (tmp_path / "x.notanimage").exists()
+
+
+def test_bytes_and_client_flops_are_shown_as_ratios_to_dense_fedavg(runs):
+    dense, auto = read_run(runs["dense"]), read_run(runs["rule"])
+    # dense FedAvg spends exactly its own dense-equivalent: the meter counts both alike
+    assert dense.bytes_vs_dense == 1.0 and dense.client_flops_vs_dense == 1.0
+    # the automatic method's search trains and sends trial models beside the global one
+    assert auto.client_flops_vs_dense > 1.0 and auto.bytes_vs_dense > 1.0
+    table = format_table([dense, auto])
+    header, *_ = table.splitlines()
+    assert "bytes vs dense" in header and "client FLOPs vs dense" in header
+    assert f"{auto.client_flops_vs_dense:.2f}x" in table
