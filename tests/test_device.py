@@ -31,6 +31,7 @@ from fedprune.federated import run_simulation
 from fedprune.federated.batched import BatchedTrainer, ClientJob
 from fedprune.federated.client import evaluate, train_local
 from fedprune.federated.loop import make_trainer
+from fedprune.federated.meter import NUMBER_BYTES
 from fedprune.federated.wire import decode, encode, round_trip
 from fedprune.metrics import read_rounds
 from fedprune.models import new_model
@@ -306,14 +307,17 @@ def test_bf16_payload_encodes_to_int16_bit_patterns_and_back():
 
 def test_a_bf16_payload_run_halves_the_weights_bytes_and_keeps_its_model_on_bf16_values(
         tmp_path):
-    run_simulation(_cfg(), tmp_path / "f32")
-    b16 = run_simulation(_cfg(fed={**TINY["fed"], "payload_dtype": "bfloat16"}),
-                         tmp_path / "b16")
+    cfg32, cfg16 = _cfg(), _cfg(fed={**TINY["fed"], "payload_dtype": "bfloat16"})
+    run_simulation(cfg32, tmp_path / "f32")
+    b16 = run_simulation(cfg16, tmp_path / "b16")
     r32, r16 = read_rounds(tmp_path / "f32")[0], read_rounds(tmp_path / "b16")[0]
     assert r32["widths"] == r16["widths"] == {"features.0": 4, "features.3": 8}  # dense
-    assert r16["bytes_up"] * 2 == r32["bytes_up"]  # replies are weights only
-    spec = r32["bytes_down"] - r32["bytes_up"]  # three clients: weights and the spec JSON
-    assert spec > 0 and r16["bytes_down"] == r16["bytes_up"] + spec
+    # the weights halve both ways; the texts and numbers beside them stay
+    up_extra = 3 * 4 * NUMBER_BYTES  # three replies, four metrics each
+    assert (r16["bytes_up"] - up_extra) * 2 == r32["bytes_up"] - up_extra
+    texts = r32["bytes_down"] - (r32["bytes_up"] - up_extra)  # spec, config, 3 numbers
+    longer = len(cfg16.to_json()) - len(cfg32.to_json())  # "bfloat16" for "float32"
+    assert texts > 0 and r16["bytes_down"] == r16["bytes_up"] - up_extra + texts + 3 * longer
     for v in b16.model.state_dict().values():  # the model is what travels
         if v.is_floating_point():
             assert torch.equal(v, v.to(torch.bfloat16).float())

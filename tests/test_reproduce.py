@@ -667,7 +667,8 @@ def test_default_out_is_runs_suite_and_the_report_goes_beside_its_runs(tmp_path,
             if line.startswith(("| dense FedAvg |", "| fixed ratio 85 % (one-shot) |"))]
     assert len(rows) == 2
     for row in rows:
-        assert "±" not in row and row.count("(n = 1)") == 6  # acc, params, FLOPs, bytes, 2 ratios
+        # acc, params, FLOPs, bytes, 3 ratios (bytes, client FLOPs, latency)
+        assert "±" not in row and row.count("(n = 1)") == 7
 
 
 def test_a_spread_of_one_value_is_n_1_and_of_equal_values_zero():
