@@ -1,7 +1,7 @@
 """One rogue client among ten: final test accuracy under each aggregation rule.
 
-The configuration and the rogue are those of ``tests/test_rogue.py`` (digits, 10 clients all
-sampled every round, widths [8, 16], 2 local epochs, 30 rounds, no pruning, seed 0, one
+The configuration and the rogue are those of ``tests/federated/test_rogue.py`` (digits, 10
+clients all sampled every round, widths [8, 16], 2 local epochs, 30 rounds, no pruning, seed 0, one
 thread): client 3 trains honestly, then sends ``global + scale * update``.  Printed as a
 Markdown table, one row per rule, one column per rogue (none, x1e4, x-10, x-3: a sign flip
 that stays at the default bound of 3 median norms).

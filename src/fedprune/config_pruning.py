@@ -8,7 +8,6 @@ from typing import Literal
 
 from .config_sections import _check
 
-
 #: the names ``prune.method`` accepts: the built-in methods and every method registered with
 #: :func:`fedprune.pruners.register` (which adds its name here)
 PRUNE_METHODS: set[str] = {"auto", "boundary", "ratio"}

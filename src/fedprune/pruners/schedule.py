@@ -82,7 +82,8 @@ def advance(
         state = replace(state, stale_rounds=0, accepted_steps=state.accepted_steps + 1)
     else:
         state = replace(state, stale_rounds=state.stale_rounds + 1)
-    if state.stale_rounds >= schedule.patience or rnd + schedule.interval > schedule.max_prune_round:
+    last_try = rnd + schedule.interval > schedule.max_prune_round
+    if state.stale_rounds >= schedule.patience or last_try:
         state = replace(state, stopped=True, stopped_round=rnd)
     return state
 

@@ -136,7 +136,8 @@ def _check_record(record: dict[str, Any]) -> None:
             raise ValueError("pruning record: each group needs root, members, channels, kept")
         ch, kept = g["channels"], g["kept"]
         if not isinstance(g["root"], str) or not isinstance(ch, int) or ch < 1:
-            raise ValueError(f"pruning record: bad root or channel count in group {g.get('root')!r}")
+            raise ValueError("pruning record: bad root or channel count in group "
+                             f"{g.get('root')!r}")
         if (
             not isinstance(kept, list)
             or not kept
@@ -316,7 +317,8 @@ def rebuild(model: nn.Module, record: dict[str, Any], example_inputs: torch.Tens
         try:
             module = model.get_submodule(g["root"])
         except AttributeError as exc:
-            raise ValueError(f"pruning record names layer {g['root']!r}, absent from the model") from exc
+            raise ValueError(f"pruning record names layer {g['root']!r}, absent from the "
+                             "model") from exc
         pruner = dg.get_pruner_of_module(module)
         if pruner is None or pruner.get_out_channels(module) != g["channels"]:
             raise ValueError(

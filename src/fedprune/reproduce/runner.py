@@ -141,7 +141,6 @@ class Task:
 
 def execute(task: Task) -> dict[str, Any]:
     """Train (or resume) one run, then cache its latency; in a worker process or inline."""
-    import torch
 
     from ..config import from_dict
     from ..federated import run_simulation

@@ -188,7 +188,7 @@ def test_format_run_config_is_what_flwr_parses():
 ], ids=["boundary-rule", "ratio", "auto", "auto-batchnorm"])
 def test_local_grid_run_matches_the_in_process_loop_exactly(tmp_path, prune, model):
     # ClientApps train one client each: compare with the loop's one-by-one engine, bit for bit
-    # (the batched engine agrees to float rounding: tests/test_batched.py).
+    # (the batched engine agrees to float rounding: tests/federated/test_batched.py).
     cfg = from_dict({**TINY, "prune": {**TINY["prune"], **prune},
                      "model": {**TINY["model"], **model},
                      "train": {**TINY.get("train", {}), "engine": "per_client"}})

@@ -43,7 +43,7 @@ from fedprune.metrics import read_rounds
 
 pytestmark = pytest.mark.slow
 
-MAKE_CERTS = Path(__file__).resolve().parents[1] / "scripts" / "make_certs.sh"
+MAKE_CERTS = Path(__file__).resolve().parents[2] / "scripts" / "make_certs.sh"
 CFG = from_dict({
     "threads": 1,
     "data": {"num_clients": 2, "max_test_samples": 200},

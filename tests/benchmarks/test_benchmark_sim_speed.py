@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "sim_speed.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "sim_speed.py"
 
 
 def test_sim_speed_reports_plain_and_batched_columns_per_precision(tmp_path):

@@ -6,7 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "data_femnist.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "data_femnist.py"
 
 
 def _bench():

@@ -12,7 +12,7 @@ from fedprune.config import from_dict
 from fedprune.federated import run_simulation
 from fedprune.metrics import read_rounds
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "auto_probe_table.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "auto_probe_table.py"
 BASE = {"threads": 1, "train": {"local_epochs": 1},
         "fed": {"rounds": 8, "clients_per_round": 5, "eval_every": 1}}
 
