@@ -144,6 +144,13 @@ def test_tiny_run_writes_all_records(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert summary["params_final"] < summary["params_initial"]
     assert summary["flops_final"] < summary["flops_initial"]
     assert summary["bytes_total"] < summary["bytes_total_dense"]  # pruned rounds send less
+    # and train less: the clients' FLOPs against dense FedAvg's, said on stderr too
+    assert summary["client_flops_total"] < summary["client_flops_total_dense"]
+    assert printed["client_flops_total"] == summary["client_flops_total"]
+    bytes_ratio = summary["bytes_total"] / summary["bytes_total_dense"]
+    flops_ratio = summary["client_flops_total"] / summary["client_flops_total_dense"]
+    assert (f"against dense FedAvg: bytes {bytes_ratio:.2f}x, client FLOPs "
+            f"{flops_ratio:.2f}x") in stderr
     assert summary["accuracy"] == rounds[-1]["accuracy"]
     assert 0.0 <= summary["accuracy"] <= 1.0
     assert rounds[-1]["params"] == summary["params_final"]

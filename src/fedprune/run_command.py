@@ -119,6 +119,8 @@ def _print_outcome(s: dict[str, Any], run: OpenedRun) -> None:
         "flops": f"{s['flops_initial']} -> {s['flops_final']}",
         "bytes_total": s["bytes_total"],
         "bytes_total_dense": s["bytes_total_dense"],
+        "client_flops_total": s["client_flops_total"],
+        "client_flops_total_dense": s["client_flops_total_dense"],
         "widths_final": s["widths_final"],
         "budget_status": budget_status,
         "seconds": round(s["seconds"], 1),
@@ -130,6 +132,18 @@ def _print_outcome(s: dict[str, Any], run: OpenedRun) -> None:
     if s.get("auto"):
         sys.stdout.flush()
         print(auto_line(s["auto"], s), file=sys.stderr)
+    sys.stdout.flush()
+    print(cost_line(s), file=sys.stderr)
+
+
+def cost_line(summary: dict) -> str:
+    """One line on what the run cost against dense FedAvg on the same rounds, e.g. ``against
+    dense FedAvg: bytes 1.12x, client FLOPs 0.95x``."""
+    def ratio(key: str) -> str:
+        dense = summary.get(f"{key}_dense")
+        return f"{summary[key] / dense:.2f}x" if dense else "-"
+    return (f"against dense FedAvg: bytes {ratio('bytes_total')}, client FLOPs "
+            f"{ratio('client_flops_total')}")
 
 
 def auto_line(auto: dict, summary: dict) -> str:

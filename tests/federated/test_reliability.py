@@ -63,8 +63,8 @@ def _tamper_replies(monkeypatch, change):
     """Make every round's replies pass through ``change(list of (state, n, metrics))``."""
     real_make = loop_mod.make_trainer
 
-    def make_trainer(model, cfg):
-        trainer = real_make(model, cfg)
+    def make_trainer(model, cfg, device=None):
+        trainer = real_make(model, cfg, device)
         real_train = trainer.train
         trainer.train = lambda state, jobs: change(real_train(state, jobs))
         return trainer

@@ -65,8 +65,8 @@ def _loop_run(values, run_dir, scale=None, run=None, **fed):
     rogue_y = data.clients[ROGUE].y
     real_make = loop_mod.make_trainer
 
-    def make_trainer(model, cfg):
-        trainer = real_make(model, cfg)
+    def make_trainer(model, cfg, device=None):
+        trainer = real_make(model, cfg, device)
         real_train = trainer.train
 
         def train(sent, jobs):

@@ -56,11 +56,12 @@ class RunResult:
 Trainer = BatchedTrainer | PerClientTrainer
 
 
-def make_trainer(model: nn.Module, cfg: ExperimentConfig) -> Trainer:
+def make_trainer(model: nn.Module, cfg: ExperimentConfig,
+                 device: torch.device | None = None) -> Trainer:
     """The local-training engine of ``cfg.train.engine`` for ``model``'s architecture, on
-    ``cfg.device``."""
+    ``device`` (default: ``cfg.device`` as this machine resolves it)."""
     engine = cfg.train.engine
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device) if device is None else device
     reason = batched_support(model)
     if engine == "batched" and reason is not None:
         raise ValueError(f"train.engine = 'batched' cannot train {cfg.model.name}: {reason}; "
@@ -88,7 +89,7 @@ class LocalTransport:
         """The trainer of ``model`` (the global one, or a trial model), built on first use."""
         key = (trial, id(model), spec.to_json())
         if key not in self._trainers:
-            self._trainers[key] = (model, make_trainer(model, self.cfg))
+            self._trainers[key] = (model, make_trainer(model, self.cfg, self.device))
         return self._trainers[key][1]
 
     def _jobs(self, rnd: int, clients: Sequence[int]) -> list[ClientJob]:
