@@ -295,7 +295,8 @@ def test_run_ends_with_the_budget_outcome(
     assert json.loads(out)["budget_status"] == status
     final, target = budget["final"]["params"], budget["targets"]["params"]
     assert target == int(fraction * summary["params_initial"])
-    last = err.strip().splitlines()[-1]
+    *_, last, cost = err.strip().splitlines()  # the outcome, then what it cost
+    assert cost.startswith("against dense FedAvg: bytes ")
     if status == "met":
         assert final <= target and last == f"budget met: params {final:,} <= {target:,}"
     else:
@@ -328,7 +329,9 @@ def test_an_automatic_run_ends_with_what_the_method_decided(
     out, err = capsys.readouterr()
     assert rc == 0
     summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
-    last = err.strip().splitlines()[-1]
+    *_, last, cost = err.strip().splitlines()  # the decision, then what the run cost
     assert last.startswith(f"automatic pruning: {summary['auto']['accepted']} cuts kept")
+    flops = summary["client_flops_total"] / summary["client_flops_total_dense"]
+    assert cost.endswith(f"client FLOPs {flops:.2f}x")
     assert summary["auto"]["accepted"] >= 1 and "stopped: " in last
     assert (out_dir / "prune_path.png").is_file()
