@@ -18,7 +18,8 @@ from fedprune.pruners import Validation
 class FakeTransport:
     """Answers each plan with ``replies(plan)``; validation with ``validate(model, spec,
     clients)`` (default: no answers).  ``plans`` keeps every plan it was given; the bytes
-    are ``bytes_per_message`` per train message and per reply."""
+    are ``bytes_per_message`` per train message and per reply; the replies' architecture
+    versions are checked when any reply reports one."""
 
     reports_delivery = False
 
@@ -32,7 +33,8 @@ class FakeTransport:
         self.plans.append(plan)
         replies = list(self.replies(plan))
         b = self.bytes_per_message
-        return Delivery(replies, list(plan.clients), b * len(plan.clients), b * len(replies))
+        return Delivery(replies, list(plan.clients), b * len(plan.clients), b * len(replies),
+                        versions=any(r.version is not None for r in replies))
 
     def validate(self, model, spec, clients, experiment, payload_dtype) -> Queried:
         got = (self.validator(model, spec, clients) if self.validator is not None

@@ -83,11 +83,16 @@ def test_the_leftovers_of_a_run_killed_before_its_first_checkpoint_are_cleared(t
     try:
         with RunDir(out).open(None, resume=True, engine="in-process") as run:
             assert run.restarted and not run.resume
-            assert run.cfg.seed == 5  # the run's own config.json, read before it is cleared
-            assert not (out / "config.json").exists() and not (out / "rounds.jsonl.tmp").exists()
+            assert run.cfg.seed == 5  # the run's own config.json
+            assert not (out / "rounds.jsonl.tmp").exists()
+            # kept until the run writes it anew: a restart that fails before then (data
+            # missing, no SuperNodes) does not lose the run's settings
+            assert json.loads((out / "config.json").read_text()) == {"seed": 5}
     finally:
         log.removeHandler(said)
     assert any("starts again from round 1" in line for line in said.lines)
+    with RunDir(out).open(None, resume=True, engine="in-process") as run:  # so, again
+        assert run.restarted and run.cfg.seed == 5
 
 
 def test_a_run_resumes_with_the_same_engine_and_config_only(tmp_path):
@@ -159,3 +164,13 @@ def test_a_killed_run_resumed_through_the_policy_ends_as_an_uninterrupted_one(tm
     assert json.loads(cut.config_file.read_text())["engine"] == "in-process"
     with pytest.raises(RunDirRefused, match="the run finished"):
         run_simulation(CFG, cut.path, resume=True)
+
+
+def test_neither_engine_restarts_the_others_run(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()  # a Flower run killed before its first checkpoint
+    (out / "config.json").write_text(json.dumps({**CFG.to_dict(), "engine": "flower"}))
+    with pytest.raises(RunDirRefused, match="run of the Flower app"):
+        RunDir(out).open(None, resume=True, engine="in-process")
+    with RunDir(out).open(None, resume=True, engine="flower") as run:
+        assert run.restarted

@@ -143,8 +143,11 @@ def open_run(rd: RunDir, cfg: ExperimentConfig | None, *, resume: bool,
             logger.warning("%s holds a run stopped before its first checkpoint: it starts "
                            "again from round 1", rd.path)
         if not resumes:
+            # a restarted run keeps its config.json until it writes it anew: a restart that
+            # fails before then (data missing, no nodes) must not lose the run's settings
             for entry in rd.stale_files():
-                entry.unlink()
+                if not (restarted and entry == rd.config_file):
+                    entry.unlink()
     except BaseException:
         lock.release()
         raise
@@ -165,12 +168,12 @@ def _decide(rd: RunDir, cfg: ExperimentConfig | None, resume: bool,
     state = rd.state()
     if state == "finished":
         raise _refusal(rd, engine, "finished")
-    if state == "fresh":
-        if not rd.stopped_before_first_checkpoint():
-            raise _refusal(rd, engine, "no_run")
-        return (cfg if cfg is not None else _own_config(rd, engine)), False
-    if rd.written_by() not in (None, engine):
+    if state == "fresh" and not rd.stopped_before_first_checkpoint():
+        raise _refusal(rd, engine, "no_run")
+    if rd.written_by() not in (None, engine):  # neither engine resumes (or restarts) the other's
         raise _refusal(rd, engine, "other_engine")
+    if state == "fresh":
+        return (cfg if cfg is not None else _own_config(rd, engine)), False
     if cfg is None:
         return _own_config(rd, engine), True
     try:  # compared by resolved values, as reproduce does

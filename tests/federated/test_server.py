@@ -175,3 +175,19 @@ def test_the_sizes_must_describe_the_same_clients():
         PruningServer(CFG, model, spec, train_sizes=[5, 5, 5], val_sizes=[1, 1],
                       test_x=torch.zeros(1, 1, 28, 28), test_y=torch.zeros(1).long())
     assert math.isfinite(count_flops(model, spec.example_input()))
+
+
+def test_where_replies_carry_versions_one_without_a_version_is_rejected():
+    from fedprune.federated.averaging import average_round
+
+    model, _ = new_model("cnn_femnist", num_classes=10, in_channels=1, image_size=28,
+                         widths=[4, 8], seed=0)
+    state = model.state_dict()
+    replies = [TrainReply(0, (state,), 5, version=None), TrainReply(1, (state,), 5, version=3)]
+    checked = average_round(1, CFG.fed, [model], replies, arch_version=3, max_samples=10,
+                            check_versions=True)
+    assert [(r.index, r.reason) for r in checked.rejections] == [
+        (0, "architecture version None, expected 3")]
+    # in process nothing can be stale: the versions are not looked at
+    unchecked = average_round(1, CFG.fed, [model], replies, arch_version=3, max_samples=10)
+    assert unchecked.rejections == [] and unchecked.clients == 2

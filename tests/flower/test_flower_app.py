@@ -1,6 +1,6 @@
-"""The Flower App without Flower processes: run config, strategy, ClientApp, what travels.
+"""The Flower App without Flower processes: run config, transport, ClientApp, what travels.
 
-The strategy runs on :class:`LocalGrid` (nodes = the ClientApp called in process), so these
+The Flower transport runs on :class:`LocalGrid` (nodes = the ClientApp called in process), so these
 tests take seconds; ``test_flower_deployment.py`` and ``test_flower_simulation.py`` run the
 real SuperLink/SuperNode and simulation engines.
 """
@@ -177,7 +177,7 @@ def test_format_run_config_is_what_flwr_parses():
     assert parse_config_args([format_run_config(values)]) == values
 
 
-# ----------------------------------------------------------------------------- strategy
+# ----------------------------------------------------------------------------- transport
 
 
 @pytest.mark.parametrize("prune, model", [
@@ -316,6 +316,25 @@ def test_out_dir_is_never_overwritten(tmp_path):
     _, rc = _tiny(**{"out-dir": str(tmp_path / "old")})
     with pytest.raises(ConfigError, match="not empty"):
         run_server(_grid(), rc)
+
+
+def test_a_reply_without_its_arch_version_is_dropped(tmp_path):
+    _, rc = _tiny(**{"fed.rounds": 1})
+
+    def tamper(msg: Message, reply: Message) -> Message:
+        if reply.has_error() or "arrays" not in reply.content.array_records:
+            return reply
+        metrics = dict(reply.content.metric_records["metrics"])
+        if msg.metadata.dst_node_id == 1000:
+            del metrics["arch-version"]
+        out = RecordDict({"arrays": reply.content.array_records["arrays"],
+                          "metrics": MetricRecord(metrics)})
+        return Message(out, reply_to=msg)
+
+    run_server(_grid(tamper=tamper), {**rc, "out-dir": str(tmp_path)})
+    (row,) = read_rounds(tmp_path)
+    assert [(r["node"], r["reason"]) for r in row["rejected"]] == [
+        (1000, "architecture version None, expected 0")]
 
 
 def test_replies_with_a_stale_arch_version_or_wrong_shapes_are_dropped_and_counted(tmp_path):

@@ -275,7 +275,7 @@ def test_measure_uses_the_latency_table(tmp_path):
 # ----------------------------------------------------------------------------- Flower
 
 
-def test_flower_strategy_runs_budget_mode_like_the_loop(tmp_path):
+def test_the_flower_app_runs_budget_mode_like_the_loop(tmp_path):
     from fedprune.flower.client_app import client_app
     from fedprune.flower.grid import LocalGrid
     from fedprune.flower.run_config import experiment_to_run_config

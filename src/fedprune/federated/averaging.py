@@ -38,7 +38,7 @@ class Averaged:
 
 def average_round(rnd: int, fed: FedConfig, models: Sequence[nn.Module],
                   replies: Sequence[TrainReply], *, arch_version: int,
-                  max_samples: int | None) -> Averaged:
+                  max_samples: int | None, check_versions: bool = False) -> Averaged:
     """Screen ``replies`` (in client order) and average the valid ones into ``models[0]``;
     each trial model ``models[t]`` (t >= 1) over the copies of the clients whose reply to the
     global model was accepted, by the same rule (clipped against the median of its own
@@ -46,16 +46,15 @@ def average_round(rnd: int, fed: FedConfig, models: Sequence[nn.Module],
     same way.  A missing or unfit copy is a trial rejection.  Fewer valid replies than
     ``fed.min_replies`` skip the round: no model is averaged.
 
-    The architecture version of each reply is checked against ``arch_version`` where the
-    replies report one.  Replies arrive rounded to ``fed.payload_dtype``.
+    With ``check_versions``, a reply whose architecture version is not ``arch_version`` (or
+    missing) is rejected.  Replies arrive rounded to ``fed.payload_dtype``.
     """
     wire = fed.payload_dtype
     main = [(round_trip(r.states[0], wire), r.n) for r in replies]  # type: ignore[arg-type]
-    versions = [r.version for r in replies]
-    reported = any(v is not None for v in versions)
     accepted, rejected = screen_replies(
-        main, models[0].state_dict(), versions=versions if reported else None,
-        arch_version=arch_version if reported else None, max_samples=max_samples)
+        main, models[0].state_dict(),
+        versions=[r.version for r in replies] if check_versions else None,
+        arch_version=arch_version if check_versions else None, max_samples=max_samples)
     bad = {r.index for r in rejected}
     kept = [i for i in range(len(replies)) if i not in bad]  # accepted's reply indices
     clients = [r.client for r in replies]

@@ -149,10 +149,11 @@ def run_simulation(
     """Run one federated experiment in process; write records under ``run_dir`` if given.
 
     With a ``run_dir``, a checkpoint is written atomically after every round; ``resume=True``
-    continues from it (same config), giving the same final weights and figures, bit for bit
-    on CPU, as a run that was never interrupted.  A folder is opened by
-    :meth:`~fedprune.rundir.RunDir.open` (which may refuse it); an already opened run is
-    written as it was opened (``resume`` is then its own).
+    continues from it, giving the same final weights and figures, bit for bit on CPU, as a
+    run that was never interrupted.  A folder is opened by :meth:`~fedprune.rundir.RunDir.
+    open`, which refuses it where the policy says so (a resumed run's configuration must be
+    the run's own, compared by resolved values); an already opened run is written as it was
+    opened (``resume`` is then its own).  Either way its lock is released when the run ends.
     """
     t0 = time.perf_counter()
     if resume and run_dir is None:

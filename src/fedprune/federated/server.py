@@ -180,7 +180,8 @@ class PruningServer:
         replies, dropped = _readable(plan, delivery)
         averaged = average_round(rnd, self.cfg.fed, [m for m, _ in plan.models], replies,
                                  arch_version=plan.arch_version,
-                                 max_samples=self.max_client_size)
+                                 max_samples=self.max_client_size,
+                                 check_versions=delivery.versions)
         tally = _Tally(delivery.bytes_down, delivery.bytes_up, self.compute.train(
             [count_flops(m, self.example) for m, _ in plan.models], delivery.sent))
         step = self._prune(rnd, averaged, self._validator(transport, tally))

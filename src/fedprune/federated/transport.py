@@ -65,6 +65,9 @@ class Delivery:
     # replies left out before the server saw them: {"client", "node", "reason"}
     dropped: list[dict[str, Any]] = field(default_factory=list)
     failures: int = 0  # error replies and replies missing at the deadline
+    # the replies say which architecture version they trained, and a reply that does not,
+    # or names another, is rejected (messages can be stale); in process they cannot be
+    versions: bool = False
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ the bytes both ways: the server keeps its global model (and the automatic method
 models) rounded to bfloat16 values after every aggregation, so that what it sends is exactly
 its model; each client trains from those values in float32 and its reply is rounded to
 bfloat16 on the way back.  Aggregation runs in float32 on the rounded values.  Integer
-buffers are not sent (:func:`~fedprune.metrics.payload_bytes`).
+buffers travel as they are (:mod:`.meter` counts them).
 
 On the wire (the Flower app), a bfloat16 tensor travels as its 16-bit patterns in an
 ``int16`` numpy array (numpy has no bfloat16): :func:`encode` and :func:`decode`.  The
@@ -22,14 +22,9 @@ from torch import nn
 
 StateDict = dict[str, torch.Tensor]
 
-__all__ = ["PAYLOAD_DTYPES", "decode", "element_bytes", "encode", "round_model", "round_trip"]
+__all__ = ["PAYLOAD_DTYPES", "decode", "encode", "round_model", "round_trip"]
 
 PAYLOAD_DTYPES = {"float32": (torch.float32, 4), "bfloat16": (torch.bfloat16, 2)}
-
-
-def element_bytes(payload_dtype: str) -> int:
-    """Bytes per transmitted floating-point value."""
-    return PAYLOAD_DTYPES[payload_dtype][1]
 
 
 def round_trip(state: Mapping[str, torch.Tensor], payload_dtype: str) -> StateDict:

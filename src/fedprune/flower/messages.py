@@ -8,7 +8,7 @@ of plain values: the architecture as :class:`~fedprune.models.ModelSpec` JSON, i
 ``partition-id`` -- never a pickled module or code.  Queries (``MessageType.QUERY``) ask a
 node for its partition (:data:`QUERY_KIND`) or, in budget mode, for a model's accuracy on its
 validation split (:data:`VALIDATE_KIND`).  Weights travel as ``fed.payload_dtype``
-(:func:`pack`, :func:`unpack`; :mod:`fedprune.federated.wire`).
+(:func:`~fedprune.federated.wire.encode`, :func:`unpack`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ..federated.meter import ARRAYS_KEY, TRIAL_KEY, VALIDATE_KIND, Content, tri
 from ..federated.wire import decode, encode
 
 __all__ = ["ARRAYS_KEY", "CONFIG_KEY", "METRICS_KEY", "QUERY_KIND", "TRIAL_KEY",
-           "VALIDATE_KIND", "Reply", "content_of", "np_dtypes", "pack", "partition_answer",
+           "VALIDATE_KIND", "Reply", "content_of", "np_dtypes", "partition_answer",
            "partition_query", "to_message", "to_reply", "trial_key", "unpack", "unpack_train_reply",
            "validation_answer"]
 
@@ -112,14 +112,10 @@ def validation_answer(msg: Message) -> tuple[float, int, float] | None:
     return None
 
 
-def pack(state: dict[str, torch.Tensor], payload_dtype: str) -> ArrayRecord:
-    """``state`` as an ``ArrayRecord`` of ``fed.payload_dtype`` (:func:`~.wire.encode`)."""
-    return ArrayRecord.from_torch_state_dict(encode(state, payload_dtype))
-
-
 def unpack(arrays: ArrayRecord, payload_dtype: str, like: dict[str, torch.Tensor]
            ) -> dict[str, torch.Tensor]:
-    """The float32 state of a :func:`pack`-ed record; ``like``: the architecture's state."""
+    """The float32 state of a record packed by :func:`to_message` or :func:`to_reply` (weights
+    :func:`~fedprune.federated.wire.encode`-d); ``like``: the architecture's state."""
     return decode(arrays.to_torch_state_dict(), payload_dtype, like)
 
 

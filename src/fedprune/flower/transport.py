@@ -78,7 +78,8 @@ class FlowerTransport:
         like = [m.state_dict() for m, _ in plan.models]
         replies, dropped, up, missing = self._read(plan.rnd, answers, messages, sent, like,
                                                    plan.payload_dtype)
-        return Delivery(replies, list(sent), down, up, dropped, failures + missing)
+        return Delivery(replies, list(sent), down, up, dropped, failures + missing,
+                        versions=True)
 
     def _read(self, rnd: int, answers: Any, messages: dict[int, Message],
               sent: dict[int, int], like: list[dict], payload_dtype: str

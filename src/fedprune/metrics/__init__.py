@@ -1,7 +1,8 @@
 """Metrics for fedprune: model size/cost, per-round recording and plots.
 
 * :mod:`fedprune.metrics.size` -- ``n_params``, ``count_macs``, ``count_flops``
-  (= 2 x MACs) and ``payload_bytes`` (float state_dict bytes actually sent).
+  (= 2 x MACs) and ``payload_bytes`` (the float state_dict's bytes: a model's weight size;
+  what a message weighs on the wire is :mod:`fedprune.federated.meter`'s count).
 * :mod:`fedprune.metrics.recorder` -- ``RoundRecord``, ``Recorder`` (JSONL rounds,
   atomic ``summary.json``/``config.json``) and ``read_rounds``.
 * :mod:`fedprune.metrics.plots` -- ``plot_run`` (imports matplotlib only when called).
@@ -10,7 +11,8 @@ Conventions: MACs are per sample and count only ``nn.Conv2d`` and ``nn.Linear``
 (no bias, BN, activations or pooling); FLOPs are ``2 * MACs``, which equals the
 total of ``torch.utils.flop_counter.FlopCounterMode`` for such CNNs. Payload
 bytes count every floating-point ``state_dict`` entry (BN running stats
-included) and skip integer buffers such as ``num_batches_tracked``.
+included) and skip integer buffers such as ``num_batches_tracked`` (which do travel,
+and which the meter counts).
 
 Typical use in a training loop::
 

@@ -14,10 +14,11 @@ Conventions
   matrix multiplies (it also ignores bias), up to the factor 2 below.
 * **FLOPs** are defined as ``2 * MACs`` (one multiply plus one add per MAC).
 * **Payload bytes** are the bytes of the floating-point tensors of a
-  ``state_dict`` as actually transmitted: every floating-point entry
-  (parameters and float buffers such as BN ``running_mean``/``running_var``)
-  contributes ``numel * dtype_bytes``; integer buffers such as
-  ``num_batches_tracked`` are not sent and therefore not counted.
+  ``state_dict``: every floating-point entry (parameters and float buffers such as
+  BN ``running_mean``/``running_var``) contributes ``numel * dtype_bytes``; integer
+  buffers such as ``num_batches_tracked`` are not counted.  This is a model's weight
+  size; what a message weighs on the wire (integer buffers, texts and metrics
+  included) is counted by :mod:`fedprune.federated.meter`.
 """
 
 from __future__ import annotations
@@ -92,16 +93,16 @@ def count_flops(model: nn.Module, example_input: torch.Tensor) -> int:
 def payload_bytes(
     state_dict_or_model: nn.Module | Mapping[str, torch.Tensor], dtype_bytes: int = 4
 ) -> int:
-    """Return the bytes of the float payload actually sent for a model.
+    """Return the bytes of a model's floating-point weights.
 
     Sums ``numel * dtype_bytes`` over the floating-point tensors of the
     ``state_dict`` (parameters and float buffers such as BN running stats).
-    Integer buffers such as ``num_batches_tracked`` are not transmitted and
-    are not counted.
+    Integer buffers such as ``num_batches_tracked`` are not counted (the
+    meter, :mod:`fedprune.federated.meter`, counts what a message carries).
 
     Args:
         state_dict_or_model: an ``nn.Module`` or a ``state_dict`` mapping.
-        dtype_bytes: bytes per transmitted element (4 for float32).
+        dtype_bytes: bytes per element (4 for float32).
     """
     if isinstance(state_dict_or_model, nn.Module):
         state = state_dict_or_model.state_dict()
