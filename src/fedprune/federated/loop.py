@@ -36,7 +36,7 @@ from .meter import (
     query_content,
     reply_content,
     train_content,
-    wire_state,
+    wire_models,
 )
 from .server import PruningServer
 from .transport import Delivery, Queried, TrainPlan, TrainReply
@@ -101,12 +101,12 @@ class LocalTransport:
         """Every model of the plan trained by every client, with the same batches."""
         trainers = [self.trainer(m, sp, i > 0) for i, (m, sp) in enumerate(plan.models)]
         # trainers of models no longer in the plan (an old architecture, a dropped trial) go
-        live = {(i > 0, id(m), sp.to_json()) for i, (m, sp) in enumerate(plan.models)}
-        self._trainers = {k: v for k, v in self._trainers.items() if k in live}
+        self._trainers = {k: v for k, v in self._trainers.items()
+                          if any(t is v[1] for t in trainers)}
         trained = [t.train(m.state_dict(), self._jobs(plan.rnd, plan.clients))
                    for t, (m, _) in zip(trainers, plan.models, strict=True)]
         wire = plan.payload_dtype
-        sent = [(wire_state(m, wire), sp.to_json()) for m, sp in plan.models]
+        sent = wire_models(plan.models, wire)
         down = up = 0
         replies = []
         for i, cid in enumerate(plan.clients):
@@ -123,8 +123,8 @@ class LocalTransport:
     def validate(self, model: nn.Module, spec: ModelSpec, clients: Sequence[int],
                  experiment: str, payload_dtype: str) -> Queried:
         """Each client's accuracy on its own validation split, pooled."""
-        query = message_bytes(query_content(wire_state(model, payload_dtype),
-                                            spec_json=spec.to_json(), experiment=experiment))
+        query = message_bytes(query_content(*wire_models([(model, spec)], payload_dtype),
+                                            experiment=experiment))
         net = model if self.device.type == "cpu" else copy.deepcopy(model).to(self.device)
         answers, up = [], 0
         for cid in clients:

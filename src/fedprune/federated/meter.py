@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models import ModelSpec
 from .wire import encode
 
 __all__ = [
@@ -117,10 +118,11 @@ def reply_content(states: Sequence[Mapping[str, torch.Tensor]], *, n: int, loss:
                             "arch-version": arch_version, "partition-id": client})
 
 
-def query_content(state: Mapping[str, torch.Tensor], *, spec_json: str,
+def query_content(model: tuple[Mapping[str, torch.Tensor], str], *,
                   experiment: str) -> Content:
     """A validation query: a model (weights as they travel, spec JSON) to evaluate on the
     client's validation split."""
+    state, spec_json = model
     return Content({ARRAYS_KEY: state}, {"fedprune": VALIDATE_KIND, "experiment": experiment,
                                          "model-spec": spec_json})
 
@@ -136,9 +138,10 @@ def answer_content(client: int, answer: tuple[float, int, float] | None) -> Cont
     return Content({}, values)
 
 
-def wire_state(model: nn.Module, payload_dtype: str) -> dict[str, torch.Tensor]:
-    """``model``'s weights as they travel (:func:`~.wire.encode`)."""
-    return encode(model.state_dict(), payload_dtype)
+def wire_models(models: Sequence[tuple[nn.Module, ModelSpec]], payload_dtype: str
+                ) -> list[tuple[dict[str, torch.Tensor], str]]:
+    """Each model as it travels: its weights :func:`~.wire.encode`-d, and its spec JSON."""
+    return [(encode(m.state_dict(), payload_dtype), spec.to_json()) for m, spec in models]
 
 
 @dataclass(frozen=True)

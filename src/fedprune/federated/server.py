@@ -33,7 +33,7 @@ from ..rundir import OpenedRun, RunDir
 from .aggregate import Clip, Rejection
 from .averaging import Averaged, average_round
 from .client import evaluate
-from .meter import ClientCompute, message_bytes, reply_content, train_content, wire_state
+from .meter import ClientCompute, message_bytes, reply_content, train_content, wire_models
 from .transport import Delivery, TrainPlan, TrainReply, Transport
 from .wire import round_model
 
@@ -91,11 +91,10 @@ class PruningServer:
         round_model(model, self.payload_dtype)
         self.experiment = cfg.to_json()  # travels with every train message
         # one dense FedAvg client's round: its train message and its reply
-        dense = wire_state(model, self.payload_dtype)
+        dense = wire_models([(model, spec)], self.payload_dtype)
         self.dense_client_bytes = message_bytes(train_content(
-            [(dense, spec.to_json())], experiment=self.experiment, rnd=1, arch_version=0,
-            client=0)) + message_bytes(reply_content([dense], n=0, loss=0.0, arch_version=0,
-                                                     client=0))
+            dense, experiment=self.experiment, rnd=1, arch_version=0, client=0)) + message_bytes(
+            reply_content([dense[0][0]], n=0, loss=0.0, arch_version=0, client=0))
         self.pruner: Pruner = make_pruner(
             cfg, model=model, spec=spec, example=self.example,
             params_initial=self.params_initial, flops_initial=2 * self.macs_initial,

@@ -26,7 +26,7 @@ from flwr.app import ArrayRecord, Message, MessageType
 from flwr.serverapp import Grid
 from torch import nn
 
-from ..federated.meter import message_bytes, query_content, train_content, wire_state
+from ..federated.meter import message_bytes, query_content, train_content, wire_models
 from ..federated.server import PruningServer
 from ..federated.transport import Delivery, Queried, TrainPlan, TrainReply
 from ..models import ModelSpec
@@ -55,7 +55,7 @@ class FlowerTransport:
     def train(self, plan: TrainPlan) -> Delivery:
         """A train message to each planned partition's node; the readable replies."""
         self.nodes.refresh(self.grid)
-        models = [(wire_state(m, plan.payload_dtype), sp.to_json()) for m, sp in plan.models]
+        models = wire_models(plan.models, plan.payload_dtype)
         records: dict[int, ArrayRecord] = {}  # one record per model, shared by the messages
         messages: dict[int, Message] = {}  # partition id -> train message
         sent: dict[int, int] = {}  # partition id -> node id
@@ -129,7 +129,7 @@ class FlowerTransport:
                  experiment: str, payload_dtype: str) -> Queried:
         """The partitions' nodes evaluate ``model`` on their own validation splits (a
         ``query`` message each); their answers pooled."""
-        content = query_content(wire_state(model, payload_dtype), spec_json=spec.to_json(),
+        content = query_content(*wire_models([(model, spec)], payload_dtype),
                                 experiment=experiment)
         records: dict[int, ArrayRecord] = {}
         msgs = {pid: to_message(content, node, MessageType.QUERY, None, records)
