@@ -10,9 +10,14 @@ compares, bit for bit, against the recordings of the CPU it runs on (an unknown 
 Intel ones).
 
 Record them anew (only when a change of results is intended, and say so in the commit), or
-for a new kind of CPU from a known-good tree:
+for a new kind of CPU from a known-good tree; or only the scenarios named:
 
-    python tests/golden_runs.py --write
+    python tests/golden_runs.py --write [SCENARIO ...]
+
+A recording is compared where its CPU's vendor runs the tests.  The scenarios of the nested
+automatic method (``default``, ``flower-auto``, ``ratio-aligned``, ``resumed-default``)
+were added after the Intel recordings and are recorded on AMD EPYC only so far: record them
+on an Intel machine with the command above, naming them.
 """
 
 from __future__ import annotations
@@ -47,25 +52,34 @@ def golden_dir(vendor: str | None = None, writing: bool = False) -> Path:
 
 
 GOLDEN_DIR = golden_dir()
-VOLATILE = {"seconds"}  # wall times: the only figures that may differ between two runs
+VOLATILE = {"seconds"}
+FORMAT = 2  # what a recording written now holds (fingerprint)  # wall times: the only figures that may differ between two runs
 
 SHORT = ["fed.rounds=12", "train.local_epochs=1"]  # the default digits run, shortened
 # the boundary rule and the fixed ratio as they were the defaults: no validation split
 NO_VAL = ["data.val_fraction=0.0"]
+FLOWER = ["data.num_clients=4", "fed.clients_per_round=3"]
 SCENARIOS: dict[str, list[str]] = {
+    # fedprune's default: the automatic method, nested widths searched in flight
     "default": SHORT,
+    # the earlier automatic method (the default before nested widths)
+    "auto-paired": SHORT + ["prune.method=auto-paired"],
     "boundary": SHORT + NO_VAL + ["prune.method=boundary"],
     "budget": SHORT + ["budget.params_fraction=0.3", "data.val_fraction=0.2",
                        "budget.guard_recovery_rounds=1"],
-    "ratio": SHORT + NO_VAL + ["prune.method=ratio", "prune.ratio=0.3"],
-    "flower": SHORT + ["data.num_clients=4", "fed.clients_per_round=3",
-                       "budget.params_fraction=0.3", "data.val_fraction=0.2",
-                       "budget.guard_recovery_rounds=1", "budget.guard_clients=3"],
-    # the automatic method through the Flower app: candidate and reference in the messages
-    "flower-auto": SHORT + ["data.num_clients=4", "fed.clients_per_round=3",
-                            "data.val_fraction=0.2", "prune.val_clients=3"],
+    "ratio": SHORT + NO_VAL + ["prune.method=ratio", "prune.ratio=0.3", "prune.round_to=1"],
+    # the fixed ratio on hardware multiples (prune.round_to's default, 16)
+    "ratio-aligned": SHORT + NO_VAL + ["prune.method=ratio", "prune.ratio=0.3"],
+    "flower": SHORT + FLOWER + ["budget.params_fraction=0.3", "data.val_fraction=0.2",
+                                "budget.guard_recovery_rounds=1", "budget.guard_clients=3"],
+    # the automatic method through the Flower app: nested widths in the messages
+    "flower-auto": SHORT + FLOWER + ["data.val_fraction=0.2", "prune.val_clients=3"],
+    # the earlier automatic method through the Flower app: candidate and reference
+    "flower-auto-paired": SHORT + FLOWER + ["data.val_fraction=0.2", "prune.val_clients=3",
+                                            "prune.method=auto-paired"],
 }
-RESUME_AFTER = {"resumed": ("default", 7)}  # killed after round 7, then resumed
+# killed after round 7, then resumed
+RESUME_AFTER = {"resumed": ("auto-paired", 7), "resumed-default": ("default", 7)}
 
 
 def weights_sha256(state: dict[str, torch.Tensor]) -> str:
@@ -86,6 +100,9 @@ def fingerprint(run_dir: Path) -> dict[str, Any]:
             (run_dir / "rounds.jsonl").read_text(encoding="utf-8").splitlines()]
     _, model, rnd = load_checkpoint(run_dir / CHECKPOINT_FILE)
     return {
+        # 2: every byte the meter counts, client compute included (format 1, the earlier
+        # recordings: the weights and the architecture only, no client compute)
+        "format": FORMAT,
         # config (and the Flower app's settings) hold the run's own path
         "summary": {k: v for k, v in summary.items() if k not in VOLATILE | {"config", "flower"}},
         "rounds": [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows],
@@ -149,14 +166,14 @@ NAMES = [*SCENARIOS, *RESUME_AFTER]
 def main(argv: list[str]) -> int:
     import tempfile
 
-    if argv != ["--write"]:
+    if not argv or argv[0] != "--write" or any(n not in NAMES for n in argv[1:]):
         print(__doc__)
         return 2
     sys.path.insert(0, str(HERE))
     out_dir = golden_dir(writing=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for name in NAMES:
+        for name in argv[1:] or NAMES:
             fp = run_scenario(name, Path(tmp) / name)
             del fp["wire"]
             (out_dir / f"{name}.json").write_text(json.dumps(fp, indent=1, sort_keys=True)

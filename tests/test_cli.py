@@ -325,13 +325,27 @@ def test_an_automatic_run_ends_with_what_the_method_decided(
     rc = main(["run", "--out", str(out_dir), "--set", "fed.rounds=6", "--set",
                "fed.clients_per_round=3", "--set", "data.num_clients=4", "--set",
                "train.local_epochs=1", "--set", "model.widths=[8,16]", "--set",
-               "prune.max_accuracy_drop=1.0", "--set", "threads=1", "--no-progress"])
+               "prune.max_accuracy_drop=1.0", "--set", "prune.round_to=4", "--set",
+               "threads=1", "--no-progress"])
     out, err = capsys.readouterr()
     assert rc == 0
     summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
     *_, last, cost = err.strip().splitlines()  # the decision, then what the run cost
-    assert last.startswith(f"automatic pruning: {summary['auto']['accepted']} cuts kept")
+    nested = summary["nested"]
+    assert last.startswith(f"automatic pruning: cut at round {nested['cut_round']} to widths "
+                           f"{list(nested['widths'].values())}, FLOPs -")
     flops = summary["client_flops_total"] / summary["client_flops_total_dense"]
-    assert cost.endswith(f"client FLOPs {flops:.2f}x")
-    assert summary["auto"]["accepted"] >= 1 and "stopped: " in last
+    assert cost.endswith(f"client FLOPs {flops:.2f}x") and flops < 1
     assert (out_dir / "prune_path.png").is_file()
+    # the earlier automatic method's line
+    rc = main(["run", "--out", str(tmp_path / "paired"), "--set", "fed.rounds=6", "--set",
+               "fed.clients_per_round=3", "--set", "data.num_clients=4", "--set",
+               "train.local_epochs=1", "--set", "model.widths=[8,16]", "--set",
+               "prune.max_accuracy_drop=1.0", "--set", "prune.method=auto-paired", "--set",
+               "threads=1", "--no-progress"])
+    out, err = capsys.readouterr()
+    summary = json.loads((tmp_path / "paired" / "summary.json").read_text(encoding="utf-8"))
+    *_, last, cost = err.strip().splitlines()
+    assert last.startswith(f"automatic pruning: {summary['auto']['accepted']} cuts kept")
+    assert summary["auto"]["accepted"] >= 1 and "stopped: " in last
+    assert (tmp_path / "paired" / "prune_path.png").is_file()

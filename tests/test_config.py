@@ -29,9 +29,13 @@ def test_defaults_build_and_match_dataclass_defaults() -> None:
     assert cfg == ExperimentConfig() and cfg.model.widths is None
     assert (cfg.seed, cfg.data.name, cfg.model.name) == (0, "digits", "cnn_femnist")
     assert (cfg.fed.rounds, cfg.fed.clients_per_round, cfg.data.num_clients) == (100, 10, 20)
-    # the automatic method: candidates from round 30, trained 2 rounds each, until round 60
+    # the automatic method: judged from round 20 every 2 rounds up to round 40, widths on
+    # multiples of 16; the earlier one: candidates from round 30, 2 rounds each, to round 60
     assert (cfg.prune.method, cfg.prune.start_round, cfg.prune.max_prune_round) == (
-        "auto", 30, 60)
+        "auto", 20, 40)
+    assert cfg.prune.round_to == 16
+    paired = load_config(None, ["prune.method=auto-paired"]).prune
+    assert (paired.start_round, paired.max_prune_round, paired.interval) == (30, 60, 2)
     assert (cfg.prune.max_accuracy_drop, cfg.data.val_fraction) == (0.01, 0.1)
     assert (cfg.prune.interval, cfg.threads, cfg.data.partition) == (2, 1, "dirichlet")
     boundary = load_config(None, ["prune.method=boundary"]).prune

@@ -22,6 +22,7 @@ from .config_sections import (
     check_device_name,
     default_auto_deadline,
     default_budget_deadline,
+    default_nested_window,
     default_window,
 )
 from .config_tree import ExperimentConfig
@@ -30,6 +31,6 @@ __all__ = [
     "DEFAULT_SYNTHETIC_CLIENTS", "ENGINES", "ENGINE_KEY",
     "BudgetConfig", "ConfigError", "DataConfig", "ExperimentConfig", "FedConfig",
     "ModelConfig", "PruneConfig", "TrainConfig", "check_device_name", "default_auto_deadline",
-    "default_budget_deadline", "default_window",
+    "default_budget_deadline", "default_nested_window", "default_window",
     "from_dict", "load_config", "merge", "parse_overrides",
 ]

@@ -10,7 +10,7 @@ from .config_sections import _check
 
 #: the names ``prune.method`` accepts: the built-in methods and every method registered with
 #: :func:`fedprune.pruners.register` (which adds its name here)
-PRUNE_METHODS: set[str] = {"auto", "boundary", "ratio"}
+PRUNE_METHODS: set[str] = {"auto", "auto-paired", "boundary", "ratio"}
 
 
 @dataclass(frozen=True)
@@ -22,8 +22,9 @@ class PruneConfig:
     min_channels: int = 1  # fewest channels a prunable group may keep
     max_fraction: float = 0.2  # most of a group's channels one step may remove
     # The pruning window; 0 = automatic from fed.rounds (config.default_window): at the
-    # default 100 rounds, from round 30 every 2 rounds, up to round 60 with method "auto",
-    # 40 with "boundary" and "ratio", and 80 in budget mode.
+    # default 100 rounds, with method "auto" judgements from round 20 every 2 rounds up to
+    # round 40; with "auto-paired" candidates from round 30 every 2 up to round 60; with
+    # "boundary" and "ratio" tries from round 30 every 2 up to 40; budget mode up to 80.
     start_round: int = 0  # warm-up: cutting an untrained net kills it (paper: round 1)
     max_prune_round: int = 0  # last round pruning may happen (paper: 50 or 100)
     patience: int = 3  # stop after this many tried rounds in a row without a params drop
@@ -31,15 +32,20 @@ class PruneConfig:
     # candidate trains N rounds beside the current model before it is judged
     interval: int = 0
     reinit: bool = False  # true = re-initialise survivors after each cut (the paper's code)
-    # "auto" = fedprune's automatic method: each cut is a candidate the sampled clients train
-    # alongside the current model (and the unpruned reference) for prune.interval rounds; then
-    # reference and candidate are validated on the clients' validation splits, and the cut is
-    # kept while its measured accuracy cost stays within max_accuracy_drop
-    # (fedprune.pruners.auto).
+    # "auto" = fedprune's automatic method (fedprune.pruners.nested): until the size is
+    # decided each sampled client trains one nested width of the model (its channels of
+    # highest L1 norm, widths on multiples of round_to), so the search costs no more than
+    # dense training; the clients' validation splits then measure every width against the
+    # full one in one query, and the model is cut once to the narrowest width whose measured
+    # cost stays within max_accuracy_drop.
+    # "auto-paired" = the earlier automatic method (fedprune.pruners.auto): each cut is a
+    # candidate the sampled clients train alongside the current model (and the unpruned
+    # reference) for prune.interval rounds, then judged by paired validation.
     # "boundary" = the mean +- k*std rule on a fixed schedule (k, mode, max_fraction,
     # patience; the paper's rule with mode "both"); "ratio" = the fixed-ratio L1 baseline:
     # each tried round removes floor(ratio * channels) lowest-L1 filters of every layer
-    # (k, mode and max_fraction unused); one-shot when max_prune_round == start_round
+    # (k, mode and max_fraction unused; kept channels rounded to round_to); one-shot when
+    # max_prune_round == start_round
     method: str = "auto"  # one of PRUNE_METHODS
     ratio: float = 0.5  # fraction of each layer's filters the ratio method removes per step
     # method "auto": the largest drop in validation accuracy (a fraction: 0.01 = 1 point)
@@ -55,6 +61,11 @@ class PruneConfig:
     # recovering), before it is dropped; 1 = judged once
     judgements: int = 3
     val_clients: int = 50  # clients that validate a candidate (all, if fewer hold a split)
+    # methods "auto" and "ratio": channels kept per group on a multiple of this (a group of
+    # round_to channels or fewer is left whole): convs whose input channels are a multiple
+    # of the CPU's SIMD block run on the fast path of ONNX Runtime and XNNPACK (16 measured
+    # fastest on x86 with AVX-512; benchmarks/width_latency.py); 1 = any width
+    round_to: int = 16
 
     def __post_init__(self) -> None:
         _check(self.k >= 0, "prune.k", ">= 0", self.k)
@@ -71,6 +82,8 @@ class PruneConfig:
         _check(self.val_clients >= 2, "prune.val_clients",
                ">= 2 (the cost's standard error needs two clients)", self.val_clients)
         _check(0 < self.ratio < 1, "prune.ratio", "in (0, 1)", self.ratio)
+        _check(1 <= self.round_to <= 1024, "prune.round_to", "an integer in [1, 1024]",
+               self.round_to)
         _check(self.mode in ("both", "low"), "prune.mode", "'both' or 'low'", self.mode)
         _check(self.min_channels >= 1, "prune.min_channels", ">= 1", self.min_channels)
         _check(0 < self.max_fraction <= 1, "prune.max_fraction", "in (0, 1]", self.max_fraction)

@@ -51,6 +51,17 @@ def default_auto_deadline(rounds: int) -> int:
     return max(last, round(0.6 * rounds))
 
 
+def default_nested_window(rounds: int) -> tuple[int, int, int]:
+    """The automatic method's judgements (``prune.method = "auto"``) when the window is
+    automatic: (first, last, interval).  From 20 % of the rounds (round 20 of 100: channel
+    structure settles early in training), every 2 rounds (every round in short runs), up to
+    40 % (round 40 of 100): the size is decided early, so most rounds train the small model.
+    """
+    start = max(1, round(0.2 * rounds))
+    _, _, interval = default_window(rounds)
+    return start, max(start, round(0.4 * rounds)), interval
+
+
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 

@@ -18,6 +18,7 @@ from .config_sections import (
     check_device_name,
     default_auto_deadline,
     default_budget_deadline,
+    default_nested_window,
     default_window,
 )
 
@@ -70,6 +71,8 @@ class ExperimentConfig:
         if self.budget.active:
             last = default_budget_deadline(rounds)
         elif p.method == "auto":
+            start, last, interval = default_nested_window(rounds)
+        elif p.method == "auto-paired":
             last = default_auto_deadline(rounds)
         start = p.start_round or (min(start, p.max_prune_round) if p.max_prune_round
                                   else start)

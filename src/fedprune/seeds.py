@@ -31,6 +31,7 @@ __all__ = [
     "SAMPLING",
     "TEST_SUBSET",
     "VALIDATION",
+    "WIDTHS",
     "batch_order",
     "client_sampling",
     "data_split",
@@ -38,6 +39,7 @@ __all__ = [
     "pruning_seed",
     "test_subset",
     "validation_split",
+    "width_draws",
 ]
 
 DATA_SPLIT = 1
@@ -46,6 +48,7 @@ BATCHES = 3
 VALIDATION = 4
 TEST_SUBSET = 5
 GUARD = 5  # with the round appended: a stream apart from TEST_SUBSET's
+WIDTHS = 6  # with the round appended
 PRUNING_STRIDE = 100_003  # (seed, round) pairs give distinct seeds while rounds < 100003
 
 
@@ -84,6 +87,12 @@ def guard_clients(seed: int, rnd: int) -> np.random.Generator:
     """The clients asked to validate in round ``rnd``: budget mode's guard, the automatic
     method's judged candidate."""
     return np.random.default_rng([seed, GUARD, rnd])
+
+
+def width_draws(seed: int, rnd: int) -> np.random.Generator:
+    """The width each sampled client trains in round ``rnd`` while the automatic method
+    searches (:mod:`fedprune.pruners.nested`)."""
+    return np.random.default_rng([seed, WIDTHS, rnd])
 
 
 def pruning_seed(seed: int, rnd: int) -> int:

@@ -38,7 +38,7 @@ BASE = {
 # pruning off: the accuracy compares one architecture; AUTO: the automatic method, whose
 # candidate and reference copies the rogue scales too
 DENSE = {**BASE, "prune": {"enabled": False}}
-AUTO = {**BASE, "prune": {"method": "auto", "val_clients": 10}}
+AUTO = {**BASE, "prune": {"method": "auto-paired", "val_clients": 10}}
 
 
 def _cfg(values, **fed):

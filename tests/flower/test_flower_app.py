@@ -181,11 +181,18 @@ def test_format_run_config_is_what_flwr_parses():
 
 
 @pytest.mark.parametrize("prune, model", [
-    ({}, {}), ({"method": "ratio", "ratio": 0.3}, {}),
-    ({"method": "auto", "max_accuracy_drop": 1.0}, {}),
+    ({}, {}), ({"method": "ratio", "ratio": 0.3, "round_to": 1}, {}),
+    ({"method": "auto-paired", "max_accuracy_drop": 1.0}, {}),
     # BatchNorm: running statistics and the 0-dim num_batches_tracked travel and checkpoint
-    ({"method": "auto", "max_accuracy_drop": 1.0}, {"name": "tiny_resnet", "widths": [4, 8, 8]}),
-], ids=["boundary-rule", "ratio", "auto", "auto-batchnorm"])
+    ({"method": "auto-paired", "max_accuracy_drop": 1.0},
+     {"name": "tiny_resnet", "widths": [4, 8, 8]}),
+    # nested widths: each client trains its own width, the widths validated in one query
+    ({"method": "auto", "max_accuracy_drop": 1.0, "round_to": 2, "start_round": 2,
+      "max_prune_round": 3}, {}),
+    ({"method": "auto", "max_accuracy_drop": 1.0, "round_to": 2, "start_round": 2,
+      "max_prune_round": 3}, {"name": "tiny_resnet", "widths": [4, 8, 8]}),
+], ids=["boundary-rule", "ratio", "auto-paired", "auto-paired-batchnorm", "auto",
+        "auto-batchnorm"])
 def test_local_grid_run_matches_the_in_process_loop_exactly(tmp_path, prune, model):
     # ClientApps train one client each: compare with the loop's one-by-one engine, bit for bit
     # (the batched engine agrees to float rounding: tests/federated/test_batched.py).
@@ -201,8 +208,13 @@ def test_local_grid_run_matches_the_in_process_loop_exactly(tmp_path, prune, mod
     assert summary["replies_per_round"] == [3, 3, 3]
     # auto: candidates cut after rounds 1 and 2, each trained one round beside the model and
     # kept (any cost is within a drop of 1.0); the ClientApps trained both
-    assert summary["arch_version"] == summary["prune_steps"] == (
-        2 if prune.get("method") == "auto" else 3)
+    # auto: judged after rounds 2 and 3 (any cost is within a drop of 1.0), cut once
+    assert summary["arch_version"] == summary["prune_steps"] == {
+        "auto-paired": 2, "auto": 1}.get(prune.get("method"), 3)
+    if prune.get("method") == "auto":
+        assert summary["nested"]["cut_round"] in (2, 3)
+        widths = summary["nested"]["ladder"]
+        assert len(widths) >= 2 and list(summary["widths_final"].values()) != widths[-1]
     rows_loop, rows_fl = read_rounds(tmp_path / "loop"), read_rounds(tmp_path / "flower")
     for a, b in zip(rows_loop, rows_fl, strict=True):
         for key in a:

@@ -74,7 +74,8 @@ AUTO = from_dict({
     "threads": 1, "data": {"num_clients": 4, "val_fraction": 0.2},
     "model": {"widths": [8, 16]}, "train": {"local_epochs": 1},
     "fed": {"rounds": 8, "clients_per_round": 3, "eval_every": 2},
-    "prune": {"start_round": 2, "interval": 2, "max_accuracy_drop": 1.0, "val_clients": 3},
+    "prune": {"method": "auto-paired", "start_round": 2, "interval": 2,
+              "max_accuracy_drop": 1.0, "val_clients": 3},
 })
 
 

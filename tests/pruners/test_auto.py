@@ -1,4 +1,5 @@
-"""The automatic method (prune.method = "auto"): candidates, paired validation, decisions."""
+"""The earlier automatic method (prune.method = "auto-paired"): candidates, paired
+validation, decisions."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from fedprune.pruners.auto import paired
 
 SHORT = {"threads": 1, "train": {"local_epochs": 1},
          "fed": {"rounds": 8, "clients_per_round": 5, "eval_every": 1},
-         "prune": {"start_round": 2, "interval": 2, "confidence_z": 1.0}}
+         "prune": {"method": "auto-paired", "start_round": 2, "interval": 2,
+                   "confidence_z": 1.0}}
 
 
 def _cfg(**prune):

@@ -93,7 +93,8 @@ def _make(cfg):
 @pytest.mark.parametrize(("over", "name", "key"), [
     ({"prune": {"method": "boundary"}}, "boundary", None),
     ({"prune": {"method": "ratio"}}, "ratio", None),
-    ({"prune": {"method": "auto"}}, "auto", "auto"),
+    ({"prune": {"method": "auto"}}, "auto", "nested"),
+    ({"prune": {"method": "auto-paired"}}, "auto-paired", "auto"),
     ({"prune": {"enabled": False}}, "none", None),
     ({"budget": {"params_fraction": 0.5}}, "budget", "budget"),
 ])
@@ -109,7 +110,8 @@ def test_the_registry_builds_each_method_by_name(over, name, key):
 
 def test_the_methods_share_one_class_where_they_share_the_code():
     assert PRUNERS["boundary"] is PRUNERS["ratio"] is PRUNERS["none"]
-    assert len({PRUNERS["auto"], PRUNERS["budget"], PRUNERS["boundary"]}) == 3
+    assert len({PRUNERS["auto"], PRUNERS["auto-paired"], PRUNERS["budget"],
+                PRUNERS["boundary"]}) == 4
 
 
 def test_an_unknown_method_is_refused_with_the_known_ones_named():
@@ -172,7 +174,7 @@ def test_the_automatic_transitions_return_new_states_and_leave_the_old_ones():
 
 
 def test_an_automatic_step_replaces_the_state_value():
-    pruner = _make(_cfg(prune={"method": "auto"}))
+    pruner = _make(_cfg(prune={"method": "auto-paired"}))
     model, spec = new_model("cnn_femnist", num_classes=10, in_channels=1, image_size=28,
                             widths=[8, 16], seed=0)
     before = pruner.state

@@ -24,7 +24,7 @@ def _run(out: Path, prune: dict) -> dict:
 def test_the_probe_table_shows_each_judgement_the_ratio_gap_and_the_fitted_line(tmp_path):
     probe = tmp_path / "probes" / "inception-cut75" / "seed0"
     suite = tmp_path / "suite" / "fashion-mnist" / "inception"
-    summary = _run(probe, {"method": "auto", "start_round": 2, "max_prune_round": 8,
+    summary = _run(probe, {"method": "auto-paired", "start_round": 2, "max_prune_round": 8,
                            "interval": 2, "judgements": 10, "max_accuracy_drop": 0.0,
                            "step": 0.75, "min_step": 0.75})
     tries = summary["auto"]["tries"]

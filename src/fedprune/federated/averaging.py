@@ -8,6 +8,8 @@ replies; it returns the :class:`Averaged` outcome as a value.
 from __future__ import annotations
 
 import logging
+import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -123,3 +125,123 @@ def _log_clips(rnd: int, what: str, clips: Sequence[Clip], n: int,
                     "%s)", rnd, what, len(clips), n, clips[0].bound,
                     [int(clients[c.index]) for c in clips],
                     ", ".join(f"{c.norm:.4g}" for c in clips))
+
+
+def average_nested(rnd: int, fed: FedConfig, model: nn.Module,
+                   subs: Sequence[nn.Module], maps: Sequence[dict[str, torch.Tensor]],
+                   assign: Sequence[int], replies: Sequence[TrainReply], *,
+                   arch_version: int, max_samples: int | None,
+                   check_versions: bool = False) -> Averaged:
+    """Average replies that each trained one nested width of ``model`` (``replies[i]``
+    trained ``subs[assign[j]]``, ``j`` its client's position in the plan, given per reply
+    here: ``assign[i]``) into ``model``, coordinate by coordinate over the replies whose
+    width holds that coordinate (``maps``: where each sub-model's values sit in ``model``).
+
+    Screening is each reply's against the sub-model it was sent.  Bounded influence as in
+    :func:`average_round`, with the bound scaled to each update's size: an update is clipped
+    when its root-mean-square per coordinate exceeds ``fed.clip_factor`` times the round's
+    median (a narrow width's update is shorter only because it has fewer coordinates).  The
+    aggregator (``fed.aggregator``) then runs per coordinate over the replies that hold it:
+    the sample-weighted mean, or, every client counting once, the trimmed mean or the
+    median.  A coordinate that no reply holds keeps its value.
+    """
+    wire = fed.payload_dtype
+    full = model.state_dict()
+    accepted: list[tuple[int, StateDict, int]] = []  # (reply index, state, n)
+    rejected: list[Rejection] = []
+    for i, r in enumerate(replies):
+        sent = subs[assign[i]].state_dict()
+        state = round_trip(r.states[0], wire)  # type: ignore[arg-type]
+        ok, bad = screen_replies(
+            [(state, r.n)], sent, versions=[r.version] if check_versions else None,
+            arch_version=arch_version if check_versions else None, max_samples=max_samples)
+        if bad:
+            rejected.append(Rejection(i, bad[0].reason))
+        else:
+            accepted.append((i, state, r.n))
+    if len(accepted) < fed.min_replies:
+        logger.warning("round %d skipped: %d valid replies, fed.min_replies = %d", rnd,
+                       len(accepted), fed.min_replies)
+        return Averaged(skipped=True, rejections=rejected)
+    # each accepted update, as (reply index, per key: (flat positions, float64 values), n)
+    updates = []
+    for i, state, n in accepted:
+        sent = subs[assign[i]].state_dict()
+        m = maps[assign[i]]
+        upd = {k: (m[k], (state[k].to(torch.float64) - sent[k].to(torch.float64)).reshape(-1))
+               for k in m}
+        updates.append((i, upd, n))
+    clips: list[Clip] = []
+    if fed.clip_factor > 0:
+        norms = [math.sqrt(sum(float(v.pow(2).sum()) for _, v in u.values()))
+                 for _, u, _ in updates]
+        sizes = [sum(v.numel() for _, v in u.values()) for _, u, _ in updates]
+        rms = [nm / math.sqrt(max(sz, 1)) for nm, sz in zip(norms, sizes, strict=True)]
+        level = fed.clip_factor * statistics.median(rms)
+        for j, (i, u, n) in enumerate(updates):
+            bound = level * math.sqrt(max(sizes[j], 1))
+            if norms[j] > bound:
+                scale = (bound / norms[j]) ** 2
+                updates[j] = (i, {k: (p, v * scale) for k, (p, v) in u.items()}, n)
+                clips.append(Clip(i, norms[j], bound))
+    new: StateDict = {}
+    for key, ref in full.items():
+        if not ref.is_floating_point() or key not in maps[0]:
+            new[key] = _integer_value([replies[i].states[0][key] for i, _, _ in accepted],
+                                      [n for _, _, n in accepted], ref, fed)
+            continue
+        rows = torch.full((len(updates), ref.numel()), math.nan, dtype=torch.float64)
+        for j, (_, u, _) in enumerate(updates):
+            pos, val = u[key]
+            rows[j, pos] = val
+        delta, held = _per_coordinate(rows, [n for _, _, n in updates], fed)
+        out = ref.detach().to(torch.float64).reshape(-1).clone()
+        out[held] += delta[held]
+        new[key] = out.view_as(ref).to(ref.dtype)
+    model.load_state_dict(new)
+    round_model(model, wire)
+    _log_clips(rnd, "the model (nested widths)", clips, len(accepted),
+               [r.client for r in replies])
+    return Averaged(clients=len(accepted), rejections=rejected, clips=clips)
+
+
+def _per_coordinate(rows: torch.Tensor, weights: Sequence[int], fed: FedConfig
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The aggregate of each column of ``rows`` (one row per reply, nan where the reply
+    does not hold the coordinate) over its held values, and which columns are held."""
+    held_mask = ~torch.isnan(rows)
+    count = held_mask.sum(dim=0)
+    held = count > 0
+    if fed.aggregator == "fedavg":
+        w = torch.tensor([float(n) for n in weights], dtype=torch.float64)[:, None]
+        wsum = (w * held_mask).sum(dim=0)
+        total = torch.where(held_mask, rows * w, torch.zeros_like(rows)).sum(dim=0)
+        return total / wsum.clamp(min=1e-300), held
+    ordered, _ = torch.sort(torch.where(held_mask, rows, torch.full_like(rows, math.inf)),
+                            dim=0)
+    ordered = torch.where(torch.isinf(ordered), torch.zeros_like(ordered), ordered)
+    c = count.clamp(min=1)
+    if fed.aggregator == "median":
+        lo = ordered.gather(0, ((c - 1) // 2)[None]).squeeze(0)
+        hi = ordered.gather(0, (c // 2)[None]).squeeze(0)
+        return (lo + hi) / 2, held
+    k = torch.minimum(torch.floor(fed.trim_fraction * c.to(torch.float64)).long(),
+                      (c - 1) // 2)
+    csum = torch.cat([torch.zeros_like(ordered[:1]), ordered.cumsum(dim=0)])
+    top = csum.gather(0, (c - k)[None]).squeeze(0)
+    bottom = csum.gather(0, k[None]).squeeze(0)
+    return (top - bottom) / (c - 2 * k).to(torch.float64), held
+
+
+def _integer_value(values: Sequence[torch.Tensor], weights: Sequence[int], ref: torch.Tensor,
+                   fed: FedConfig) -> torch.Tensor:
+    """An entry that is not pruned and not floating (BN's ``num_batches_tracked``): the
+    rounded weighted mean of the replies' values under plain FedAvg, else the lower median."""
+    stack = torch.stack([v.to(torch.float64).reshape(-1) for v in values])
+    if fed.aggregator == "fedavg" and fed.clip_factor == 0:
+        w = torch.tensor([float(n) for n in weights], dtype=torch.float64)[:, None]
+        out = (stack * w).sum(dim=0) / w.sum()
+        out = out if ref.is_floating_point() else out.round()
+    else:
+        out = stack.sort(dim=0).values[(len(values) - 1) // 2]
+    return out.view_as(ref).to(ref.dtype)

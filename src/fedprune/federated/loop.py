@@ -25,7 +25,8 @@ from ..data import FederatedData, load_federated
 from ..device import DeviceData, check_precision, resolve_device, use_threads
 from ..metrics import RoundRecord
 from ..models import ModelSpec
-from ..pruners import pool_validation
+from ..pruners import Keep, pool_validation
+from ..pruning.widths import variant_models
 from ..rundir import CHECKPOINT_FILE, RunDir, load_checkpoint, save_checkpoint  # noqa: F401
 from ..runpolicy import OpenedRun
 from .batched import BatchedTrainer, ClientJob, batched_support
@@ -98,7 +99,10 @@ class LocalTransport:
                 for cid in clients]
 
     def train(self, plan: TrainPlan) -> Delivery:
-        """Every model of the plan trained by every client, with the same batches."""
+        """Every model of the plan trained by every client, with the same batches (or, for
+        nested widths, each client's own model)."""
+        if plan.assign is not None:
+            return self._train_nested(plan)
         trainers = [self.trainer(m, sp, i > 0) for i, (m, sp) in enumerate(plan.models)]
         # trainers of models no longer in the plan (an old architecture, a dropped trial) go
         self._trainers = {k: v for k, v in self._trainers.items()
@@ -120,23 +124,62 @@ class LocalTransport:
             replies.append(TrainReply(cid, states, n, loss=loss))
         return Delivery(replies, list(plan.clients), down, up)
 
+    def _train_nested(self, plan: TrainPlan) -> Delivery:
+        """Each client trains its own width of the global model (``plan.assign``); one
+        trainer per architecture, kept while its shapes come back round after round."""
+        assert plan.assign is not None
+        trained: dict[int, tuple[dict[str, torch.Tensor], int, dict[str, float]]] = {}
+        used: dict[tuple[Any, ...], tuple[nn.Module, Trainer]] = {}
+        for a, (m, _) in enumerate(plan.models):
+            mine = [c for c, k in zip(plan.clients, plan.assign, strict=True) if k == a]
+            if not mine:
+                continue
+            shapes = ("nested", *((k, tuple(v.shape)) for k, v in m.state_dict().items()))
+            held = self._trainers.get(shapes) or (m, make_trainer(m, self.cfg, self.device))
+            used[shapes] = held
+            for cid, out in zip(mine, held[1].train(m.state_dict(), self._jobs(plan.rnd, mine)),
+                                strict=True):
+                trained[cid] = out
+        self._trainers = used  # type: ignore[assignment]
+        wire = plan.payload_dtype
+        sent = wire_models(plan.models, wire)
+        down = up = 0
+        replies = []
+        for cid, a in zip(plan.clients, plan.assign, strict=True):
+            state, n, metrics = trained[cid]
+            down += message_bytes(train_content([sent[a]], experiment=plan.experiment,
+                                                rnd=plan.rnd, arch_version=plan.arch_version,
+                                                client=cid))
+            up += message_bytes(reply_content([encode(state, wire)], n=n,
+                                              loss=metrics["train_loss"],
+                                              arch_version=plan.arch_version, client=cid))
+            replies.append(TrainReply(cid, (state,), n, loss=metrics["train_loss"]))
+        return Delivery(replies, list(plan.clients), down, up)
+
     def validate(self, model: nn.Module, spec: ModelSpec, clients: Sequence[int],
-                 experiment: str, payload_dtype: str) -> Queried:
-        """Each client's accuracy on its own validation split, pooled."""
+                 experiment: str, payload_dtype: str, variants: Sequence[Keep] = ()
+                 ) -> Queried:
+        """Each client's accuracy on its own validation split, pooled (and that of each
+        sub-model ``variants`` of ``model``, cut here as a client would cut it)."""
         query = message_bytes(query_content(*wire_models([(model, spec)], payload_dtype),
-                                            experiment=experiment))
-        net = model if self.device.type == "cpu" else copy.deepcopy(model).to(self.device)
-        answers, up = [], 0
+                                            experiment=experiment, variants=variants))
+        nets = [model] + variant_models(model, spec, variants)
+        if self.device.type != "cpu":
+            nets = [copy.deepcopy(n).to(self.device) for n in nets]
+        answers, per, up = [], [], 0
         for cid in clients:
             cd = self.data.clients[cid]
-            answer = None
+            answer, subs = None, []
             if cd.val_y is not None and len(cd.val_y) > 0:
-                acc, lo = evaluate(net, self.on_device.get(cid, "val_x"),
-                                   self.on_device.get(cid, "val_y"), transform=self.data.transform)
+                x, y = self.on_device.get(cid, "val_x"), self.on_device.get(cid, "val_y")
+                figures = [evaluate(n, x, y, transform=self.data.transform) for n in nets]
+                (acc, lo), subs = figures[0], figures[1:]
                 answer = (acc, len(cd.val_y), lo)
                 answers.append((cid, acc, lo, len(cd.val_y)))
-            up += message_bytes(answer_content(cid, answer))
-        return Queried(pool_validation(answers), list(clients), len(clients) * query, up)
+                per.append(subs)
+            up += message_bytes(answer_content(cid, answer, subs))
+        return Queried(pool_validation(answers, per if variants else None), list(clients),
+                       len(clients) * query, up)
 
 
 def run_simulation(

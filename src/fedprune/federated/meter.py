@@ -20,6 +20,7 @@ count_flops` (convolutions and linear layers, one sample).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,8 +41,10 @@ __all__ = [
     "message_bytes",
     "query_content",
     "reply_content",
+    "keep_json",
     "train_content",
     "trial_key",
+    "variant_key",
 ]
 
 NUMBER_BYTES = 8  # an int, float or bool value of a config or metric record
@@ -118,23 +121,42 @@ def reply_content(states: Sequence[Mapping[str, torch.Tensor]], *, n: int, loss:
                             "arch-version": arch_version, "partition-id": client})
 
 
-def query_content(model: tuple[Mapping[str, torch.Tensor], str], *,
-                  experiment: str) -> Content:
+def variant_key(i: int) -> str:
+    return f"variant-{i}"
+
+
+def keep_json(keep: Mapping[str, Sequence[int]]) -> str:
+    """A sub-model as it travels in a query: the kept channels of each cut group, JSON."""
+    return json.dumps({str(k): [int(i) for i in v] for k, v in keep.items()},
+                      separators=(",", ":"), sort_keys=True)
+
+
+def query_content(model: tuple[Mapping[str, torch.Tensor], str], *, experiment: str,
+                  variants: Sequence[Mapping[str, Sequence[int]]] = ()) -> Content:
     """A validation query: a model (weights as they travel, spec JSON) to evaluate on the
-    client's validation split."""
+    client's validation split, and its sub-models ``variants`` to evaluate on the same
+    samples (each as the channels it keeps, :func:`keep_json`: no second copy of weights)."""
     state, spec_json = model
-    return Content({ARRAYS_KEY: state}, {"fedprune": VALIDATE_KIND, "experiment": experiment,
-                                         "model-spec": spec_json})
+    values: dict[str, Value] = {"fedprune": VALIDATE_KIND, "experiment": experiment,
+                                "model-spec": spec_json}
+    for i, keep in enumerate(variants):
+        values[variant_key(i)] = keep_json(keep)
+    return Content({ARRAYS_KEY: state}, values)
 
 
-def answer_content(client: int, answer: tuple[float, int, float] | None) -> Content:
+def answer_content(client: int, answer: tuple[float, int, float] | None,
+                   variants: Sequence[tuple[float, float]] = ()) -> Content:
     """A validation answer: the partition and, for a client with a validation split,
-    ``(accuracy, samples, loss)``; without one, 0 samples."""
+    ``(accuracy, samples, loss)``, and ``(accuracy, loss)`` of each sub-model asked;
+    without one, 0 samples."""
     values: dict[str, Value] = {"partition-id": client, "val-examples": 0}
     if answer is not None:
         acc, n, loss = answer
         values.update({"val-accuracy": float(acc), "val-loss": float(loss),
                        "val-examples": int(n)})
+        for i, (v_acc, v_loss) in enumerate(variants):
+            values[f"val-accuracy-{i}"] = float(v_acc)
+            values[f"val-loss-{i}"] = float(v_loss)
     return Content({}, values)
 
 
@@ -166,3 +188,11 @@ class ClientCompute:
     def validate(self, forward_flops: int, clients: Sequence[int]) -> int:
         """FLOPs of ``clients`` each evaluating a model on its validation split."""
         return forward_flops * sum(self.val_sizes[c] for c in clients)
+
+    def train_one(self, forward_flops: int, client: int) -> int:
+        """FLOPs of ``client`` training one model (given by its forward FLOPs) for a round."""
+        return 3 * forward_flops * self.train_sizes[client] * self.epochs
+
+    def validate_one(self, forward_flops: int, client: int) -> int:
+        """FLOPs of ``client`` evaluating one model on its validation split."""
+        return forward_flops * self.val_sizes[client]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -28,10 +28,11 @@ from ..data import FederatedData, PixelTransform
 from ..device import resolve_device, to_device
 from ..metrics import RoundRecord, count_flops, count_macs, n_params
 from ..models import ModelSpec, new_model
-from ..pruners import Pruner, PruneStep, Validate, Validation, make_pruner
+from ..pruners import Keep, Pruner, PruneStep, Validate, Validation, make_pruner
+from ..pruning.widths import record_from_keep, sub_model
 from ..rundir import OpenedRun, RunDir
 from .aggregate import Clip, Rejection
-from .averaging import Averaged, average_round
+from .averaging import Averaged, average_nested, average_round
 from .client import evaluate
 from .meter import ClientCompute, message_bytes, reply_content, train_content, wire_models
 from .transport import Delivery, TrainPlan, TrainReply, Transport
@@ -51,6 +52,7 @@ class _Tally:
     train_flops: int
     val_flops: int = 0
     queries: int = 0
+    per_client: dict[int, int] = field(default_factory=dict)  # each client's FLOPs
 
 
 class PruningServer:
@@ -98,11 +100,13 @@ class PruningServer:
         self.pruner: Pruner = make_pruner(
             cfg, model=model, spec=spec, example=self.example,
             params_initial=self.params_initial, flops_initial=2 * self.macs_initial,
-            num_clients=self.num_clients, has_validation=[v > 0 for v in val_sizes])
+            num_clients=self.num_clients, has_validation=[v > 0 for v in val_sizes],
+            train_sizes=train_sizes, val_sizes=val_sizes)
         self.sample_rng = seeds.client_sampling(cfg.seed)
         self.arch_version = 0  # +1 whenever the architecture changes (cut or rollback)
         self.bytes_total = self.bytes_total_dense = 0
         self.client_flops_total = self.client_flops_total_dense = 0
+        self.client_flops_peak = 0.0  # the most one client spent in a round, over dense
         self.accuracy = self.loss = float("nan")
         self.records: list[RoundRecord] = []
         self.rounds_done = 0
@@ -172,17 +176,36 @@ class PruningServer:
         """Round ``rnd``: sample, train through ``transport``, screen and average, the
         pruning step (validating through ``transport``), evaluation when due; the round's
         record, written with the checkpoint."""
-        plan = TrainPlan(rnd, tuple(self._sample()),
-                         ((self.model, self.spec), *self.pruner.trial()), self.arch_version,
-                         self.experiment, self.payload_dtype)
+        clients = tuple(self._sample())
+        nested = self.pruner.nested(rnd, self.model, self.spec, clients)
+        if nested is None:
+            plan = TrainPlan(rnd, clients, ((self.model, self.spec), *self.pruner.trial()),
+                             self.arch_version, self.experiment, self.payload_dtype)
+            flops = [count_flops(m, self.example) for m, _ in plan.models]
+            per_client = {c: sum(self.compute.train_one(f, c) for f in flops)
+                          for c in plan.clients}
+        else:
+            plan = TrainPlan(rnd, clients, nested.models, self.arch_version, self.experiment,
+                             self.payload_dtype, assign=nested.assign)
+            per_client = {c: self.compute.train_one(nested.forward_flops[a], c)
+                          for c, a in zip(plan.clients, nested.assign, strict=True)}
         delivery = transport.train(plan)
         replies, dropped = _readable(plan, delivery)
-        averaged = average_round(rnd, self.cfg.fed, [m for m, _ in plan.models], replies,
-                                 arch_version=plan.arch_version,
-                                 max_samples=self.max_client_size,
-                                 check_versions=delivery.versions)
-        tally = _Tally(delivery.bytes_down, delivery.bytes_up, self.compute.train(
-            [count_flops(m, self.example) for m, _ in plan.models], delivery.sent))
+        if nested is None:
+            averaged = average_round(rnd, self.cfg.fed, [m for m, _ in plan.models], replies,
+                                     arch_version=plan.arch_version,
+                                     max_samples=self.max_client_size,
+                                     check_versions=delivery.versions)
+        else:
+            averaged = average_nested(
+                rnd, self.cfg.fed, self.model, [m for m, _ in nested.models], nested.maps,
+                [nested.assign[plan.clients.index(r.client)] for r in replies], replies,
+                arch_version=plan.arch_version, max_samples=self.max_client_size,
+                check_versions=delivery.versions)
+        sent = set(delivery.sent)
+        per_client = {c: f for c, f in per_client.items() if c in sent}
+        tally = _Tally(delivery.bytes_down, delivery.bytes_up, sum(per_client.values()),
+                       per_client=per_client)
         step = self._prune(rnd, averaged, self._validator(transport, tally))
         return self._finish(plan, delivery, replies, dropped, averaged, step, tally,
                             transport.reports_delivery)
@@ -214,12 +237,20 @@ class PruningServer:
 
     def _validator(self, transport: Transport, tally: _Tally) -> Validate:
         """Federated validation through ``transport``, its bytes and FLOPs counted."""
-        def validate(model: nn.Module, spec: ModelSpec, ids: Sequence[int]) -> Validation:
-            q = transport.validate(model, spec, ids, self.experiment, self.payload_dtype)
+        def validate(model: nn.Module, spec: ModelSpec, ids: Sequence[int],
+                     variants: Sequence[Keep] = ()) -> Validation:
+            q = transport.validate(model, spec, ids, self.experiment, self.payload_dtype,
+                                   variants)
             tally.bytes_down += q.bytes_down
             tally.bytes_up += q.bytes_up
             tally.queries += len(q.sent)
-            tally.val_flops += self.compute.validate(count_flops(model, self.example), q.sent)
+            flops = count_flops(model, self.example) + sum(
+                count_flops(sub_model(model, record_from_keep(spec.record, keep),
+                                      self.example), self.example) for keep in variants)
+            for c in q.sent:
+                f = self.compute.validate_one(flops, c)
+                tally.val_flops += f
+                tally.per_client[c] = tally.per_client.get(c, 0) + f
             return q.validation
         return validate
 
@@ -269,8 +300,13 @@ class PruningServer:
                          arch_version=self.arch_version)
         if self.pruner.record_key is not None:
             extra[self.pruner.record_key] = step.record
+        # the most one client spent this round, over what a dense FedAvg client would
+        # spend training on the same samples
+        peak = max((f / max(1, self.compute.train_one(2 * self.macs_initial, c))
+                    for c, f in tally.per_client.items()), default=0.0)
+        self.client_flops_peak = max(self.client_flops_peak, peak)
         extra.update(client_flops_train=tally.train_flops, client_flops_val=tally.val_flops,
-                     client_flops=client_flops,
+                     client_flops=client_flops, client_flops_peak=round(peak, 6),
                      messages={"train": len(delivery.sent), "validate": tally.queries})
         rec = RoundRecord(
             round=rnd, accuracy=self.accuracy if evaluated else None,
@@ -296,6 +332,7 @@ class PruningServer:
                 "bytes_total": self.bytes_total, "bytes_total_dense": self.bytes_total_dense,
                 "client_flops_total": self.client_flops_total,
                 "client_flops_total_dense": self.client_flops_total_dense,
+                "client_flops_peak": self.client_flops_peak,
                 "accuracy": self.accuracy, "loss": self.loss, "seconds": self.elapsed(),
                 "arch_version": self.arch_version}, snapshot
 
@@ -318,6 +355,7 @@ class PruningServer:
             self.bytes_total_dense = int(state["bytes_total_dense"])
             self.client_flops_total = int(state["client_flops_total"])
             self.client_flops_total_dense = int(state["client_flops_total_dense"])
+            self.client_flops_peak = float(state.get("client_flops_peak", 0.0))
             self.accuracy, self.loss = state["accuracy"], state["loss"]
             self.seconds_before = float(state["seconds"])
             self.arch_version = int(state.get("arch_version", 0))
@@ -353,6 +391,7 @@ class PruningServer:
             "bytes_total": self.bytes_total, "bytes_total_dense": self.bytes_total_dense,
             "client_flops_total": self.client_flops_total,
             "client_flops_total_dense": self.client_flops_total_dense,
+            "client_flops_peak": self.client_flops_peak,
             "widths_initial": self.widths_initial, "widths_final": self.spec.widths_now(),
             "prune_stopped_round": None, "prune_steps": 0,
             "rounds": self.cfg.fed.rounds, "seconds": self.elapsed(),
@@ -375,6 +414,7 @@ def _readable(plan: TrainPlan, delivery: Delivery
     dropped = list(delivery.dropped)
     asked = set(plan.clients)
     seen: dict[int, TrainReply] = {}
+    counts = {c: len(plan.models_of(i)) for i, c in enumerate(plan.clients)}
     for r in delivery.replies:
         why = ("answer for a client not asked this round" if r.client not in asked
                else "a second answer for the same client" if r.client in seen
@@ -383,7 +423,7 @@ def _readable(plan: TrainPlan, delivery: Delivery
         if why is not None:
             dropped.append({"client": r.client, "node": r.node, "reason": why})
             continue
-        states = (*r.states[:len(plan.models)],
-                  *[None] * (len(plan.models) - len(r.states)))
+        k = counts[r.client]
+        states = (*r.states[:k], *[None] * (k - len(r.states)))
         seen[r.client] = TrainReply(r.client, states, r.n, r.version, r.loss, r.node)
     return [seen[c] for c in sorted(seen)], dropped

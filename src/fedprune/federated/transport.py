@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..models import ModelSpec
-from ..pruners import Validation
+from ..pruners import Keep, Validation
 
 StateDict = dict[str, torch.Tensor]
 
@@ -40,6 +40,15 @@ class TrainPlan:
     arch_version: int  # the global model's architecture version
     experiment: str  # the resolved experiment config (JSON) that travels with every message
     payload_dtype: str  # what the weights travel as (fed.payload_dtype)
+    # None: every client trains every model (the global one, then the trial models, with
+    # the same batches); else, per client (in client order), the index of the one model it
+    # trains: the models are nested widths of the global model (the automatic method's
+    # search), and a reply holds that model's trained copy alone
+    assign: tuple[int, ...] | None = None
+
+    def models_of(self, i: int) -> tuple[tuple[nn.Module, ModelSpec], ...]:
+        """The models the plan's ``i``-th client trains."""
+        return self.models if self.assign is None else (self.models[self.assign[i]],)
 
 
 @dataclass(frozen=True)
@@ -92,7 +101,10 @@ class Transport(Protocol):
         ...
 
     def validate(self, model: nn.Module, spec: ModelSpec, clients: Sequence[int],
-                 experiment: str, payload_dtype: str) -> Queried:
-        """Ask ``clients`` for ``model``'s accuracy on their validation splits."""
+                 experiment: str, payload_dtype: str, variants: Sequence[Keep] = ()
+                 ) -> Queried:
+        """Ask ``clients`` for ``model``'s accuracy on their validation splits, and in the
+        same query for that of each of its sub-models ``variants`` (the channels they keep;
+        the clients cut them from ``model`` themselves)."""
         ...
 

@@ -35,9 +35,10 @@ from ..config import ExperimentConfig, from_dict
 from ..data import FederatedData, load_federated
 from ..device import DeviceData, check_precision, resolve_device, use_threads
 from ..federated.client import evaluate, train_local
-from ..federated.meter import answer_content, reply_content
+from ..federated.meter import answer_content, reply_content, variant_key
 from ..federated.wire import encode
 from ..models import ModelSpec, build
+from ..pruning.widths import variant_models
 from .messages import (
     ARRAYS_KEY,
     CONFIG_KEY,
@@ -177,14 +178,23 @@ def _client_validate(runtime: ClientRuntime, msg: Message, context: Context) -> 
     if not isinstance(spec_json, str):
         raise TypeError("the validation query carries no model spec")
     model = _received_model(spec_json, msg.content.array_records[ARRAYS_KEY], cfg)
+    cfg_rec = msg.content.config_records[CONFIG_KEY]
+    keeps = []
+    while isinstance(text := cfg_rec.get(variant_key(len(keeps))), str):
+        keep = json.loads(text)
+        if not isinstance(keep, dict):
+            raise TypeError(f"{variant_key(len(keeps))} is not a mapping of kept channels")
+        keeps.append(keep)
+    nets = [model] + variant_models(model, ModelSpec.from_json(spec_json), keeps)
     client = runtime.data(cfg).clients[pid]
-    answer = None
+    answer, subs = None, []
     if client.val_y is not None and len(client.val_y) > 0:
         on = runtime.on_device(cfg, _device(context, cfg))
-        acc, loss = evaluate(model.to(on.device), on.get(pid, "val_x"), on.get(pid, "val_y"),
-                             transform=on.transform)
+        x, y = on.get(pid, "val_x"), on.get(pid, "val_y")
+        figures = [evaluate(n.to(on.device), x, y, transform=on.transform) for n in nets]
+        (acc, loss), subs = figures[0], figures[1:]
         answer = (acc, len(client.val_y), loss)
-    return to_reply(answer_content(pid, answer), msg)
+    return to_reply(answer_content(pid, answer, subs), msg)
 
 
 def _client_train(runtime: ClientRuntime, msg: Message, context: Context) -> Message:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,19 +98,33 @@ def partition_answer(msg: Message) -> tuple[object, object]:
     return rec.get("partition-id"), rec.get("num-partitions")
 
 
-def validation_answer(msg: Message) -> tuple[float, int, float] | None:
-    """(accuracy, validation samples, loss) of a validation reply, or ``None`` if unusable."""
+def _figures(rec: Any, suffix: str) -> tuple[float, float] | None:
+    acc = rec.get(f"val-accuracy{suffix}")
+    loss = rec.get(f"val-loss{suffix}")
+    if (isinstance(acc, float) and 0.0 <= acc <= 1.0
+            and isinstance(loss, float) and math.isfinite(loss) and loss >= 0):
+        return acc, loss
+    return None
+
+
+def validation_answer(msg: Message, variants: int = 0
+                      ) -> tuple[tuple[float, int, float], list[tuple[float, float]]] | None:
+    """((accuracy, validation samples, loss), [(accuracy, loss) of each of the ``variants``
+    sub-models asked]) of a validation reply, or ``None`` if unusable (a figure missing or
+    out of range)."""
     if msg.has_error():
         return None
     rec = msg.content.metric_records.get(METRICS_KEY)
-    acc = rec.get("val-accuracy") if rec is not None else None
-    n = rec.get("val-examples") if rec is not None else None
-    loss = rec.get("val-loss") if rec is not None else None
-    if (isinstance(n, int) and not isinstance(n, bool) and n > 0
-            and isinstance(acc, float) and 0.0 <= acc <= 1.0
-            and isinstance(loss, float) and math.isfinite(loss) and loss >= 0):
-        return acc, n, loss
-    return None
+    if rec is None:
+        return None
+    n = rec.get("val-examples")
+    main = _figures(rec, "")
+    if not (isinstance(n, int) and not isinstance(n, bool) and n > 0 and main is not None):
+        return None
+    subs = [_figures(rec, f"-{i}") for i in range(variants)]
+    if any(s is None for s in subs):
+        return None
+    return (main[0], n, main[1]), [s for s in subs if s is not None]
 
 
 def unpack(arrays: ArrayRecord, payload_dtype: str, like: dict[str, torch.Tensor]

@@ -30,7 +30,7 @@ from ..federated.meter import message_bytes, query_content, train_content, wire_
 from ..federated.server import PruningServer
 from ..federated.transport import Delivery, Queried, TrainPlan, TrainReply
 from ..models import ModelSpec
-from ..pruners import pool_validation
+from ..pruners import Keep, pool_validation
 from .grid import PollingGrid
 from .messages import content_of, to_message, unpack_train_reply, validation_answer
 from .nodes import NodeDirectory
@@ -60,14 +60,15 @@ class FlowerTransport:
         messages: dict[int, Message] = {}  # partition id -> train message
         sent: dict[int, int] = {}  # partition id -> node id
         down = failures = 0
-        for pid in plan.clients:
+        for i, pid in enumerate(plan.clients):
             node = self.nodes.node_of.get(pid)
             if node is None:
                 logger.warning("round %d: partition %d has no live SuperNode; skipped",
                                plan.rnd, pid)
                 failures += 1
                 continue
-            content = train_content(models, experiment=plan.experiment, rnd=plan.rnd,
+            mine = models if plan.assign is None else [models[plan.assign[i]]]
+            content = train_content(mine, experiment=plan.experiment, rnd=plan.rnd,
                                     arch_version=plan.arch_version, client=pid)
             down += message_bytes(content)
             messages[pid] = to_message(content, node, MessageType.TRAIN, str(plan.rnd), records)
@@ -75,14 +76,16 @@ class FlowerTransport:
         logger.info("round %d: sampled partitions %s, sent to %d nodes (arch-version %d)",
                     plan.rnd, list(plan.clients), len(messages), plan.arch_version)
         answers = self.grid.send_and_receive(list(messages.values()), timeout=self.timeout)
-        like = [m.state_dict() for m, _ in plan.models]
+        states = [m.state_dict() for m, _ in plan.models]
+        like = {pid: states if plan.assign is None else [states[plan.assign[i]]]
+                for i, pid in enumerate(plan.clients)}
         replies, dropped, up, missing = self._read(plan.rnd, answers, messages, sent, like,
                                                    plan.payload_dtype)
         return Delivery(replies, list(sent), down, up, dropped, failures + missing,
                         versions=True)
 
     def _read(self, rnd: int, answers: Any, messages: dict[int, Message],
-              sent: dict[int, int], like: list[dict], payload_dtype: str
+              sent: dict[int, int], like: dict[int, list[dict]], payload_dtype: str
               ) -> tuple[list[TrainReply], list[dict[str, Any]], int, int]:
         """The readable replies (by partition), the dropped ones, the bytes received and the
         failures (error replies, and messages not answered in time)."""
@@ -107,14 +110,14 @@ class FlowerTransport:
                                rnd, node, pid, msg.error.reason)
                 continue
             up += message_bytes(content_of(msg))
-            reply, reason = unpack_train_reply(msg, pid, node, like[0], like[1:],
+            reply, reason = unpack_train_reply(msg, pid, node, like[pid][0], like[pid][1:],
                                                payload_dtype)
             if reason is not None or reply is None:
                 logger.warning("round %d: dropped the reply of node %d (partition %s): %s",
                                rnd, node, pid, reason)
                 dropped.append({"client": pid, "node": node, "reason": str(reason)})
                 continue
-            trial = reply.trial_states or [None] * (len(like) - 1)
+            trial = reply.trial_states or [None] * (len(like[pid]) - 1)
             replies[pid] = TrainReply(pid, (reply.state, *trial), reply.n, reply.version,
                                       reply.loss, node)
         for pid, node in sent.items():
@@ -126,11 +129,13 @@ class FlowerTransport:
         return [replies[p] for p in sorted(replies)], dropped, up, failures
 
     def validate(self, model: nn.Module, spec: ModelSpec, clients: Sequence[int],
-                 experiment: str, payload_dtype: str) -> Queried:
-        """The partitions' nodes evaluate ``model`` on their own validation splits (a
-        ``query`` message each); their answers pooled."""
+                 experiment: str, payload_dtype: str, variants: Sequence[Keep] = ()
+                 ) -> Queried:
+        """The partitions' nodes evaluate ``model`` (and its sub-models ``variants``, which
+        they cut themselves) on their own validation splits (a ``query`` message each);
+        their answers pooled."""
         content = query_content(*wire_models([(model, spec)], payload_dtype),
-                                experiment=experiment)
+                                experiment=experiment, variants=variants)
         records: dict[int, ArrayRecord] = {}
         msgs = {pid: to_message(content, node, MessageType.QUERY, None, records)
                 for pid in clients if (node := self.nodes.node_of.get(pid)) is not None}
@@ -143,15 +148,17 @@ class FlowerTransport:
                 continue
             if not msg.has_error():
                 up += message_bytes(content_of(msg))
-            answer = validation_answer(msg)
+            answer = validation_answer(msg, len(variants))
             if answer is not None:
-                acc, n, loss = answer
-                got.append((pid, acc, loss, n))
+                (acc, n, loss), subs = answer
+                got.append((pid, acc, loss, n, subs))
         if not got:
             logger.warning("validation: no replies; the candidate cannot be judged")
         # pooled in partition order, whatever order the answers came in
-        return Queried(pool_validation(sorted(got)), list(msgs),
-                       len(msgs) * message_bytes(content), up)
+        got.sort(key=lambda a: a[0])
+        return Queried(pool_validation([a[:4] for a in got],
+                                       [a[4] for a in got] if variants else None),
+                       list(msgs), len(msgs) * message_bytes(content), up)
 
 
 def flower_summary(server: PruningServer, nodes: NodeDirectory) -> dict[str, Any]:

@@ -54,8 +54,10 @@ def _method(run: RunFacts) -> str:
         return "budget"
     if prune.get("method") == "ratio":
         return f"ratio {prune.get('ratio', 0):g}"
-    if prune.get("method") == "auto":
-        return f"auto, max drop {100 * prune.get('max_accuracy_drop', 0):g} pt"
+    if prune.get("method") in ("auto", "auto-paired"):
+        return (f"{prune['method']}, max drop {100 * prune.get('max_accuracy_drop', 0):g} pt"
+                + (f", widths on {prune['round_to']}" if prune["method"] == "auto"
+                   and prune.get("round_to", 1) > 1 else ""))
     text = f"rule {prune.get('mode', '?')} k={prune.get('k', 0):g}"
     return text + (", reinit" if prune.get("reinit") else "")
 

@@ -98,7 +98,47 @@ def plot_run(run_dir: Path, dense_run_dir: Path | None = None) -> list[Path]:
     if any((r.get("auto") or {}).get("judged", {}).get("decision") in _JUDGED
            for r in runs[0][1]):
         written.append(plot_prune_path(runs[0][1], run_dir / "prune_path.png"))
+    if any((r.get("nested") or {}).get("judged") for r in runs[0][1]):
+        written.append(plot_width_curves(runs[0][1], run_dir / "prune_path.png"))
     return written
+
+
+def plot_width_curves(rows: list[dict[str, Any]], out_png: Path) -> Path:
+    """The automatic method's judgements: at each, every narrower width's measured cost
+    (and its cost + z x s.e. bound) against its FLOPs; and the run's FLOPs per round."""
+    judged = [r["nested"]["judged"] for r in rows if (r.get("nested") or {}).get("judged")]
+    limit = next((r["nested"].get("max_accuracy_drop") for r in rows
+                  if (r.get("nested") or {}).get("max_accuracy_drop") is not None), None)
+
+    def draw(ax1, ax2) -> None:
+        for j in judged:
+            f = [w["flops"] / 1e6 for w in j["widths"]]
+            cost = [math.nan if w["cost"] is None else 100 * w["cost"] for w in j["widths"]]
+            bound = [math.nan if w["bound"] is None else 100 * w["bound"] for w in j["widths"]]
+            (line,) = ax1.plot(f, cost, "o-", ms=4,
+                               label=f"round {j['round']}: {j['decision']}")
+            ax1.plot(f, bound, "v:", ms=3, color=line.get_color())
+        if limit is not None:
+            ax1.axhline(100 * limit, color="tab:red", lw=0.8, label="prune.max_accuracy_drop")
+        ax1.axhline(0, color="black", lw=0.5)
+        ax1.set_title("Automatic pruning: each width's cost (o) and cost + z x s.e. (v)")
+        _axes(ax1, "validation accuracy drop (points)", xlabel="FLOPs / sample (M)")
+        xs, ys = _series(rows, "flops", 1e6)
+        ax2.plot(xs, ys, color="black", lw=1, label="model")
+        _axes(ax2, "FLOPs / sample (M)", xlabel="round")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6))
+    try:
+        draw(ax1, ax2)
+        fig.tight_layout()
+    except BaseException:
+        plt.close(fig)
+        raise
+    return save_figure(fig, out_png)
 
 
 def _two_panels(out_png: Path, draw) -> Path:

@@ -2,7 +2,10 @@
 
 * ``boundary`` and ``ratio`` (:mod:`.schedule`): the rule on a fixed schedule; ``none``: a
   run whose pruning is off;
-* ``auto`` (:mod:`.auto`): fedprune's automatic method, paired validation of candidates;
+* ``auto`` (:mod:`.nested`): fedprune's automatic method, nested widths trained in the
+  model in flight and one cut to the narrowest width that validation shows fits;
+* ``auto-paired`` (:mod:`.auto`): the earlier automatic method, paired validation of
+  candidates trained beside the model;
 * ``budget`` (:mod:`.budget`): budget mode, the k controller and the accuracy guard.
 
 The server builds a run's method with :func:`make_pruner` and drives every method through
@@ -10,12 +13,23 @@ the :class:`Pruner` interface; a new method is one registered subclass (:func:`r
 What a cut removes (scores, rules, the cut itself) is :mod:`fedprune.pruning`.
 """
 
-from . import auto, budget, schedule  # noqa: F401 - each registers its methods
-from .base import Pruner, PruneStep, Validate, Validation, pool_validation, validation_clients
+from . import auto, budget, nested, schedule  # noqa: F401 - each registers its methods
+from .base import (
+    Keep,
+    Nested,
+    Pruner,
+    PruneStep,
+    Validate,
+    Validation,
+    pool_validation,
+    validation_clients,
+)
 from .registry import NEVER, PRUNERS, make_pruner, method_of, register
 
 __all__ = [
     "NEVER",
+    "Keep",
+    "Nested",
     "PRUNERS",
     "PruneStep",
     "Pruner",

@@ -156,7 +156,7 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-@register("auto")
+@register("auto-paired")
 class AutoPruner(Pruner):
     """The automatic method's decisions; :attr:`state` is a new :class:`AutoState` after
     every step, the candidate and reference models are kept beside it."""

@@ -11,9 +11,9 @@ checkpoint, so that it drives any method the same way.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import torch
 from torch import nn
@@ -30,15 +30,33 @@ class Validation(NamedTuple):
     samples: int  # validation samples that answered (0: none)
     loss: float  # mean cross-entropy over them
     clients: tuple[tuple[int, float, int], ...] = ()  # (client, accuracy, samples) answers
+    # the same for each sub-model asked in the same query (Validate's ``variants``), in order,
+    # on the same samples
+    variants: tuple[Any, ...] = ()
 
 
-# validate(model, its spec, client ids) -> the clients' pooled validation figures
-Validate = Callable[[nn.Module, ModelSpec, Sequence[int]], Validation]
+# what describes a sub-model of the unpruned model in a query: the channels each cut group
+# keeps (fedprune.pruning.widths.keep_of), so that no second copy of the weights travels
+Keep = Mapping[str, Sequence[int]]
 
 
-def pool_validation(answers: Iterable[tuple[int, float, float, int]]) -> Validation:
+class Validate(Protocol):
+    """``validate(model, spec, clients, variants=())``: the clients' pooled validation of
+    ``model`` and, in the same query, of each of its sub-models ``variants``."""
+
+    def __call__(self, model: nn.Module, spec: ModelSpec, clients: Sequence[int],
+                 variants: Sequence[Keep] = ()) -> Validation: ...
+
+
+def pool_validation(answers: Iterable[tuple[int, float, float, int]],
+                    variants: Iterable[Sequence[tuple[float, float]]] | None = None
+                    ) -> Validation:
     """Pool the clients' answers ``(client, accuracy, loss, samples)``, in their order, into
-    one :class:`Validation`: accuracy and loss weighted by samples (nan without samples)."""
+    one :class:`Validation`: accuracy and loss weighted by samples (nan without samples).
+    ``variants``: for each answer, ``(accuracy, loss)`` of every sub-model asked (the same
+    samples), pooled the same way into :attr:`Validation.variants`."""
+    answers = list(answers)
+    per = list(variants) if variants is not None else None
     correct, loss, total = 0.0, 0.0, 0
     clients = []
     for client, acc, lo, n in answers:
@@ -46,9 +64,17 @@ def pool_validation(answers: Iterable[tuple[int, float, float, int]]) -> Validat
         loss += lo * n
         total += n
         clients.append((client, acc, n))
+    subs: tuple[Validation, ...] = ()
+    if per:
+        k = len(per[0])
+        if any(len(v) != k for v in per) or len(per) != len(answers):
+            raise ValueError("validation: every answer needs a figure for every sub-model")
+        subs = tuple(pool_validation([(c, v[j][0], v[j][1], n)
+                                      for (c, _, _, n), v in zip(answers, per, strict=True)])
+                     for j in range(k))
     if total == 0:
-        return Validation(float("nan"), 0, float("nan"))
-    return Validation(correct / total, total, loss / total, tuple(clients))
+        return Validation(float("nan"), 0, float("nan"), (), subs)
+    return Validation(correct / total, total, loss / total, tuple(clients), subs)
 
 
 def validation_clients(seed: int, rnd: int, pool: Sequence[int], k: int) -> list[int]:
@@ -71,6 +97,19 @@ class PruneStep:
     record: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class Nested:
+    """A round in which each sampled client trains one nested width of the global model
+    (:meth:`Pruner.nested`): the sub-models, where each one's weights sit in the global
+    model, and which one each client trains."""
+
+    models: tuple[tuple[nn.Module, ModelSpec], ...]  # the sub-models (the widths)
+    # per sub-model: state key -> flat positions of its values in the global model's entry
+    maps: tuple[dict[str, torch.Tensor], ...]
+    assign: tuple[int, ...]  # per sampled client (in client order): its sub-model's index
+    forward_flops: tuple[int, ...]  # per sub-model: forward FLOPs of one sample
+
+
 class Pruner(abc.ABC):
     """The server's pruning decisions over a run, and their state for a checkpoint.
 
@@ -85,18 +124,27 @@ class Pruner(abc.ABC):
 
     def __init__(self, cfg: ExperimentConfig, *, model: nn.Module, spec: ModelSpec,
                  example: torch.Tensor, params_initial: int, flops_initial: int,
-                 num_clients: int, has_validation: Sequence[bool]) -> None:
+                 num_clients: int, has_validation: Sequence[bool],
+                 train_sizes: Sequence[int] = (), val_sizes: Sequence[int] = ()) -> None:
         """What a method may need at the start of a run: the configuration, the initial
         model and its spec, an example input, the initial size, and the clients (those with
-        a validation split form :attr:`val_pool`)."""
+        a validation split form :attr:`val_pool`; their training and validation sizes, where
+        the server knows them)."""
         self.cfg = cfg
         self.example = example
         self.val_pool = [i for i in range(num_clients) if has_validation[i]]
+        self.train_sizes, self.val_sizes = list(train_sizes), list(val_sizes)
 
     def trial(self) -> list[tuple[nn.Module, ModelSpec]]:
         """Models the sampled clients train this round beside the global one (the automatic
         method's candidate and reference), with the same batches; usually none."""
         return []
+
+    def nested(self, rnd: int, model: nn.Module, spec: ModelSpec, clients: Sequence[int]
+               ) -> Nested | None:
+        """For a round whose sampled clients each train one width of ``model`` instead of
+        the model itself: the widths and who trains which (None: the usual round)."""
+        return None
 
     @abc.abstractmethod
     def after_aggregate(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate,

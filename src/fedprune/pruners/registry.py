@@ -62,7 +62,8 @@ def method_of(cfg: ExperimentConfig) -> str:
 
 def make_pruner(cfg: ExperimentConfig, *, model: nn.Module, spec: ModelSpec,
                 example: torch.Tensor, params_initial: int, flops_initial: int,
-                num_clients: int, has_validation: Sequence[bool]) -> Pruner:
+                num_clients: int, has_validation: Sequence[bool],
+                train_sizes: Sequence[int] = (), val_sizes: Sequence[int] = ()) -> Pruner:
     """The pruner of a run of ``cfg`` (:func:`method_of`), built from the initial model."""
     name = method_of(cfg)
     cls = PRUNERS.get(name)
@@ -71,4 +72,4 @@ def make_pruner(cfg: ExperimentConfig, *, model: nn.Module, spec: ModelSpec,
                          f"{', '.join(sorted(PRUNERS))}")
     return cls(cfg, model=model, spec=spec, example=example, params_initial=params_initial,
                flops_initial=flops_initial, num_clients=num_clients,
-               has_validation=has_validation)
+               has_validation=has_validation, train_sizes=train_sizes, val_sizes=val_sizes)

@@ -96,7 +96,7 @@ def schedule_of(cfg: ExperimentConfig) -> Schedule:
 def rule_of(p: PruneConfig) -> BoundaryRule | RatioRule:
     """The rule of ``prune.method``: the fixed ratio for ``ratio``, else the boundary rule."""
     if p.method == "ratio":
-        return RatioRule(ratio=p.ratio, min_channels=p.min_channels)
+        return RatioRule(ratio=p.ratio, min_channels=p.min_channels, round_to=p.round_to)
     return BoundaryRule(k=p.k, mode=p.mode, min_channels=p.min_channels,
                         max_fraction=p.max_fraction)
 

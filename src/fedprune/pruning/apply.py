@@ -295,6 +295,8 @@ def _decide_group(gs: GroupScores, rule: Rule) -> Decision:
     if g == 1:
         return rule.decide(scores)
     local_rule = replace(rule, min_channels=max(-(-rule.min_channels // g), gs.min_per_block))
+    if getattr(local_rule, "round_to", 1) > 1:  # the blocks' positions are not aligned
+        local_rule = replace(local_rule, round_to=1)
     local = local_rule.decide(scores.reshape(g, -1).mean(axis=0))
     return replace(local, keep=np.tile(local.keep, g))
 

@@ -53,16 +53,22 @@ class BoundaryRule:
 
 @dataclass(frozen=True)
 class RatioRule:
-    """Fixed-ratio L1 pruning: remove the ``floor(ratio * n)`` lowest-scoring channels."""
+    """Fixed-ratio L1 pruning: remove the ``floor(ratio * n)`` lowest-scoring channels; with
+    ``round_to`` > 1 the channels kept are rounded to the nearest multiple of it
+    (:func:`~.widths.aligned`: half up, at least one multiple, a group of ``round_to``
+    channels or fewer left whole)."""
 
     ratio: float = 0.5
     min_channels: int = 1
+    round_to: int = 1
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.ratio) and 0.0 < self.ratio < 1.0):
             raise ValueError(f"ratio must be in (0, 1), got {self.ratio!r}")
         if int(self.min_channels) != self.min_channels or self.min_channels < 1:
             raise ValueError(f"min_channels must be an integer >= 1, got {self.min_channels!r}")
+        if int(self.round_to) != self.round_to or self.round_to < 1:
+            raise ValueError(f"round_to must be an integer >= 1, got {self.round_to!r}")
 
     def decide(self, scores: np.ndarray) -> Decision:
         """:func:`decide_ratio` with this rule."""
@@ -131,6 +137,11 @@ def decide_ratio(scores: np.ndarray, rule: RatioRule) -> Decision:
     n = s.size
     # + 1e-9: 0.29 * 100 is 28.999999999999996 in floating point, and must count as 29
     n_remove = max(0, min(int(np.floor(rule.ratio * n + 1e-9)), n - rule.min_channels))
+    round_to = getattr(rule, "round_to", 1)
+    if round_to > 1:
+        from .widths import aligned
+
+        n_remove = n - aligned(n - n_remove, n, round_to, rule.min_channels)
     order = np.argsort(s, kind="stable")
     keep = np.ones(n, dtype=bool)
     keep[order[:n_remove]] = False

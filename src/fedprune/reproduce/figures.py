@@ -1,4 +1,5 @@
-"""The report's figures: accuracy vs round, params vs round and accuracy vs FLOPs per setting."""
+"""The report's figures per setting: accuracy and params vs round, accuracy vs FLOPs, and the
+cumulative bytes on the wire and client FLOPs over the rounds."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 from .methods import METHODS, Setting
 from .tables import HEADLINE_METHOD, Cell, mean_sd
 
-PLOT_KINDS = ("accuracy", "params", "acc_vs_flops")  # one PNG each per setting
+# one PNG each per setting
+PLOT_KINDS = ("accuracy", "params", "acc_vs_flops", "bytes_cumulative",
+              "client_flops_cumulative")
 
 
 def slug(setting: Setting) -> str:
@@ -105,5 +108,54 @@ def plots(cells: dict[tuple[str, str], dict[str, Cell]], out_dir: Path) -> dict[
             files.append(path)
         finally:
             plt.close(fig)
+        files += _cumulative(plt, by, setting, out_dir, single)
         written[slug(setting)] = files
     return written
+
+
+# what the cumulative plots draw: the round record's key, whether it is already a running
+# total, its unit and scale
+CUMULATIVE = {"bytes_cumulative": ("bytes_cumulative", True, "GB on the wire", 1e9),
+              "client_flops_cumulative": ("client_flops", False, "client PFLOPs", 1e15)}
+
+
+def _cumulative(plt, by: dict[str, Cell], setting: Setting, out_dir: Path,  # noqa: ANN001
+                single: bool) -> list[Path]:
+    """Cumulative bytes and client FLOPs over the rounds, every method (mean over seeds)."""
+    files = []
+    for kind, (key, running, unit, scale) in CUMULATIVE.items():
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        try:
+            drawn = False
+            for name, cell in by.items():
+                series: dict[int, list[float]] = {}
+                for r in cell.runs:
+                    total = 0.0
+                    for row in r.rounds:
+                        if row.get(key) is None:
+                            break
+                        total = float(row[key]) if running else total + float(row[key])
+                        series.setdefault(row["round"], []).append(total / scale)
+                if not series:
+                    continue
+                xs = sorted(series)
+                style = "--" if name == "dense" else "-"
+                lw = 2.2 if name == "auto" else 1.3
+                ax.plot(xs, [statistics.fmean(series[x]) for x in xs], style, lw=lw,
+                        label=METHODS[name].label)
+                drawn = True
+            if not drawn:
+                continue
+            ax.set_xlabel("round")
+            ax.set_ylabel(f"cumulative {unit} ("
+                          + ("one seed, n = 1" if single else "mean over seeds") + ")")
+            ax.set_title(f"{setting.title}\ncumulative {unit}", fontsize=9)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7.5)
+            fig.tight_layout()
+            path = plot_path(out_dir, setting, kind)
+            fig.savefig(path, dpi=100)
+            files.append(path)
+        finally:
+            plt.close(fig)
+    return files

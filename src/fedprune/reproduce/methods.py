@@ -89,10 +89,16 @@ def _fedprune(mode: str) -> Callable[[Setting], dict[str, Any]]:
     return f
 
 
-def _auto(s: Setting) -> dict[str, Any]:
-    # fedprune's default: the automatic method, from the window's start, candidates trained
-    # for the window's interval, up to 60 % of the rounds (config.default_auto_deadline)
-    return {"enabled": True, "method": "auto", "start_round": s.window.start,
+def _auto(_: Setting) -> dict[str, Any]:
+    # fedprune's default: the automatic method with its own window (judgements from 20 % of
+    # the rounds up to 40 %, config.default_nested_window) and widths on multiples of 16
+    return {"enabled": True, "method": "auto"}
+
+
+def _auto_paired(s: Setting) -> dict[str, Any]:
+    # the earlier automatic method, from the window's start, candidates trained for the
+    # window's interval, up to 60 % of the rounds (config.default_auto_deadline)
+    return {"enabled": True, "method": "auto-paired", "start_round": s.window.start,
             "max_prune_round": max(s.window.stop, default_auto_deadline(s.rounds)),
             "interval": s.window.interval}
 
@@ -109,7 +115,8 @@ def _ratio_method(percent: int, cost: float) -> Method:
     return Method(f"ratio{percent}", f"fixed ratio {percent} % (one-shot)",
                   _ratio(percent / 100), cost,
                   f"L1, the lowest {percent} % of every layer's filters, once, at the "
-                  "window's start")
+                  "window's start; the channels kept rounded to a multiple of 16 "
+                  "(prune.round_to's default)")
 
 
 def _budget_prune(s: Setting) -> dict[str, Any]:
@@ -158,11 +165,17 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "automatic method): low tail, k = 0.75, max_fraction 0.2, weights kept"),
     Method("fedprune-both", "boundary rule, mode both", _fedprune("both"), 0.7,
            "as the default but removing both tails"),
-    Method("auto", "fedprune automatic (default)", _auto, 1.2,
-           "fedprune's default (prune.method = auto): candidate cuts trained beside the model "
-           "and kept while their cost in paired federated validation fits "
-           "prune.max_accuracy_drop = 1 point (a candidate that does not fit yet is judged "
-           "again, up to 3 times, 2 rounds apart)"),
+    Method("auto", "fedprune automatic (default)", _auto, 0.8,
+           "fedprune's default (prune.method = auto): until the size is decided each sampled "
+           "client trains one nested width of the model (widths on multiples of 16); from "
+           "20 % of the rounds, every 2 rounds, the clients' validation splits measure every "
+           "width against the full one in one query, and once two judgements agree the model "
+           "is cut to the narrowest width whose cost fits prune.max_accuracy_drop = 1 point"),
+    Method("auto-paired", "earlier automatic method (auto-paired)", _auto_paired, 1.2,
+           "prune.method = auto-paired (fedprune's default before nested widths): candidate "
+           "cuts trained beside the model and kept while their cost in paired federated "
+           "validation fits prune.max_accuracy_drop = 1 point (a candidate that does not fit "
+           "yet is judged again, up to 3 times, 2 rounds apart)"),
     *(_ratio_method(percent, cost) for percent, cost in ((25, 0.8), (50, 0.6), (75, 0.5),
                                                         (85, 0.5))),
     Method("budget-p10", "fedprune budget: params <= 10 % (guarded)", _budget_prune, 0.6,
@@ -186,5 +199,5 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 # the methods of the suites written before the automatic method (quick, paper, test)
 ALL_METHODS = ("dense", "paper", "fedprune-low", "fedprune-both", "ratio50", "ratio85")
 # the automatic suite's: the new default beside every baseline
-AUTO_METHODS = ("dense", "auto", "fedprune-low", "paper", "ratio25", "ratio50", "ratio75",
-                "scratch-auto")
+AUTO_METHODS = ("dense", "auto", "auto-paired", "fedprune-low", "paper", "ratio25",
+                "ratio50", "ratio75", "scratch-auto")

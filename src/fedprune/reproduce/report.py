@@ -15,7 +15,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from ..config import ExperimentConfig, default_auto_deadline
+from ..config import ExperimentConfig, default_auto_deadline, default_nested_window
 from ..rundir import LATENCY_FILE, ROUNDS_FILE, SUMMARY_FILE
 from .figures import PLOT_KINDS, plot_path, plots, slug
 from .methods import METHODS
@@ -210,10 +210,13 @@ def _setting_line(setting: Any, config: ExperimentConfig, with_auto: bool) -> st
             f"{window.stop} every {window.interval} (the default "
             "is 30-40 every 2 of 100 rounds); the fixed-ratio baselines cut once at "
             f"round {window.start}."
-            + (f" The automatic method starts candidates from round "
-               f"{config.prune.start_round} up to round "
-               f"{auto_last(config.fed.rounds, window.stop)}, each "
-               f"trained {window.interval} rounds before it is judged."
+            + (" The automatic method judges its widths from round {} every {} rounds up to "
+               "round {} and cuts once two judgements in a row agree; the earlier automatic "
+               "method (auto-paired) starts candidates from round {} up to round {}, each "
+               "trained {} rounds before it is judged.".format(
+                   *default_nested_window(config.fed.rounds)[::2],
+                   default_nested_window(config.fed.rounds)[1], window.start,
+                   auto_last(config.fed.rounds, window.stop), window.interval)
                if with_auto else ""))
 
 
@@ -250,7 +253,8 @@ def rerender(plan: Plan, report_path: Path, notes_path: Path | None = None) -> N
     plot_dir = Path(report_path).with_suffix("")
     for by in cells.values():
         setting = next(iter(by.values())).setting
-        slug_files[slug(setting)] = [plot_path(plot_dir, setting, k) for k in PLOT_KINDS]
+        slug_files[slug(setting)] = [p for k in PLOT_KINDS
+                                     if (p := plot_path(plot_dir, setting, k)).is_file()]
     notes = Path(notes_path).read_text(encoding="utf-8") if notes_path else ""
     Path(report_path).write_text(render(plan, cells, slug_files, Path(report_path), notes),
                                  encoding="utf-8")

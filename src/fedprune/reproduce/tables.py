@@ -43,6 +43,10 @@ HEADLINE_METHOD = "fedprune-low"  # the suites written before the automatic meth
 AUTO_HEADLINE = "auto"
 RATIO_METHODS = ("ratio25", "ratio50", "ratio75")
 COLLAPSE_POINTS = 5.0
+# the efficiency bars: bytes and client FLOPs over dense FedAvg's at most the final model's
+# share plus this; latency at most LATENCY_BASE + LATENCY_SLOPE x the FLOPs share
+EFFICIENCY_SLACK = 0.15
+LATENCY_BASE, LATENCY_SLOPE = 0.30, 0.75
 
 
 @dataclass
@@ -220,6 +224,59 @@ def auto_checks(rows: list[Row], cells: dict[str, Cell]) -> list[str]:
     ok = bool(drops) and worst <= COLLAPSE_POINTS
     out.append(f"no seed collapses (more than {COLLAPSE_POINTS:g} points below dense with the "
                f"same seed): **{'met' if ok else 'NOT met'}** (largest drop {worst:.2f} points)")
+    return out + efficiency_checks(cells)
+
+
+def efficiency_checks(cells: dict[str, Cell]) -> list[str]:
+    """The automatic method's efficiency bars in one setting, every seed: the run's bytes
+    over dense FedAvg's at most the final model's share of the parameters plus
+    :data:`EFFICIENCY_SLACK`; its clients' FLOPs over dense's at most the final FLOPs share
+    plus the same; no round in which a client spent more than a dense FedAvg client would on
+    the same samples; the final model's latency over dense's at most
+    ``LATENCY_BASE + LATENCY_SLOPE x`` its FLOPs share (ResNet-7: at most 1)."""
+    auto, dense = cells.get(AUTO_HEADLINE), cells.get("dense")
+    if auto is None or not auto.runs:
+        return []
+    dense_by_seed = {r.seed: r.summary for r in (dense.runs if dense else [])}
+    bytes_margin, flops_margin, peaks, lat_margin = [], [], [], []
+    for r in auto.runs:
+        s = r.summary
+        d = dense_by_seed.get(r.seed, {})
+        params_share = s["params_final"] / s["params_initial"]
+        flops_share = s["flops_final"] / s["flops_initial"]
+        b = s["bytes_total"] / d.get("bytes_total", s["bytes_total_dense"])
+        bytes_margin.append((b, params_share + EFFICIENCY_SLACK))
+        if "client_flops_total" in s:
+            f = s["client_flops_total"] / d.get("client_flops_total",
+                                                s["client_flops_total_dense"])
+            flops_margin.append((f, flops_share + EFFICIENCY_SLACK))
+        if "client_flops_peak" in s:
+            peaks.append(float(s["client_flops_peak"]))
+        if r.latency is not None:
+            bar = 1.0 if auto.setting.model == "resnet7" else (
+                LATENCY_BASE + LATENCY_SLOPE * flops_share)
+            lat_margin.append((float(r.latency["ratio"]), bar))
+
+    def line(what: str, pairs: list[tuple[float, float]]) -> str:
+        if not pairs:
+            return f"{what}: not recorded by these runs"
+        ok = all(v <= bar for v, bar in pairs)
+        return (f"{what}: **{'met' if ok else 'NOT met'}** (per seed "
+                + ", ".join(f"{v:.3f} <= {bar:.3f}" if v <= bar else f"{v:.3f} > {bar:.3f}"
+                            for v, bar in pairs) + ")")
+
+    out = [line(f"bytes over the run vs dense at most the final params share + "
+                f"{EFFICIENCY_SLACK:g}", bytes_margin),
+           line(f"client FLOPs vs dense at most the final FLOPs share + {EFFICIENCY_SLACK:g}",
+                flops_margin)]
+    if peaks:
+        ok = max(peaks) <= 1.0 + 1e-9
+        out.append(f"no round asks a client for more than dense FedAvg would on the same "
+                   f"samples: **{'met' if ok else 'NOT met'}** (largest share of a dense "
+                   f"client's round {max(peaks):.3f})")
+    out.append(line("latency vs dense at most " + (
+        "1.0" if auto.setting.model == "resnet7" else
+        f"{LATENCY_BASE:g} + {LATENCY_SLOPE:g} x the FLOPs share"), lat_margin))
     return out
 
 

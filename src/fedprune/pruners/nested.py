@@ -1,0 +1,282 @@
+"""fedprune's automatic method: the search for the size rides inside the training.
+
+The question a user asks is "how small can the model get before it costs accuracy?", and
+the server, which sees no data, answers it from what the clients measure -- without asking
+them for more work or traffic than dense FedAvg would while it searches:
+
+1. **Nested widths.**  The candidate sizes are a *ladder* of widths of the one model (the
+   full width times 1/8, 2/8, ..., 1, each group's channel count on a multiple of
+   ``prune.round_to``, :func:`~fedprune.pruning.widths.ladder`).  A width's sub-model keeps,
+   in each group, its channels of highest L1 norm in the global model (ordered again every
+   round: data-free, nothing to send), so a narrower width is part of every wider one.
+2. **Ordered dropout.**  Until the size is decided, each sampled client trains *one* width,
+   drawn from the ladder (the ``width_draws`` stream), and receives and returns that
+   sub-model only; the server averages the updates coordinate by coordinate over the
+   clients whose width holds it (:func:`~fedprune.federated.averaging.average_nested`).
+   No client trains more than the full model, so a client never spends more than dense
+   FedAvg's would (a client that also validates in that round draws from the widths whose
+   training and validation together fit).
+3. **A curve per judgement.**  From ``prune.start_round``, every ``prune.interval`` rounds,
+   up to ``prune.val_clients`` clients evaluate the full model and every narrower width in
+   one query (forward passes only; the widths travel as the channels they keep, not as
+   weights).  Each width's *cost* is the full width's validation accuracy minus its own, on
+   the same samples, with its standard error from the clients' paired differences (as
+   ``auto-paired`` does).  The width chosen is the narrowest whose cost plus
+   ``prune.confidence_z`` standard errors fits ``prune.max_accuracy_drop``.
+4. **One cut.**  When two judgements in a row choose the same width (or at
+   ``prune.max_prune_round``, or the run's last round), the model is cut to that width --
+   exactly the sub-model that was validated -- and trains on as an ordinary, smaller dense
+   network; if no narrower width fits, nothing is cut.  Pruning then stops.
+
+Each round's record has a ``nested`` entry (the state and, for a judgement, every width's
+size, accuracy, cost and whether it fits); ``summary.json`` a ``nested`` summary.  The state
+is a small JSON value in the checkpoint: the widths of a round are rebuilt from the global
+model, so a run resumes bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal, get_args
+
+import torch
+from torch import nn
+
+from .. import seeds
+from ..config import ConfigError, ExperimentConfig
+from ..metrics import count_flops, n_params
+from ..models import ModelSpec
+from ..pruning.widths import (
+    channel_scores,
+    gather_maps,
+    keep_of,
+    ladder,
+    sub_model,
+    sub_record,
+)
+from .auto import paired
+from .base import Nested, Pruner, PruneStep, Validate, validation_clients
+from .registry import register
+
+logger = logging.getLogger(__name__)
+
+Status = Literal["search", "stopped"]
+STATUSES: tuple[str, ...] = get_args(Status)
+
+
+@dataclass(frozen=True)
+class NestedState:
+    """The automatic method's state over a run (JSON-able; in every checkpoint)."""
+
+    status: Status = "search"
+    judged: tuple[dict[str, Any], ...] = ()  # every judgement: round, choice, each width
+    cut_round: int | None = None  # the round the model was cut (None: not cut)
+    widths: dict[str, int] | None = None  # the widths it was cut to
+    stopped_round: int | None = None
+    stop_reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"automatic method: unknown status {self.status!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "judged": list(self.judged)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NestedState:
+        return cls(**{**d, "judged": tuple(d.get("judged", ()))})
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+@register("auto")
+class NestedPruner(Pruner):
+    """The automatic method (module docstring); :attr:`state` is a new
+    :class:`NestedState` after every step."""
+
+    record_key = "nested"
+
+    def __init__(self, cfg: ExperimentConfig, **start: Any) -> None:
+        super().__init__(cfg, **start)
+        p = cfg.prune
+        if p.enabled and not self.val_pool:
+            raise ConfigError("prune.method = 'auto' measures each width on the clients' "
+                              "validation splits, and no client holds one: set "
+                              "data.val_fraction > 0 (the default is 0.1), or choose "
+                              "prune.method = 'boundary' or 'ratio'")
+        spec: ModelSpec = start["spec"]
+        self.full = {g["root"]: int(g["channels"]) for g in spec.record["groups"]}
+        self.ladder = ladder(self.full, p.round_to, p.min_channels)
+        self.flops_initial = int(start["flops_initial"])
+        self.state = NestedState()
+        if p.enabled and len(self.ladder) < 2:
+            self.state = NestedState(status="stopped", stopped_round=0,
+                                     stop_reason="no width narrower than the full one "
+                                     f"(prune.round_to = {p.round_to})")
+
+    # ------------------------------------------------------------------ the widths
+
+    def _records(self, model: nn.Module, spec: ModelSpec) -> list[dict[str, Any]]:
+        """The sub-model records of the ladder's widths, on ``model``'s L1 order now."""
+        scores = channel_scores(model, self.example)
+        return [sub_record(spec.record, scores, w) for w in self.ladder]
+
+    def _judging(self, rnd: int) -> bool:
+        p = self.cfg.prune
+        return (self.state.status == "search" and p.start_round <= rnd
+                and ((rnd - p.start_round) % p.interval == 0 or rnd >= p.max_prune_round
+                     or rnd == self.cfg.fed.rounds))
+
+    def nested(self, rnd: int, model: nn.Module, spec: ModelSpec, clients: Any
+               ) -> Nested | None:
+        if not self.cfg.prune.enabled or self.state.status != "search":
+            return None
+        records = self._records(model, spec)
+        models, maps, flops = [], [], []
+        for i, rec in enumerate(records):
+            if i == len(records) - 1:  # the full width: the model itself
+                sub, sspec = model, spec
+                m = {k: torch.arange(v.numel()) for k, v in model.state_dict().items()
+                     if v.is_floating_point()}
+            else:
+                sub = sub_model(model, rec, self.example)
+                sspec = replace(spec, record=rec)
+                m = gather_maps(model, rec, self.example)
+            models.append((sub, sspec))
+            maps.append(m)
+            flops.append(count_flops(sub, self.example))
+        assign = self._assign(rnd, clients, flops)
+        return Nested(tuple(models), tuple(maps), tuple(assign), tuple(flops))
+
+    def _assign(self, rnd: int, clients: Any, flops: list[int]) -> list[int]:
+        """The width each client trains: uniform over the ladder, over the widths whose
+        training (and, for a client that also validates this round, the validation of
+        every width) fits what a dense FedAvg client would spend."""
+        rng = seeds.width_draws(self.cfg.seed, rnd)
+        validating: set[int] = set()
+        if self._judging(rnd):
+            validating = set(validation_clients(self.cfg.seed, rnd, self.val_pool,
+                                                self.cfg.prune.val_clients))
+        epochs = self.cfg.train.local_epochs
+        full = flops[-1]
+        out = []
+        for c in clients:
+            draw = float(rng.random())
+            allowed = list(range(len(flops)))
+            if c in validating and self.train_sizes:
+                n, nv = self.train_sizes[c], self.val_sizes[c]
+                dense = 3 * self.flops_initial * n * epochs
+                val = sum(flops) * nv
+                allowed = [i for i, f in enumerate(flops) if 3 * f * n * epochs + val <= dense]
+                allowed = allowed or [0]
+            out.append(allowed[min(len(allowed) - 1, int(draw * len(allowed)))])
+        del full
+        return out
+
+    # ------------------------------------------------------------------ the round step
+
+    def after_aggregate(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate,
+                        last_round: bool = False) -> PruneStep:
+        if not self.cfg.prune.enabled:
+            return PruneStep(model, spec, False, False)
+        judged = None
+        if self.state.status == "search" and (self._judging(rnd) or last_round):
+            model, spec, changed, judged = self._judge(rnd, model, spec, validate, last_round)
+        else:
+            changed = False
+        record = self._record()
+        if judged is not None:
+            record["judged"] = judged
+        return PruneStep(model, spec, changed, changed, record)
+
+    def after_skipped(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate,
+                      last_round: bool = False) -> PruneStep | None:
+        """A round that averaged nothing: judged all the same at the last round (a run never
+        ends searching), else nothing but the record."""
+        if not self.cfg.prune.enabled:
+            return None
+        if last_round and self.state.status == "search":
+            return self.after_aggregate(rnd, model, spec, validate, last_round=True)
+        return PruneStep(model, spec, False, False, self._record())
+
+    def _record(self) -> dict[str, Any]:
+        st = self.state
+        return {"status": st.status, "cut_round": st.cut_round, "widths": st.widths,
+                "max_accuracy_drop": self.cfg.prune.max_accuracy_drop}
+
+    def _judge(self, rnd: int, model: nn.Module, spec: ModelSpec, validate: Validate,
+               last_round: bool) -> tuple[nn.Module, ModelSpec, bool, dict[str, Any]]:
+        p, st = self.cfg.prune, self.state
+        records = self._records(model, spec)
+        clients = validation_clients(self.cfg.seed, rnd, self.val_pool, p.val_clients)
+        v = validate(model, spec, clients, [keep_of(r) for r in records[:-1]])
+        widths = []
+        choice = len(records) - 1
+        for i, rec in enumerate(records[:-1]):
+            got = v.variants[i] if i < len(v.variants) else None
+            cost, se, k = paired(v, got) if got is not None else (math.nan, math.nan, 0)
+            bound = cost if p.confidence_z == 0 else (
+                cost + p.confidence_z * (se if math.isfinite(se) else math.inf))
+            fits = bool(k > 0 and math.isfinite(bound) and bound <= p.max_accuracy_drop)
+            sub = sub_model(model, rec, self.example)
+            widths.append({"widths": [len(g["kept"]) for g in rec["groups"]],
+                           "params": n_params(sub), "flops": count_flops(sub, self.example),
+                           "accuracy": _finite(got.accuracy) if got is not None else None,
+                           "cost": _finite(cost), "cost_se": _finite(se),
+                           "bound": _finite(bound), "clients": k, "fits": fits})
+            if fits and choice == len(records) - 1:
+                choice = i
+        previous = st.judged[-1]["choice"] if st.judged else None
+        final = (rnd >= p.max_prune_round or last_round or previous == choice)
+        verdict = {"round": rnd, "choice": choice,
+                   "chosen": [len(g["kept"]) for g in records[choice]["groups"]],
+                   "accuracy_full": _finite(v.accuracy), "samples": v.samples,
+                   "clients": len(v.clients), "widths": widths,
+                   "decision": "cut" if final and choice < len(records) - 1 else
+                               "keep" if final else "search on"}
+        self.state = replace(st, judged=(*st.judged, verdict))
+        logger.info("round %d: the narrowest width that fits is %s (%s)", rnd,
+                    verdict["chosen"], verdict["decision"])
+        if not final:
+            return model, spec, False, verdict
+        if choice == len(records) - 1:
+            self.state = replace(self.state, status="stopped", stopped_round=rnd,
+                                 stop_reason="no narrower width fits "
+                                             "prune.max_accuracy_drop")
+            return model, spec, False, verdict
+        rec = records[choice]
+        cut = sub_model(model, rec, self.example)
+        cspec = replace(spec, record=rec)
+        self.state = replace(self.state, status="stopped", stopped_round=rnd, cut_round=rnd,
+                             widths={g["root"]: len(g["kept"]) for g in rec["groups"]},
+                             stop_reason="cut to the narrowest width that fits" + (
+                                 "" if previous == choice else
+                                 " at the last judgement"))
+        logger.info("round %d: cut to widths %s (%d -> %d params)", rnd, verdict["chosen"],
+                    n_params(model), n_params(cut))
+        return cut, cspec, True, verdict
+
+    # ------------------------------------------------------------------ state
+
+    def state_entries(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        return {"nested": self.state.to_dict()}, None
+
+    def restore_entries(self, state: dict[str, Any], snapshot: dict[str, Any] | None) -> None:
+        if "nested" not in state:
+            raise ValueError("the checkpoint holds no state of prune.method = 'auto': it was "
+                             "written by a run with another method")
+        self.state = NestedState.from_dict(state["nested"])
+
+    def summary_entries(self, model: nn.Module) -> dict[str, Any]:
+        st = self.state
+        return {"prune_stopped_round": st.stopped_round,
+                "prune_steps": 1 if st.cut_round is not None else 0,
+                "nested": {"status": st.status, "stop_reason": st.stop_reason,
+                           "cut_round": st.cut_round, "widths": st.widths,
+                           "ladder": [list(w.values()) for w in self.ladder],
+                           "max_accuracy_drop": self.cfg.prune.max_accuracy_drop,
+                           "judged": list(st.judged)}}

@@ -1,0 +1,170 @@
+"""Nested widths of one model: aligned channel counts, the width ladder, and sub-models.
+
+A *width* of a model is a channel count for each prunable group (:func:`~.apply.
+initial_record`).  The automatic method (:mod:`fedprune.pruners.nested`) trains and
+validates several widths of the one model in flight: each is the model's *sub-model* that
+keeps, in every group, the channels of highest L1 norm (so the widths are nested: a
+narrower one keeps a subset of a wider one's channels).  A sub-model is an ordinary pruned
+model (its record names the original channels it keeps), so it travels, trains and is
+rebuilt like any other; :func:`gather_maps` says where each of its weights sits in the
+full model, so the server can average sub-models of different widths per coordinate.
+
+Widths are kept on hardware multiples (``prune.round_to``): ONNX Runtime's blocked conv path
+on x86 and XNNPACK's kernels run a conv fastest when its input channels are a multiple of
+the SIMD block (16 here), and much slower otherwise whatever the FLOPs.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .apply import (
+    RECORD_FORMAT,
+    RECORD_VERSION,
+    _build_graph,
+    _check_record,
+    _groups,
+    default_ignored_layers,
+    rebuild,
+)
+from .importance import group_l1_scores
+
+__all__ = ["aligned", "channel_scores", "gather_maps", "keep_of", "ladder", "record_from_keep",
+           "sub_model", "sub_record", "variant_models"]
+
+#: the widths of the ladder: the full width times 1/8, 2/8, ..., 8/8, each aligned
+LADDER_STEPS = 8
+
+
+def aligned(k: float, n: int, multiple: int, floor: int = 1) -> int:
+    """``k`` channels of a group of ``n``, on a multiple of ``multiple``: the nearest
+    multiple (half up), at least one multiple, at most ``n`` (a group of ``multiple``
+    channels or fewer keeps all of them, its width is not on a multiple anyway); and at
+    least ``floor``."""
+    if n < 1 or multiple < 1:
+        raise ValueError(f"aligned: need n >= 1 and multiple >= 1, got n={n}, "
+                         f"multiple={multiple}")
+    if multiple == 1:
+        kept = math.floor(k + 0.5)
+    elif n <= multiple:
+        kept = n
+    else:
+        kept = multiple * max(1, math.floor(k / multiple + 0.5))
+    return int(min(n, max(kept, floor, 1)))
+
+
+def ladder(widths: Mapping[str, int], multiple: int, floor: int = 1,
+           steps: int = LADDER_STEPS) -> list[dict[str, int]]:
+    """The candidate widths of a model whose groups have ``widths`` channels: the full
+    widths times ``i / steps`` (i = 1 ... steps), each group :func:`aligned`, duplicates
+    dropped; narrowest first, the full width last.  Every width keeps at most what the next
+    one keeps in every group (they are nested)."""
+    out: list[dict[str, int]] = []
+    for i in range(1, steps + 1):
+        w = {root: aligned(n * i / steps, n, multiple, floor) for root, n in widths.items()}
+        if i == steps:
+            w = dict(widths)
+        if not out or w != out[-1]:
+            out.append(w)
+    return out
+
+
+def channel_scores(model: nn.Module, example: torch.Tensor,
+                   ignored: Sequence[nn.Module] | None = None) -> dict[str, np.ndarray]:
+    """Each prunable group's L1 scores (one per output channel), by root."""
+    names = {m: n for n, m in model.named_modules()}
+    ignored = list(ignored) if ignored is not None else default_ignored_layers(model, example)
+    dg = _build_graph(model, example)
+    out = {}
+    for group in _groups(model, dg, ignored):
+        gs = group_l1_scores(group, dg, names)
+        out[gs.root] = gs.scores.numpy().astype(np.float64)
+    return out
+
+
+def _unpruned(record: dict[str, Any]) -> None:
+    _check_record(record)
+    for g in record["groups"]:
+        if g["kept"] != list(range(g["channels"])):
+            raise ValueError(f"nested widths need the unpruned model: group {g['root']!r} "
+                             f"keeps {len(g['kept'])} of {g['channels']} channels")
+
+
+def sub_record(record: dict[str, Any], scores: Mapping[str, np.ndarray],
+               widths: Mapping[str, int]) -> dict[str, Any]:
+    """The record of the unpruned model's sub-model that keeps, in each group, its
+    ``widths[root]`` channels of highest score (ties: the lower index), in channel order."""
+    _unpruned(record)
+    groups = []
+    for g in record["groups"]:
+        n, k = g["channels"], int(widths.get(g["root"], g["channels"]))
+        if not 1 <= k <= n:
+            raise ValueError(f"width {k} of group {g['root']!r} is not in [1, {n}]")
+        s = scores.get(g["root"])
+        if s is None or s.size != n:
+            kept = list(range(k))
+        else:
+            order = np.argsort(-s, kind="stable")  # highest first; ties by index
+            kept = sorted(int(i) for i in order[:k])
+        groups.append({**g, "kept": kept})
+    return {"format": RECORD_FORMAT, "version": RECORD_VERSION, "groups": groups}
+
+
+def keep_of(record: dict[str, Any]) -> dict[str, list[int]]:
+    """What travels to describe a sub-model: the kept channels of each group that is cut."""
+    return {g["root"]: list(g["kept"]) for g in record["groups"]
+            if len(g["kept"]) < g["channels"]}
+
+
+def record_from_keep(record: dict[str, Any], keep: Mapping[str, Sequence[int]]
+                     ) -> dict[str, Any]:
+    """The sub-model record that :func:`keep_of` describes, on the unpruned ``record``."""
+    _unpruned(record)
+    roots = {g["root"] for g in record["groups"]}
+    unknown = sorted(set(keep) - roots)
+    if unknown:
+        raise ValueError(f"sub-model: unknown groups {unknown[:3]}")
+    out = {"format": RECORD_FORMAT, "version": RECORD_VERSION,
+           "groups": [{**g, "kept": [int(i) for i in keep.get(g["root"], g["kept"])]}
+                      for g in record["groups"]]}
+    _check_record(out)
+    return out
+
+
+def sub_model(model: nn.Module, record: dict[str, Any], example: torch.Tensor) -> nn.Module:
+    """A copy of the unpruned ``model`` cut to the sub-model ``record`` (its weights are the
+    model's weights of the channels it keeps)."""
+    return rebuild(copy.deepcopy(model), record, example)
+
+
+def gather_maps(model: nn.Module, record: dict[str, Any], example: torch.Tensor
+                ) -> dict[str, torch.Tensor]:
+    """For each floating entry of the sub-model's state: the flat positions, in the unpruned
+    ``model``'s entry of the same name, of its values (so ``full[k].flatten()[maps[k]]`` is
+    the sub-model's ``k``, flattened)."""
+    probe = copy.deepcopy(model).to(torch.float64)
+    with torch.no_grad():
+        for t in list(probe.parameters()) + list(probe.buffers()):
+            if t.is_floating_point():
+                t.copy_(torch.arange(t.numel(), dtype=torch.float64).view_as(t))
+    rebuild(probe, record, example.to(torch.float64))
+    full = model.state_dict()
+    return {k: v.detach().reshape(-1).round().long()
+            for k, v in probe.state_dict().items()
+            if v.is_floating_point() and full[k].is_floating_point()}
+
+
+def variant_models(model: nn.Module, spec: Any, variants: Sequence[Mapping[str, Sequence[int]]]
+                   ) -> list[nn.Module]:
+    """The sub-models of the unpruned ``model`` (its :class:`~fedprune.models.ModelSpec`
+    ``spec``) that a validation query describes (:func:`keep_of` each): what a client
+    evaluates beside the model."""
+    example = spec.example_input()
+    return [sub_model(model, record_from_keep(spec.record, keep), example) for keep in variants]

@@ -1,0 +1,184 @@
+"""Averaging nested widths: each reply trained one width of the model, averaged coordinate by
+coordinate over the replies that hold it; and the automatic method's rounds end to end."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+from interrupt import Stop, stop_after
+from torch import nn
+
+from fedprune.config import from_dict
+from fedprune.federated import run_simulation
+from fedprune.federated.averaging import average_nested, average_round
+from fedprune.federated.transport import TrainReply
+from fedprune.pruners.nested import NestedPruner  # noqa: F401 - registers "auto"
+
+
+class Line(nn.Module):
+    """A 'model' of one weight vector of 4, whose widths keep its first 1, 2 or 4 values."""
+
+    def __init__(self, n: int = 4) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(n))
+
+
+def _fed(**over):
+    return from_dict({"fed": {"clip_factor": 0.0, **over}}).fed
+
+
+def _nested(full_values, widths, replies_values, counts, **fed):
+    """Average replies of the given widths (each a list of values for its first entries)."""
+    model = Line()
+    with torch.no_grad():
+        model.w.copy_(torch.tensor(full_values))
+    subs, maps = [], []
+    for k in widths:
+        sub = Line(k)
+        with torch.no_grad():
+            sub.w.copy_(model.w[:k])
+        subs.append(sub)
+        maps.append({"w": torch.arange(k)})
+    assign = [widths.index(len(v)) for v in replies_values]
+    replies = [TrainReply(i, ({"w": torch.tensor(v)},), n)
+               for i, (v, n) in enumerate(zip(replies_values, counts, strict=True))]
+    out = average_nested(1, _fed(**fed), model, subs, maps, assign, replies, arch_version=0,
+                         max_samples=None)
+    return model.w.detach().tolist(), out
+
+
+def test_each_coordinate_is_the_mean_over_the_replies_that_hold_it():
+    got, out = _nested([0.0, 0.0, 0.0, 9.0], [1, 2, 4],
+                       [[1.0], [3.0, 4.0], [5.0, 6.0, 7.0, 8.0]], [1, 1, 2])
+    # coordinate 0: (1 + 3 + 2 x 5) / 4; 1: (4 + 2 x 6) / 3; 2, 3: the one reply's
+    assert got == pytest.approx([3.5, 16 / 3, 7.0, 8.0])
+    assert out.clients == 3 and not out.skipped
+    # a coordinate no reply holds keeps its value
+    got, _ = _nested([0.0, 0.0, 0.0, 9.0], [1, 2, 4], [[1.0], [3.0, 4.0]], [1, 1])
+    assert got == pytest.approx([2.0, 4.0, 0.0, 9.0])
+
+
+def test_median_and_trimmed_mean_count_each_holder_once():
+    values = [[1.0], [2.0, 10.0], [3.0, 20.0, 1.0, 1.0], [100.0, 30.0, 2.0, 2.0]]
+    got, _ = _nested([0.0] * 4, [1, 2, 4], values, [5, 1, 1, 1], aggregator="median")
+    assert got == pytest.approx([2.5, 20.0, 1.5, 1.5])
+    got, _ = _nested([0.0] * 4, [1, 2, 4], values, [5, 1, 1, 1], aggregator="trimmed_mean",
+                     trim_fraction=0.25)
+    # coordinate 0: 1 2 3 100 -> 2 3; coordinate 1: 10 20 30 (trim 0) -> 20; 2, 3: 1 2
+    assert got == pytest.approx([2.5, 20.0, 1.5, 1.5])
+
+
+def test_at_one_width_it_is_the_usual_average():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    replies = []
+    for i in range(5):
+        state = {k: v + torch.randn_like(v) * (10.0 if i == 4 else 0.1)
+                 if v.is_floating_point() else v + i for k, v in model.state_dict().items()}
+        replies.append(TrainReply(i, (state,), 10 + i))
+    for fed in (dict(clip_factor=0.0), dict(clip_factor=3.0),
+                dict(aggregator="median", clip_factor=3.0),
+                dict(aggregator="trimmed_mean", trim_fraction=0.2, clip_factor=0.0)):
+        a, b = copy.deepcopy(model), copy.deepcopy(model)
+        maps = {k: torch.arange(v.numel()) for k, v in model.state_dict().items()
+                if v.is_floating_point()}
+        ra = average_round(1, _fed(**fed), [a], replies, arch_version=0, max_samples=None)
+        rb = average_nested(1, _fed(**fed), b, [copy.deepcopy(model)], [maps], [0] * 5,
+                            replies, arch_version=0, max_samples=None)
+        for k, v in a.state_dict().items():
+            assert torch.allclose(v.float(), b.state_dict()[k].float(), atol=1e-6), (fed, k)
+        assert [c.index for c in ra.clips] == [c.index for c in rb.clips]
+
+
+def test_a_reply_unfit_for_its_width_is_rejected_and_the_bound_scales_with_width():
+    # a reply of width 2 that sent 4 values, and one with NaN: both rejected
+    got, out = _nested([0.0] * 4, [1, 2, 4], [[1.0], [1.0, 2.0], [2.0, 2.0, 2.0, 2.0]],
+                       [1, 1, 1])
+    assert not out.rejections
+    model = Line()
+    subs = [Line(2), Line(4)]
+    maps = [{"w": torch.arange(2)}, {"w": torch.arange(4)}]
+    replies = [TrainReply(0, ({"w": torch.ones(4)},), 1),
+               TrainReply(1, ({"w": torch.tensor([math.nan, 1.0])},), 1),
+               TrainReply(2, ({"w": torch.ones(4)},), 1)]
+    out = average_nested(1, _fed(min_replies=1), model, subs, maps, [0, 0, 1], replies,
+                         arch_version=0, max_samples=None)
+    assert [r.index for r in out.rejections] == [0, 1] and out.clients == 1
+    # root-mean-square per coordinate: a wide update twice as long is not clipped for it,
+    # one ten times longer per coordinate is
+    replies = [TrainReply(0, ({"w": torch.ones(2)},), 1),
+               TrainReply(1, ({"w": torch.ones(2)},), 1),
+               TrainReply(2, ({"w": torch.ones(4)},), 1),
+               TrainReply(3, ({"w": torch.full((4,), 10.0)},), 1)]
+    out = average_nested(1, _fed(clip_factor=3.0), Line(), subs, maps, [0, 0, 1, 1], replies,
+                         arch_version=0, max_samples=None)
+    assert [c.index for c in out.clips] == [3]
+
+
+# ----------------------------------------------------------------------------- end to end
+
+TINY = {"threads": 1, "data": {"num_clients": 6, "val_fraction": 0.2},
+        "train": {"local_epochs": 1},
+        "fed": {"rounds": 8, "clients_per_round": 4, "eval_every": 2},
+        "prune": {"method": "auto", "round_to": 8, "max_accuracy_drop": 0.5,
+                  "start_round": 3, "interval": 2, "max_prune_round": 7}}
+
+
+def _rows(d):
+    return [json.loads(x) for x in (d / "rounds.jsonl").read_text().splitlines()]
+
+
+def test_the_automatic_method_searches_in_flight_cuts_once_and_never_costs_more_than_dense(
+        tmp_path):
+    res = run_simulation(from_dict(TINY), tmp_path / "run")
+    s, rows = res.summary, _rows(tmp_path / "run")
+    nested = s["nested"]
+    assert nested["ladder"][-1] == [32, 64] and nested["ladder"][0] == [8, 8]
+    assert nested["cut_round"] in (5, 7) and s["prune_steps"] == 1
+    assert list(s["widths_final"].values()) != [32, 64]
+    cut = nested["cut_round"]
+    judged = [r for r in rows if (r["nested"] or {}).get("judged")]
+    assert [r["round"] for r in judged] == list(range(3, cut + 1, 2))
+    last = judged[-1]["nested"]["judged"]
+    # every narrower width measured in one query per client, the chosen one the narrowest
+    # that fits
+    assert len(last["widths"]) == len(nested["ladder"]) - 1
+    fits = [w["fits"] for w in last["widths"]]
+    assert last["chosen"] == last["widths"][fits.index(True)]["widths"]
+    assert judged[-2]["nested"]["judged"]["chosen"] == last["chosen"] or cut == 7
+    # no client spends more than a dense FedAvg client on the same samples, in any round
+    assert max(r["client_flops_peak"] for r in rows) <= 1.0
+    assert s["client_flops_peak"] <= 1.0
+    # less traffic and compute than dense, while searching too
+    for r in rows[:cut]:
+        assert r["messages"]["train"] == 4
+    assert s["bytes_total"] < s["bytes_total_dense"]
+    assert s["client_flops_total"] < s["client_flops_total_dense"]
+    # after the cut: the small model, trained as an ordinary one
+    assert all(r["widths"] == s["widths_final"] for r in rows[cut:])
+
+
+@pytest.mark.parametrize("stop_at", [2, 3, 6])
+def test_a_resumed_search_ends_bit_identical(tmp_path, stop_at):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    ref = run_simulation(from_dict(TINY), full)
+    with pytest.raises(Stop):
+        run_simulation(from_dict(TINY), cut, on_round=stop_after(stop_at))
+    res = run_simulation(from_dict(TINY), cut, resume=True)
+    a, b = ref.model.state_dict(), res.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    assert strip(_rows(full)) == strip(_rows(cut))
+
+
+def test_without_a_narrower_width_nothing_is_searched(tmp_path):
+    cfg = from_dict({**TINY, "model": {"widths": [8, 16]},
+                     "prune": {**TINY["prune"], "round_to": 16}})
+    res = run_simulation(cfg, tmp_path / "run")
+    assert res.summary["nested"]["status"] == "stopped"
+    assert "no width narrower" in res.summary["nested"]["stop_reason"]
+    assert res.summary["bytes_total"] == res.summary["bytes_total_dense"]

@@ -1,0 +1,132 @@
+"""Nested widths: aligned channel counts, the ladder, sub-models and where their weights sit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from nets import ConcatNet, ResidualNet
+
+from fedprune.models import new_model
+from fedprune.pruning import RatioRule, initial_record, prune_model
+from fedprune.pruning.widths import (
+    aligned,
+    channel_scores,
+    gather_maps,
+    keep_of,
+    ladder,
+    record_from_keep,
+    sub_model,
+    sub_record,
+    variant_models,
+)
+
+
+def test_aligned_rounds_to_the_nearest_multiple_within_the_group():
+    assert aligned(24, 32, 16) == 32  # half up
+    assert aligned(23.9, 32, 16) == 16
+    assert aligned(4, 32, 16) == 16  # at least one multiple
+    assert aligned(40, 64, 16) == 48 and aligned(39, 64, 16) == 32
+    assert aligned(8, 16, 16) == 16 and aligned(3, 8, 16) == 8  # a small group stays whole
+    assert aligned(72, 72, 16) == 72 and aligned(70, 72, 16) == 64  # never more than n
+    assert aligned(21, 32, 1) == 21 and aligned(20.5, 32, 1) == 21
+    assert aligned(2, 64, 1, floor=4) == 4
+    with pytest.raises(ValueError):
+        aligned(3, 0, 16)
+
+
+@given(n=st.integers(1, 300), k=st.floats(0, 300), m=st.sampled_from([1, 2, 4, 8, 16, 32]))
+def test_aligned_is_a_multiple_or_the_whole_group(n, k, m):
+    a = aligned(k, n, m)
+    assert 1 <= a <= n
+    assert a == n or a % m == 0
+
+
+def test_the_ladder_is_nested_aligned_and_ends_at_the_full_width():
+    widths = {"a": 32, "b": 64, "c": 16, "d": 96}
+    steps = ladder(widths, 16)
+    assert steps[-1] == widths
+    assert [list(w.values()) for w in steps][:2] == [[16, 16, 16, 16], [16, 16, 16, 32]]
+    for lo, hi in zip(steps, steps[1:], strict=False):
+        assert lo != hi and all(lo[r] <= hi[r] for r in widths)
+        assert all(w % 16 == 0 for w in lo.values())
+    assert ladder({"a": 16, "b": 8}, 16) == [{"a": 16, "b": 8}]  # nothing narrower
+    assert len(ladder({"a": 32, "b": 64}, 1)) == 8
+
+
+def _example(shape=(1, 1, 28, 28)):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: (new_model("cnn_femnist", num_classes=10, in_channels=1, image_size=28,
+                       widths=None, seed=0)[0], (1, 1, 28, 28)),
+    lambda: (ResidualNet(c=8), (1, 1, 8, 8)),
+    lambda: (ConcatNet(), (1, 1, 8, 8)),
+    lambda: (new_model("inception", num_classes=10, in_channels=1, image_size=28,
+                       widths=None, seed=0)[0], (1, 1, 28, 28)),
+], ids=["cnn", "residual-bn", "concat", "inception"])
+def test_gather_maps_place_every_sub_model_weight_in_the_full_model(make):
+    model, shape = make()
+    x = _example(shape)
+    model.eval()
+    record = initial_record(model, x)
+    full = {g["root"]: g["channels"] for g in record["groups"]}
+    scores = channel_scores(model, x)
+    for widths in ladder(full, 4 if max(full.values()) <= 16 else 16)[:-1]:
+        rec = sub_record(record, scores, widths)
+        sub = sub_model(model, rec, x)
+        maps = gather_maps(model, rec, x)
+        state, whole = sub.state_dict(), model.state_dict()
+        assert set(maps) == {k for k, v in state.items() if v.is_floating_point()}
+        for k, pos in maps.items():
+            assert torch.equal(whole[k].reshape(-1)[pos].view_as(state[k]), state[k]), k
+            assert len(set(pos.tolist())) == pos.numel()  # one place each
+        sub.eval()
+        assert sub(x).shape == model(x).shape
+        # the sub-model is what zeroing the other channels of the full model computes, for
+        # a net without BatchNorm statistics between the cut and the output
+        # (checked on the plain CNN only: gather maps are exact for every net above)
+
+
+def test_sub_records_keep_the_highest_scores_or_the_first_channels():
+    model, spec = new_model("cnn_femnist", num_classes=10, in_channels=1, image_size=28,
+                            widths=None, seed=0)
+    x = spec.example_input()
+    scores = channel_scores(model, x)
+    rec = sub_record(spec.record, scores, {"features.0": 16, "features.3": 32})
+    for g in rec["groups"]:
+        s = scores[g["root"]]
+        top = sorted(int(i) for i in np.argsort(-s, kind="stable")[:len(g["kept"])])
+        assert g["kept"] == top
+    prefix = sub_record(spec.record, {}, {"features.0": 16, "features.3": 32})
+    assert [g["kept"] for g in prefix["groups"]] == [list(range(16)), list(range(32))]
+    # what travels in a query describes the same sub-model
+    assert record_from_keep(spec.record, keep_of(rec)) == rec
+    a = sub_model(model, rec, x)
+    (b,) = variant_models(model, spec, [keep_of(rec)])
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    with pytest.raises(ValueError, match="unknown groups"):
+        record_from_keep(spec.record, {"nope": [0]})
+    with pytest.raises(ValueError, match="not in"):
+        sub_record(spec.record, scores, {"features.0": 33})
+    pruned = prune_model(model, x, RatioRule(0.5), record=spec.record).record
+    with pytest.raises(ValueError, match="unpruned"):
+        sub_record(pruned, scores, {})
+
+
+def test_ratio_rule_rounds_the_kept_channels_to_its_multiple():
+    s = np.arange(64, dtype=float)
+    assert int(RatioRule(0.5, round_to=16).decide(s).keep.sum()) == 32
+    assert int(RatioRule(0.25, round_to=16).decide(s).keep.sum()) == 48
+    assert int(RatioRule(0.75, round_to=16).decide(s).keep.sum()) == 16
+    assert int(RatioRule(0.75, round_to=16).decide(s[:32]).keep.sum()) == 16  # 8 -> 16
+    assert int(RatioRule(0.25, round_to=16).decide(s[:32]).keep.sum()) == 32  # 24 -> 32
+    assert int(RatioRule(0.6, round_to=16).decide(s[:16]).keep.sum()) == 16  # whole
+    assert int(RatioRule(0.25, round_to=1).decide(s[:32]).keep.sum()) == 24
+    keep = RatioRule(0.75, round_to=16).decide(s).keep
+    assert keep[-16:].all() and not keep[:-16].any()  # the lowest go first, as before
+    with pytest.raises(ValueError, match="round_to"):
+        RatioRule(0.5, round_to=0)
