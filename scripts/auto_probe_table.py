@@ -15,7 +15,7 @@ The probe runs (Fashion-MNIST, the ``auto`` suite's setting; S = 0, 1, 2)::
       --set threads=1 --set data.name=fashion-mnist --set data.num_clients=100 \\
       --set data.alpha=0.5 --set data.max_test_samples=2000 --set train.local_epochs=1 \\
       --set fed.rounds=100 --set fed.clients_per_round=10 --set model.name=inception \\
-      --set prune.method=auto --set prune.start_round=30 --set prune.max_prune_round=90 \\
+      --set prune.method=auto-paired --set prune.start_round=30 --set prune.max_prune_round=90 \\
       --set prune.interval=2 --set prune.judgements=30 --set prune.max_accuracy_drop=0 \\
       --set prune.step=0.75 --set prune.min_step=0.75
 

@@ -13,7 +13,9 @@ from fedprune.federated.meter import (
     ClientCompute,
     Content,
     answer_content,
+    keep_json,
     message_bytes,
+    query_content,
     reply_content,
     train_content,
 )
@@ -94,3 +96,39 @@ def test_a_flower_message_measures_as_the_content_it_was_packed_from():
     # a numpy array measures as it travels
     arrays = ArrayRecord.from_numpy_ndarrays([np.zeros((2, 3), dtype=np.float16)])
     assert message_bytes(Content({"a": dict(arrays.items())}, {})) == 12
+
+
+def test_a_query_of_nested_widths_carries_their_kept_channels_not_their_weights():
+    w = torch.zeros(3, 4)
+    keeps = [{"conv": [0, 2]}, {"conv": [0, 1, 2], "conv2": [5]}]
+    plain = query_content(({"w": w}, "{}"), experiment="ab")
+    nested = query_content(({"w": w}, "{}"), experiment="ab", variants=keeps)
+    # one copy of the weights; each width as the JSON of its kept channels
+    assert message_bytes(nested) - message_bytes(plain) == sum(len(keep_json(k)) for k in keeps)
+    assert keep_json(keeps[1]) == '{"conv":[0,1,2],"conv2":[5]}'
+    # the answer: accuracy and loss of each width, two numbers each
+    assert (message_bytes(answer_content(7, (0.5, 10, 1.2), [(0.4, 1.3), (0.5, 1.2)]))
+            == (4 + 4) * NUMBER_BYTES)
+
+
+def test_train_and_validate_one_client_add_up_to_the_round():
+    compute = ClientCompute(train_sizes=[10, 20], val_sizes=[1, 2], epochs=3)
+    assert compute.train_one(100, 1) + compute.train_one(100, 0) == compute.train([100], [0, 1])
+    assert compute.validate_one(100, 1) == compute.validate(100, [1])
+
+
+def test_a_validation_answer_needs_every_width_asked():
+    from flwr.app import Message, MessageType, RecordDict
+
+    from fedprune.flower.client_app import client_app
+    from fedprune.flower.grid import LocalGrid
+    from fedprune.flower.messages import to_reply, validation_answer
+
+    LocalGrid(client_app, [])
+    query = Message(RecordDict(), dst_node_id=1, message_type=MessageType.QUERY)
+    full = to_reply(answer_content(3, (0.5, 10, 1.2), [(0.4, 1.3)]), query)
+    assert validation_answer(full, 1) == ((0.5, 10, 1.2), [(0.4, 1.3)])
+    assert validation_answer(full, 0) == ((0.5, 10, 1.2), [])
+    assert validation_answer(full, 2) is None  # a width asked and not answered
+    bad = to_reply(answer_content(3, (0.5, 10, 1.2), [(1.5, 1.3)]), query)
+    assert validation_answer(bad, 1) is None  # an accuracy outside [0, 1]

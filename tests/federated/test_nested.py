@@ -182,3 +182,84 @@ def test_without_a_narrower_width_nothing_is_searched(tmp_path):
     assert res.summary["nested"]["status"] == "stopped"
     assert "no width narrower" in res.summary["nested"]["stop_reason"]
     assert res.summary["bytes_total"] == res.summary["bytes_total_dense"]
+
+
+def test_chunking_changes_no_bit(monkeypatch):
+    import fedprune.federated.averaging as averaging
+
+    values = [[1.0], [2.0, 10.0], [3.0, 20.0, 1.0, 1.0], [100.0, 30.0, 2.0, 2.0]]
+    for agg in ("fedavg", "median", "trimmed_mean"):
+        whole, _ = _nested([0.5] * 4, [1, 2, 4], values, [5, 1, 1, 1], aggregator=agg,
+                           trim_fraction=0.25)
+        monkeypatch.setattr(averaging, "CHUNK", 3)
+        chunked, _ = _nested([0.5] * 4, [1, 2, 4], values, [5, 1, 1, 1], aggregator=agg,
+                             trim_fraction=0.25)
+        monkeypatch.undo()
+        assert chunked == whole
+
+
+def _pruner(prune=None, rounds=20, **over):
+    from fedprune.metrics import count_flops, n_params
+    from fedprune.models import new_model
+    from fedprune.pruners import make_pruner
+
+    cfg = from_dict({**TINY, "fed": {**TINY["fed"], "rounds": rounds},
+                     "prune": {**TINY["prune"], **(prune or {})}, **over})
+    model, spec = new_model("cnn_femnist", num_classes=10, in_channels=1, image_size=28,
+                            widths=None, seed=0)
+    x = spec.example_input()
+    pruner = make_pruner(cfg, model=model, spec=spec, example=x,
+                         params_initial=n_params(model), flops_initial=count_flops(model, x),
+                         num_clients=6, has_validation=[True] * 6, train_sizes=[50] * 6,
+                         val_sizes=[10] * 6)
+    return pruner, model, spec
+
+
+def test_a_judgement_nobody_answered_measures_nothing_and_counts_for_nothing():
+    from fedprune.pruners import Validation
+
+    pruner, model, spec = _pruner()
+    silent = lambda m, s, ids, variants=(): Validation(math.nan, 0, math.nan)  # noqa: E731
+    for rnd in (3, 5):
+        pruner.nested(rnd, model, spec, [0, 1, 2, 3])
+        step = pruner.after_aggregate(rnd, model, spec, silent)
+        assert step.record["judged"]["decision"] == "unanswered" and not step.changed
+        assert pruner.state.status == "search"
+    pruner.nested(7, model, spec, [0, 1, 2, 3])
+    step = pruner.after_aggregate(7, model, spec, silent)  # the deadline
+    assert pruner.state.status == "stopped" and not step.changed
+    assert "no client answered" in pruner.state.stop_reason
+
+
+def test_nothing_fitting_is_final_only_at_the_deadline():
+    from fedprune.pruners import Validation
+
+    pruner, model, spec = _pruner()
+    n = len(pruner.ladder) - 1
+    ids = [0, 1, 2]
+
+    def costly(m, s, clients, variants=()):
+        # the full width right on every sample, every narrower width wrong on every one
+        full = Validation(1.0, 30, 0.1, tuple((c, 1.0, 10) for c in ids))
+        wrong = Validation(0.0, 30, 3.0, tuple((c, 0.0, 10) for c in ids))
+        return full._replace(variants=(wrong,) * n)
+
+    for rnd, decision in ((3, "search on"), (5, "search on"), (7, "keep")):
+        pruner.nested(rnd, model, spec, [0, 1, 2, 3])
+        step = pruner.after_aggregate(rnd, model, spec, costly)
+        assert step.record["judged"]["decision"] == decision and not step.changed
+    assert pruner.state.status == "stopped" and pruner.state.cut_round is None
+
+
+def test_a_client_without_room_to_validate_is_excused_and_none_spends_more_than_dense(
+        tmp_path):
+    # one local epoch and half of each client's samples held out: validating every width
+    # leaves no room for training the full width, and for a wide validation split none
+    cfg = from_dict({**TINY, "data": {"num_clients": 6, "val_fraction": 0.6},
+                     "prune": {**TINY["prune"], "round_to": 4, "val_clients": 6}})
+    res = run_simulation(cfg, tmp_path / "run")
+    rows = _rows(tmp_path / "run")
+    assert max(r["client_flops_peak"] for r in rows) <= 1.0
+    judged = [r["nested"]["judged"] for r in rows if (r["nested"] or {}).get("judged")]
+    assert judged and all(j["clients"] < 6 for j in judged)  # some were excused
+    assert res.summary["client_flops_peak"] <= 1.0

@@ -25,8 +25,8 @@ TINY = {
     "threads": 1, "data": {"num_clients": 4, "val_fraction": 0.2},
     "model": {"widths": [8, 16]}, "train": {"local_epochs": 1, "engine": "per_client"},
     "fed": {"rounds": 4, "clients_per_round": 2, "eval_every": 1},
-    "prune": {"start_round": 2, "max_prune_round": 3, "interval": 1, "k": 0.5,
-              "max_fraction": 0.4},
+    "prune": {"method": "auto-paired", "start_round": 2, "max_prune_round": 3, "interval": 1,
+              "k": 0.5, "max_fraction": 0.4},
 }
 
 
@@ -90,7 +90,8 @@ def test_flower_runs_read_like_loop_runs(runs):
     # only what differs goes in the setting column; the rest is said once below the table
     assert re.search(r"^rule +in-process +4 ", table, re.M), table
     assert re.search(r"^flower +Flower +4 ", table, re.M), table
-    assert "all runs: digits (4 clients); cnn_femnist [8, 16]; auto, max drop 1 pt;" in table
+    assert ("all runs: digits (4 clients); cnn_femnist [8, 16]; auto-paired, max drop 1 pt;"
+            in table)
 
 
 def test_an_unfinished_run_is_read_from_its_last_round(runs):
@@ -276,7 +277,7 @@ def test_bytes_and_client_flops_are_shown_as_ratios_to_dense_fedavg(runs):
     dense, auto = read_run(runs["dense"]), read_run(runs["rule"])
     # dense FedAvg spends exactly its own dense-equivalent: the meter counts both alike
     assert dense.bytes_vs_dense == 1.0 and dense.client_flops_vs_dense == 1.0
-    # the automatic method's search trains and sends trial models beside the global one
+    # the earlier automatic method's search trains and sends trial models beside the global one
     assert auto.client_flops_vs_dense > 1.0 and auto.bytes_vs_dense > 1.0
     table = format_table([dense, auto])
     header, *_ = table.splitlines()

@@ -115,7 +115,8 @@ def test_the_methods_share_one_class_where_they_share_the_code():
 
 
 def test_an_unknown_method_is_refused_with_the_known_ones_named():
-    with pytest.raises(ValueError, match=r"unknown pruning method 'nonesuch'.*auto, boundary"):
+    with pytest.raises(ValueError,
+                       match=r"unknown pruning method 'nonesuch'.*auto, auto-paired, boundary"):
         _make(_cfg("nonesuch"))
     with pytest.raises(ValueError, match="already registered"):
         register("auto")(QuarterOnce)

@@ -130,3 +130,25 @@ def test_ratio_rule_rounds_the_kept_channels_to_its_multiple():
     assert keep[-16:].all() and not keep[:-16].any()  # the lowest go first, as before
     with pytest.raises(ValueError, match="round_to"):
         RatioRule(0.5, round_to=0)
+
+
+def test_groups_split_into_blocks_are_left_whole_by_nested_widths():
+    from nets import DepthwiseNet
+
+    from fedprune.pruning.widths import fixed_groups
+
+    model = DepthwiseNet().eval()
+    x = _example((1, 1, 8, 8))
+    record = initial_record(model, x)
+    fixed = fixed_groups(model, x)
+    widths = {g["root"]: g["channels"] for g in record["groups"]}
+    # the conv feeding the depthwise conv and the pointwise conv feeding the grouped one
+    assert fixed and fixed <= set(widths)
+    assert fixed_groups(ResidualNet(c=8).eval(), x) == set()
+    # a width that keeps such a group whole is an ordinary sub-model
+    steps = [{r: (widths[r] if r in fixed else w) for r, w in step.items()}
+             for step in ladder(widths, 2)]
+    scores = channel_scores(model, x)
+    for w in steps[:-1]:
+        sub = sub_model(model, sub_record(record, scores, w), x).eval()
+        assert sub(x).shape == model(x).shape

@@ -9,7 +9,7 @@ import pytest
 
 from fedprune.models import scaled_widths
 from fedprune.reproduce import get_suite, plan_suite
-from fedprune.reproduce.tables import Cell, RunData, auto_checks, rows_of
+from fedprune.reproduce.tables import Cell, RunData, auto_checks, efficiency_checks, rows_of
 
 
 def _plan(tmp_path, fashion_mnist_dir, **kw):
@@ -20,8 +20,8 @@ def _plan(tmp_path, fashion_mnist_dir, **kw):
 def test_auto_suite_plan_holds_everything_but_the_method_equal(tmp_path, fashion_mnist_dir,
                                                                no_default_fashion):
     plan = _plan(tmp_path, fashion_mnist_dir)
-    # 5 settings x 7 methods x 3 seeds now; the 15 from-scratch runs wait for their source
-    assert len(plan.runs) == 5 * 7 * 3 and len(plan.deferred) == 5 * 3
+    # 5 settings x 8 methods x 3 seeds now; the 15 from-scratch runs wait for their source
+    assert len(plan.runs) == 5 * 8 * 3 and len(plan.deferred) == 5 * 3
     assert {s.model for s, *_ in plan.deferred} == {"cnn_femnist", "cnn_femnist_a01",
                                                     "resnet7", "inception"}
     assert all("waits for" in why and "/auto/seed" in why for *_, why in plan.deferred)
@@ -33,15 +33,20 @@ def test_auto_suite_plan_holds_everything_but_the_method_equal(tmp_path, fashion
         for seed in (0, 1, 2):
             cfgs = [r.config.to_dict() for r in plan.runs
                     if (r.setting.dataset, r.setting.model) == key and r.seed == seed]
-            assert len(cfgs) == 7
+            assert len(cfgs) == 8
             rest = [{k: v for k, v in c.items() if k != "prune"} for c in cfgs]
             assert all(c == rest[0] for c in rest)  # only prune.* differs
             assert rest[0]["data"]["val_fraction"] == 0.1  # the same split for every method
     by = {(r.setting.model, r.method.name): r.config for r in plan.runs if r.seed == 0
           and r.setting.dataset == "fashion-mnist"}
     auto = by[("cnn_femnist", "auto")]
+    # the default's own window and widths on multiples of 16; the earlier method's window
     assert (auto.prune.method, auto.prune.start_round, auto.prune.max_prune_round,
-            auto.prune.interval, auto.prune.max_accuracy_drop) == ("auto", 30, 60, 2, 0.01)
+            auto.prune.interval, auto.prune.max_accuracy_drop,
+            auto.prune.round_to) == ("auto", 20, 40, 2, 0.01, 16)
+    paired = by[("cnn_femnist", "auto-paired")].prune
+    assert (paired.method, paired.start_round, paired.max_prune_round, paired.interval) == (
+        "auto-paired", 30, 60, 2)
     assert auto.data.num_clients == 100 and auto.fed.rounds == 100
     assert auto.data.max_test_samples == 2000 and auto.train.local_epochs == 1
     assert by[("cnn_femnist_a01", "auto")].data.alpha == 0.1
@@ -49,8 +54,8 @@ def test_auto_suite_plan_holds_everything_but_the_method_equal(tmp_path, fashion
     assert by[("inception", "auto")].fed.rounds == 100
     for r in (0.25, 0.5, 0.75):
         ratio = by[("cnn_femnist", f"ratio{round(100 * r)}")].prune
-        assert (ratio.method, ratio.ratio, ratio.start_round, ratio.max_prune_round) == (
-            "ratio", r, 30, 30)
+        assert (ratio.method, ratio.ratio, ratio.start_round, ratio.max_prune_round,
+                ratio.round_to) == ("ratio", r, 30, 30, 16)
     assert by[("cnn_femnist", "fedprune-low")].prune.method == "boundary"
     digits = next(r.config for r in plan.runs if r.setting.dataset == "digits"
                   and r.method.name == "auto" and r.seed == 0)
@@ -116,6 +121,36 @@ def test_auto_checks_state_each_target_with_its_numbers(tmp_path, auto_accs, aut
              "auto": _cell(setting, "auto", auto_accs, auto_cut),
              "ratio25": _cell(setting, "ratio25", [0.83, 0.825, 0.825], 0.414),
              "ratio50": _cell(setting, "ratio50", [0.81, 0.81, 0.81], 0.72)}
-    lines = auto_checks(rows_of(cells), cells)
+    lines = auto_checks(rows_of(cells), cells)[:3]
     assert [("NOT met" if "**NOT met**" in line else "met") for line in lines] == verdicts
     assert "fixed ratio 25 %" in lines[1] and "41.4%" in lines[1]  # the largest within 1 point
+
+
+def _efficient(setting, seed, bytes_ratio, flops_ratio, peak, latency):
+    return RunData(seed, {
+        "accuracy": 0.83, "params_final": 250, "params_initial": 1000, "flops_final": 300,
+        "flops_initial": 1000, "bytes_total": 1000 * bytes_ratio, "bytes_total_dense": 1000,
+        "client_flops_total": 1000 * flops_ratio, "client_flops_total_dense": 1000,
+        "client_flops_peak": peak, "seconds": 1.0, "widths_final": {"a": 1}}, [],
+        {"ratio": latency})
+
+
+@pytest.mark.parametrize(("runs", "verdicts"), [
+    # params share 0.25, FLOPs share 0.30: bars 0.40, 0.45, peak 1, latency 0.30 + 0.225
+    ([(0.39, 0.44, 1.0, 0.52), (0.40, 0.45, 0.9, 0.5)], ["met", "met", "met", "met"]),
+    ([(0.39, 0.44, 1.0, 0.52), (0.41, 0.45, 0.9, 0.5)], ["NOT met", "met", "met", "met"]),
+    ([(0.39, 0.46, 1.01, 0.6)], ["met", "NOT met", "NOT met", "NOT met"]),
+])
+def test_the_efficiency_bars_hold_for_every_seed(runs, verdicts):
+    setting = get_suite("auto").settings[0]  # CNN-FEMNIST: the latency bar of its FLOPs
+    auto = Cell(setting, "auto", len(runs))
+    auto.runs = [_efficient(setting, i, *r) for i, r in enumerate(runs)]
+    dense = _cell(setting, "dense", [0.83] * len(runs), 0.0)
+    for r in dense.runs:
+        r.summary.update(bytes_total=1000, client_flops_total=1000)
+    lines = efficiency_checks({"dense": dense, "auto": auto})
+    assert [("NOT met" if "**NOT met**" in line else "met") for line in lines] == verdicts
+    assert "0.390 <= 0.400" in lines[0]
+    resnet = next(s for s in get_suite("auto").settings if s.model == "resnet7")
+    auto.setting = resnet
+    assert "latency vs dense at most 1.0" in efficiency_checks({"auto": auto})[-1]

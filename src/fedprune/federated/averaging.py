@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..config import FedConfig
-from .aggregate import Clip, Rejection, robust_aggregate, screen_replies
+from .aggregate import CHUNK, Clip, Rejection, robust_aggregate, screen_replies
 from .transport import TrainReply
 from .wire import round_model, round_trip
 
@@ -190,13 +190,17 @@ def average_nested(rnd: int, fed: FedConfig, model: nn.Module,
             new[key] = _integer_value([replies[i].states[0][key] for i, _, _ in accepted],
                                       [n for _, _, n in accepted], ref, fed)
             continue
-        rows = torch.full((len(updates), ref.numel()), math.nan, dtype=torch.float64)
-        for j, (_, u, _) in enumerate(updates):
-            pos, val = u[key]
-            rows[j, pos] = val
-        delta, held = _per_coordinate(rows, [n for _, _, n in updates], fed)
         out = ref.detach().to(torch.float64).reshape(-1).clone()
-        out[held] += delta[held]
+        for start in range(0, ref.numel(), CHUNK):  # bounds memory: replies x CHUNK values
+            stop = min(ref.numel(), start + CHUNK)
+            rows = torch.full((len(updates), stop - start), math.nan, dtype=torch.float64)
+            for j, (_, u, _) in enumerate(updates):
+                pos, val = u[key]
+                sel = (pos >= start) & (pos < stop)
+                rows[j, pos[sel] - start] = val[sel]
+            delta, held = _per_coordinate(rows, [n for _, _, n in updates], fed)
+            part = out[start:stop]
+            part[held] += delta[held]
         new[key] = out.view_as(ref).to(ref.dtype)
     model.load_state_dict(new)
     round_model(model, wire)

@@ -185,10 +185,10 @@ def _client_validate(runtime: ClientRuntime, msg: Message, context: Context) -> 
         if not isinstance(keep, dict):
             raise TypeError(f"{variant_key(len(keeps))} is not a mapping of kept channels")
         keeps.append(keep)
-    nets = [model] + variant_models(model, ModelSpec.from_json(spec_json), keeps)
     client = runtime.data(cfg).clients[pid]
     answer, subs = None, []
     if client.val_y is not None and len(client.val_y) > 0:
+        nets = [model] + variant_models(model, ModelSpec.from_json(spec_json), keeps)
         on = runtime.on_device(cfg, _device(context, cfg))
         x, y = on.get(pid, "val_x"), on.get(pid, "val_y")
         figures = [evaluate(n.to(on.device), x, y, transform=on.transform) for n in nets]

@@ -166,7 +166,7 @@ class AutoPruner(Pruner):
     def __init__(self, cfg: ExperimentConfig, **start: Any) -> None:
         super().__init__(cfg, **start)
         if cfg.prune.enabled and not self.val_pool:
-            raise ConfigError("prune.method = 'auto' validates each cut on the clients' "
+            raise ConfigError("prune.method = 'auto-paired' validates each cut on the clients' "
                               "validation splits, and no client holds one: set "
                               "data.val_fraction > 0 (the default is 0.1), or choose "
                               "prune.method = 'boundary' or 'ratio'")
@@ -343,8 +343,8 @@ class AutoPruner(Pruner):
 
     def restore_entries(self, state: dict[str, Any], snapshot: dict[str, Any] | None) -> None:
         if "auto" not in state:
-            raise ValueError("the checkpoint holds no state of prune.method = 'auto': it was "
-                             "written by a run with another method")
+            raise ValueError("the checkpoint holds no state of prune.method = 'auto-paired': it "
+                             "was written by a run with another method")
         self.state = AutoState.from_dict(state["auto"])
         snapshot = snapshot or {}
 

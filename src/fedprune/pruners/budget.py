@@ -62,10 +62,12 @@ class BudgetPruner(Pruner):
 
     def __init__(self, cfg: ExperimentConfig, *, model: nn.Module, spec: ModelSpec,
                  example: torch.Tensor, params_initial: int, flops_initial: int,
-                 num_clients: int, has_validation: Sequence[bool]) -> None:
+                 num_clients: int, has_validation: Sequence[bool],
+                 train_sizes: Sequence[int] = (), val_sizes: Sequence[int] = ()) -> None:
         super().__init__(cfg, model=model, spec=spec, example=example,
                          params_initial=params_initial, flops_initial=flops_initial,
-                         num_clients=num_clients, has_validation=has_validation)
+                         num_clients=num_clients, has_validation=has_validation,
+                         train_sizes=train_sizes, val_sizes=val_sizes)
         bc = cfg.budget
         self.table = B.LatencyTable.load(bc.latency_table) if bc.latency_table else None
         self.targets = B.resolve_targets(bc, params_initial, flops_initial)

@@ -9,9 +9,10 @@ them for more work or traffic than dense FedAvg would while it searches:
    ``prune.round_to``, :func:`~fedprune.pruning.widths.ladder`).  A width's sub-model keeps,
    in each group, its channels of highest L1 norm in the global model (ordered again every
    round: data-free, nothing to send), so a narrower width is part of every wider one.
-2. **Ordered dropout.**  Until the size is decided, each sampled client trains *one* width,
-   drawn from the ladder (the ``width_draws`` stream), and receives and returns that
-   sub-model only; the server averages the updates coordinate by coordinate over the
+2. **Ordered dropout.**  Until the size is decided, each sampled client trains *one* width
+   (the ``width_draws`` stream): the full width with probability 1/2 -- every cost is
+   measured against it, so it should learn about as dense FedAvg's model does -- else one of
+   the narrower widths, uniformly; it receives and returns that sub-model only; the server averages the updates coordinate by coordinate over the
    clients whose width holds it (:func:`~fedprune.federated.averaging.average_nested`).
    No client trains more than the full model, so a client never spends more than dense
    FedAvg's would (a client that also validates in that round draws from the widths whose
@@ -50,6 +51,7 @@ from ..metrics import count_flops, n_params
 from ..models import ModelSpec
 from ..pruning.widths import (
     channel_scores,
+    fixed_groups,
     gather_maps,
     keep_of,
     ladder,
@@ -61,6 +63,9 @@ from .base import Nested, Pruner, PruneStep, Validate, validation_clients
 from .registry import register
 
 logger = logging.getLogger(__name__)
+
+# the share of the clients that train the full width while the method searches
+FULL_SHARE = 0.5
 
 Status = Literal["search", "stopped"]
 STATUSES: tuple[str, ...] = get_args(Status)
@@ -112,6 +117,14 @@ class NestedPruner(Pruner):
         self.full = {g["root"]: int(g["channels"]) for g in spec.record["groups"]}
         self.ladder = ladder(self.full, p.round_to, p.min_channels)
         self.flops_initial = int(start["flops_initial"])
+        # groups the widths leave whole: a grouped conv's blocks, a group cut cannot align
+        fixed = fixed_groups(start["model"], self.example)
+        self.ladder = [{r: (self.full[r] if r in fixed else w) for r, w in step.items()}
+                       for step in self.ladder]
+        self.ladder = [w for i, w in enumerate(self.ladder) if i == 0 or w != self.ladder[i - 1]]
+        # this round's validating clients that validate nothing (their compute would exceed
+        # a dense client's): set by nested() for the round, read by the judgement
+        self._excused: set[int] = set()
         self.state = NestedState()
         if p.enabled and len(self.ladder) < 2:
             self.state = NestedState(status="stopped", stopped_round=0,
@@ -153,17 +166,22 @@ class NestedPruner(Pruner):
         return Nested(tuple(models), tuple(maps), tuple(assign), tuple(flops))
 
     def _assign(self, rnd: int, clients: Any, flops: list[int]) -> list[int]:
-        """The width each client trains: uniform over the ladder, over the widths whose
+        """The width each client trains: the full width with probability 1/2 (so that the
+        full width, which every cost is measured against, learns about as dense FedAvg's
+        model would), else one of the narrower widths, uniformly; only widths whose
         training (and, for a client that also validates this round, the validation of
-        every width) fits what a dense FedAvg client would spend."""
+        every width) fits what a dense FedAvg client would spend.  A validating client
+        that no width leaves room for trains the narrowest and does not validate this
+        round (:attr:`_excused`), nor does one whose validation alone would not fit."""
         rng = seeds.width_draws(self.cfg.seed, rnd)
         validating: set[int] = set()
         if self._judging(rnd):
             validating = set(validation_clients(self.cfg.seed, rnd, self.val_pool,
                                                 self.cfg.prune.val_clients))
         epochs = self.cfg.train.local_epochs
-        full = flops[-1]
+        self._excused = set()
         out = []
+        full = len(flops) - 1
         for c in clients:
             draw = float(rng.random())
             allowed = list(range(len(flops)))
@@ -172,9 +190,19 @@ class NestedPruner(Pruner):
                 dense = 3 * self.flops_initial * n * epochs
                 val = sum(flops) * nv
                 allowed = [i for i, f in enumerate(flops) if 3 * f * n * epochs + val <= dense]
-                allowed = allowed or [0]
-            out.append(allowed[min(len(allowed) - 1, int(draw * len(allowed)))])
-        del full
+                if not allowed:
+                    allowed = [0]
+                    self._excused.add(c)
+            narrower = [i for i in allowed if i < full]
+            if full in allowed and (draw < FULL_SHARE or not narrower):
+                out.append(full)
+            else:  # the rest of the draw, spread over the narrower widths
+                u = (draw - FULL_SHARE) / (1 - FULL_SHARE) if full in allowed else draw
+                out.append(narrower[min(len(narrower) - 1, int(u * len(narrower)))])
+        if self.train_sizes:  # validation alone must fit a dense client's round too
+            trained = set(clients)
+            self._excused |= {c for c in validating - trained if sum(flops) * self.val_sizes[c]
+                              > 3 * self.flops_initial * self.train_sizes[c] * epochs}
         return out
 
     # ------------------------------------------------------------------ the round step
@@ -212,8 +240,21 @@ class NestedPruner(Pruner):
                last_round: bool) -> tuple[nn.Module, ModelSpec, bool, dict[str, Any]]:
         p, st = self.cfg.prune, self.state
         records = self._records(model, spec)
-        clients = validation_clients(self.cfg.seed, rnd, self.val_pool, p.val_clients)
+        clients = [c for c in validation_clients(self.cfg.seed, rnd, self.val_pool,
+                                                 p.val_clients) if c not in self._excused]
         v = validate(model, spec, clients, [keep_of(r) for r in records[:-1]])
+        deadline = rnd >= p.max_prune_round or last_round
+        if v.samples == 0 or len(v.variants) != len(records) - 1:
+            # nobody answered: nothing measured; judged again at the next judgement
+            verdict = {"round": rnd, "choice": None, "chosen": None, "accuracy_full": None,
+                       "samples": 0, "clients": 0, "widths": [],
+                       "decision": "stop" if deadline else "unanswered"}
+            self.state = replace(st, judged=(*st.judged, verdict))
+            logger.warning("round %d: no client answered the judgement of the widths", rnd)
+            if deadline:
+                self.state = replace(self.state, status="stopped", stopped_round=rnd,
+                                     stop_reason="no client answered the last judgement")
+            return model, spec, False, verdict
         widths = []
         choice = len(records) - 1
         for i, rec in enumerate(records[:-1]):
@@ -230,8 +271,12 @@ class NestedPruner(Pruner):
                            "bound": _finite(bound), "clients": k, "fits": fits})
             if fits and choice == len(records) - 1:
                 choice = i
-        previous = st.judged[-1]["choice"] if st.judged else None
-        final = (rnd >= p.max_prune_round or last_round or previous == choice)
+        answered = [j for j in st.judged if j["choice"] is not None]
+        previous = answered[-1]["choice"] if answered else None
+        full = len(records) - 1
+        # a cut is final when two judgements in a row agree; nothing fitting only at the
+        # deadline (early in training every width can cost much, and little later)
+        final = deadline or (previous == choice and choice < full)
         verdict = {"round": rnd, "choice": choice,
                    "chosen": [len(g["kept"]) for g in records[choice]["groups"]],
                    "accuracy_full": _finite(v.accuracy), "samples": v.samples,
@@ -267,6 +312,11 @@ class NestedPruner(Pruner):
 
     def restore_entries(self, state: dict[str, Any], snapshot: dict[str, Any] | None) -> None:
         if "nested" not in state:
+            if "auto" in state:
+                raise ValueError("the checkpoint was written by fedprune's earlier automatic "
+                                 "method (now prune.method = 'auto-paired'), which this run "
+                                 "cannot continue: start the run anew (with prune.method = "
+                                 "'auto-paired' for that method)")
             raise ValueError("the checkpoint holds no state of prune.method = 'auto': it was "
                              "written by a run with another method")
         self.state = NestedState.from_dict(state["nested"])

@@ -36,7 +36,7 @@ from .apply import (
 )
 from .importance import group_l1_scores
 
-__all__ = ["aligned", "channel_scores", "gather_maps", "keep_of", "ladder", "record_from_keep",
+__all__ = ["aligned", "channel_scores", "fixed_groups", "gather_maps", "keep_of", "ladder", "record_from_keep",
            "sub_model", "sub_record", "variant_models"]
 
 #: the widths of the ladder: the full width times 1/8, 2/8, ..., 8/8, each aligned
@@ -86,6 +86,22 @@ def channel_scores(model: nn.Module, example: torch.Tensor,
     for group in _groups(model, dg, ignored):
         gs = group_l1_scores(group, dg, names)
         out[gs.root] = gs.scores.numpy().astype(np.float64)
+    return out
+
+
+def fixed_groups(model: nn.Module, example: torch.Tensor,
+                 ignored: Sequence[nn.Module] | None = None) -> set[str]:
+    """The groups whose width nested sub-models leave whole: those a grouped conv splits
+    into blocks (a width would have to keep the same positions in every block) and those
+    the pruning cannot keep aligned (:func:`~.apply._decide_group` leaves them too)."""
+    names = {m: n for n, m in model.named_modules()}
+    ignored = list(ignored) if ignored is not None else default_ignored_layers(model, example)
+    dg = _build_graph(model, example)
+    out = set()
+    for group in _groups(model, dg, ignored):
+        gs = group_l1_scores(group, dg, names)
+        if gs.channel_groups > 1 or not gs.prunable:
+            out.add(gs.root)
     return out
 
 
