@@ -22,7 +22,8 @@ them for more work or traffic than dense FedAvg would while it searches:
    one query (forward passes only; the widths travel as the channels they keep, not as
    weights).  Each width's *cost* is the full width's validation accuracy minus its own, on
    the same samples, with its standard error from the clients' paired differences (as
-   ``auto-paired`` does).  The width chosen is the narrowest whose cost plus
+   ``auto-paired`` does).  The width chosen is the narrowest whose cost (a negative one
+   counted as 0: a width cut from the full one gains nothing but noise) plus
    ``prune.confidence_z`` standard errors fits ``prune.max_accuracy_drop``.
 4. **One cut.**  When two judgements in a row choose the same width (or at
    ``prune.max_prune_round``, or the run's last round), the model is cut to that width --
@@ -260,8 +261,11 @@ class NestedPruner(Pruner):
         for i, rec in enumerate(records[:-1]):
             got = v.variants[i] if i < len(v.variants) else None
             cost, se, k = paired(v, got) if got is not None else (math.nan, math.nan, 0)
-            bound = cost if p.confidence_z == 0 else (
-                cost + p.confidence_z * (se if math.isfinite(se) else math.inf))
+            # a width measured better than the full one it is cut from has gained nothing
+            # but noise (and a full width still learning): it counts as costing nothing
+            floor = max(cost, 0.0) if math.isfinite(cost) else cost
+            bound = floor if p.confidence_z == 0 else (
+                floor + p.confidence_z * (se if math.isfinite(se) else math.inf))
             fits = bool(k > 0 and math.isfinite(bound) and bound <= p.max_accuracy_drop)
             sub = sub_model(model, rec, self.example)
             widths.append({"widths": [len(g["kept"]) for g in rec["groups"]],
