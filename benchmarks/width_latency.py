@@ -8,7 +8,8 @@ interleaved, single-threaded, batch 1, in ONNX Runtime and (where installed) Exe
 XNNPACK.  Latency does not depend on the weights: the models are built at those widths.
 
 Prints, per multiple, the median over the widths of latency / dense latency and of FLOPs /
-dense FLOPs, and their ratio (latency paid per FLOP kept: 1 means latency falls as FLOPs do).
+dense FLOPs, their ratio (latency paid per FLOP kept: 1 means latency falls as FLOPs do),
+and how many of the widths run within 0.30 + 0.75 x their FLOPs ratio.
 
     python benchmarks/width_latency.py [--runs 200] [--no-executorch]
 """
@@ -32,6 +33,8 @@ from fedprune.pruning.widths import aligned
 CNN_WIDTHS = [[21, 41], [19, 38], [18, 36], [17, 33], [16, 31], [13, 24], [26, 52],
               [24, 48], [12, 24], [8, 16], [28, 56]]
 MULTIPLES = (1, 4, 8, 16, 32)
+# the bar a pruned model's latency ratio should meet: BAR_BASE + BAR_SLOPE x its FLOPs ratio
+BAR_BASE, BAR_SLOPE = 0.30, 0.75
 
 
 def _runner(model: torch.nn.Module, x: torch.Tensor, kind: str, where: Path, name: str):
@@ -69,7 +72,7 @@ def main() -> int:
         print(f"\n{kind}: latency and FLOPs over dense [32, 64], 1 thread, batch 1, "
               f"interleaved, {args.runs} runs")
         print(f"{'multiple':>8} {'median latency':>15} {'worst latency':>14} "
-              f"{'median FLOPs':>13} {'latency/FLOPs':>14}")
+              f"{'median FLOPs':>13} {'latency/FLOPs':>14} {'within bar':>11}")
         for m in MULTIPLES:
             models = {"dense": dense}
             seen = set()
@@ -89,8 +92,10 @@ def main() -> int:
             lat = {n: stats[n].median_ms / base for n in models if n != "dense"}
             flops = {n: count_flops(models[n], x) / flops_dense for n in lat}
             per = [lat[n] / flops[n] for n in lat]
+            within = sum(lat[n] <= BAR_BASE + BAR_SLOPE * flops[n] for n in lat)
             print(f"{m:>8} {statistics.median(lat.values()):>15.2f} {max(lat.values()):>14.2f} "
                   f"{statistics.median(flops.values()):>13.2f} {statistics.median(per):>14.2f}"
+                  f" {f'{within} of {len(lat)}':>11}"
                   f"   {', '.join(f'{n} {lat[n]:.2f}' for n in lat)}")
     return 0
 

@@ -27,7 +27,8 @@ def test_config_prints_resolved_json_with_override(capsys: pytest.CaptureFixture
     assert rc == 0 and err == ""
     resolved = json.loads(out)
     assert resolved["prune"]["k"] == 1.5
-    assert resolved["prune"]["start_round"] == 30  # defaults are printed too
+    assert resolved["prune"]["start_round"] == 20  # defaults are printed too
+    assert resolved["prune"]["round_to"] == 16
     assert set(resolved) == {"seed", "threads", "device", "data", "model", "train", "fed", "prune",
                             "budget"}
 
@@ -327,7 +328,7 @@ def test_an_automatic_run_ends_with_what_the_method_decided(
                "train.local_epochs=1", "--set", "model.widths=[8,16]", "--set",
                "prune.max_accuracy_drop=1.0", "--set", "prune.round_to=4", "--set",
                "threads=1", "--no-progress"])
-    out, err = capsys.readouterr()
+    _, err = capsys.readouterr()
     assert rc == 0
     summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
     *_, last, cost = err.strip().splitlines()  # the decision, then what the run cost
@@ -343,9 +344,10 @@ def test_an_automatic_run_ends_with_what_the_method_decided(
                "train.local_epochs=1", "--set", "model.widths=[8,16]", "--set",
                "prune.max_accuracy_drop=1.0", "--set", "prune.method=auto-paired", "--set",
                "threads=1", "--no-progress"])
-    out, err = capsys.readouterr()
+    _, err = capsys.readouterr()
+    assert rc == 0
     summary = json.loads((tmp_path / "paired" / "summary.json").read_text(encoding="utf-8"))
-    *_, last, cost = err.strip().splitlines()
+    *_, last, _ = err.strip().splitlines()
     assert last.startswith(f"automatic pruning: {summary['auto']['accepted']} cuts kept")
     assert summary["auto"]["accepted"] >= 1 and "stopped: " in last
     assert (tmp_path / "paired" / "prune_path.png").is_file()

@@ -221,8 +221,10 @@ B = ["prune.method=boundary"]
 
 
 @pytest.mark.parametrize(("sets", "window"), [
-    ([], (30, 60, 2)),  # the default 100 rounds, automatic method: candidates up to 60 %
-    (["fed.rounds=20"], (6, 12, 1)),
+    ([], (20, 40, 2)),  # the default 100 rounds, automatic method: judgements 20 % to 40 %
+    (["fed.rounds=20"], (4, 8, 1)),
+    (["prune.method=auto-paired"], (30, 60, 2)),  # candidates up to 60 %
+    (["prune.method=auto-paired", "fed.rounds=20"], (6, 12, 1)),
     (B, (30, 40, 2)),  # the boundary rule: six tries
     (B + ["fed.rounds=3"], (1, 6, 1)),  # a short run still prunes from round 1
     (B + ["fed.rounds=20"], (6, 11, 1)),

@@ -101,8 +101,8 @@ def test_export_and_bench_latency_commands_on_a_real_run(tmp_path, capsys):
     cfg = from_dict({"threads": 1, "data": {"num_clients": 4},
                      "model": {"widths": [8, 16]}, "train": {"local_epochs": 1},
                      "fed": {"rounds": 4, "clients_per_round": 2, "eval_every": 4},
-                     "prune": {"start_round": 2, "max_prune_round": 3, "interval": 1, "k": 0.5,
-                               "max_fraction": 0.5}})
+                     "prune": {"method": "boundary", "start_round": 2, "max_prune_round": 3,
+                               "interval": 1, "k": 0.5, "max_fraction": 0.5}})
     run_simulation(cfg, tmp_path / "run")
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "p.onnx")]) == 0
     pruned = json.loads(capsys.readouterr().out)

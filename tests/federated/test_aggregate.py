@@ -211,7 +211,8 @@ def _server():
     from fedprune.models import new_model
 
     cfg = from_dict({"threads": 1, "data": {"num_clients": 5},
-                     "fed": {"rounds": 2, "clients_per_round": 4}})
+                     "fed": {"rounds": 2, "clients_per_round": 4},
+                     "prune": {"method": "auto-paired"}})
     model, spec = new_model("cnn_femnist", num_classes=10, in_channels=1, image_size=28,
                             widths=[4, 8], seed=0)
     server = PruningServer(cfg, model, spec, train_sizes=[7] * 5, val_sizes=[2] * 5,

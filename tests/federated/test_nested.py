@@ -80,9 +80,9 @@ def test_at_one_width_it_is_the_usual_average():
         state = {k: v + torch.randn_like(v) * (10.0 if i == 4 else 0.1)
                  if v.is_floating_point() else v + i for k, v in model.state_dict().items()}
         replies.append(TrainReply(i, (state,), 10 + i))
-    for fed in (dict(clip_factor=0.0), dict(clip_factor=3.0),
-                dict(aggregator="median", clip_factor=3.0),
-                dict(aggregator="trimmed_mean", trim_fraction=0.2, clip_factor=0.0)):
+    for fed in ({"clip_factor": 0.0}, {"clip_factor": 3.0},
+                {"aggregator": "median", "clip_factor": 3.0},
+                {"aggregator": "trimmed_mean", "trim_fraction": 0.2, "clip_factor": 0.0}):
         a, b = copy.deepcopy(model), copy.deepcopy(model)
         maps = {k: torch.arange(v.numel()) for k, v in model.state_dict().items()
                 if v.is_floating_point()}
@@ -96,8 +96,8 @@ def test_at_one_width_it_is_the_usual_average():
 
 def test_a_reply_unfit_for_its_width_is_rejected_and_the_bound_scales_with_width():
     # a reply of width 2 that sent 4 values, and one with NaN: both rejected
-    got, out = _nested([0.0] * 4, [1, 2, 4], [[1.0], [1.0, 2.0], [2.0, 2.0, 2.0, 2.0]],
-                       [1, 1, 1])
+    _, out = _nested([0.0] * 4, [1, 2, 4], [[1.0], [1.0, 2.0], [2.0, 2.0, 2.0, 2.0]],
+                     [1, 1, 1])
     assert not out.rejections
     model = Line()
     subs = [Line(2), Line(4)]
@@ -185,7 +185,7 @@ def test_without_a_narrower_width_nothing_is_searched(tmp_path):
 
 
 def test_chunking_changes_no_bit(monkeypatch):
-    import fedprune.federated.averaging as averaging
+    from fedprune.federated import averaging
 
     values = [[1.0], [2.0, 10.0], [3.0, 20.0, 1.0, 1.0], [100.0, 30.0, 2.0, 2.0]]
     for agg in ("fedavg", "median", "trimmed_mean"):
@@ -219,7 +219,7 @@ def test_a_judgement_nobody_answered_measures_nothing_and_counts_for_nothing():
     from fedprune.pruners import Validation
 
     pruner, model, spec = _pruner()
-    silent = lambda m, s, ids, variants=(): Validation(math.nan, 0, math.nan)  # noqa: E731
+    silent = lambda m, s, ids, variants=(): Validation(math.nan, 0, math.nan)
     for rnd in (3, 5):
         pruner.nested(rnd, model, spec, [0, 1, 2, 3])
         step = pruner.after_aggregate(rnd, model, spec, silent)

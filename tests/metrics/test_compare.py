@@ -30,6 +30,9 @@ TINY = {
 }
 
 
+BUDGET = {"method": "boundary"}  # budget mode adapts the boundary rule
+
+
 def _cfg(**sections):
     return from_dict({**TINY, **{k: {**TINY.get(k, {}), **v} for k, v in sections.items()}})
 
@@ -50,14 +53,16 @@ def runs(tmp_path_factory) -> dict[str, Path]:
                              "budget_stopped")}
     run_simulation(_cfg(prune={"enabled": False}), out["dense"])
     run_simulation(_cfg(), out["rule"])
-    run_simulation(_cfg(budget={"params_fraction": 0.3, "guard": False}), out["budget_met"])
-    run_simulation(_cfg(budget={"params_fraction": 0.1, "guard": False}), out["budget_missed"])
+    run_simulation(_cfg(budget={"params_fraction": 0.3, "guard": False}, prune=BUDGET),
+                   out["budget_met"])
+    run_simulation(_cfg(budget={"params_fraction": 0.1, "guard": False}, prune=BUDGET),
+                   out["budget_missed"])
     grid = LocalGrid(client_app, [{"partition-id": i, "num-partitions": 4} for i in range(4)])
     run_server(grid, {**experiment_to_run_config(_cfg()), "out-dir": str(out["flower"])})
     with pytest.raises(Stop):
         run_simulation(_cfg(fed={"rounds": 6}), out["stopped"], on_round=stop_after(2))
     with pytest.raises(Stop):
-        run_simulation(_cfg(budget={"params_fraction": 0.3, "guard": False}),
+        run_simulation(_cfg(budget={"params_fraction": 0.3, "guard": False}, prune=BUDGET),
                        out["budget_stopped"], on_round=stop_after(2))
     return out
 

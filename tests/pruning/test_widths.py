@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -49,7 +51,7 @@ def test_the_ladder_is_nested_aligned_and_ends_at_the_full_width():
     steps = ladder(widths, 16)
     assert steps[-1] == widths
     assert [list(w.values()) for w in steps][:2] == [[16, 16, 16, 16], [16, 16, 16, 32]]
-    for lo, hi in zip(steps, steps[1:], strict=False):
+    for lo, hi in itertools.pairwise(steps):
         assert lo != hi and all(lo[r] <= hi[r] for r in widths)
         assert all(w % 16 == 0 for w in lo.values())
     assert ladder({"a": 16, "b": 8}, 16) == [{"a": 16, "b": 8}]  # nothing narrower

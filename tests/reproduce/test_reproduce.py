@@ -106,11 +106,12 @@ def test_loop_runs_the_ratio_method_one_shot():
     cfg = from_dict({
         "threads": 1, "data": {"num_clients": 4}, "model": {"widths": [8, 16]},
         "train": {"local_epochs": 1}, "fed": {"rounds": 3, "clients_per_round": 2},
-        "prune": {"method": "ratio", "ratio": 0.5, "start_round": 2, "max_prune_round": 2},
+        "prune": {"method": "ratio", "ratio": 0.5, "start_round": 2, "max_prune_round": 2,
+                  "round_to": 4},
     })
     res = run_simulation(cfg)
     assert [r.pruned for r in res.records] == [False, True, False]
-    assert list(res.summary["widths_final"].values()) == [4, 8]
+    assert list(res.summary["widths_final"].values()) == [4, 8]  # on multiples of 4
     assert res.summary["prune_steps"] == 1
 
 

@@ -152,7 +152,7 @@ def average_nested(rnd: int, fed: FedConfig, model: nn.Module,
     for i, r in enumerate(replies):
         sent = subs[assign[i]].state_dict()
         state = round_trip(r.states[0], wire)  # type: ignore[arg-type]
-        ok, bad = screen_replies(
+        _, bad = screen_replies(
             [(state, r.n)], sent, versions=[r.version] if check_versions else None,
             arch_version=arch_version if check_versions else None, max_samples=max_samples)
         if bad:

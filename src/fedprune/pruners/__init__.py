@@ -28,9 +28,9 @@ from .registry import NEVER, PRUNERS, make_pruner, method_of, register
 
 __all__ = [
     "NEVER",
+    "PRUNERS",
     "Keep",
     "Nested",
-    "PRUNERS",
     "PruneStep",
     "Pruner",
     "Validate",

@@ -119,7 +119,7 @@ CUMULATIVE = {"bytes_cumulative": ("bytes_cumulative", True, "GB on the wire", 1
               "client_flops_cumulative": ("client_flops", False, "client PFLOPs", 1e15)}
 
 
-def _cumulative(plt, by: dict[str, Cell], setting: Setting, out_dir: Path,  # noqa: ANN001
+def _cumulative(plt, by: dict[str, Cell], setting: Setting, out_dir: Path,
                 single: bool) -> list[Path]:
     """Cumulative bytes and client FLOPs over the rounds, every method (mean over seeds)."""
     files = []
