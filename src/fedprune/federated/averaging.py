@@ -17,7 +17,15 @@ import torch
 from torch import nn
 
 from ..config import FedConfig
-from .aggregate import CHUNK, Clip, Rejection, robust_aggregate, screen_replies
+from .aggregate import (
+    CHUNK,
+    Clip,
+    Rejection,
+    _integer_median,
+    fedavg,
+    robust_aggregate,
+    screen_replies,
+)
 from .transport import TrainReply
 from .wire import round_model, round_trip
 
@@ -187,8 +195,10 @@ def average_nested(rnd: int, fed: FedConfig, model: nn.Module,
     new: StateDict = {}
     for key, ref in full.items():
         if not ref.is_floating_point() or key not in maps[0]:
-            new[key] = _integer_value([replies[i].states[0][key] for i, _, _ in accepted],
-                                      [n for _, _, n in accepted], ref, fed)
+            # not pruned (BN's num_batches_tracked): as the usual average treats integers
+            kept = [({key: state[key]}, n) for _, state, n in accepted]
+            new[key] = (fedavg(kept)[key] if fed.aggregator == "fedavg" and fed.clip_factor == 0
+                        else _integer_median(kept, key))
             continue
         out = ref.detach().to(torch.float64).reshape(-1).clone()
         for start in range(0, ref.numel(), CHUNK):  # bounds memory: replies x CHUNK values
@@ -235,17 +245,3 @@ def _per_coordinate(rows: torch.Tensor, weights: Sequence[int], fed: FedConfig
     top = csum.gather(0, (c - k)[None]).squeeze(0)
     bottom = csum.gather(0, k[None]).squeeze(0)
     return (top - bottom) / (c - 2 * k).to(torch.float64), held
-
-
-def _integer_value(values: Sequence[torch.Tensor], weights: Sequence[int], ref: torch.Tensor,
-                   fed: FedConfig) -> torch.Tensor:
-    """An entry that is not pruned and not floating (BN's ``num_batches_tracked``): the
-    rounded weighted mean of the replies' values under plain FedAvg, else the lower median."""
-    stack = torch.stack([v.to(torch.float64).reshape(-1) for v in values])
-    if fed.aggregator == "fedavg" and fed.clip_factor == 0:
-        w = torch.tensor([float(n) for n in weights], dtype=torch.float64)[:, None]
-        out = (stack * w).sum(dim=0) / w.sum()
-        out = out if ref.is_floating_point() else out.round()
-    else:
-        out = stack.sort(dim=0).values[(len(values) - 1) // 2]
-    return out.view_as(ref).to(ref.dtype)

@@ -126,29 +126,18 @@ def plot_width_curves(rows: list[dict[str, Any]], out_png: Path) -> Path:
         xs, ys = _series(rows, "flops", 1e6)
         ax2.plot(xs, ys, color="black", lw=1, label="model")
         _axes(ax2, "FLOPs / sample (M)", xlabel="round")
+    return _two_panels(out_png, draw, sharex=False)
+
+
+def _two_panels(out_png: Path, draw, sharex: bool = True) -> Path:
+    """A figure of two stacked panels (sharing the round axis unless ``sharex`` is false),
+    drawn by ``draw``, saved."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6))
-    try:
-        draw(ax1, ax2)
-        fig.tight_layout()
-    except BaseException:
-        plt.close(fig)
-        raise
-    return save_figure(fig, out_png)
-
-
-def _two_panels(out_png: Path, draw) -> Path:
-    """A figure of two stacked panels sharing the round axis, drawn by ``draw``, saved."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=sharex)
     try:
         draw(ax1, ax2)
         fig.tight_layout()
