@@ -36,7 +36,8 @@ class FakeTransport:
         return Delivery(replies, list(plan.clients), b * len(plan.clients), b * len(replies),
                         versions=any(r.version is not None for r in replies))
 
-    def validate(self, model, spec, clients, experiment, payload_dtype, variants=()) -> Queried:
+    def validate(self, model, spec, clients, experiment, payload_dtype, variants=(),
+                 calibrate=0) -> Queried:
         got = (self.validator(model, spec, clients) if self.validator is not None
                else Validation(math.nan, 0, math.nan))
         return Queried(got, list(clients), 0, 0)

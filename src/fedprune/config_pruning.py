@@ -66,6 +66,12 @@ class PruneConfig:
     # of the CPU's SIMD block run on the fast path of ONNX Runtime and XNNPACK (16 measured
     # fastest on x86 with AVX-512; benchmarks/width_latency.py); 1 = any width
     round_to: int = 16
+    # method "auto": before measuring each width, a validating client re-estimates its
+    # batch-norm statistics on up to this many of its training samples (forward passes,
+    # counted in its compute): a narrow width's own statistics, not those it shares with the
+    # wider ones; 0 = measure with the global model's statistics.  Models without batch
+    # norm: nothing to re-estimate, nothing sent
+    bn_calibration: int = 128
 
     def __post_init__(self) -> None:
         _check(self.k >= 0, "prune.k", ">= 0", self.k)
@@ -84,6 +90,8 @@ class PruneConfig:
         _check(0 < self.ratio < 1, "prune.ratio", "in (0, 1)", self.ratio)
         _check(1 <= self.round_to <= 1024, "prune.round_to", "an integer in [1, 1024]",
                self.round_to)
+        _check(0 <= self.bn_calibration <= 1_000_000, "prune.bn_calibration",
+               "an integer in [0, 1000000]", self.bn_calibration)
         _check(self.mode in ("both", "low"), "prune.mode", "'both' or 'low'", self.mode)
         _check(self.min_channels >= 1, "prune.min_channels", ">= 1", self.min_channels)
         _check(0 < self.max_fraction <= 1, "prune.max_fraction", "in (0, 1]", self.max_fraction)

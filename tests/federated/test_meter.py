@@ -9,6 +9,7 @@ from fedprune.config import from_dict
 from fedprune.data import ClientData, FederatedData
 from fedprune.federated import run_simulation
 from fedprune.federated.meter import (
+    CALIBRATE_KEY,
     NUMBER_BYTES,
     ClientCompute,
     Content,
@@ -115,6 +116,18 @@ def test_train_and_validate_one_client_add_up_to_the_round():
     compute = ClientCompute(train_sizes=[10, 20], val_sizes=[1, 2], epochs=3)
     assert compute.train_one(100, 1) + compute.train_one(100, 0) == compute.train([100], [0, 1])
     assert compute.validate_one(100, 1) == compute.validate(100, [1])
+    # batch-norm calibration: forward passes over up to that many training samples more
+    assert compute.validate_one(100, 1, calibrate=5) == 100 * (2 + 5)
+    assert compute.validate_one(100, 0, calibrate=500) == 100 * (1 + 10)
+
+
+def test_a_query_asks_for_calibration_only_when_it_wants_one():
+    w = torch.zeros(3, 4)
+    plain = query_content(({"w": w}, "{}"), experiment="ab", variants=[{"conv": [0]}])
+    asked = query_content(({"w": w}, "{}"), experiment="ab", variants=[{"conv": [0]}],
+                          calibrate=128)
+    assert CALIBRATE_KEY not in plain.values and asked.values[CALIBRATE_KEY] == 128
+    assert message_bytes(asked) - message_bytes(plain) == NUMBER_BYTES  # one number
 
 
 def test_a_validation_answer_needs_every_width_asked():

@@ -219,7 +219,7 @@ def test_a_judgement_nobody_answered_measures_nothing_and_counts_for_nothing():
     from fedprune.pruners import Validation
 
     pruner, model, spec = _pruner()
-    silent = lambda m, s, ids, variants=(): Validation(math.nan, 0, math.nan)
+    silent = lambda m, s, ids, variants=(), calibrate=0: Validation(math.nan, 0, math.nan)
     for rnd in (3, 5):
         pruner.nested(rnd, model, spec, [0, 1, 2, 3])
         step = pruner.after_aggregate(rnd, model, spec, silent)
@@ -238,7 +238,7 @@ def test_nothing_fitting_is_final_only_at_the_deadline():
     n = len(pruner.ladder) - 1
     ids = [0, 1, 2]
 
-    def costly(m, s, clients, variants=()):
+    def costly(m, s, clients, variants=(), calibrate=0):
         # the full width right on every sample, every narrower width wrong on every one
         full = Validation(1.0, 30, 0.1, tuple((c, 1.0, 10) for c in ids))
         wrong = Validation(0.0, 30, 3.0, tuple((c, 0.0, 10) for c in ids))
@@ -263,3 +263,119 @@ def test_a_client_without_room_to_validate_is_excused_and_none_spends_more_than_
     judged = [r["nested"]["judged"] for r in rows if (r["nested"] or {}).get("judged")]
     assert judged and all(j["clients"] < 6 for j in judged)  # some were excused
     assert res.summary["client_flops_peak"] <= 1.0
+
+
+# ----------------------------------------------------------------------------- batch norm
+
+class ConvBN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3, momentum=0.01)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.head(self.bn(self.conv(x)).relu().mean(dim=(2, 3)))
+
+
+def test_calibration_re_estimates_the_statistics_on_a_copy_from_the_first_samples():
+    from fedprune.federated.client import calibrate_batchnorm
+    torch.manual_seed(0)
+    net, x = ConvBN().eval(), torch.randn(40, 1, 5, 5) * 3 + 1
+    before = copy.deepcopy(net.state_dict())
+    cal = calibrate_batchnorm(net, x, samples=32, batch_size=16)
+    # the model itself is untouched, the copy's weights too; only its statistics change
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert all(torch.equal(before[k], v) for k, v in cal.state_dict().items()
+               if "running" not in k and "num_batches" not in k)
+    assert not cal.training
+    with torch.no_grad():
+        h = [net.conv(x[i:i + 16]) for i in (0, 16)]  # two batches of the first 32 samples
+    mean = torch.stack([b.mean(dim=(0, 2, 3)) for b in h]).mean(0)
+    var = torch.stack([b.var(dim=(0, 2, 3)) for b in h]).mean(0)  # unbiased, as BN keeps
+    assert torch.allclose(cal.bn.running_mean, mean, atol=1e-5)
+    assert torch.allclose(cal.bn.running_var, var, atol=1e-4)
+    # more samples asked than there are: all of them; none, or no batch norm: the model itself
+    assert calibrate_batchnorm(net, x[:8], samples=100, batch_size=16).bn.num_batches_tracked == 1
+    assert calibrate_batchnorm(net, x, samples=0, batch_size=16) is net
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(25, 2))
+    assert calibrate_batchnorm(plain, x, samples=32, batch_size=16) is plain
+
+
+def test_a_width_measured_with_statistics_that_are_not_its_own_is_re_estimated_first():
+    from fedprune.federated.client import evaluate_widths
+    torch.manual_seed(1)
+    x = torch.randn(256, 1, 5, 5)
+    teacher = ConvBN()
+    teacher.train()
+    with torch.no_grad():
+        teacher.head.weight.copy_(torch.tensor([[1.0, -1.0, 0.0], [-1.0, 1.0, 0.0]]))
+        teacher.head.bias.zero_()
+        teacher(x)  # statistics of this data (a momentum of 0.01 barely moves them)
+        # someone else's statistics (a wider width's, say)
+        teacher.bn.running_mean.copy_(torch.tensor([2.0, -2.0, 1.0]))
+        teacher.bn.running_var.copy_(torch.tensor([0.05, 4.0, 0.2]))
+    teacher.eval()
+    calibrated = copy.deepcopy(teacher)
+    calibrated.bn.reset_running_stats()
+    calibrated.bn.momentum = None
+    calibrated.train()
+    with torch.no_grad():
+        for i in range(0, 128, 32):
+            calibrated(x[i:i + 32])
+    calibrated.eval()
+    with torch.no_grad():
+        y = calibrated(x).argmax(1)  # labels the calibrated net gets all right
+    assert 0.2 < y.float().mean() < 0.8  # both classes
+    (raw,) = evaluate_widths([teacher], x, y)
+    (cal,) = evaluate_widths([teacher], x, y, train_x=x, calibrate=128, batch_size=32)
+    assert cal[0] == 1.0 and raw[0] < 1.0
+
+
+def test_a_batch_norm_model_s_widths_are_calibrated_and_the_passes_counted(tmp_path):
+    # three local epochs: room for every validating client to calibrate and measure
+    base = {**TINY, "model": {"name": "tiny_resnet", "widths": [8, 16, 16]},
+            "train": {"local_epochs": 3},
+            "prune": {**TINY["prune"], "round_to": 4, "max_accuracy_drop": 1.0}}
+    seen = []
+    from fedprune.federated import loop
+
+    real = loop.LocalTransport.validate
+
+    def spy(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        seen.append((kwargs.get("calibrate", args[6] if len(args) > 6 else 0), out))
+        return out
+
+    loop.LocalTransport.validate = spy
+    try:
+        cal = run_simulation(from_dict(base), tmp_path / "cal")
+        off = run_simulation(from_dict({**base, "prune": {**base["prune"],
+                                                          "bn_calibration": 0}}),
+                             tmp_path / "off")
+    finally:
+        loop.LocalTransport.validate = real
+    n_cal = sum(1 for c, _ in seen if c == 128)
+    assert n_cal >= 1 and n_cal + sum(1 for c, _ in seen if c == 0) == len(seen)
+    # the first judgement (same model, same clients) asked for more forward passes: the
+    # calibration is counted, and no client spends more than a dense one regardless
+    rows_cal, rows_off = _rows(tmp_path / "cal"), _rows(tmp_path / "off")
+    first = next(i for i, r in enumerate(rows_cal) if (r["nested"] or {}).get("judged"))
+    assert rows_cal[first]["messages"] == rows_off[first]["messages"]
+    assert rows_cal[first]["client_flops_val"] > rows_off[first]["client_flops_val"] > 0
+    assert max(r["client_flops_peak"] for r in rows_cal) <= 1.0
+    assert cal.summary["client_flops_peak"] <= 1.0 and off.summary["client_flops_peak"] <= 1.0
+
+
+def test_a_model_without_batch_norm_sends_no_calibration(tmp_path):
+    assert _pruner()[0].calibrate == 0  # cnn_femnist: no batch norm
+    a = run_simulation(from_dict(TINY), tmp_path / "a")
+    b = run_simulation(from_dict({**TINY, "prune": {**TINY["prune"], "bn_calibration": 0}}),
+                       tmp_path / "b")
+    # the same run (every message carries the configuration's text, one key's value longer)
+    strip = lambda rows: [{k: v for k, v in r.items()
+                           if k != "seconds" and not k.startswith("bytes")} for r in rows]
+    assert strip(_rows(tmp_path / "a")) == strip(_rows(tmp_path / "b"))
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a.summary["client_flops_total"] == b.summary["client_flops_total"]

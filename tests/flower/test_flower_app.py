@@ -522,3 +522,32 @@ def test_the_serverapp_shows_the_engine_neutral_servers_log_lines():
         ours.handlers[:] = saved[0]
         ours.setLevel(saved[1])
         ours.propagate = saved[2]
+
+
+def test_a_client_calibrates_batch_norm_when_asked_and_refuses_a_bad_request():
+    from fedprune.federated.meter import CALIBRATE_KEY, query_content, wire_models
+    from fedprune.flower.messages import to_message, validation_answer
+    from fedprune.models import new_model
+
+    _grid()
+    cfg, _ = _tiny()
+    model, spec = new_model("tiny_resnet", num_classes=10, in_channels=1, image_size=28,
+                            widths=[4, 8, 8], seed=0)
+    keep = {g["root"]: g["kept"][:2] for g in spec.record["groups"]}
+
+    def ask(calibrate):
+        content = query_content(*wire_models([(model, spec)], "float32"),
+                                experiment=cfg.to_json(), variants=[keep])
+        content.values[CALIBRATE_KEY] = calibrate
+        msg = to_message(content, 1000, MessageType.QUERY)
+        return validation_answer(client_app(msg, _ctx()), 1)
+
+    (acc0, n0, loss0), subs0 = ask(0)
+    (acc1, n1, loss1), subs1 = ask(64)
+    assert n0 == n1 > 0
+    # fresh statistics (0 and 1) against those of the partition's own samples
+    assert (loss0, subs0) != (loss1, subs1)
+    assert ask(64) == ((acc1, n1, loss1), subs1)  # the first 64 samples: deterministic
+    for bad in (-1, "64", 1.5, True):
+        with pytest.raises(TypeError, match=CALIBRATE_KEY):
+            ask(bad)

@@ -15,6 +15,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..data.transform import PixelTransform, to_float_batch
 from ..device import LossScaler, loss_scaler, precision_context, to_device
+from ..pruning.widths import has_batchnorm
 
 StateDict = dict[str, torch.Tensor]
 logger = logging.getLogger(__name__)
@@ -125,6 +126,53 @@ def evaluate(
         model.train(was_training)
     n = int(y.shape[0])
     return correct / n, loss_sum / n
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: nn.Module, x: torch.Tensor, samples: int, batch_size: int,
+                        transform: PixelTransform | None = None) -> nn.Module:
+    """A copy of ``model`` whose batch-norm running statistics are re-estimated from its
+    first ``samples`` rows of ``x`` (forward passes in training mode, batches of
+    ``batch_size``, each batch weighted alike: PyTorch's cumulative average); the weights
+    are untouched.  ``model`` itself is returned when it has no batch norm or ``samples`` is
+    0.
+
+    A nested width's sub-model shares its running statistics with every wider width (they
+    were accumulated while clients trained the full width and the others), which are not
+    its own: measured with them, a narrow width looks worse than it is (US-Nets' "BN
+    calibration", Yu and Huang, ICCV 2019).
+    """
+    samples = min(int(samples), int(x.shape[0]))
+    if samples <= 0 or not has_batchnorm(model):
+        return model
+    net = copy.deepcopy(model)
+    device = next(net.parameters()).device
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the batches
+    net.train()
+    with precision_context(device, "fp32"):
+        for start in range(0, samples, batch_size):
+            net(to_float_batch(transform, x[start : min(start + batch_size, samples)])
+                .to(device))
+    return net.eval()
+
+
+def evaluate_widths(nets: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, *,
+                    train_x: torch.Tensor | None = None, calibrate: int = 0,
+                    batch_size: int = 32, transform: PixelTransform | None = None
+                    ) -> list[tuple[float, float]]:
+    """What a client answers a validation query with: accuracy and loss of each of ``nets``
+    (the model, then its sub-models) on its validation split ``(x, y)``, each net's
+    batch-norm statistics first re-estimated on up to ``calibrate`` of its training
+    samples ``train_x`` when asked (:func:`calibrate_batchnorm`)."""
+    out = []
+    for net in nets:
+        if calibrate > 0 and train_x is not None:
+            net = calibrate_batchnorm(net, train_x, calibrate, batch_size, transform)
+        out.append(evaluate(net, x, y, transform=transform))
+    return out
 
 
 class PerClientTrainer:

@@ -30,7 +30,7 @@ from ..pruning.widths import variant_models
 from ..rundir import CHECKPOINT_FILE, RunDir, load_checkpoint, save_checkpoint  # noqa: F401
 from ..runpolicy import OpenedRun
 from .batched import BatchedTrainer, ClientJob, batched_support
-from .client import PerClientTrainer, evaluate
+from .client import PerClientTrainer, evaluate_widths
 from .meter import (
     answer_content,
     message_bytes,
@@ -157,12 +157,14 @@ class LocalTransport:
         return Delivery(replies, list(plan.clients), down, up)
 
     def validate(self, model: nn.Module, spec: ModelSpec, clients: Sequence[int],
-                 experiment: str, payload_dtype: str, variants: Sequence[Keep] = ()
-                 ) -> Queried:
+                 experiment: str, payload_dtype: str, variants: Sequence[Keep] = (),
+                 calibrate: int = 0) -> Queried:
         """Each client's accuracy on its own validation split, pooled (and that of each
-        sub-model ``variants`` of ``model``, cut here as a client would cut it)."""
+        sub-model ``variants`` of ``model``, cut here as a client would cut it; each
+        first calibrated on the client's training samples when ``calibrate`` > 0)."""
         query = message_bytes(query_content(*wire_models([(model, spec)], payload_dtype),
-                                            experiment=experiment, variants=variants))
+                                            experiment=experiment, variants=variants,
+                                            calibrate=calibrate))
         nets = [model] + variant_models(model, spec, variants)
         if self.device.type != "cpu":
             nets = [copy.deepcopy(n).to(self.device) for n in nets]
@@ -172,7 +174,10 @@ class LocalTransport:
             answer, subs = None, []
             if cd.val_y is not None and len(cd.val_y) > 0:
                 x, y = self.on_device.get(cid, "val_x"), self.on_device.get(cid, "val_y")
-                figures = [evaluate(n, x, y, transform=self.data.transform) for n in nets]
+                figures = evaluate_widths(
+                    nets, x, y, train_x=self.on_device.get(cid, "x") if calibrate else None,
+                    calibrate=calibrate, batch_size=self.cfg.train.batch_size,
+                    transform=self.data.transform)
                 (acc, lo), subs = figures[0], figures[1:]
                 answer = (acc, len(cd.val_y), lo)
                 answers.append((cid, acc, lo, len(cd.val_y)))

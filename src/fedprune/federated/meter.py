@@ -33,6 +33,7 @@ from ..models import ModelSpec
 from .wire import encode
 
 __all__ = [
+    "CALIBRATE_KEY",
     "NUMBER_BYTES",
     "ClientCompute",
     "Content",
@@ -121,6 +122,10 @@ def reply_content(states: Sequence[Mapping[str, torch.Tensor]], *, n: int, loss:
                             "arch-version": arch_version, "partition-id": client})
 
 
+# a validation query's request to re-estimate batch-norm statistics first (training samples)
+CALIBRATE_KEY = "calibrate"
+
+
 def variant_key(i: int) -> str:
     return f"variant-{i}"
 
@@ -132,15 +137,20 @@ def keep_json(keep: Mapping[str, Sequence[int]]) -> str:
 
 
 def query_content(model: tuple[Mapping[str, torch.Tensor], str], *, experiment: str,
-                  variants: Sequence[Mapping[str, Sequence[int]]] = ()) -> Content:
+                  variants: Sequence[Mapping[str, Sequence[int]]] = (),
+                  calibrate: int = 0) -> Content:
     """A validation query: a model (weights as they travel, spec JSON) to evaluate on the
     client's validation split, and its sub-models ``variants`` to evaluate on the same
-    samples (each as the channels it keeps, :func:`keep_json`: no second copy of weights)."""
+    samples (each as the channels it keeps, :func:`keep_json`: no second copy of weights);
+    ``calibrate`` > 0 (sent only then): re-estimate each net's batch-norm statistics on up
+    to that many training samples first."""
     state, spec_json = model
     values: dict[str, Value] = {"fedprune": VALIDATE_KIND, "experiment": experiment,
                                 "model-spec": spec_json}
     for i, keep in enumerate(variants):
         values[variant_key(i)] = keep_json(keep)
+    if calibrate > 0:
+        values[CALIBRATE_KEY] = int(calibrate)
     return Content({ARRAYS_KEY: state}, values)
 
 
@@ -193,6 +203,9 @@ class ClientCompute:
         """FLOPs of ``client`` training one model (given by its forward FLOPs) for a round."""
         return 3 * forward_flops * self.train_sizes[client] * self.epochs
 
-    def validate_one(self, forward_flops: int, client: int) -> int:
-        """FLOPs of ``client`` evaluating one model on its validation split."""
-        return forward_flops * self.val_sizes[client]
+    def validate_one(self, forward_flops: int, client: int, calibrate: int = 0) -> int:
+        """FLOPs of ``client`` evaluating one model on its validation split (after forward
+        passes over up to ``calibrate`` of its training samples to re-estimate batch-norm
+        statistics)."""
+        return forward_flops * (self.val_sizes[client]
+                                + min(calibrate, self.train_sizes[client]))

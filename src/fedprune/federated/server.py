@@ -238,9 +238,9 @@ class PruningServer:
     def _validator(self, transport: Transport, tally: _Tally) -> Validate:
         """Federated validation through ``transport``, its bytes and FLOPs counted."""
         def validate(model: nn.Module, spec: ModelSpec, ids: Sequence[int],
-                     variants: Sequence[Keep] = ()) -> Validation:
+                     variants: Sequence[Keep] = (), calibrate: int = 0) -> Validation:
             q = transport.validate(model, spec, ids, self.experiment, self.payload_dtype,
-                                   variants)
+                                   variants, calibrate)
             tally.bytes_down += q.bytes_down
             tally.bytes_up += q.bytes_up
             tally.queries += len(q.sent)
@@ -248,7 +248,7 @@ class PruningServer:
                 count_flops(sub_model(model, record_from_keep(spec.record, keep),
                                       self.example), self.example) for keep in variants)
             for c in q.sent:
-                f = self.compute.validate_one(flops, c)
+                f = self.compute.validate_one(flops, c, calibrate)
                 tally.val_flops += f
                 tally.per_client[c] = tally.per_client.get(c, 0) + f
             return q.validation

@@ -101,10 +101,12 @@ class Transport(Protocol):
         ...
 
     def validate(self, model: nn.Module, spec: ModelSpec, clients: Sequence[int],
-                 experiment: str, payload_dtype: str, variants: Sequence[Keep] = ()
-                 ) -> Queried:
+                 experiment: str, payload_dtype: str, variants: Sequence[Keep] = (),
+                 calibrate: int = 0) -> Queried:
         """Ask ``clients`` for ``model``'s accuracy on their validation splits, and in the
         same query for that of each of its sub-models ``variants`` (the channels they keep;
-        the clients cut them from ``model`` themselves)."""
+        the clients cut them from ``model`` themselves); with ``calibrate`` > 0, each
+        client first re-estimates each net's batch-norm statistics on up to that many of
+        its training samples (:func:`~fedprune.federated.client.evaluate_widths`)."""
         ...
 

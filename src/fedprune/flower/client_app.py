@@ -34,8 +34,8 @@ from .. import seeds
 from ..config import ExperimentConfig, from_dict
 from ..data import FederatedData, load_federated
 from ..device import DeviceData, check_precision, resolve_device, use_threads
-from ..federated.client import evaluate, train_local
-from ..federated.meter import answer_content, reply_content, variant_key
+from ..federated.client import evaluate_widths, train_local
+from ..federated.meter import CALIBRATE_KEY, answer_content, reply_content, variant_key
 from ..federated.wire import encode
 from ..models import ModelSpec, build
 from ..pruning.widths import variant_models
@@ -185,13 +185,19 @@ def _client_validate(runtime: ClientRuntime, msg: Message, context: Context) -> 
         if not isinstance(keep, dict):
             raise TypeError(f"{variant_key(len(keeps))} is not a mapping of kept channels")
         keeps.append(keep)
+    calibrate = cfg_rec.get(CALIBRATE_KEY, 0)
+    if not isinstance(calibrate, int) or isinstance(calibrate, bool) or calibrate < 0:
+        raise TypeError(f"{CALIBRATE_KEY} is not a count of training samples: {calibrate!r:.40}")
     client = runtime.data(cfg).clients[pid]
     answer, subs = None, []
     if client.val_y is not None and len(client.val_y) > 0:
         nets = [model] + variant_models(model, ModelSpec.from_json(spec_json), keeps)
         on = runtime.on_device(cfg, _device(context, cfg))
         x, y = on.get(pid, "val_x"), on.get(pid, "val_y")
-        figures = [evaluate(n.to(on.device), x, y, transform=on.transform) for n in nets]
+        figures = evaluate_widths(
+            [n.to(on.device) for n in nets], x, y,
+            train_x=on.get(pid, "x") if calibrate else None, calibrate=calibrate,
+            batch_size=cfg.train.batch_size, transform=on.transform)
         (acc, loss), subs = figures[0], figures[1:]
         answer = (acc, len(client.val_y), loss)
     return to_reply(answer_content(pid, answer, subs), msg)

@@ -129,13 +129,14 @@ class FlowerTransport:
         return [replies[p] for p in sorted(replies)], dropped, up, failures
 
     def validate(self, model: nn.Module, spec: ModelSpec, clients: Sequence[int],
-                 experiment: str, payload_dtype: str, variants: Sequence[Keep] = ()
-                 ) -> Queried:
+                 experiment: str, payload_dtype: str, variants: Sequence[Keep] = (),
+                 calibrate: int = 0) -> Queried:
         """The partitions' nodes evaluate ``model`` (and its sub-models ``variants``, which
         they cut themselves) on their own validation splits (a ``query`` message each);
         their answers pooled."""
         content = query_content(*wire_models([(model, spec)], payload_dtype),
-                                experiment=experiment, variants=variants)
+                                experiment=experiment, variants=variants,
+                                calibrate=calibrate)
         records: dict[int, ArrayRecord] = {}
         msgs = {pid: to_message(content, node, MessageType.QUERY, None, records)
                 for pid in clients if (node := self.nodes.node_of.get(pid)) is not None}

@@ -41,11 +41,13 @@ Keep = Mapping[str, Sequence[int]]
 
 
 class Validate(Protocol):
-    """``validate(model, spec, clients, variants=())``: the clients' pooled validation of
-    ``model`` and, in the same query, of each of its sub-models ``variants``."""
+    """``validate(model, spec, clients, variants=(), calibrate=0)``: the clients' pooled
+    validation of ``model`` and, in the same query, of each of its sub-models ``variants``
+    (each net's batch-norm statistics first re-estimated on up to ``calibrate`` of each
+    client's training samples when > 0)."""
 
     def __call__(self, model: nn.Module, spec: ModelSpec, clients: Sequence[int],
-                 variants: Sequence[Keep] = ()) -> Validation: ...
+                 variants: Sequence[Keep] = (), calibrate: int = 0) -> Validation: ...
 
 
 def pool_validation(answers: Iterable[tuple[int, float, float, int]],

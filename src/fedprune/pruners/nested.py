@@ -54,6 +54,7 @@ from ..pruning.widths import (
     channel_scores,
     fixed_groups,
     gather_maps,
+    has_batchnorm,
     keep_of,
     ladder,
     sub_model,
@@ -126,6 +127,8 @@ class NestedPruner(Pruner):
         # this round's validating clients that validate nothing (their compute would exceed
         # a dense client's): set by nested() for the round, read by the judgement
         self._excused: set[int] = set()
+        # training samples a validating client re-estimates batch-norm statistics on first
+        self.calibrate = p.bn_calibration if has_batchnorm(start["model"]) else 0
         self.state = NestedState()
         if p.enabled and len(self.ladder) < 2:
             self.state = NestedState(status="stopped", stopped_round=0,
@@ -189,7 +192,7 @@ class NestedPruner(Pruner):
             if c in validating and self.train_sizes:
                 n, nv = self.train_sizes[c], self.val_sizes[c]
                 dense = 3 * self.flops_initial * n * epochs
-                val = sum(flops) * nv
+                val = sum(flops) * (nv + min(self.calibrate, n))
                 allowed = [i for i, f in enumerate(flops) if 3 * f * n * epochs + val <= dense]
                 if not allowed:
                     allowed = [0]
@@ -202,7 +205,9 @@ class NestedPruner(Pruner):
                 out.append(narrower[min(len(narrower) - 1, int(u * len(narrower)))])
         if self.train_sizes:  # validation alone must fit a dense client's round too
             trained = set(clients)
-            self._excused |= {c for c in validating - trained if sum(flops) * self.val_sizes[c]
+            self._excused |= {c for c in validating - trained
+                              if sum(flops) * (self.val_sizes[c] + min(self.calibrate,
+                                                                       self.train_sizes[c]))
                               > 3 * self.flops_initial * self.train_sizes[c] * epochs}
         return out
 
@@ -243,7 +248,8 @@ class NestedPruner(Pruner):
         records = self._records(model, spec)
         clients = [c for c in validation_clients(self.cfg.seed, rnd, self.val_pool,
                                                  p.val_clients) if c not in self._excused]
-        v = validate(model, spec, clients, [keep_of(r) for r in records[:-1]])
+        v = validate(model, spec, clients, [keep_of(r) for r in records[:-1]],
+                     calibrate=self.calibrate)
         deadline = rnd >= p.max_prune_round or last_round
         if v.samples == 0 or len(v.variants) != len(records) - 1:
             # nobody answered: nothing measured; judged again at the next judgement

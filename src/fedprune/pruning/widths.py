@@ -36,8 +36,19 @@ from .apply import (
 )
 from .importance import group_l1_scores
 
-__all__ = ["aligned", "channel_scores", "fixed_groups", "gather_maps", "keep_of", "ladder", "record_from_keep",
-           "sub_model", "sub_record", "variant_models"]
+__all__ = [
+    "aligned",
+    "channel_scores",
+    "fixed_groups",
+    "gather_maps",
+    "has_batchnorm",
+    "keep_of",
+    "ladder",
+    "record_from_keep",
+    "sub_model",
+    "sub_record",
+    "variant_models",
+]
 
 #: the widths of the ladder: the full width times 1/8, 2/8, ..., 8/8, each aligned
 LADDER_STEPS = 8
@@ -175,6 +186,13 @@ def gather_maps(model: nn.Module, record: dict[str, Any], example: torch.Tensor
     return {k: v.detach().reshape(-1).round().long()
             for k, v in probe.state_dict().items()
             if v.is_floating_point() and full[k].is_floating_point()}
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` holds a batch-norm layer: running statistics that its narrower
+    widths share with the wider ones (what a client re-estimates before measuring them,
+    :func:`fedprune.federated.client.calibrate_batchnorm`)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def variant_models(model: nn.Module, spec: Any, variants: Sequence[Mapping[str, Sequence[int]]]
