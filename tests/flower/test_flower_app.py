@@ -542,7 +542,7 @@ def test_a_client_calibrates_batch_norm_when_asked_and_refuses_a_bad_request():
         msg = to_message(content, 1000, MessageType.QUERY)
         return validation_answer(client_app(msg, _ctx()), 1)
 
-    (acc0, n0, loss0), subs0 = ask(0)
+    (_, n0, loss0), subs0 = ask(0)
     (acc1, n1, loss1), subs1 = ask(64)
     assert n0 == n1 > 0
     # fresh statistics (0 and 1) against those of the partition's own samples

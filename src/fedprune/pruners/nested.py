@@ -20,7 +20,10 @@ them for more work or traffic than dense FedAvg would while it searches:
 3. **A curve per judgement.**  From ``prune.start_round``, every ``prune.interval`` rounds,
    up to ``prune.val_clients`` clients evaluate the full model and every narrower width in
    one query (forward passes only; the widths travel as the channels they keep, not as
-   weights).  Each width's *cost* is the full width's validation accuracy minus its own, on
+   weights).  In a model with batch norm each client first re-estimates every width's
+   running statistics on up to ``prune.bn_calibration`` of its training samples: those in
+   the model were accumulated by all the widths together, and a narrow width measured with
+   them looks worse than it is.  Each width's *cost* is the full width's validation accuracy minus its own, on
    the same samples, with its standard error from the clients' paired differences (as
    ``auto-paired`` does).  The width chosen is the narrowest whose cost (a negative one
    counted as 0: a width cut from the full one gains nothing but noise) plus

@@ -70,7 +70,9 @@ def wall_time(log: dict[str, Any]) -> tuple[list[str], float]:
             f"({inv['seconds']:.0f} s runs and latency + {inv.get('report_seconds', 0.0):.0f} s "
             f"report), {inv['executed']} runs executed of {inv['runs']} (before it: "
             f"{st['done']} finished, {st['resume']} to resume, {st['fresh']} to start), "
-            f"{inv['jobs']} in parallel; CPU time of its runs {inv.get('cpu_seconds', 0) / 60:.1f} "
+            f"{inv['jobs']} in parallel"
+            + (f" on {inv['machine']['cpu']}" if inv.get("machine", {}).get("cpu") else "")
+            + f"; CPU time of its runs {inv.get('cpu_seconds', 0) / 60:.1f} "
             f"core-min{_share(inv)}; 1-minute load average {inv['loadavg_before'][0]:.2f} "
             f"before, {inv['loadavg_after'][0]:.2f} after"
             + (f", {inv['loadavg_mean']:.2f} on average and {inv['loadavg_max']:.2f} at most "
@@ -121,6 +123,8 @@ def _command_and_machine(plan: Plan, log: dict[str, Any]) -> list[str]:
     suite = plan.suite
     inv = log.get("invocations", [])
     machine = inv[-1]["machine"] if inv else {}
+    cpus = list(dict.fromkeys(i["machine"]["cpu"] for i in inv
+                              if i.get("machine", {}).get("cpu")))
     out = ["## Command and machine", ""]
     if inv:
         out += ["```bash\n" + _command(inv[0]["argv"]) + "\n```", ""]
@@ -133,7 +137,17 @@ def _command_and_machine(plan: Plan, log: dict[str, Any]) -> list[str]:
                    f"least {cpu / 60 / jobs:.1f} min of wall time on {jobs} dedicated cores; a "
                    "wall time far above that means the machine was shared (load averages).")
         out += ["", *lines, ""]
-    if machine:
+    if len(cpus) > 1:  # records kept from several machines (scripts/keep_records.py)
+        out.append(f"Machines: {'; '.join(cpus)} (each invocation's above; a run's latency "
+                   "ratio was measured on the machine that ran it, interleaved with its "
+                   "dense model there). Each run single-threaded (`threads=1`), runs in "
+                   f"parallel as listed above. Latency ratios are medians of interleaved "
+                   f"onnxruntime runs (1 thread, batch 1, {suite.latency_runs} timed runs after "
+                   f"{suite.latency_warmup} warm-up runs) of each run's initial dense model and "
+                   "its final model, taken right after the run, while the other worker was "
+                   "training: ratios, not absolute times.")
+        out.append("")
+    elif machine:
         out.append(f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores, "
                    f"Python {machine.get('python')}, torch {machine.get('torch')}; "
                    f"each run single-threaded (`threads=1`), runs in parallel as listed above. "
