@@ -10,7 +10,7 @@ import pytest
 import torch
 from interrupt import Stop, stop_after
 
-import fedprune.federated.loop as loop_mod
+import fedprune.federated.client as client_mod
 from fedprune.config import BudgetConfig, ConfigError, from_dict
 from fedprune.federated import run_simulation
 from fedprune.metrics import n_params, plot_run
@@ -225,13 +225,13 @@ def test_loop_rejects_an_unreachable_budget_before_training(tmp_path):
 
 
 def test_loop_guard_rolls_back_every_harmful_cut_and_gives_up(monkeypatch, tmp_path):
-    real = loop_mod.evaluate
+    real = client_mod.evaluate
 
     def evaluate(model, x, y, batch_size=512, **kw):  # smaller models look worse on validation
         acc, loss = real(model, x, y, batch_size, **kw)
         return (n_params(model) / 10**4, loss) if len(y) < 100 else (acc, loss)
 
-    monkeypatch.setattr(loop_mod, "evaluate", evaluate)
+    monkeypatch.setattr(client_mod, "evaluate", evaluate)  # what clients answer with
     res = run_simulation(_cfg(params_fraction=0.3, guard_recovery_rounds=1, guard_z=0.0,
                               max_rollbacks=3), tmp_path)
     s = res.summary["budget"]
