@@ -71,7 +71,7 @@ class PruneConfig:
     # counted in its compute): a narrow width's own statistics, not those it shares with the
     # wider ones; 0 = measure with the global model's statistics.  Models without batch
     # norm: nothing to re-estimate, nothing sent
-    bn_calibration: int = 32
+    bn_calibration: int = 128
 
     def __post_init__(self) -> None:
         _check(self.k >= 0, "prune.k", ">= 0", self.k)

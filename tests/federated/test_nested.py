@@ -355,7 +355,7 @@ def test_a_batch_norm_model_s_widths_are_calibrated_and_the_passes_counted(tmp_p
                              tmp_path / "off")
     finally:
         loop.LocalTransport.validate = real
-    n_cal = sum(1 for c, _ in seen if c == 32)
+    n_cal = sum(1 for c, _ in seen if c == 128)
     assert n_cal >= 1 and n_cal + sum(1 for c, _ in seen if c == 0) == len(seen)
     # the first judgement (same model, same clients) asked for more forward passes: the
     # calibration is counted, and no client spends more than a dense one regardless
