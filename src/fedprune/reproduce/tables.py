@@ -211,7 +211,8 @@ def auto_checks(rows: list[Row], cells: dict[str, Cell]) -> list[str]:
         best_cut = statistics.fmean(best.flops_cut)
         ok = cut >= best_cut
         out.append(f"FLOPs cut at least the largest fixed ratio's within {TARGET_GAP_POINTS:g} "
-                   f"point ({METHODS[best.method].label}, {best.gap:.2f} points below dense, "
+                   f"point ({METHODS[best.method].label}, {abs(best.gap):.2f} points "
+                   f"{'below' if best.gap >= 0 else 'above'} dense, "
                    f"FLOPs cut {best_cut:.1%}): **{'met' if ok else 'NOT met'}** (automatic "
                    f"{cut:.1%})")
     else:
