@@ -186,6 +186,13 @@ class NestedPruner(Pruner):
             validating = set(validation_clients(self.cfg.seed, rnd, self.val_pool,
                                                 self.cfg.prune.val_clients))
         epochs = self.cfg.train.local_epochs
+
+        def train(c: int, f: int) -> int:  # a round's training of a model of f forward FLOPs
+            return 3 * f * self.train_sizes[c] * epochs
+
+        def validation(c: int) -> int:  # every width's forward passes, calibration included
+            return sum(flops) * (self.val_sizes[c] + min(self.calibrate, self.train_sizes[c]))
+
         self._excused = set()
         out = []
         full = len(flops) - 1
@@ -193,10 +200,8 @@ class NestedPruner(Pruner):
             draw = float(rng.random())
             allowed = list(range(len(flops)))
             if c in validating and self.train_sizes:
-                n, nv = self.train_sizes[c], self.val_sizes[c]
-                dense = 3 * self.flops_initial * n * epochs
-                val = sum(flops) * (nv + min(self.calibrate, n))
-                allowed = [i for i, f in enumerate(flops) if 3 * f * n * epochs + val <= dense]
+                dense = train(c, self.flops_initial)
+                allowed = [i for i, f in enumerate(flops) if train(c, f) + validation(c) <= dense]
                 if not allowed:
                     allowed = [0]
                     self._excused.add(c)
@@ -209,9 +214,7 @@ class NestedPruner(Pruner):
         if self.train_sizes:  # validation alone must fit a dense client's round too
             trained = set(clients)
             self._excused |= {c for c in validating - trained
-                              if sum(flops) * (self.val_sizes[c] + min(self.calibrate,
-                                                                       self.train_sizes[c]))
-                              > 3 * self.flops_initial * self.train_sizes[c] * epochs}
+                              if validation(c) > train(c, self.flops_initial)}
         return out
 
     # ------------------------------------------------------------------ the round step

@@ -137,26 +137,19 @@ def _command_and_machine(plan: Plan, log: dict[str, Any]) -> list[str]:
                    f"least {cpu / 60 / jobs:.1f} min of wall time on {jobs} dedicated cores; a "
                    "wall time far above that means the machine was shared (load averages).")
         out += ["", *lines, ""]
+    how = ("each run single-threaded (`threads=1`), runs in parallel as listed above. "
+           "Latency ratios are medians of interleaved onnxruntime runs (1 thread, "
+           f"batch 1, {suite.latency_runs} timed runs after {suite.latency_warmup} "
+           "warm-up runs) of each run's initial dense model and its final model, taken "
+           "right after the run, while the other worker was training: ratios, not "
+           "absolute times.")
     if len(cpus) > 1:  # records kept from several machines (scripts/keep_records.py)
-        out.append(f"Machines: {'; '.join(cpus)} (each invocation's above; a run's latency "
-                   "ratio was measured on the machine that ran it, interleaved with its "
-                   "dense model there). Each run single-threaded (`threads=1`), runs in "
-                   f"parallel as listed above. Latency ratios are medians of interleaved "
-                   f"onnxruntime runs (1 thread, batch 1, {suite.latency_runs} timed runs after "
-                   f"{suite.latency_warmup} warm-up runs) of each run's initial dense model and "
-                   "its final model, taken right after the run, while the other worker was "
-                   "training: ratios, not absolute times.")
-        out.append("")
+        out += [(f"Machines: {'; '.join(cpus)} (each invocation's above; a run's latency "
+                 "ratio was measured on the machine that ran it, interleaved with its dense "
+                 f"model there); {how}"), ""]
     elif machine:
-        out.append(f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores, "
-                   f"Python {machine.get('python')}, torch {machine.get('torch')}; "
-                   f"each run single-threaded (`threads=1`), runs in parallel as listed above. "
-                   "Latency ratios are medians of interleaved onnxruntime runs (1 thread, "
-                   f"batch 1, {suite.latency_runs} timed runs after {suite.latency_warmup} "
-                   "warm-up runs) of each run's initial dense model and its final model, taken "
-                   "right after the run, while the other worker was training: ratios, not "
-                   "absolute times.")
-        out.append("")
+        out += [(f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores, "
+                 f"Python {machine.get('python')}, torch {machine.get('torch')}; {how}"), ""]
     return out
 
 
