@@ -56,6 +56,9 @@ def test_the_ladder_is_nested_aligned_and_ends_at_the_full_width():
         assert all(w % 16 == 0 for w in lo.values())
     assert ladder({"a": 16, "b": 8}, 16) == [{"a": 16, "b": 8}]  # nothing narrower
     assert len(ladder({"a": 32, "b": 64}, 1)) == 8
+    # a group left whole keeps its width in every step; steps that then repeat go
+    fixed = ladder({"a": 32, "b": 64}, 16, fixed={"b"})
+    assert fixed == [{"a": 16, "b": 64}, {"a": 32, "b": 64}]
 
 
 def _example(shape=(1, 1, 28, 28)):

@@ -10,7 +10,8 @@ weights (every array at its wire width, integer buffers included), the architect
 experiment config as UTF-8 text, the round number, version and partition id, and the
 metrics of each reply, 8 bytes a number.  Names and framing are not counted.
 
-Client compute (:class:`ClientCompute`) is counted from what the server asks: a client
+Client compute (:class:`~fedprune.metrics.compute.ClientCompute`, also what the methods
+that cap a client's work count with) is counted from what the server asks: a client
 asked to train a model for ``local_epochs`` epochs over its ``n`` training samples spends
 ``3 x forward FLOPs x n x epochs`` (the backward pass costs twice the forward one: gradients
 with respect to the inputs and to the weights); a client asked to validate a model spends
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..metrics.compute import ClientCompute
 from ..models import ModelSpec
 from .wire import encode
 
@@ -174,38 +176,3 @@ def wire_models(models: Sequence[tuple[nn.Module, ModelSpec]], payload_dtype: st
                 ) -> list[tuple[dict[str, torch.Tensor], str]]:
     """Each model as it travels: its weights :func:`~.wire.encode`-d, and its spec JSON."""
     return [(encode(m.state_dict(), payload_dtype), spec.to_json()) for m, spec in models]
-
-
-@dataclass(frozen=True)
-class ClientCompute:
-    """The clients' FLOPs, counted from what the server asks of them.
-
-    ``train_sizes`` / ``val_sizes``: each client's training and validation samples;
-    ``epochs``: local epochs per round.  Models are given by their forward FLOPs per sample
-    (:func:`~fedprune.metrics.count_flops`).
-    """
-
-    train_sizes: Sequence[int]
-    val_sizes: Sequence[int]
-    epochs: int
-
-    def train(self, forward_flops: Sequence[int], clients: Sequence[int]) -> int:
-        """FLOPs of ``clients`` each training every model (given by its forward FLOPs) for
-        one round: forward and backward over every training sample, every epoch."""
-        samples = sum(self.train_sizes[c] for c in clients) * self.epochs
-        return sum(3 * f * samples for f in forward_flops)
-
-    def validate(self, forward_flops: int, clients: Sequence[int]) -> int:
-        """FLOPs of ``clients`` each evaluating a model on its validation split."""
-        return forward_flops * sum(self.val_sizes[c] for c in clients)
-
-    def train_one(self, forward_flops: int, client: int) -> int:
-        """FLOPs of ``client`` training one model (given by its forward FLOPs) for a round."""
-        return 3 * forward_flops * self.train_sizes[client] * self.epochs
-
-    def validate_one(self, forward_flops: int, client: int, calibrate: int = 0) -> int:
-        """FLOPs of ``client`` evaluating one model on its validation split (after forward
-        passes over up to ``calibrate`` of its training samples to re-estimate batch-norm
-        statistics)."""
-        return forward_flops * (self.val_sizes[client]
-                                + min(calibrate, self.train_sizes[client]))

@@ -29,7 +29,7 @@ from ..device import resolve_device, to_device
 from ..metrics import RoundRecord, count_flops, count_macs, n_params
 from ..models import ModelSpec, new_model
 from ..pruners import Keep, Pruner, PruneStep, Validate, Validation, make_pruner
-from ..pruning.widths import record_from_keep, sub_model
+from ..pruning.widths import variant_models
 from ..rundir import OpenedRun, RunDir
 from .aggregate import Clip, Rejection
 from .averaging import Averaged, average_nested, average_round
@@ -244,9 +244,8 @@ class PruningServer:
             tally.bytes_down += q.bytes_down
             tally.bytes_up += q.bytes_up
             tally.queries += len(q.sent)
-            flops = count_flops(model, self.example) + sum(
-                count_flops(sub_model(model, record_from_keep(spec.record, keep),
-                                      self.example), self.example) for keep in variants)
+            flops = sum(count_flops(m, self.example)
+                        for m in (model, *variant_models(model, spec, variants)))
             for c in q.sent:
                 f = self.compute.validate_one(flops, c, calibrate)
                 tally.val_flops += f

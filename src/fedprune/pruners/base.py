@@ -20,6 +20,7 @@ from torch import nn
 
 from .. import seeds
 from ..config import ExperimentConfig
+from ..metrics.compute import ClientCompute
 from ..models import ModelSpec
 
 
@@ -136,6 +137,8 @@ class Pruner(abc.ABC):
         self.example = example
         self.val_pool = [i for i in range(num_clients) if has_validation[i]]
         self.train_sizes, self.val_sizes = list(train_sizes), list(val_sizes)
+        # what a client's work costs, as the meter counts it (empty sizes: unknown)
+        self.compute = ClientCompute(self.train_sizes, self.val_sizes, cfg.train.local_epochs)
 
     def trial(self) -> list[tuple[nn.Module, ModelSpec]]:
         """Models the sampled clients train this round beside the global one (the automatic

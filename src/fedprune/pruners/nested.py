@@ -120,13 +120,10 @@ class NestedPruner(Pruner):
                               "prune.method = 'boundary' or 'ratio'")
         spec: ModelSpec = start["spec"]
         self.full = {g["root"]: int(g["channels"]) for g in spec.record["groups"]}
-        self.ladder = ladder(self.full, p.round_to, p.min_channels)
-        self.flops_initial = int(start["flops_initial"])
         # groups the widths leave whole: a grouped conv's blocks, a group cut cannot align
-        fixed = fixed_groups(start["model"], self.example)
-        self.ladder = [{r: (self.full[r] if r in fixed else w) for r, w in step.items()}
-                       for step in self.ladder]
-        self.ladder = [w for i, w in enumerate(self.ladder) if i == 0 or w != self.ladder[i - 1]]
+        self.ladder = ladder(self.full, p.round_to, p.min_channels,
+                             fixed=fixed_groups(start["model"], self.example))
+        self.flops_initial = int(start["flops_initial"])
         # this round's validating clients that validate nothing (their compute would exceed
         # a dense client's): set by nested() for the round, read by the judgement
         self._excused: set[int] = set()
@@ -185,13 +182,13 @@ class NestedPruner(Pruner):
         if self._judging(rnd):
             validating = set(validation_clients(self.cfg.seed, rnd, self.val_pool,
                                                 self.cfg.prune.val_clients))
-        epochs = self.cfg.train.local_epochs
+        compute = self.compute
 
         def train(c: int, f: int) -> int:  # a round's training of a model of f forward FLOPs
-            return 3 * f * self.train_sizes[c] * epochs
+            return compute.train_one(f, c)
 
         def validation(c: int) -> int:  # every width's forward passes, calibration included
-            return sum(flops) * (self.val_sizes[c] + min(self.calibrate, self.train_sizes[c]))
+            return sum(compute.validate_one(f, c, self.calibrate) for f in flops)
 
         self._excused = set()
         out = []

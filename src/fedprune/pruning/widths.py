@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -72,14 +72,16 @@ def aligned(k: float, n: int, multiple: int, floor: int = 1) -> int:
 
 
 def ladder(widths: Mapping[str, int], multiple: int, floor: int = 1,
-           steps: int = LADDER_STEPS) -> list[dict[str, int]]:
+           steps: int = LADDER_STEPS, fixed: Collection[str] = ()) -> list[dict[str, int]]:
     """The candidate widths of a model whose groups have ``widths`` channels: the full
-    widths times ``i / steps`` (i = 1 ... steps), each group :func:`aligned`, duplicates
-    dropped; narrowest first, the full width last.  Every width keeps at most what the next
-    one keeps in every group (they are nested)."""
+    widths times ``i / steps`` (i = 1 ... steps), each group :func:`aligned` (the groups
+    ``fixed`` whole, :func:`fixed_groups`), duplicates dropped; narrowest first, the full
+    width last.  Every width keeps at most what the next one keeps in every group (they are
+    nested)."""
     out: list[dict[str, int]] = []
     for i in range(1, steps + 1):
-        w = {root: aligned(n * i / steps, n, multiple, floor) for root, n in widths.items()}
+        w = {root: n if root in fixed else aligned(n * i / steps, n, multiple, floor)
+             for root, n in widths.items()}
         if i == steps:
             w = dict(widths)
         if not out or w != out[-1]:
