@@ -24,6 +24,15 @@ def plot_path(out_dir: Path, setting: Setting, kind: str) -> Path:
     return Path(out_dir) / f"{slug(setting)}_{kind}.png"
 
 
+def _save(fig, ax, path: Path, which: str = "major") -> Path:
+    """A figure's grid and legend, laid out and written to ``path`` (the caller closes it)."""
+    ax.grid(True, alpha=0.3, which=which)
+    ax.legend(fontsize=7.5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
 def plots(cells: dict[tuple[str, str], dict[str, Cell]], out_dir: Path) -> dict[str, list[Path]]:
     """Accuracy vs round, params vs round and accuracy vs FLOPs for every setting."""
     import matplotlib
@@ -54,7 +63,7 @@ def plots(cells: dict[tuple[str, str], dict[str, Cell]], out_dir: Path) -> dict[
                     xs = sorted(series)
                     ms = [statistics.fmean(series[x]) for x in xs]
                     style = "--" if name == "dense" else "-"
-                    lw = 2.2 if name == HEADLINE_METHOD else 1.3
+                    lw = 2.2 if name == "auto" else 1.3
                     (line,) = ax.plot(xs, ms, style, lw=lw, label=METHODS[name].label)
                     if kind == "accuracy" and len(cell.runs) > 1:
                         # no band at rounds that only one seed reached
@@ -71,12 +80,7 @@ def plots(cells: dict[tuple[str, str], dict[str, Cell]], out_dir: Path) -> dict[
                                   + ("one seed, n = 1" if single else "mean over seeds") + ")")
                     ax.set_yscale("log")
                 ax.set_title(f"{setting.title}\n{kind} per round", fontsize=9)
-                ax.grid(True, alpha=0.3)
-                ax.legend(fontsize=7.5)
-                fig.tight_layout()
-                path = plot_path(out_dir, setting, kind)
-                fig.savefig(path, dpi=100)
-                files.append(path)
+                files.append(_save(fig, ax, plot_path(out_dir, setting, kind)))
             finally:
                 plt.close(fig)
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -100,12 +104,8 @@ def plots(cells: dict[tuple[str, str], dict[str, Cell]], out_dir: Path) -> dict[
             ax.set_title(f"{setting.title}\naccuracy vs FLOPs ("
                          + ("one seed, n = 1" if single else
                             "mean ± std over seeds; dots: single seeds") + ")", fontsize=9)
-            ax.grid(True, alpha=0.3, which="both")
-            ax.legend(fontsize=7.5)
-            fig.tight_layout()
-            path = plot_path(out_dir, setting, "acc_vs_flops")
-            fig.savefig(path, dpi=100)
-            files.append(path)
+            files.append(_save(fig, ax, plot_path(out_dir, setting, "acc_vs_flops"),
+                               which="both"))
         finally:
             plt.close(fig)
         files += _cumulative(plt, by, setting, out_dir, single)
@@ -150,12 +150,7 @@ def _cumulative(plt, by: dict[str, Cell], setting: Setting, out_dir: Path,
             ax.set_ylabel(f"cumulative {unit} ("
                           + ("one seed, n = 1" if single else "mean over seeds") + ")")
             ax.set_title(f"{setting.title}\ncumulative {unit}", fontsize=9)
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=7.5)
-            fig.tight_layout()
-            path = plot_path(out_dir, setting, kind)
-            fig.savefig(path, dpi=100)
-            files.append(path)
+            files.append(_save(fig, ax, plot_path(out_dir, setting, kind)))
         finally:
             plt.close(fig)
     return files
