@@ -11,6 +11,8 @@ from .config_sections import _check
 #: the names ``prune.method`` accepts: the built-in methods and every method registered with
 #: :func:`fedprune.pruners.register` (which adds its name here)
 PRUNE_METHODS: set[str] = {"auto", "auto-paired", "boundary", "ratio"}
+# how the automatic method's nested widths are trained while it searches (prune.ordered_dropout)
+ORDERED_DROPOUT: tuple[str, ...] = ("client", "batch")
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,12 @@ class PruneConfig:
     # wider ones; 0 = measure with the global model's statistics.  Models without batch
     # norm: nothing to re-estimate, nothing sent
     bn_calibration: int = 128
+    # method "auto", while it searches: "client" = each sampled client trains one width (the
+    # full one with probability 1/2, else a narrower one); "batch" = besides, each batch of
+    # a client's round trains its width with probability 1/2, else one of the narrower
+    # widths inside it, uniformly (ordered dropout per batch, as FjORD), so that the
+    # narrow widths learn at every client
+    ordered_dropout: str = "client"
 
     def __post_init__(self) -> None:
         _check(self.k >= 0, "prune.k", ">= 0", self.k)
@@ -92,6 +100,8 @@ class PruneConfig:
                self.round_to)
         _check(0 <= self.bn_calibration <= 1_000_000, "prune.bn_calibration",
                "an integer in [0, 1000000]", self.bn_calibration)
+        _check(self.ordered_dropout in ORDERED_DROPOUT, "prune.ordered_dropout",
+               "'client' or 'batch'", self.ordered_dropout)
         _check(self.mode in ("both", "low"), "prune.mode", "'both' or 'low'", self.mode)
         _check(self.min_channels >= 1, "prune.min_channels", ">= 1", self.min_channels)
         _check(0 < self.max_fraction <= 1, "prune.max_fraction", "in (0, 1]", self.max_fraction)

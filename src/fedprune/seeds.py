@@ -33,6 +33,7 @@ __all__ = [
     "VALIDATION",
     "WIDTHS",
     "batch_order",
+    "batch_widths",
     "client_sampling",
     "data_split",
     "guard_clients",
@@ -49,6 +50,7 @@ VALIDATION = 4
 TEST_SUBSET = 5
 GUARD = 5  # with the round appended: a stream apart from TEST_SUBSET's
 WIDTHS = 6  # with the round appended
+BATCH_WIDTHS = 7  # with the round and the client appended
 PRUNING_STRIDE = 100_003  # (seed, round) pairs give distinct seeds while rounds < 100003
 
 
@@ -93,6 +95,13 @@ def width_draws(seed: int, rnd: int) -> np.random.Generator:
     """The width each sampled client trains in round ``rnd`` while the automatic method
     searches (:mod:`fedprune.pruners.nested`)."""
     return np.random.default_rng([seed, WIDTHS, rnd])
+
+
+def batch_widths(seed: int, rnd: int, client: int) -> np.random.Generator:
+    """The width of each batch that client ``client`` trains in round ``rnd`` under ordered
+    dropout per batch (``prune.ordered_dropout = "batch"``): drawn alike by the client and
+    by the server that counts its compute, in every engine."""
+    return np.random.default_rng([seed, BATCH_WIDTHS, rnd, client])
 
 
 def pruning_seed(seed: int, rnd: int) -> int:

@@ -181,3 +181,36 @@ def test_a_batch_size_beyond_every_client_pads_steps_only_to_the_largest_client(
     same = TrainConfig(local_epochs=2, batch_size=19, lr=3e-3)
     _assert_same(_batched(model, state, clients, same), _batched(model, state, clients, huge),
                  atol=0)
+
+
+def test_ordered_dropout_per_batch_trains_batched_like_per_client():
+    from fedprune.federated.client import Dropout, dropout_schedule
+    from fedprune.pruning.widths import (
+        channel_scores, dropout_masks, keep_of, ladder, sub_record)
+
+    model, spec = new_model("cnn_femnist", seed=3, num_classes=10, in_channels=1,
+                            image_size=28, widths=[8, 12])
+    x = spec.example_input()
+    full = {g["root"]: g["channels"] for g in spec.record["groups"]}
+    records = [sub_record(spec.record, channel_scores(model, x), w) for w in ladder(full, 4)]
+    masks = tuple(dropout_masks(model, spec.record, [keep_of(r) for r in records[:-1]], x))
+    clients = _clients(model, [5, 8, 13, 21], 10)
+    cfg = TrainConfig(local_epochs=2, batch_size=8, optimizer="adam", lr=3e-3)
+    drops = [Dropout(dropout_schedule(0, 1, i, len(y), cfg, len(masks)), masks)
+             for i, (_, y) in enumerate(clients)]
+    assert any(w >= 0 for d in drops for w in d.schedule)
+    state = copy.deepcopy(model.state_dict())
+    ref = []
+    for i, ((cx, cy), d) in enumerate(zip(clients, drops, strict=True)):
+        worker = copy.deepcopy(model)
+        worker.load_state_dict(state)
+        ref.append(train_local(worker, cx, cy, cfg, torch.Generator().manual_seed(100 + i),
+                               dropout=d))
+    jobs = [ClientJob(cx, cy, torch.Generator().manual_seed(100 + i), None, d)
+            for i, ((cx, cy), d) in enumerate(zip(clients, drops, strict=True))]
+    got = BatchedTrainer(model, cfg).train(state, jobs)
+    _assert_same(ref, got)
+    # and it is not plain training
+    plain = _per_client(model, state, clients, cfg)
+    assert any(not torch.allclose(p[0][k], r[0][k]) for p, r in zip(plain, ref, strict=True)
+               for k in p[0])

@@ -379,3 +379,67 @@ def test_a_model_without_batch_norm_sends_no_calibration(tmp_path):
     sa, sb = a.model.state_dict(), b.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert a.summary["client_flops_total"] == b.summary["client_flops_total"]
+
+
+# ----------------------------------------------------------------- ordered dropout per batch
+
+
+def test_a_batch_at_a_narrower_width_trains_that_width_alone_and_leaves_the_rest():
+    from fedprune.config import TrainConfig
+    from fedprune.federated.client import Dropout, train_local
+    from fedprune.models import new_model
+    from fedprune.pruning.widths import (
+        channel_scores, dropout_masks, gather_maps, keep_of, ladder, sub_model, sub_record)
+
+    model, spec = new_model("tiny_resnet", num_classes=10, in_channels=1, image_size=28,
+                            widths=[16, 16, 32], seed=0)
+    example = spec.example_input()
+    full = {g["root"]: g["channels"] for g in spec.record["groups"]}
+    narrow = sub_record(spec.record, channel_scores(model, example), ladder(full, 4)[0])
+    (masks,) = dropout_masks(model, spec.record, [keep_of(narrow)], example)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 1, 28, 28, generator=g), torch.randint(0, 10, (8,), generator=g)
+    cfg = TrainConfig(local_epochs=1, batch_size=8, optimizer="sgd", lr=0.1, momentum=0.0)
+    alone = sub_model(model, narrow, example)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    held = copy.deepcopy(model)
+    got, _, _ = train_local(held, x, y, cfg, torch.Generator().manual_seed(1),
+                            dropout=Dropout((0,), (masks,)))
+    ref, _, _ = train_local(alone, x, y, cfg, torch.Generator().manual_seed(1))
+    maps = gather_maps(model, narrow, example)
+    moved = 0
+    for k, pos in maps.items():
+        torch.testing.assert_close(got[k].reshape(-1)[pos], ref[k].reshape(-1), atol=1e-6,
+                                   rtol=1e-5)
+        out = masks[k].reshape(-1) == 0  # outside the width: as before (BN statistics too)
+        assert torch.equal(got[k].reshape(-1)[out], before[k].reshape(-1)[out]), k
+        moved += int((got[k].reshape(-1)[pos] != before[k].reshape(-1)[pos]).sum())
+    assert moved > 0
+    with pytest.raises(ValueError, match="batch widths for 1 batches"):
+        train_local(copy.deepcopy(model), x, y, cfg, torch.Generator().manual_seed(1),
+                    dropout=Dropout((0, -1), (masks,)))
+    with pytest.raises(ValueError, match="not -1 or one of"):
+        Dropout((1,), (masks,))
+
+
+def test_ordered_dropout_per_batch_costs_less_compute_and_sends_the_narrower_widths(tmp_path):
+    per_client = run_simulation(from_dict(TINY), tmp_path / "client")
+    cfg = from_dict({**TINY, "prune": {**TINY["prune"], "ordered_dropout": "batch"}})
+    per_batch = run_simulation(cfg, tmp_path / "batch")
+    a, b = _rows(tmp_path / "client"), _rows(tmp_path / "batch")
+    # the same widths drawn for the same clients (the stream does not depend on the model):
+    # the batch mode's train messages carry the narrower widths, and its clients spend less
+    assert a[0]["messages"] == b[0]["messages"]
+    assert b[0]["bytes_down"] > a[0]["bytes_down"] and b[0]["bytes_up"] == a[0]["bytes_up"]
+    assert b[0]["client_flops_train"] < a[0]["client_flops_train"]
+    assert max(r["client_flops_peak"] for r in b) <= 1.0
+    assert per_batch.summary["nested"]["status"] == "stopped"
+    assert per_batch.summary["client_flops_total"] < per_client.summary["client_flops_total"]
+    # resumed mid-search: bit for bit
+    with pytest.raises(Stop):
+        run_simulation(cfg, tmp_path / "cut", on_round=stop_after(3))
+    res = run_simulation(cfg, tmp_path / "cut", resume=True)
+    s1, s2 = per_batch.model.state_dict(), res.model.state_dict()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    with pytest.raises(Exception, match="prune.ordered_dropout"):
+        from_dict({"prune": {"ordered_dropout": "sometimes"}})

@@ -15,7 +15,9 @@ from fedprune.models import new_model
 from fedprune.pruning import RatioRule, initial_record, prune_model
 from fedprune.pruning.widths import (
     aligned,
+    batch_schedule,
     channel_scores,
+    dropout_masks,
     gather_maps,
     keep_of,
     ladder,
@@ -157,3 +159,48 @@ def test_groups_split_into_blocks_are_left_whole_by_nested_widths():
     for w in steps[:-1]:
         sub = sub_model(model, sub_record(record, scores, w), x).eval()
         assert sub(x).shape == model(x).shape
+
+
+@pytest.mark.parametrize("name, widths", [("cnn_femnist", None), ("tiny_resnet", [16, 16, 32]),
+                                           ("inception", None)])
+def test_a_narrower_width_is_the_held_width_times_its_masks(name, widths):
+    """Ordered dropout trains a narrower width in place: the held width with its values
+    times the width's masks computes exactly the narrower sub-model (batch norm too)."""
+    model, spec = new_model(name, num_classes=10, in_channels=1, image_size=28, widths=widths,
+                            seed=0)
+    x = spec.example_input()
+    full = {g["root"]: g["channels"] for g in spec.record["groups"]}
+    records = [sub_record(spec.record, channel_scores(model, x), w)
+               for w in ladder(full, 4 if widths else 16)]
+    assert len(records) >= 3
+    held_at = len(records) - 2
+    held = sub_model(model, records[held_at], x).eval()
+    masks = dropout_masks(held, records[held_at], [keep_of(r) for r in records[:held_at]], x)
+    batch = torch.randn(3, *x.shape[1:], generator=torch.Generator().manual_seed(1))
+    for j, m in enumerate(masks):
+        assert set(m) == {k for k, v in held.state_dict().items() if v.is_floating_point()}
+        narrow = sub_model(model, records[j], x).eval()
+        assert int(sum(v.sum() for v in m.values())) == sum(
+            v.numel() for v in narrow.state_dict().values() if v.is_floating_point())
+        params = {k: p * m[k] for k, p in held.named_parameters()}
+        got = torch.func.functional_call(held, params, (batch,))
+        torch.testing.assert_close(got, narrow(batch), atol=1e-5, rtol=1e-5)
+    # a width that is not inside the held one is refused, naming the group
+    wider = keep_of(records[held_at + 1]) or {
+        g["root"]: list(range(g["channels"])) for g in spec.record["groups"]}
+    with pytest.raises(ValueError, match="does not keep channels"):
+        dropout_masks(held, records[held_at], [wider], x)
+
+
+def test_the_batch_schedule_draws_one_width_per_batch_half_of_them_the_own_width():
+    rng = np.random.default_rng(0)
+    sched = batch_schedule(rng, n=1000, batch_size=10, epochs=20, narrower=3)
+    assert len(sched) == 2000 and set(sched) == {-1, 0, 1, 2}
+    assert 0.45 < sched.count(-1) / 2000 < 0.55
+    assert all(0.13 < sched.count(j) / 2000 < 0.2 for j in range(3))
+    # the same stream gives the same schedule; without narrower widths, every batch is own
+    assert batch_schedule(np.random.default_rng(0), 1000, 10, 20, 3) == sched
+    assert set(batch_schedule(np.random.default_rng(0), 5, 10, 2, 0)) == {-1}
+    assert len(batch_schedule(np.random.default_rng(0), 21, 10, 2, 1)) == 6
+    with pytest.raises(ValueError, match="batch_schedule"):
+        batch_schedule(rng, 0, 10, 1, 1)

@@ -55,6 +55,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..data.transform import PixelTransform, to_float_batch
 from ..device import loss_scaler, precision_context
+from .client import Dropout
 
 StateDict = dict[str, torch.Tensor]
 logger = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class ClientJob:
     y: torch.Tensor
     generator: torch.Generator
     transform: PixelTransform | None = None
+    dropout: Dropout | None = None  # ordered dropout per batch (the automatic method)
 
 
 @dataclass(frozen=True)
@@ -276,7 +278,8 @@ class BatchedTrainer:
         params = {n: global_state[n].detach().to(self.device, torch.float32).unsqueeze(0)
                   .repeat(len(order), *([1] * len(self.shapes[n]))).contiguous()
                   for n in self.names}
-        loss_sums = self._run_steps(params, x_all, y_all, plan, bsz)
+        dropout = self._dropout([jobs[i] for i in order], [steps[i] for i in order])
+        loss_sums = self._run_steps(params, x_all, y_all, plan, bsz, dropout)
         results: list[tuple[StateDict, int, dict[str, float]] | None] = [None] * len(order)
         for k, i in enumerate(order):  # the loss of the last epoch, the weights on the CPU
             n, spe = int(jobs[i].y.shape[0]), steps[i] // self.cfg.local_epochs
@@ -284,6 +287,32 @@ class BatchedTrainer:
             results[i] = ({name: params[name][k].to("cpu", copy=True) for name in self.names},
                           n, {"train_loss": last})
         return results  # type: ignore[return-value]
+
+    def _dropout(self, jobs: Sequence[ClientJob], steps: Sequence[int]
+                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor] | None:
+        """Ordered dropout per batch for the (sorted) ``jobs``: per parameter, its masks
+        stacked (the narrower widths', then all ones for the client's own width), and per
+        step and client the row to use (``(steps, clients)``); None without dropout."""
+        given = [j.dropout for j in jobs]
+        if all(d is None for d in given):
+            return None
+        first = given[0]
+        if any(d is None or len(d.masks) != len(first.masks) for d in given) or any(
+                not torch.equal(m[n], f[n]) for d in given[1:] for m, f in
+                zip(d.masks, first.masks, strict=True) for n in self.names):
+            raise ValueError("batched training: the clients of one width must drop the same "
+                             "narrower widths")
+        own = len(first.masks)
+        bank = {n: torch.stack([m[n] for m in first.masks]
+                               + [torch.ones(self.shapes[n])]).to(self.device)
+                for n in self.names}
+        rows = torch.full((max(steps), len(jobs)), own, dtype=torch.int64)
+        for k, (d, s) in enumerate(zip(given, steps, strict=True)):
+            if len(d.schedule) != s:
+                raise ValueError(f"ordered dropout: {len(d.schedule)} batch widths for {s} "
+                                 "batches")
+            rows[:s, k] = torch.tensor([own if w < 0 else w for w in d.schedule])
+        return bank, rows.to(self.device)
 
     def _stack_samples(self, jobs: Sequence[ClientJob], order: Sequence[int]
                        ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
@@ -322,8 +351,11 @@ class BatchedTrainer:
         return _StepPlan(idx.to(to), valid.to(to), weights.to(to), active)
 
     def _run_steps(self, params: dict[str, torch.Tensor], x_all: torch.Tensor,
-                   y_all: torch.Tensor, plan: _StepPlan, bsz: int) -> torch.Tensor:
-        """Train the stacked ``params`` in place; each step's summed loss per client."""
+                   y_all: torch.Tensor, plan: _StepPlan, bsz: int,
+                   dropout: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None
+                   ) -> torch.Tensor:
+        """Train the stacked ``params`` in place; each step's summed loss per client
+        (``dropout``: :meth:`_dropout`, each client's parameters times its step's mask)."""
         (cin, hh, ww), cfg, dev = self.input_shape, self.cfg, self.device
         opt = _StackedOptimizer(cfg, [params[n] for n in self.names])
         scaler, skipped_before = self.scaler, self.scaler.skipped
@@ -334,8 +366,10 @@ class BatchedTrainer:
             xb = xb.view(bsz, hh, ww, a * cin).permute(0, 3, 1, 2)  # channels-last
             yb = y_all[rows].view(a, bsz)
             leaves = {n: params[n][:a].detach().requires_grad_() for n in self.names}
+            used = leaves if dropout is None else {
+                n: leaf * dropout[0][n][dropout[1][t, :a]] for n, leaf in leaves.items()}
             with precision_context(dev, cfg.precision):
-                logits = self._forward(leaves, xb, a)
+                logits = self._forward(used, xb, a)
             ce = F.cross_entropy(logits.float().reshape(a * bsz, -1), yb.reshape(-1),
                                  reduction="none").view(a, bsz)
             loss = (ce * plan.weights[t, :a]).sum()

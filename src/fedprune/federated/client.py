@@ -6,16 +6,19 @@ import copy
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
+from .. import seeds
 from ..config import TrainConfig
 from ..data.transform import PixelTransform, to_float_batch
 from ..device import LossScaler, loss_scaler, precision_context, to_device
-from ..pruning.widths import has_batchnorm
+from ..pruning.widths import batch_schedule, has_batchnorm
 
 StateDict = dict[str, torch.Tensor]
 logger = logging.getLogger(__name__)
@@ -28,6 +31,51 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
 
 
+@dataclass(frozen=True)
+class Dropout:
+    """Ordered dropout per batch in one client's round: ``schedule[b]`` is -1 for a batch
+    that trains the whole model, else the index in ``masks`` of the narrower width it trains
+    (:func:`~fedprune.pruning.widths.batch_schedule`); ``masks[j]``: per floating state
+    entry, 1 where width ``j`` keeps the value (:func:`~fedprune.pruning.widths.
+    dropout_masks`)."""
+
+    schedule: tuple[int, ...]
+    masks: tuple[dict[str, torch.Tensor], ...]
+
+    def __post_init__(self) -> None:
+        bad = [w for w in self.schedule if not -1 <= w < len(self.masks)]
+        if bad:
+            raise ValueError(f"ordered dropout: batch widths {bad[:3]} are not -1 or one of "
+                             f"the {len(self.masks)} narrower widths")
+
+
+def dropout_schedule(seed: int, rnd: int, client: int, n: int, cfg: TrainConfig,
+                     narrower: int) -> tuple[int, ...]:
+    """The batch widths of ``client``'s round ``rnd`` (``n`` training samples) under ordered
+    dropout per batch with ``narrower`` narrower widths: what the client trains and what the
+    server counts (:func:`~fedprune.pruning.widths.batch_schedule`)."""
+    return tuple(batch_schedule(seeds.batch_widths(seed, rnd, client), n, cfg.batch_size,
+                                cfg.local_epochs, narrower))
+
+
+def _narrow_forward(model: nn.Module, masks: dict[str, torch.Tensor], xb: torch.Tensor
+                    ) -> torch.Tensor:
+    """``model``'s forward as its narrower width ``masks`` (its parameters times the masks:
+    the values outside the width get no gradient); running statistics outside the width are
+    left as they were."""
+    params = {k: p * masks[k] for k, p in model.named_parameters()}
+    # running statistics are updated on copies (the graph may hold them), then kept where
+    # the width holds them
+    stats = {k: b.detach().clone() for k, b in model.named_buffers()
+             if k in masks and b.is_floating_point()}
+    out = functional_call(model, {**params, **stats}, (xb,))
+    with torch.no_grad():
+        for k, b in model.named_buffers():
+            if k in stats:
+                b.copy_(torch.where(masks[k].bool(), stats[k], b))
+    return out
+
+
 def train_local(
     model: nn.Module,
     x: torch.Tensor,
@@ -37,6 +85,7 @@ def train_local(
     optimizer: torch.optim.Optimizer | None = None,
     scaler: LossScaler | None = None,
     transform: PixelTransform | None = None,
+    dropout: Dropout | None = None,
 ) -> tuple[StateDict, int, dict[str, float]]:
     """Train ``model`` in place for ``cfg.local_epochs`` epochs; return a copy of its weights.
 
@@ -50,7 +99,8 @@ def train_local(
     weights as float32 CPU tensors.  ``optimizer`` (built by :func:`make_optimizer` on
     ``model``) is reused with its state cleared, which is the same as a fresh one; ``None``
     builds one.  ``scaler`` (fp16): the engine's loss scaler, kept across clients; ``None``
-    makes one for this call.
+    makes one for this call.  ``dropout``: ordered dropout per batch (:class:`Dropout`; its
+    schedule holds one entry per batch of the round).
     """
     n = int(y.shape[0])
     if n == 0:
@@ -65,8 +115,16 @@ def train_local(
     else:
         opt = optimizer
         opt.state.clear()
+    masks: list[dict[str, torch.Tensor]] = []
+    if dropout is not None:
+        batches = cfg.local_epochs * math.ceil(n / cfg.batch_size)
+        if len(dropout.schedule) != batches:
+            raise ValueError(f"ordered dropout: {len(dropout.schedule)} batch widths for "
+                             f"{batches} batches")
+        masks = [{k: v.to(device) for k, v in m.items()} for m in dropout.masks]
     model.train()
     last_loss = math.nan
+    b = 0
     for _ in range(cfg.local_epochs):
         perm = torch.randperm(n, generator=generator)
         total, seen = 0.0, 0
@@ -75,8 +133,10 @@ def train_local(
             idx = perm[start : start + cfg.batch_size]
             xb, yb = to_float_batch(transform, x[idx]), y[idx]
             opt.zero_grad(set_to_none=True)
+            w = dropout.schedule[b] if dropout is not None else -1
+            b += 1
             with precision_context(device, cfg.precision):
-                logits = model(xb)
+                logits = model(xb) if w < 0 else _narrow_forward(model, masks[w], xb)
             loss = F.cross_entropy(logits.float(), yb)
             scaler.scaled(loss).backward()  # the loss itself unless fp16
             finite = scaler.unscale(p.grad for p in model.parameters())
@@ -199,5 +259,5 @@ class PerClientTrainer:
         for job in jobs:
             self.worker.load_state_dict(global_state)
             out.append(train_local(self.worker, job.x, job.y, self.cfg, job.generator,
-                                   self.optimizer, self.scaler, job.transform))
+                                   self.optimizer, self.scaler, job.transform, job.dropout))
         return out

@@ -12,7 +12,7 @@ import copy
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,11 @@ from ..device import DeviceData, check_precision, resolve_device, use_threads
 from ..metrics import RoundRecord
 from ..models import ModelSpec
 from ..pruners import Keep, pool_validation
-from ..pruning.widths import variant_models
+from ..pruning.widths import dropout_masks, variant_models
 from ..rundir import CHECKPOINT_FILE, RunDir, load_checkpoint, save_checkpoint  # noqa: F401
 from ..runpolicy import OpenedRun
 from .batched import BatchedTrainer, ClientJob, batched_support
-from .client import PerClientTrainer, evaluate_widths
+from .client import Dropout, PerClientTrainer, dropout_schedule, evaluate_widths
 from .meter import (
     answer_content,
     message_bytes,
@@ -130,26 +130,33 @@ class LocalTransport:
         assert plan.assign is not None
         trained: dict[int, tuple[dict[str, torch.Tensor], int, dict[str, float]]] = {}
         used: dict[tuple[Any, ...], tuple[nn.Module, Trainer]] = {}
-        for a, (m, _) in enumerate(plan.models):
-            mine = [c for c, k in zip(plan.clients, plan.assign, strict=True) if k == a]
+        for a, (m, sp) in enumerate(plan.models):
+            mine = [i for i, k in enumerate(plan.assign) if k == a]
             if not mine:
                 continue
             shapes = ("nested", *((k, tuple(v.shape)) for k, v in m.state_dict().items()))
             held = self._trainers.get(shapes) or (m, make_trainer(m, self.cfg, self.device))
             used[shapes] = held
-            for cid, out in zip(mine, held[1].train(m.state_dict(), self._jobs(plan.rnd, mine)),
-                                strict=True):
+            clients = [plan.clients[i] for i in mine]
+            jobs = self._jobs(plan.rnd, clients)
+            narrower = plan.narrower_of(mine[0])
+            if narrower:  # ordered dropout per batch: as each client derives it
+                masks = tuple(dropout_masks(m, sp.record, narrower, sp.example_input()))
+                jobs = [replace(job, dropout=Dropout(dropout_schedule(
+                    self.cfg.seed, plan.rnd, cid, int(job.y.shape[0]), self.cfg.train,
+                    len(narrower)), masks)) for cid, job in zip(clients, jobs, strict=True)]
+            for cid, out in zip(clients, held[1].train(m.state_dict(), jobs), strict=True):
                 trained[cid] = out
         self._trainers = used  # type: ignore[assignment]
         wire = plan.payload_dtype
         sent = wire_models(plan.models, wire)
         down = up = 0
         replies = []
-        for cid, a in zip(plan.clients, plan.assign, strict=True):
+        for i, (cid, a) in enumerate(zip(plan.clients, plan.assign, strict=True)):
             state, n, metrics = trained[cid]
             down += message_bytes(train_content([sent[a]], experiment=plan.experiment,
                                                 rnd=plan.rnd, arch_version=plan.arch_version,
-                                                client=cid))
+                                                client=cid, narrower=plan.narrower_of(i)))
             up += message_bytes(reply_content([encode(state, wire)], n=n,
                                               loss=metrics["train_loss"],
                                               arch_version=plan.arch_version, client=cid))

@@ -36,6 +36,7 @@ from .wire import encode
 
 __all__ = [
     "CALIBRATE_KEY",
+    "NARROWER_KEY",
     "NUMBER_BYTES",
     "ClientCompute",
     "Content",
@@ -43,6 +44,7 @@ __all__ = [
     "array_bytes",
     "keep_json",
     "message_bytes",
+    "narrower_json",
     "query_content",
     "reply_content",
     "train_content",
@@ -52,6 +54,7 @@ __all__ = [
 
 NUMBER_BYTES = 8  # an int, float or bool value of a config or metric record
 ARRAYS_KEY = "arrays"
+NARROWER_KEY = "narrower-widths"  # a train message's narrower widths (ordered dropout)
 # the automatic method's trial models (candidate, reference), trained beside the model:
 # arrays "trial-arrays-I" with config "trial-spec-I", I = 0, 1, ...
 TRIAL_KEY = "trial-arrays"
@@ -100,14 +103,19 @@ def message_bytes(content: Content) -> int:
 
 
 def train_content(models: Sequence[tuple[Mapping[str, torch.Tensor], str]], *,
-                  experiment: str, rnd: int, arch_version: int, client: int) -> Content:
+                  experiment: str, rnd: int, arch_version: int, client: int,
+                  narrower: Sequence[Mapping[str, Sequence[int]]] = ()) -> Content:
     """A train message: ``models`` = [(weights as they travel, spec JSON), ...], the global
     model first, then the trial models that the client trains beside it with the same
-    batches; the experiment config JSON, the round, the architecture version, the partition."""
+    batches; the experiment config JSON, the round, the architecture version, the partition;
+    and, for ordered dropout per batch (sent only then), the narrower widths inside the
+    model that some of its batches train (:func:`narrower_json`)."""
     (state, spec_json), *trial = models
     values: dict[str, Value] = {"server-round": rnd, "arch-version": arch_version,
                                 "model-spec": spec_json, "experiment": experiment,
                                 "partition-id": client}
+    if narrower:
+        values[NARROWER_KEY] = narrower_json(narrower)
     arrays: dict[str, Mapping[str, Any]] = {ARRAYS_KEY: state}
     for i, (t_state, t_spec) in enumerate(trial):
         arrays[trial_key(i)] = t_state
@@ -136,6 +144,12 @@ def keep_json(keep: Mapping[str, Sequence[int]]) -> str:
     """A sub-model as it travels in a query: the kept channels of each cut group, JSON."""
     return json.dumps({str(k): [int(i) for i in v] for k, v in keep.items()},
                       separators=(",", ":"), sort_keys=True)
+
+
+def narrower_json(narrower: Sequence[Mapping[str, Sequence[int]]]) -> str:
+    """Narrower widths as they travel in a train message: a JSON list, each width the
+    kept channels of each cut group (as :func:`keep_json`)."""
+    return "[" + ",".join(keep_json(k) for k in narrower) + "]"
 
 
 def query_content(model: tuple[Mapping[str, torch.Tensor], str], *, experiment: str,

@@ -33,7 +33,7 @@ from ..pruning.widths import variant_models
 from ..rundir import OpenedRun, RunDir
 from .aggregate import Clip, Rejection
 from .averaging import Averaged, average_nested, average_round
-from .client import evaluate
+from .client import dropout_schedule, evaluate
 from .meter import ClientCompute, message_bytes, reply_content, train_content, wire_models
 from .transport import Delivery, TrainPlan, TrainReply, Transport
 from .wire import round_model
@@ -186,9 +186,10 @@ class PruningServer:
                           for c in plan.clients}
         else:
             plan = TrainPlan(rnd, clients, nested.models, self.arch_version, self.experiment,
-                             self.payload_dtype, assign=nested.assign)
-            per_client = {c: self.compute.train_one(nested.forward_flops[a], c)
-                          for c, a in zip(plan.clients, nested.assign, strict=True)}
+                             self.payload_dtype, assign=nested.assign,
+                             narrower=nested.narrower or None)
+            per_client = {c: self._nested_compute(plan, i, nested.forward_flops)
+                          for i, c in enumerate(plan.clients)}
         delivery = transport.train(plan)
         replies, dropped = _readable(plan, delivery)
         if nested is None:
@@ -209,6 +210,18 @@ class PruningServer:
         step = self._prune(rnd, averaged, self._validator(transport, tally))
         return self._finish(plan, delivery, replies, dropped, averaged, step, tally,
                             transport.reports_delivery)
+
+    def _nested_compute(self, plan: TrainPlan, i: int, forward_flops: Sequence[int]) -> int:
+        """FLOPs of the plan's ``i``-th client training its width (batch by batch under
+        ordered dropout, each batch at the width it draws)."""
+        c, a = plan.clients[i], plan.assign[i]  # type: ignore[index]
+        narrower = plan.narrower_of(i)
+        if not narrower:
+            return self.compute.train_one(forward_flops[a], c)
+        schedule = dropout_schedule(self.cfg.seed, plan.rnd, c, self.compute.train_sizes[c],
+                                    self.cfg.train, len(narrower))
+        return self.compute.train_batches(forward_flops[: a + 1], c,
+                                          self.cfg.train.batch_size, schedule)
 
     def _sample(self) -> list[int]:
         """The clients of the next round (sorted), from the sampling stream."""

@@ -45,6 +45,16 @@ class TrainPlan:
     # trains: the models are nested widths of the global model (the automatic method's
     # search), and a reply holds that model's trained copy alone
     assign: tuple[int, ...] | None = None
+    # with ``assign``, under ordered dropout per batch: per model, the narrower widths
+    # inside it (as the unpruned model's kept channels) that its clients' batches drop to;
+    # None or empty: each client trains its whole model on every batch
+    narrower: tuple[tuple[Keep, ...], ...] | None = None
+
+    def narrower_of(self, i: int) -> tuple[Keep, ...]:
+        """The narrower widths that the plan's ``i``-th client's batches drop to."""
+        if self.assign is None or not self.narrower:
+            return ()
+        return self.narrower[self.assign[i]]
 
     def models_of(self, i: int) -> tuple[tuple[nn.Module, ModelSpec], ...]:
         """The models the plan's ``i``-th client trains."""

@@ -34,11 +34,17 @@ from .. import seeds
 from ..config import ExperimentConfig, from_dict
 from ..data import FederatedData, load_federated
 from ..device import DeviceData, check_precision, resolve_device, use_threads
-from ..federated.client import evaluate_widths, train_local
-from ..federated.meter import CALIBRATE_KEY, answer_content, reply_content, variant_key
+from ..federated.client import Dropout, dropout_schedule, evaluate_widths, train_local
+from ..federated.meter import (
+    CALIBRATE_KEY,
+    NARROWER_KEY,
+    answer_content,
+    reply_content,
+    variant_key,
+)
 from ..federated.wire import encode
 from ..models import ModelSpec, build
-from ..pruning.widths import variant_models
+from ..pruning.widths import dropout_masks, variant_models
 from .messages import (
     ARRAYS_KEY,
     CONFIG_KEY,
@@ -203,6 +209,26 @@ def _client_validate(runtime: ClientRuntime, msg: Message, context: Context) -> 
     return to_reply(answer_content(pid, answer, subs), msg)
 
 
+def _dropout(sent: object, model: nn.Module, spec_json: str, cfg: ExperimentConfig, rnd: int,
+             pid: int, n: int) -> Dropout | None:
+    """Ordered dropout per batch, when the train message names narrower widths: their
+    masks in the received model and this round's batch widths (as the server counts them)."""
+    if sent is None:
+        return None
+    if not isinstance(sent, str):
+        raise TypeError(f"{NARROWER_KEY} is not a JSON list of widths: {sent!r:.40}")
+    narrower = json.loads(sent)
+    if not isinstance(narrower, list) or not narrower or not all(
+            isinstance(k, dict) and all(isinstance(r, str) and isinstance(v, list)
+                                        and all(isinstance(c, int) for c in v)
+                                        for r, v in k.items()) for k in narrower):
+        raise TypeError(f"{NARROWER_KEY} is not a JSON list of widths: {sent!r:.40}")
+    spec = ModelSpec.from_json(spec_json)
+    masks = dropout_masks(model, spec.record, narrower, spec.example_input())
+    return Dropout(dropout_schedule(cfg.seed, rnd, pid, n, cfg.train, len(narrower)),
+                   tuple(masks))
+
+
 def _client_train(runtime: ClientRuntime, msg: Message, context: Context) -> Message:
     """Rebuild the model from the spec JSON, load the weights strictly, train, reply."""
     cfg_rec = msg.content.config_records[CONFIG_KEY]
@@ -223,9 +249,11 @@ def _client_train(runtime: ClientRuntime, msg: Message, context: Context) -> Mes
     model = _received_model(spec_json, msg.content.array_records[ARRAYS_KEY], cfg)
     on = runtime.on_device(cfg, device)
     x, y = on.get(pid, "x"), on.get(pid, "y")
+    dropout = _dropout(cfg_rec.get(NARROWER_KEY), model, spec_json, cfg, rnd, pid,
+                       int(y.shape[0]))
     state, n, metrics = train_local(model.to(device), x, y, cfg.train,
                                     seeds.batch_order(cfg.seed, rnd, pid),
-                                    transform=on.transform)
+                                    transform=on.transform, dropout=dropout)
     states = [state]
     while trial_key(i := len(states) - 1) in msg.content.array_records:  # same batches
         trial_spec = cfg_rec.get(f"trial-spec-{i}")

@@ -69,7 +69,8 @@ class FlowerTransport:
                 continue
             mine = models if plan.assign is None else [models[plan.assign[i]]]
             content = train_content(mine, experiment=plan.experiment, rnd=plan.rnd,
-                                    arch_version=plan.arch_version, client=pid)
+                                    arch_version=plan.arch_version, client=pid,
+                                    narrower=plan.narrower_of(i))
             down += message_bytes(content)
             messages[pid] = to_message(content, node, MessageType.TRAIN, str(plan.rnd), records)
             sent[pid] = node

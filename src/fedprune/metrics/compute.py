@@ -36,6 +36,24 @@ class ClientCompute:
         """FLOPs of ``client`` training one model (given by its forward FLOPs) for a round."""
         return 3 * forward_flops * self.train_sizes[client] * self.epochs
 
+    def train_batches(self, forward_flops: Sequence[int], client: int, batch_size: int,
+                      schedule: Sequence[int]) -> int:
+        """FLOPs of ``client`` training one round batch by batch, each batch at the width
+        ``schedule`` gives it (ordered dropout, :func:`~fedprune.pruning.widths.
+        batch_schedule`: -1 is ``forward_flops[-1]``, its own width, else the index of a
+        narrower width's): forward and backward over the batch's samples."""
+        n = self.train_sizes[client]
+        per_epoch = -(-n // batch_size)
+        if len(schedule) != per_epoch * self.epochs:
+            raise ValueError(f"{len(schedule)} batch widths for {per_epoch * self.epochs} "
+                             "batches")
+        total = 0
+        for b, w in enumerate(schedule):
+            i = b % per_epoch
+            size = min(batch_size, n - i * batch_size)
+            total += 3 * forward_flops[w] * size
+        return total
+
     def validate_one(self, forward_flops: int, client: int, calibrate: int = 0) -> int:
         """FLOPs of ``client`` evaluating one model on its validation split (after forward
         passes over up to ``calibrate`` of its training samples to re-estimate batch-norm

@@ -111,6 +111,9 @@ class Nested:
     maps: tuple[dict[str, torch.Tensor], ...]
     assign: tuple[int, ...]  # per sampled client (in client order): its sub-model's index
     forward_flops: tuple[int, ...]  # per sub-model: forward FLOPs of one sample
+    # ordered dropout per batch (``prune.ordered_dropout = "batch"``): per sub-model, the
+    # narrower widths (``keep_of`` each) that its clients' batches drop to; () = none
+    narrower: tuple[tuple[Keep, ...], ...] = ()
 
 
 class Pruner(abc.ABC):

@@ -64,7 +64,7 @@ from ..pruning.widths import (
     sub_record,
 )
 from .auto import paired
-from .base import Nested, Pruner, PruneStep, Validate, validation_clients
+from .base import Keep, Nested, Pruner, PruneStep, Validate, validation_clients
 from .registry import register
 
 logger = logging.getLogger(__name__)
@@ -167,7 +167,11 @@ class NestedPruner(Pruner):
             maps.append(m)
             flops.append(count_flops(sub, self.example))
         assign = self._assign(rnd, clients, flops)
-        return Nested(tuple(models), tuple(maps), tuple(assign), tuple(flops))
+        narrower: tuple[tuple[Keep, ...], ...] = ()
+        if self.cfg.prune.ordered_dropout == "batch":
+            keeps = [keep_of(r) for r in records]
+            narrower = tuple(tuple(keeps[:a]) for a in range(len(records)))
+        return Nested(tuple(models), tuple(maps), tuple(assign), tuple(flops), narrower)
 
     def _assign(self, rnd: int, clients: Any, flops: list[int]) -> list[int]:
         """The width each client trains: the full width with probability 1/2 (so that the

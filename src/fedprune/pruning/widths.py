@@ -32,13 +32,17 @@ from .apply import (
     _check_record,
     _groups,
     default_ignored_layers,
+    initial_record,
     rebuild,
 )
 from .importance import group_l1_scores
 
 __all__ = [
+    "HELD_SHARE",
     "aligned",
+    "batch_schedule",
     "channel_scores",
+    "dropout_masks",
     "fixed_groups",
     "gather_maps",
     "has_batchnorm",
@@ -52,6 +56,8 @@ __all__ = [
 
 #: the widths of the ladder: the full width times 1/8, 2/8, ..., 8/8, each aligned
 LADDER_STEPS = 8
+#: ordered dropout per batch: the share of a client's batches that train its own width
+HELD_SHARE = 0.5
 
 
 def aligned(k: float, n: int, multiple: int, floor: int = 1) -> int:
@@ -204,3 +210,59 @@ def variant_models(model: nn.Module, spec: Any, variants: Sequence[Mapping[str, 
     evaluates beside the model."""
     example = spec.example_input()
     return [sub_model(model, record_from_keep(spec.record, keep), example) for keep in variants]
+
+
+def dropout_masks(model: nn.Module, record: dict[str, Any],
+                  narrower: Sequence[Mapping[str, Sequence[int]]], example: torch.Tensor
+                  ) -> list[dict[str, torch.Tensor]]:
+    """For each narrower width of a nested width ``model`` (its sub-model ``record``, on the
+    unpruned model's channels), the 0/1 mask of every floating state entry of ``model``
+    that the narrower width keeps: ``model`` with its parameters times the mask computes
+    exactly the narrower sub-model (what ordered dropout trains in place).  A narrower width
+    is given as :func:`keep_of` describes it (the unpruned model's channels it keeps, per
+    group cut); it must keep a subset of ``model``'s channels in every group."""
+    _check_record(record)
+    own = {g["root"]: {int(c): i for i, c in enumerate(g["kept"])} for g in record["groups"]}
+    as_unpruned = initial_record(model, example)
+    if {g["root"] for g in as_unpruned["groups"]} != set(own):
+        raise ValueError("ordered dropout: the model's groups are not those of its record")
+    shapes = {k: v.shape for k, v in model.state_dict().items() if v.is_floating_point()}
+    out = []
+    for keep in narrower:
+        rel = {}
+        for root, kept in keep.items():
+            if root not in own:
+                raise ValueError(f"ordered dropout: unknown group {root!r}")
+            missing = [int(c) for c in kept if int(c) not in own[root]]
+            if missing:
+                raise ValueError(f"ordered dropout: group {root!r} of this model does not keep "
+                                 f"channels {missing[:5]} of a narrower width")
+            rel[root] = sorted(own[root][int(c)] for c in kept)
+        maps = gather_maps(model, record_from_keep(as_unpruned, rel), example)
+        masks = {}
+        for k, shape in shapes.items():
+            m = torch.zeros(math.prod(shape))
+            m[maps[k]] = 1.0
+            masks[k] = m.view(shape)
+        out.append(masks)
+    return out
+
+
+def batch_schedule(rng: np.random.Generator, n: int, batch_size: int, epochs: int,
+                   narrower: int) -> list[int]:
+    """Ordered dropout per batch: for each batch of a client's round (``epochs`` epochs of
+    ``ceil(n / batch_size)`` batches, in order), -1 to train the client's own width
+    (probability :data:`HELD_SHARE`), else the index of one of its ``narrower`` widths,
+    uniformly.  One draw per batch from ``rng`` (:func:`fedprune.seeds.batch_widths`)
+    whatever ``narrower`` is, so the client and the server that counts its compute agree."""
+    if n < 1 or batch_size < 1 or epochs < 1 or narrower < 0:
+        raise ValueError(f"batch_schedule: need n, batch_size, epochs >= 1 and narrower >= 0, "
+                         f"got {n}, {batch_size}, {epochs}, {narrower}")
+    out = []
+    for _ in range(epochs * math.ceil(n / batch_size)):
+        u = float(rng.random())
+        if narrower == 0 or u < HELD_SHARE:
+            out.append(-1)
+        else:
+            out.append(min(narrower - 1, int((u - HELD_SHARE) / (1 - HELD_SHARE) * narrower)))
+    return out
