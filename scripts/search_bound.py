@@ -22,7 +22,7 @@ script puts the two side by side for one setting of an ``auto`` suite folder (ru
 Usage::
 
     python scripts/search_bound.py docs/results/records/auto fashion-mnist/inception \\
-        [--fixed ratio75] [--auto auto]
+        [--fixed ratio75] [--auto auto] [--step 2]
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def _seeds(setting: Path, methods: tuple[str, ...]) -> list[str]:
     return sorted(names or (), key=lambda s: int(s[4:]))
 
 
-def bound(records: Path, setting: str, fixed: str = "ratio75", auto: str = "auto"
-          ) -> dict[str, Any]:
+def bound(records: Path, setting: str, fixed: str = "ratio75", auto: str = "auto",
+          step: int = 0) -> dict[str, Any]:
     """The figures above, per seed and as means (``rows``: one per evaluated round)."""
     where = records / setting
     seeds = _seeds(where, ("dense", fixed, auto))
@@ -94,7 +94,7 @@ def bound(records: Path, setting: str, fixed: str = "ratio75", auto: str = "auto
                     if k in acc_dense and k > cut_round},
         }
     rows = []
-    for rnd in range(start, rounds_total + 1, 5 if start % 5 == 0 else 1):
+    for rnd in range(start, rounds_total + 1, step or (5 if start % 5 == 0 else 1)):
         judgements = 1 + (rnd - start) // interval
         lb, wj, gaps = [], [], []
         for f in per_seed.values():
@@ -136,9 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("setting", help="DATASET/MODEL, e.g. fashion-mnist/inception")
     ap.add_argument("--fixed", default="ratio75", help="the fixed-ratio method (ratio75)")
     ap.add_argument("--auto", default="auto", help="the automatic method (auto)")
+    ap.add_argument("--step", type=int, default=0,
+                    help="rounds between rows (default 5, from prune.start_round)")
     a = ap.parse_args(argv)
     try:
-        sys.stdout.write(render(bound(a.records, a.setting, a.fixed, a.auto)))
+        sys.stdout.write(render(bound(a.records, a.setting, a.fixed, a.auto, a.step)))
     except (OSError, ValueError, KeyError) as e:
         print(f"search_bound: {e}", file=sys.stderr)
         return 2
