@@ -8,6 +8,7 @@ real SuperLink/SuperNode and simulation engines.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -558,3 +559,33 @@ def test_a_client_calibrates_batch_norm_when_asked_and_refuses_a_bad_request():
     for bad in (-1, "64", 1.5, True):
         with pytest.raises(TypeError, match=CALIBRATE_KEY):
             ask(bad)
+
+
+def test_a_client_refuses_narrower_widths_it_cannot_train():
+    from fedprune.federated.meter import NARROWER_KEY
+    from fedprune.models import new_model
+    from fedprune.pruning.widths import sub_model, sub_record
+
+    _grid()
+    cfg, _ = _tiny()
+    model, spec = new_model("cnn_femnist", num_classes=10, in_channels=1, image_size=28,
+                            widths=[8, 16], seed=0)
+    held = sub_record(spec.record, {}, {"features.0": 4, "features.3": 16})
+    sub = sub_model(model, held, spec.example_input())
+    sub_spec = dataclasses.replace(spec, record=held)
+
+    def train(narrower):
+        msg = _train_message(cfg, sub_spec, sub.state_dict())
+        msg.content.config_records["config"][NARROWER_KEY] = narrower
+        return client_app(msg, _ctx())
+
+    ok = train(json.dumps([{"features.0": [0, 1], "features.3": list(range(8))}]))
+    assert ok.content.metric_records["metrics"]["num-examples"] > 0
+    with pytest.raises(TypeError, match=NARROWER_KEY):
+        train("[{")
+    with pytest.raises(TypeError, match=NARROWER_KEY):
+        train(json.dumps([{"features.0": [True, False]}]))
+    with pytest.raises(ValueError, match="does not keep channels"):  # channel 6: not held
+        train(json.dumps([{"features.0": [0, 6]}]))
+    with pytest.raises(ValueError, match="does not keep every channel"):  # all of features.0
+        train(json.dumps([{"features.3": [0, 1]}]))

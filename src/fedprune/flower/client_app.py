@@ -217,10 +217,14 @@ def _dropout(sent: object, model: nn.Module, spec_json: str, cfg: ExperimentConf
         return None
     if not isinstance(sent, str):
         raise TypeError(f"{NARROWER_KEY} is not a JSON list of widths: {sent!r:.40}")
-    narrower = json.loads(sent)
+    try:
+        narrower = json.loads(sent)
+    except ValueError as e:
+        raise TypeError(f"{NARROWER_KEY} is not JSON: {sent!r:.40}") from e
     if not isinstance(narrower, list) or not narrower or not all(
             isinstance(k, dict) and all(isinstance(r, str) and isinstance(v, list)
-                                        and all(isinstance(c, int) for c in v)
+                                        and all(isinstance(c, int) and not isinstance(c, bool)
+                                                for c in v)
                                         for r, v in k.items()) for k in narrower):
         raise TypeError(f"{NARROWER_KEY} is not a JSON list of widths: {sent!r:.40}")
     spec = ModelSpec.from_json(spec_json)

@@ -228,7 +228,12 @@ def dropout_masks(model: nn.Module, record: dict[str, Any],
         raise ValueError("ordered dropout: the model's groups are not those of its record")
     shapes = {k: v.shape for k, v in model.state_dict().items() if v.is_floating_point()}
     out = []
+    cut = {g["root"] for g in record["groups"] if len(g["kept"]) < g["channels"]}
     for keep in narrower:
+        whole = sorted(cut - set(keep))  # a width that keeps all of a group this one cuts
+        if whole:
+            raise ValueError(f"ordered dropout: group {whole[0]!r} of this model does not keep "
+                             "every channel, as a narrower width does")
         rel = {}
         for root, kept in keep.items():
             if root not in own:
