@@ -80,6 +80,10 @@ class PruneConfig:
     # widths inside it, uniformly (ordered dropout per batch, as FjORD), so that the
     # narrow widths learn at every client
     ordered_dropout: str = "client"
+    # method "auto": when a width is cut: "agree" = when two judgements in a row choose it;
+    # "pooled" = from the second judgement on, each width's cost and standard error pooled
+    # over the last two judgements, and the narrowest width that fits so is cut at once
+    decide: str = "agree"
 
     def __post_init__(self) -> None:
         _check(self.k >= 0, "prune.k", ">= 0", self.k)
@@ -102,6 +106,8 @@ class PruneConfig:
                "an integer in [0, 1000000]", self.bn_calibration)
         _check(self.ordered_dropout in ORDERED_DROPOUT, "prune.ordered_dropout",
                "'client' or 'batch'", self.ordered_dropout)
+        _check(self.decide in ("agree", "pooled"), "prune.decide", "'agree' or 'pooled'",
+               self.decide)
         _check(self.mode in ("both", "low"), "prune.mode", "'both' or 'low'", self.mode)
         _check(self.min_channels >= 1, "prune.min_channels", ">= 1", self.min_channels)
         _check(0 < self.max_fraction <= 1, "prune.max_fraction", "in (0, 1]", self.max_fraction)

@@ -185,8 +185,7 @@ def test_a_batch_size_beyond_every_client_pads_steps_only_to_the_largest_client(
 
 def test_ordered_dropout_per_batch_trains_batched_like_per_client():
     from fedprune.federated.client import Dropout, dropout_schedule
-    from fedprune.pruning.widths import (
-        channel_scores, dropout_masks, keep_of, ladder, sub_record)
+    from fedprune.pruning.widths import channel_scores, dropout_masks, keep_of, ladder, sub_record
 
     model, spec = new_model("cnn_femnist", seed=3, num_classes=10, in_channels=1,
                             image_size=28, widths=[8, 12])

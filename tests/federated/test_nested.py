@@ -251,6 +251,41 @@ def test_nothing_fitting_is_final_only_at_the_deadline():
     assert pruner.state.status == "stopped" and pruner.state.cut_round is None
 
 
+@pytest.mark.parametrize("decide, decisions", [
+    ("agree", ("search on", "search on", "keep")), ("pooled", ("search on", "cut"))])
+def test_two_judgements_pooled_cut_what_neither_shows_alone(decide, decisions):
+    from fedprune.pruners import Validation
+
+    pruner, model, spec = _pruner({"decide": decide, "max_accuracy_drop": 0.01})
+    n = len(pruner.ladder) - 1
+    ids = [0, 1, 2, 3]
+
+    def close(m, s, clients, variants=(), calibrate=0):
+        # every narrower width half a point below the full one (0 or 1 point per client):
+        # 0.5 + 2 x 0.29 standard errors misses 1 point; pooled over two, 0.5 + 2 x 0.20 fits
+        full = Validation(1.0, 400, 0.1, tuple((c, 1.0, 100) for c in ids))
+        narrow = Validation(0.995, 400, 0.2, tuple(
+            (c, 1.0 - 0.01 * (c % 2), 100) for c in ids))
+        return full._replace(variants=(narrow,) * n)
+
+    for rnd, decision in zip((3, 5, 7), decisions, strict=False):
+        pruner.nested(rnd, model, spec, [0, 1, 2, 3])
+        step = pruner.after_aggregate(rnd, model, spec, close)
+        assert step.record["judged"]["decision"] == decision
+    judged = step.record["judged"]
+    if decide == "pooled":
+        assert step.changed and pruner.state.cut_round == 5
+        assert judged["chosen"] == judged["widths"][0]["widths"]  # the narrowest
+        w = judged["widths"][0]
+        assert not w["fits"] and w["pooled_fits"]
+        assert w["pooled_cost"] == pytest.approx(0.005)
+        assert w["pooled_bound"] == pytest.approx(0.005 + 2 * w["cost_se"] / math.sqrt(2))
+    else:
+        assert not step.changed and pruner.state.cut_round is None
+    with pytest.raises(Exception, match="prune.decide"):
+        from_dict({"prune": {"decide": "vote"}})
+
+
 def test_a_client_without_room_to_validate_is_excused_and_none_spends_more_than_dense(
         tmp_path):
     # one local epoch and half of each client's samples held out: validating every width
@@ -389,7 +424,14 @@ def test_a_batch_at_a_narrower_width_trains_that_width_alone_and_leaves_the_rest
     from fedprune.federated.client import Dropout, train_local
     from fedprune.models import new_model
     from fedprune.pruning.widths import (
-        channel_scores, dropout_masks, gather_maps, keep_of, ladder, sub_model, sub_record)
+        channel_scores,
+        dropout_masks,
+        gather_maps,
+        keep_of,
+        ladder,
+        sub_model,
+        sub_record,
+    )
 
     model, spec = new_model("tiny_resnet", num_classes=10, in_channels=1, image_size=28,
                             widths=[16, 16, 32], seed=0)

@@ -291,8 +291,14 @@ class NestedPruner(Pruner):
         answered = [j for j in st.judged if j["choice"] is not None]
         previous = answered[-1]["choice"] if answered else None
         full = len(records) - 1
-        # a cut is final when two judgements in a row agree; nothing fitting only at the
-        # deadline (early in training every width can cost much, and little later)
+        if p.decide == "pooled" and answered and len(answered[-1]["widths"]) == len(widths):
+            # each width's cost and standard error pooled with the last judgement's: the
+            # narrowest width that fits so is cut at once (nothing fitting: search on)
+            choice = self._pooled(answered[-1]["widths"], widths, full)
+            previous = choice
+        # a cut is final when two judgements in a row agree (or, pooled, when the two
+        # together fit); nothing fitting only at the deadline (early in training every
+        # width can cost much, and little later)
         final = deadline or (previous == choice and choice < full)
         verdict = {"round": rnd, "choice": choice,
                    "chosen": [len(g["kept"]) for g in records[choice]["groups"]],
@@ -321,6 +327,27 @@ class NestedPruner(Pruner):
         logger.info("round %d: cut to widths %s (%d -> %d params)", rnd, verdict["chosen"],
                     n_params(model), n_params(cut))
         return cut, cspec, True, verdict
+
+    def _pooled(self, before: list[dict[str, Any]], now: list[dict[str, Any]], full: int
+                ) -> int:
+        """The narrowest width whose cost over two judgements (the mean of the two, its
+        standard error sqrt(se1^2 + se2^2) / 2, the two samples taken as independent),
+        counted as in one judgement, fits; each width's entry of ``now`` gets the pooled
+        figures.  ``full`` when none fits."""
+        p = self.cfg.prune
+        choice = full
+        for i, (a, b) in enumerate(zip(before, now, strict=True)):
+            fits = False
+            if None not in (a["cost"], b["cost"], a["cost_se"], b["cost_se"]):
+                cost = (a["cost"] + b["cost"]) / 2
+                se = math.sqrt(a["cost_se"] ** 2 + b["cost_se"] ** 2) / 2
+                bound = max(cost, 0.0) + p.confidence_z * se
+                b.update(pooled_cost=cost, pooled_se=se, pooled_bound=bound)
+                fits = bound <= p.max_accuracy_drop
+            b["pooled_fits"] = fits
+            if fits and choice == full:
+                choice = i
+        return choice
 
     # ------------------------------------------------------------------ state
 
