@@ -63,7 +63,7 @@ def plots(cells: dict[tuple[str, str], dict[str, Cell]], out_dir: Path) -> dict[
                     xs = sorted(series)
                     ms = [statistics.fmean(series[x]) for x in xs]
                     style = "--" if name == "dense" else "-"
-                    lw = 2.2 if name == "auto" else 1.3
+                    lw = 2.2 if name == HEADLINE_METHOD else 1.3
                     (line,) = ax.plot(xs, ms, style, lw=lw, label=METHODS[name].label)
                     if kind == "accuracy" and len(cell.runs) > 1:
                         # no band at rounds that only one seed reached
