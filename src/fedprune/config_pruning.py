@@ -11,8 +11,6 @@ from .config_sections import _check
 #: the names ``prune.method`` accepts: the built-in methods and every method registered with
 #: :func:`fedprune.pruners.register` (which adds its name here)
 PRUNE_METHODS: set[str] = {"auto", "auto-paired", "boundary", "ratio"}
-# how the automatic method's nested widths are trained while it searches (prune.ordered_dropout)
-ORDERED_DROPOUT: tuple[str, ...] = ("client", "batch")
 
 
 @dataclass(frozen=True)
@@ -104,7 +102,7 @@ class PruneConfig:
                self.round_to)
         _check(0 <= self.bn_calibration <= 1_000_000, "prune.bn_calibration",
                "an integer in [0, 1000000]", self.bn_calibration)
-        _check(self.ordered_dropout in ORDERED_DROPOUT, "prune.ordered_dropout",
+        _check(self.ordered_dropout in ("client", "batch"), "prune.ordered_dropout",
                "'client' or 'batch'", self.ordered_dropout)
         _check(self.decide in ("agree", "pooled"), "prune.decide", "'agree' or 'pooled'",
                self.decide)

@@ -291,15 +291,17 @@ class NestedPruner(Pruner):
         answered = [j for j in st.judged if j["choice"] is not None]
         previous = answered[-1]["choice"] if answered else None
         full = len(records) - 1
-        if p.decide == "pooled" and answered and len(answered[-1]["widths"]) == len(widths):
+        pooled = (p.decide == "pooled" and bool(answered)
+                  and len(answered[-1]["widths"]) == len(widths))
+        if pooled:
             # each width's cost and standard error pooled with the last judgement's: the
             # narrowest width that fits so is cut at once (nothing fitting: search on)
             choice = self._pooled(answered[-1]["widths"], widths, full)
-            previous = choice
         # a cut is final when two judgements in a row agree (or, pooled, when the two
         # together fit); nothing fitting only at the deadline (early in training every
         # width can cost much, and little later)
-        final = deadline or (previous == choice and choice < full)
+        agreed = pooled or previous == choice
+        final = deadline or (agreed and choice < full)
         verdict = {"round": rnd, "choice": choice,
                    "chosen": [len(g["kept"]) for g in records[choice]["groups"]],
                    "accuracy_full": _finite(v.accuracy), "samples": v.samples,
@@ -322,8 +324,7 @@ class NestedPruner(Pruner):
         self.state = replace(self.state, status="stopped", stopped_round=rnd, cut_round=rnd,
                              widths={g["root"]: len(g["kept"]) for g in rec["groups"]},
                              stop_reason="cut to the narrowest width that fits" + (
-                                 "" if previous == choice else
-                                 " at the last judgement"))
+                                 "" if agreed else " at the last judgement"))
         logger.info("round %d: cut to widths %s (%d -> %d params)", rnd, verdict["chosen"],
                     n_params(model), n_params(cut))
         return cut, cspec, True, verdict
