@@ -72,16 +72,17 @@ class PruneConfig:
     # wider ones; 0 = measure with the global model's statistics.  Models without batch
     # norm: nothing to re-estimate, nothing sent
     bn_calibration: int = 128
-    # method "auto", while it searches: "client" = each sampled client trains one width (the
-    # full one with probability 1/2, else a narrower one); "batch" = besides, each batch of
-    # a client's round trains its width with probability 1/2, else one of the narrower
-    # widths inside it, uniformly (ordered dropout per batch, as FjORD), so that the
-    # narrow widths learn at every client
-    ordered_dropout: str = "client"
-    # method "auto": when a width is cut: "agree" = when two judgements in a row choose it;
-    # "pooled" = from the second judgement on, each width's cost and standard error pooled
-    # over the last two judgements, and the narrowest width that fits so is cut at once
-    decide: str = "agree"
+    # method "auto", while it searches: each sampled client holds one width (the full one
+    # with probability 1/2, else a narrower one); "batch" (default) = each batch of a
+    # client's round trains its width with probability 1/2, else one of the narrower widths
+    # inside it, uniformly (ordered dropout per batch, as FjORD), so that the narrow widths
+    # learn at every client; "client" = every batch trains the client's width
+    ordered_dropout: str = "batch"
+    # method "auto": when a width is cut: "pooled" (default) = from the second judgement on,
+    # each width's cost and standard error pooled over the last two judgements, and the
+    # narrowest width that fits so is cut at once; "agree" = when two judgements in a row
+    # choose the same width
+    decide: str = "pooled"
 
     def __post_init__(self) -> None:
         _check(self.k >= 0, "prune.k", ">= 0", self.k)

@@ -465,8 +465,10 @@ def test_a_batch_at_a_narrower_width_trains_that_width_alone_and_leaves_the_rest
 
 
 def test_ordered_dropout_per_batch_costs_less_compute_and_sends_the_narrower_widths(tmp_path):
-    per_client = run_simulation(from_dict(TINY), tmp_path / "client")
-    cfg = from_dict({**TINY, "prune": {**TINY["prune"], "ordered_dropout": "batch"}})
+    per_client = run_simulation(from_dict(
+        {**TINY, "prune": {**TINY["prune"], "ordered_dropout": "client"}}), tmp_path / "client")
+    cfg = from_dict(TINY)  # the default: "batch"
+    assert cfg.prune.ordered_dropout == "batch"
     per_batch = run_simulation(cfg, tmp_path / "batch")
     a, b = _rows(tmp_path / "client"), _rows(tmp_path / "batch")
     # the same widths drawn for the same clients (the stream does not depend on the model):

@@ -187,20 +187,21 @@ def test_format_run_config_is_what_flwr_parses():
     # BatchNorm: running statistics and the 0-dim num_batches_tracked travel and checkpoint
     ({"method": "auto-paired", "max_accuracy_drop": 1.0},
      {"name": "tiny_resnet", "widths": [4, 8, 8]}),
-    # nested widths: each client trains its own width, the widths validated in one query
+    # nested widths, the default: each client trains its own width, with ordered dropout per
+    # batch (the narrower widths travel as channels, each ClientApp derives its masks and
+    # batch widths as the loop does); the widths validated in one query
     ({"method": "auto", "max_accuracy_drop": 1.0, "round_to": 2, "start_round": 2,
       "max_prune_round": 3}, {}),
     ({"method": "auto", "max_accuracy_drop": 1.0, "round_to": 2, "start_round": 2,
       "max_prune_round": 3}, {"name": "tiny_resnet", "widths": [4, 8, 8]}),
-    # ordered dropout per batch: the narrower widths travel as channels, each ClientApp
-    # derives its masks and batch widths as the loop does
+    # one width per client, every batch at it, and the agreeing decision
     ({"method": "auto", "max_accuracy_drop": 1.0, "round_to": 2, "start_round": 2,
-      "max_prune_round": 3, "ordered_dropout": "batch"}, {}),
+      "max_prune_round": 3, "ordered_dropout": "client", "decide": "agree"}, {}),
     ({"method": "auto", "max_accuracy_drop": 1.0, "round_to": 2, "start_round": 2,
-      "max_prune_round": 3, "ordered_dropout": "batch"},
+      "max_prune_round": 3, "ordered_dropout": "client", "decide": "agree"},
      {"name": "tiny_resnet", "widths": [4, 8, 8]}),
 ], ids=["boundary-rule", "ratio", "auto-paired", "auto-paired-batchnorm", "auto",
-        "auto-batchnorm", "auto-batch-dropout", "auto-batch-dropout-batchnorm"])
+        "auto-batchnorm", "auto-client-agree", "auto-client-agree-batchnorm"])
 def test_local_grid_run_matches_the_in_process_loop_exactly(tmp_path, prune, model):
     # ClientApps train one client each: compare with the loop's one-by-one engine, bit for bit
     # (the batched engine agrees to float rounding: tests/federated/test_batched.py).

@@ -167,10 +167,12 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "as the default but removing both tails"),
     Method("auto", "fedprune automatic (default)", _auto, 0.8,
            "fedprune's default (prune.method = auto): until the size is decided each sampled "
-           "client trains one nested width of the model (widths on multiples of 16); from "
-           "20 % of the rounds, every 2 rounds, the clients' validation splits measure every "
-           "width against the full one in one query, and once two judgements agree the model "
-           "is cut to the narrowest width whose cost fits prune.max_accuracy_drop = 1 point"),
+           "client holds one nested width of the model (widths on multiples of 16) and each "
+           "of its batches trains that width or, half the time, a narrower one inside it; "
+           "from 20 % of the rounds, every 2 rounds, the clients' validation splits measure "
+           "every width against the full one in one query, and from the second judgement the "
+           "model is cut to the narrowest width whose cost, pooled over the last two "
+           "judgements, fits prune.max_accuracy_drop = 1 point"),
     Method("auto-paired", "earlier automatic method (auto-paired)", _auto_paired, 1.2,
            "prune.method = auto-paired (fedprune's default before nested widths): candidate "
            "cuts trained beside the model and kept while their cost in paired federated "
