@@ -12,8 +12,12 @@ them for more work or traffic than dense FedAvg would while it searches:
 2. **Ordered dropout.**  Until the size is decided, each sampled client trains *one* width
    (the ``width_draws`` stream): the full width with probability 1/2 -- every cost is
    measured against it, so it should learn about as dense FedAvg's model does -- else one of
-   the narrower widths, uniformly; it receives and returns that sub-model only; the server averages the updates coordinate by coordinate over the
-   clients whose width holds it (:func:`~fedprune.federated.averaging.average_nested`).
+   the narrower widths, uniformly; it receives and returns that sub-model only; the server
+   averages the updates coordinate by coordinate over the clients whose width holds it
+   (:func:`~fedprune.federated.averaging.average_nested`).  Each of its batches trains that
+   width with probability 1/2, else one of the narrower widths inside it
+   (``prune.ordered_dropout = "batch"``, the default; ``"client"``: every batch at the
+   client's width).
    No client trains more than the full model, so a client never spends more than dense
    FedAvg's would (a client that also validates in that round draws from the widths whose
    training and validation together fit).
@@ -28,10 +32,13 @@ them for more work or traffic than dense FedAvg would while it searches:
    ``auto-paired`` does).  The width chosen is the narrowest whose cost (a negative one
    counted as 0: a width cut from the full one gains nothing but noise) plus
    ``prune.confidence_z`` standard errors fits ``prune.max_accuracy_drop``.
-4. **One cut.**  When two judgements in a row choose the same width (or at
-   ``prune.max_prune_round``, or the run's last round), the model is cut to that width --
-   exactly the sub-model that was validated -- and trains on as an ordinary, smaller dense
-   network; if no narrower width fits, nothing is cut.  Pruning then stops.
+4. **One cut.**  From the second judgement on (``prune.decide = "pooled"``, the default),
+   each width's cost and standard error are pooled over the last two judgements and the
+   narrowest width that fits so is cut at once; with ``"agree"``, when two judgements in a
+   row choose the same width.  At ``prune.max_prune_round`` (or the run's last round) the
+   width chosen then is cut.  The cut is exactly the sub-model that was validated, and it
+   trains on as an ordinary, smaller dense network; if no narrower width fits, nothing is
+   cut.  Pruning then stops.
 
 Each round's record has a ``nested`` entry (the state and, for a judgement, every width's
 size, accuracy, cost and whether it fits); ``summary.json`` a ``nested`` summary.  The state
