@@ -464,6 +464,100 @@ def test_a_batch_at_a_narrower_width_trains_that_width_alone_and_leaves_the_rest
         Dropout((1,), (masks,))
 
 
+@pytest.mark.parametrize("name, widths", [
+    ("cnn_femnist", [32, 64]), ("tiny_resnet", [16, 16, 32]), ("inception", None)])
+def test_a_narrower_batch_runs_as_its_sub_model_at_its_cost(name, widths):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fedprune.federated.client import Slices, _narrow_forward, _sliced_forward
+    from fedprune.models import new_model
+    from fedprune.pruning.widths import (
+        channel_scores,
+        dropout_masks,
+        keep_of,
+        ladder,
+        sub_model,
+        sub_record,
+    )
+
+    model, spec = new_model(name, num_classes=10, in_channels=1, image_size=28, seed=0,
+                            widths=widths)
+    example = spec.example_input()
+    full = {g["root"]: g["channels"] for g in spec.record["groups"]}
+    narrow = sub_record(spec.record, channel_scores(model, example), ladder(full, 8)[1])
+    (masks,) = dropout_masks(model, spec.record, [keep_of(narrow)], example)
+    sl = Slices.of(masks)
+    alone = sub_model(model, narrow, example)
+    assert sl.shape == {k: tuple(v.shape) for k, v in alone.state_dict().items()
+                        if v.is_floating_point()}
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    alone.eval()
+
+    def flops(f):
+        with FlopCounterMode(display=False) as counter:
+            out = f()
+        return out, counter.get_total_flops()
+
+    got, cost = flops(lambda: _sliced_forward(model, sl, x))
+    masked, held = flops(lambda: _narrow_forward(model, masks, x))
+    want, sub = flops(lambda: alone(x))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(masked, want, atol=1e-5, rtol=1e-4)
+    assert cost == sub < held  # the sub-model's arithmetic, not the held width's
+    # a mask that is not whole rows and columns has no sub-model
+    k = next(k for k, m in masks.items() if m.dim() > 1)
+    odd = {**masks, k: masks[k].clone()}
+    odd[k].view(-1)[odd[k].view(-1).nonzero()[0]] = 0
+    assert Slices.of(odd) is None
+
+
+def test_a_model_whose_narrower_width_cannot_run_sliced_trains_it_masked(caplog):
+    from fedprune.config import TrainConfig
+    from fedprune.federated.client import Dropout, train_local
+    from fedprune.pruning.apply import initial_record
+    from fedprune.pruning.widths import (
+        channel_scores,
+        dropout_masks,
+        gather_maps,
+        keep_of,
+        ladder,
+        sub_model,
+        sub_record,
+    )
+
+    class Depthwise(nn.Module):  # groups = channels: a sliced weight no longer fits groups
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 16, 3, padding=1)
+            self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.fc(self.dw(torch.relu(self.conv(x))).mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    model = Depthwise()
+    example = torch.zeros(1, 1, 8, 8)
+    record = initial_record(model, example)
+    full = {g["root"]: g["channels"] for g in record["groups"]}
+    narrow = sub_record(record, channel_scores(model, example), ladder(full, 4)[0])
+    (masks,) = dropout_masks(model, record, [keep_of(narrow)], example)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)
+    cfg = TrainConfig(local_epochs=1, batch_size=8, optimizer="sgd", lr=0.1, momentum=0.0)
+    alone = sub_model(model, narrow, example)
+    with caplog.at_level("WARNING", logger="fedprune.federated.client"):
+        got, _, _ = train_local(copy.deepcopy(model), x, y, cfg,
+                                torch.Generator().manual_seed(1),
+                                dropout=Dropout((0,), (masks,)))
+    assert "does not run narrower width 0 as its sub-model" in caplog.text
+    ref, _, _ = train_local(alone, x, y, cfg, torch.Generator().manual_seed(1))
+    for k, pos in gather_maps(model, narrow, example).items():
+        torch.testing.assert_close(got[k].reshape(-1)[pos], ref[k].reshape(-1), atol=1e-6,
+                                   rtol=1e-5)
+
+
 def test_ordered_dropout_per_batch_costs_less_compute_and_sends_the_narrower_widths(tmp_path):
     per_client = run_simulation(from_dict(
         {**TINY, "prune": {**TINY["prune"], "ordered_dropout": "client"}}), tmp_path / "client")

@@ -62,7 +62,7 @@ def _narrow_forward(model: nn.Module, masks: dict[str, torch.Tensor], xb: torch.
                     ) -> torch.Tensor:
     """``model``'s forward as its narrower width ``masks`` (its parameters times the masks:
     the values outside the width get no gradient); running statistics outside the width are
-    left as they were."""
+    left as they were.  The arithmetic is the held width's (see :class:`Slices`)."""
     params = {k: p * masks[k] for k, p in model.named_parameters()}
     # running statistics are updated on copies (the graph may hold them), then kept where
     # the width holds them
@@ -74,6 +74,75 @@ def _narrow_forward(model: nn.Module, masks: dict[str, torch.Tensor], xb: torch.
             if k in stats:
                 b.copy_(torch.where(masks[k].bool(), stats[k], b))
     return out
+
+
+@dataclass(frozen=True)
+class Slices:
+    """A narrower width as the sub-model it is: per floating state entry, the flat indices
+    of the values it keeps (in the sub-model's order) and the sub-model's shape of it.
+
+    A batch at a narrower width then runs the sub-model itself (:func:`_sliced_forward`):
+    the FLOPs the meter counts for it, where the masked held width (:func:`_narrow_forward`)
+    spends the held width's."""
+
+    index: dict[str, torch.Tensor]
+    shape: dict[str, tuple[int, ...]]
+
+    @staticmethod
+    def of(masks: dict[str, torch.Tensor]) -> Slices | None:
+        """The slices of a width's masks; ``None`` where a mask is not a block of whole rows
+        and columns (it cannot be a sub-model's entry)."""
+        index, shape = {}, {}
+        for k, m in masks.items():
+            keep = m != 0
+            dims = tuple(
+                int(keep.amax(dim=tuple(e for e in range(keep.dim()) if e != d)).sum())
+                if keep.dim() > 1 else int(keep.sum()) for d in range(keep.dim()))
+            if math.prod(dims) != int(keep.sum()):
+                return None
+            index[k] = keep.reshape(-1).nonzero().reshape(-1)
+            shape[k] = dims
+        return Slices(index, shape)
+
+
+def _sliced_forward(model: nn.Module, sl: Slices, xb: torch.Tensor) -> torch.Tensor:
+    """``model``'s forward as the sub-model ``sl`` (its parameters gathered into the
+    sub-model's shapes: gradients flow back to the kept values only, at the sub-model's
+    cost); running statistics outside the width are left as they were."""
+    params = {k: p.reshape(-1)[sl.index[k]].view(sl.shape[k])
+              for k, p in model.named_parameters()}
+    stats = {k: b.reshape(-1)[sl.index[k]].view(sl.shape[k]) for k, b in model.named_buffers()
+             if k in sl.index and b.is_floating_point()}  # gathered: copies
+    out = functional_call(model, {**params, **stats}, (xb,))
+    with torch.no_grad():
+        for k, b in model.named_buffers():
+            if k in stats:
+                b.view(-1).index_copy_(0, sl.index[k], stats[k].reshape(-1))
+    return out
+
+
+@torch.no_grad()
+def _runs_sliced(model: nn.Module, masks: dict[str, torch.Tensor], sl: Slices | None,
+                 xb: torch.Tensor) -> bool:
+    """Whether ``model`` computes its narrower width ``masks`` as the sub-model ``sl``: the
+    same output as the masked held width on one sample (a forward that depends on the
+    widths in other ways -- grouped convs, fixed reshapes -- fails or differs; it then runs
+    masked, with a warning)."""
+    if sl is None:
+        return False
+    was = model.training
+    model.eval()  # no statistics move
+    try:
+        want = _narrow_forward(model, masks, xb[:1])
+        got = _sliced_forward(model, sl, xb[:1])
+        ok = got.shape == want.shape and bool(torch.allclose(
+            got.float(), want.float(), rtol=1e-3, atol=1e-4 * (1 + float(want.abs().max()))))
+    except (RuntimeError, ValueError, IndexError) as exc:
+        logger.debug("ordered dropout: sliced forward failed: %s", exc)
+        ok = False
+    finally:
+        model.train(was)
+    return ok
 
 
 def train_local(
@@ -116,6 +185,8 @@ def train_local(
         opt = optimizer
         opt.state.clear()
     masks: list[dict[str, torch.Tensor]] = []
+    # each narrower width runs as its sub-model once checked to compute it; else masked
+    sliced: dict[int, Slices | None] = {}
     if dropout is not None:
         batches = cfg.local_epochs * math.ceil(n / cfg.batch_size)
         if len(dropout.schedule) != batches:
@@ -135,8 +206,20 @@ def train_local(
             opt.zero_grad(set_to_none=True)
             w = dropout.schedule[b] if dropout is not None else -1
             b += 1
+            if w >= 0 and w not in sliced:
+                sl = Slices.of(masks[w])
+                sliced[w] = sl if _runs_sliced(model, masks[w], sl, xb) else None
+                if sliced[w] is None:
+                    logger.warning("ordered dropout: this model does not run narrower width "
+                                   "%d as its sub-model; its batches train the masked held "
+                                   "width (the held width's FLOPs, more than counted)", w)
             with precision_context(device, cfg.precision):
-                logits = model(xb) if w < 0 else _narrow_forward(model, masks[w], xb)
+                if w < 0:
+                    logits = model(xb)
+                elif sliced[w] is not None:
+                    logits = _sliced_forward(model, sliced[w], xb)
+                else:
+                    logits = _narrow_forward(model, masks[w], xb)
             loss = F.cross_entropy(logits.float(), yb)
             scaler.scaled(loss).backward()  # the loss itself unless fp16
             finite = scaler.unscale(p.grad for p in model.parameters())
