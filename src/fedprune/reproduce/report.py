@@ -218,11 +218,14 @@ def _setting_line(setting: Any, config: ExperimentConfig, with_auto: bool) -> st
             "is 30-40 every 2 of 100 rounds); the fixed-ratio baselines cut once at "
             f"round {window.start}."
             + (" The automatic method judges its widths from round {} every {} rounds up to "
-               "round {} and cuts once two judgements in a row agree; the earlier automatic "
+               "round {} and cuts {}; the earlier automatic "
                "method (auto-paired) starts candidates from round {} up to round {}, each "
                "trained {} rounds before it is judged.".format(
                    *default_nested_window(config.fed.rounds)[::2],
-                   default_nested_window(config.fed.rounds)[1], window.start,
+                   default_nested_window(config.fed.rounds)[1],
+                   "once two judgements in a row agree" if config.prune.decide == "agree" else
+                   "from the second judgement on, as soon as a width fits with its cost pooled "
+                   "over the last two judgements", window.start,
                    auto_last(config.fed.rounds, window.stop), window.interval)
                if with_auto else ""))
 
