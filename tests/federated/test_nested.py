@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -445,8 +446,10 @@ def test_a_batch_at_a_narrower_width_trains_that_width_alone_and_leaves_the_rest
     alone = sub_model(model, narrow, example)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     held = copy.deepcopy(model)
-    got, _, _ = train_local(held, x, y, cfg, torch.Generator().manual_seed(1),
-                            dropout=Dropout((0,), (masks,)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # it runs as the sub-model, no fallback
+        got, _, _ = train_local(held, x, y, cfg, torch.Generator().manual_seed(1),
+                                dropout=Dropout((0,), (masks,)))
     ref, _, _ = train_local(alone, x, y, cfg, torch.Generator().manual_seed(1))
     maps = gather_maps(model, narrow, example)
     moved = 0
@@ -512,7 +515,7 @@ def test_a_narrower_batch_runs_as_its_sub_model_at_its_cost(name, widths):
     assert Slices.of(odd) is None
 
 
-def test_a_model_whose_narrower_width_cannot_run_sliced_trains_it_masked(caplog):
+def test_a_model_whose_narrower_width_cannot_run_sliced_trains_it_masked():
     from fedprune.config import TrainConfig
     from fedprune.federated.client import Dropout, train_local
     from fedprune.pruning.apply import initial_record
@@ -547,15 +550,38 @@ def test_a_model_whose_narrower_width_cannot_run_sliced_trains_it_masked(caplog)
     x, y = torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)
     cfg = TrainConfig(local_epochs=1, batch_size=8, optimizer="sgd", lr=0.1, momentum=0.0)
     alone = sub_model(model, narrow, example)
-    with caplog.at_level("WARNING", logger="fedprune.federated.client"):
+    with pytest.warns(RuntimeWarning, match="does not run narrower width 0 as its sub-model"):
         got, _, _ = train_local(copy.deepcopy(model), x, y, cfg,
                                 torch.Generator().manual_seed(1),
                                 dropout=Dropout((0,), (masks,)))
-    assert "does not run narrower width 0 as its sub-model" in caplog.text
     ref, _, _ = train_local(alone, x, y, cfg, torch.Generator().manual_seed(1))
     for k, pos in gather_maps(model, narrow, example).items():
         torch.testing.assert_close(got[k].reshape(-1)[pos], ref[k].reshape(-1), atol=1e-6,
                                    rtol=1e-5)
+
+    class TrainingOnly(Depthwise):  # width-dependent only in training: the check cannot see it
+        def __init__(self):
+            super().__init__()
+            self.dw = nn.Conv2d(16, 16, 3, padding=1)
+            self.register_buffer("noise", torch.zeros(1, 16, 1, 1), persistent=False)
+
+        def forward(self, x):
+            h = torch.relu(self.conv(x))
+            if self.training:
+                h = h + self.noise
+            return self.fc(self.dw(h).mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    model = TrainingOnly()
+    record = initial_record(model, example)
+    full = {g["root"]: g["channels"] for g in record["groups"]}
+    narrow = sub_record(record, channel_scores(model, example), ladder(full, 4)[0])
+    (masks,) = dropout_masks(model, record, [keep_of(narrow)], example)
+    with pytest.warns(RuntimeWarning, match="its training forward fails sliced"):
+        got, _, _ = train_local(copy.deepcopy(model), x, y, cfg,
+                                torch.Generator().manual_seed(1),
+                                dropout=Dropout((0,), (masks,)))
+    assert all(torch.isfinite(v).all() for v in got.values())
 
 
 def test_ordered_dropout_per_batch_costs_less_compute_and_sends_the_narrower_widths(tmp_path):

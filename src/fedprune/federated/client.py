@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -133,16 +134,25 @@ def _runs_sliced(model: nn.Module, masks: dict[str, torch.Tensor], sl: Slices | 
     was = model.training
     model.eval()  # no statistics move
     try:
-        want = _narrow_forward(model, masks, xb[:1])
-        got = _sliced_forward(model, sl, xb[:1])
+        with precision_context(xb.device, "fp32"):  # IEEE float32 on CUDA too
+            want = _narrow_forward(model, masks, xb[:1])
+            got = _sliced_forward(model, sl, xb[:1])
         ok = got.shape == want.shape and bool(torch.allclose(
             got.float(), want.float(), rtol=1e-3, atol=1e-4 * (1 + float(want.abs().max()))))
-    except (RuntimeError, ValueError, IndexError) as exc:
+    except Exception as exc:  # noqa: BLE001 (a user model may raise anything on other shapes)
         logger.debug("ordered dropout: sliced forward failed: %s", exc)
         ok = False
     finally:
         model.train(was)
     return ok
+
+
+def _masked_instead(w: int, why: str) -> None:
+    """Say (once per width and reason: the warnings filter's default) that narrower width
+    ``w`` trains as the masked held width."""
+    warnings.warn(f"ordered dropout: this model does not run narrower width {w} as its "
+                  f"sub-model ({why}); its batches train the masked held width (the held "
+                  "width's FLOPs, more than counted)", RuntimeWarning, stacklevel=3)
 
 
 def train_local(
@@ -210,16 +220,21 @@ def train_local(
                 sl = Slices.of(masks[w])
                 sliced[w] = sl if _runs_sliced(model, masks[w], sl, xb) else None
                 if sliced[w] is None:
-                    logger.warning("ordered dropout: this model does not run narrower width "
-                                   "%d as its sub-model; its batches train the masked held "
-                                   "width (the held width's FLOPs, more than counted)", w)
+                    _masked_instead(w, "its forward fails or differs sliced")
             with precision_context(device, cfg.precision):
                 if w < 0:
                     logits = model(xb)
-                elif sliced[w] is not None:
-                    logits = _sliced_forward(model, sliced[w], xb)
                 else:
-                    logits = _narrow_forward(model, masks[w], xb)
+                    sl = sliced[w]
+                    try:
+                        logits = (_sliced_forward(model, sl, xb) if sl is not None else
+                                  _narrow_forward(model, masks[w], xb))
+                    except Exception as exc:  # a path only training takes: masked from now
+                        if sl is None:
+                            raise
+                        sliced[w] = None
+                        _masked_instead(w, f"its training forward fails sliced: {exc}")
+                        logits = _narrow_forward(model, masks[w], xb)
             loss = F.cross_entropy(logits.float(), yb)
             scaler.scaled(loss).backward()  # the loss itself unless fp16
             finite = scaler.unscale(p.grad for p in model.parameters())
