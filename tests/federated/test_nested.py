@@ -420,26 +420,27 @@ def test_a_model_without_batch_norm_sends_no_calibration(tmp_path):
 # ----------------------------------------------------------------- ordered dropout per batch
 
 
+def _narrower(model, record, example, multiple, step):
+    """Width ``step`` of ``model``'s ladder on ``multiple`` channels: its sub-model record and
+    its dropout masks on ``model``."""
+    from fedprune.pruning.widths import channel_scores, dropout_masks, keep_of, ladder, sub_record
+
+    full = {g["root"]: g["channels"] for g in record["groups"]}
+    narrow = sub_record(record, channel_scores(model, example), ladder(full, multiple)[step])
+    (masks,) = dropout_masks(model, record, [keep_of(narrow)], example)
+    return narrow, masks
+
+
 def test_a_batch_at_a_narrower_width_trains_that_width_alone_and_leaves_the_rest():
     from fedprune.config import TrainConfig
     from fedprune.federated.client import Dropout, train_local
     from fedprune.models import new_model
-    from fedprune.pruning.widths import (
-        channel_scores,
-        dropout_masks,
-        gather_maps,
-        keep_of,
-        ladder,
-        sub_model,
-        sub_record,
-    )
+    from fedprune.pruning.widths import gather_maps, sub_model
 
     model, spec = new_model("tiny_resnet", num_classes=10, in_channels=1, image_size=28,
                             widths=[16, 16, 32], seed=0)
     example = spec.example_input()
-    full = {g["root"]: g["channels"] for g in spec.record["groups"]}
-    narrow = sub_record(spec.record, channel_scores(model, example), ladder(full, 4)[0])
-    (masks,) = dropout_masks(model, spec.record, [keep_of(narrow)], example)
+    narrow, masks = _narrower(model, spec.record, example, 4, 0)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(8, 1, 28, 28, generator=g), torch.randint(0, 10, (8,), generator=g)
     cfg = TrainConfig(local_epochs=1, batch_size=8, optimizer="sgd", lr=0.1, momentum=0.0)
@@ -474,21 +475,12 @@ def test_a_narrower_batch_runs_as_its_sub_model_at_its_cost(name, widths):
 
     from fedprune.federated.client import Slices, _narrow_forward, _sliced_forward
     from fedprune.models import new_model
-    from fedprune.pruning.widths import (
-        channel_scores,
-        dropout_masks,
-        keep_of,
-        ladder,
-        sub_model,
-        sub_record,
-    )
+    from fedprune.pruning.widths import sub_model
 
     model, spec = new_model(name, num_classes=10, in_channels=1, image_size=28, seed=0,
                             widths=widths)
     example = spec.example_input()
-    full = {g["root"]: g["channels"] for g in spec.record["groups"]}
-    narrow = sub_record(spec.record, channel_scores(model, example), ladder(full, 8)[1])
-    (masks,) = dropout_masks(model, spec.record, [keep_of(narrow)], example)
+    narrow, masks = _narrower(model, spec.record, example, 8, 1)
     sl = Slices.of(masks)
     alone = sub_model(model, narrow, example)
     assert sl.shape == {k: tuple(v.shape) for k, v in alone.state_dict().items()
@@ -519,15 +511,7 @@ def test_a_model_whose_narrower_width_cannot_run_sliced_trains_it_masked():
     from fedprune.config import TrainConfig
     from fedprune.federated.client import Dropout, train_local
     from fedprune.pruning.apply import initial_record
-    from fedprune.pruning.widths import (
-        channel_scores,
-        dropout_masks,
-        gather_maps,
-        keep_of,
-        ladder,
-        sub_model,
-        sub_record,
-    )
+    from fedprune.pruning.widths import gather_maps, sub_model
 
     class Depthwise(nn.Module):  # groups = channels: a sliced weight no longer fits groups
         def __init__(self):
@@ -542,10 +526,7 @@ def test_a_model_whose_narrower_width_cannot_run_sliced_trains_it_masked():
     torch.manual_seed(0)
     model = Depthwise()
     example = torch.zeros(1, 1, 8, 8)
-    record = initial_record(model, example)
-    full = {g["root"]: g["channels"] for g in record["groups"]}
-    narrow = sub_record(record, channel_scores(model, example), ladder(full, 4)[0])
-    (masks,) = dropout_masks(model, record, [keep_of(narrow)], example)
+    narrow, masks = _narrower(model, initial_record(model, example), example, 4, 0)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)
     cfg = TrainConfig(local_epochs=1, batch_size=8, optimizer="sgd", lr=0.1, momentum=0.0)
@@ -573,10 +554,7 @@ def test_a_model_whose_narrower_width_cannot_run_sliced_trains_it_masked():
 
     torch.manual_seed(0)
     model = TrainingOnly()
-    record = initial_record(model, example)
-    full = {g["root"]: g["channels"] for g in record["groups"]}
-    narrow = sub_record(record, channel_scores(model, example), ladder(full, 4)[0])
-    (masks,) = dropout_masks(model, record, [keep_of(narrow)], example)
+    _, masks = _narrower(model, initial_record(model, example), example, 4, 0)
     with pytest.warns(RuntimeWarning, match="its training forward fails sliced"):
         got, _, _ = train_local(copy.deepcopy(model), x, y, cfg,
                                 torch.Generator().manual_seed(1),

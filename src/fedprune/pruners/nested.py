@@ -281,11 +281,7 @@ class NestedPruner(Pruner):
         for i, rec in enumerate(records[:-1]):
             got = v.variants[i] if i < len(v.variants) else None
             cost, se, k = paired(v, got) if got is not None else (math.nan, math.nan, 0)
-            # a width measured better than the full one it is cut from has gained nothing
-            # but noise (and a full width still learning): it counts as costing nothing
-            floor = max(cost, 0.0) if math.isfinite(cost) else cost
-            bound = floor if p.confidence_z == 0 else (
-                floor + p.confidence_z * (se if math.isfinite(se) else math.inf))
+            bound = self._bound(cost, se)
             fits = bool(k > 0 and math.isfinite(bound) and bound <= p.max_accuracy_drop)
             sub = sub_model(model, rec, self.example)
             widths.append({"widths": [len(g["kept"]) for g in rec["groups"]],
@@ -336,6 +332,15 @@ class NestedPruner(Pruner):
                     n_params(model), n_params(cut))
         return cut, cspec, True, verdict
 
+    def _bound(self, cost: float, se: float) -> float:
+        """What a width's measured cost must fit ``prune.max_accuracy_drop`` with: the cost
+        plus ``prune.confidence_z`` standard errors (an unknown standard error: inf).  A
+        width measured better than the full one it is cut from has gained nothing but noise
+        (and a full width still learning): its cost counts as 0."""
+        z = self.cfg.prune.confidence_z
+        floor = max(cost, 0.0) if math.isfinite(cost) else cost
+        return floor if z == 0 else floor + z * (se if math.isfinite(se) else math.inf)
+
     def _pooled(self, before: list[dict[str, Any]], now: list[dict[str, Any]], full: int
                 ) -> int:
         """The narrowest width whose cost over two judgements (the mean of the two, its
@@ -349,7 +354,7 @@ class NestedPruner(Pruner):
             if None not in (a["cost"], b["cost"], a["cost_se"], b["cost_se"]):
                 cost = (a["cost"] + b["cost"]) / 2
                 se = math.sqrt(a["cost_se"] ** 2 + b["cost_se"] ** 2) / 2
-                bound = max(cost, 0.0) + p.confidence_z * se
+                bound = self._bound(cost, se)
                 b.update(pooled_cost=cost, pooled_se=se, pooled_bound=bound)
                 fits = bound <= p.max_accuracy_drop
             b["pooled_fits"] = fits
