@@ -287,6 +287,41 @@ def test_two_judgements_pooled_cut_what_neither_shows_alone(decide, decisions):
         from_dict({"prune": {"decide": "vote"}})
 
 
+def test_pooling_weights_each_judgement_by_its_precision():
+    # an early judgement: 1.3 +- 0.5 points; a later, more precise one: 0.1 +- 0.3.  The
+    # mean of the two (0.7 +- 0.29) plus 2 standard errors misses 1 point; weighted by
+    # precision (0.42 +- 0.26) it fits
+    pruner, _, _ = _pruner({"max_accuracy_drop": 0.01})
+
+    def judgement(cost, se, samples=3000):
+        return {"samples": samples, "widths": [{"cost": cost, "cost_se": se}]}
+
+    before, now = judgement(0.013, 0.005), judgement(0.001, 0.003)
+    assert pruner._pooled(before, now, 1) == 0
+    w = now["widths"][0]
+    w1, w2 = 1 / 0.005 ** 2, 1 / 0.003 ** 2
+    assert w["pooled_cost"] == pytest.approx((0.013 * w1 + 0.001 * w2) / (w1 + w2))
+    assert w["pooled_se"] == pytest.approx((w1 + w2) ** -0.5)
+    assert w["pooled_bound"] == pytest.approx(w["pooled_cost"] + 2 * w["pooled_se"])
+    assert w["pooled_fits"] and w["pooled_se"] < min(0.005, 0.003)
+    mean = (0.013 + 0.001) / 2 + 2 * math.sqrt(0.005 ** 2 + 0.003 ** 2) / 2
+    assert mean > 0.01  # the unweighted mean would not have cut
+    # two costly judgements do not fit, however precise
+    before, now = judgement(0.02, 0.001), judgement(0.015, 0.001)
+    assert pruner._pooled(before, now, 1) == 1 and not now["widths"][0]["pooled_fits"]
+    # a standard error of 0 (every client's difference the same) counts as one sample's
+    # share: the other judgement still counts, and nothing divides by zero
+    before, now = judgement(0.03, 0.0, samples=100), judgement(0.0, 0.0, samples=100)
+    assert pruner._pooled(before, now, 1) == 1
+    w = now["widths"][0]
+    assert w["pooled_cost"] == pytest.approx(0.015) and w["pooled_se"] == pytest.approx(
+        0.01 / math.sqrt(2))
+    # a width a judgement could not measure is not pooled and does not fit
+    before, now = judgement(None, None), judgement(0.0, 0.001)
+    assert pruner._pooled(before, now, 1) == 1
+    assert "pooled_cost" not in now["widths"][0] and not now["widths"][0]["pooled_fits"]
+
+
 def test_a_client_without_room_to_validate_is_excused_and_none_spends_more_than_dense(
         tmp_path):
     # one local epoch and half of each client's samples held out: validating every width

@@ -33,8 +33,9 @@ them for more work or traffic than dense FedAvg would while it searches:
    counted as 0: a width cut from the full one gains nothing but noise) plus
    ``prune.confidence_z`` standard errors fits ``prune.max_accuracy_drop``.
 4. **One cut.**  From the second judgement on (``prune.decide = "pooled"``, the default),
-   each width's cost and standard error are pooled over the last two judgements and the
-   narrowest width that fits so is cut at once; with ``"agree"``, when two judgements in a
+   each width's cost and standard error are pooled over the last two judgements (weighted
+   by their precision: :meth:`NestedPruner._pooled`) and the narrowest width that fits so
+   is cut at once; with ``"agree"``, when two judgements in a
    row choose the same width.  At ``prune.max_prune_round`` (or the run's last round) the
    width chosen then is cut.  The cut is exactly the sub-model that was validated, and it
    trains on as an ordinary, smaller dense network; if no narrower width fits, nothing is
@@ -108,6 +109,11 @@ class NestedState:
 
 def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
+
+
+def _se_floor(se: float, samples: int) -> float:
+    """A judgement's standard error, at least one sample's share of its accuracy."""
+    return max(float(se), 1.0 / max(int(samples), 1))
 
 
 @register("auto")
@@ -299,7 +305,8 @@ class NestedPruner(Pruner):
         if pooled:
             # each width's cost and standard error pooled with the last judgement's: the
             # narrowest width that fits so is cut at once (nothing fitting: search on)
-            choice = self._pooled(answered[-1]["widths"], widths, full)
+            choice = self._pooled(answered[-1], {"widths": widths, "samples": v.samples},
+                                  full)
         # a cut is final when two judgements in a row agree (or, pooled, when the two
         # together fit); nothing fitting only at the deadline (early in training every
         # width can cost much, and little later)
@@ -341,19 +348,27 @@ class NestedPruner(Pruner):
         floor = max(cost, 0.0) if math.isfinite(cost) else cost
         return floor if z == 0 else floor + z * (se if math.isfinite(se) else math.inf)
 
-    def _pooled(self, before: list[dict[str, Any]], now: list[dict[str, Any]], full: int
-                ) -> int:
-        """The narrowest width whose cost over two judgements (the mean of the two, its
-        standard error sqrt(se1^2 + se2^2) / 2, the two samples taken as independent),
-        counted as in one judgement, fits; each width's entry of ``now`` gets the pooled
-        figures.  ``full`` when none fits."""
+    def _pooled(self, before: dict[str, Any], now: dict[str, Any], full: int) -> int:
+        """The narrowest width whose cost over two judgements fits, counted as in one
+        judgement; each width's entry of ``now["widths"]`` gets the pooled figures.  ``full``
+        when none fits.
+
+        The two measured costs are combined by inverse-variance weights, the
+        minimum-variance combination of two independent estimates of one quantity: the
+        pooled cost is ``(c1 / se1^2 + c2 / se2^2) / (1 / se1^2 + 1 / se2^2)``, its standard
+        error ``1 / sqrt(1 / se1^2 + 1 / se2^2)`` (with equal standard errors: the mean of
+        the two and ``se / sqrt(2)``).  A judgement measured more precisely counts for more;
+        a standard error is taken as at least one sample's share of its judgement's
+        accuracy (``1 / samples``), so that no judgement counts alone."""
         p = self.cfg.prune
         choice = full
-        for i, (a, b) in enumerate(zip(before, now, strict=True)):
+        for i, (a, b) in enumerate(zip(before["widths"], now["widths"], strict=True)):
             fits = False
             if None not in (a["cost"], b["cost"], a["cost_se"], b["cost_se"]):
-                cost = (a["cost"] + b["cost"]) / 2
-                se = math.sqrt(a["cost_se"] ** 2 + b["cost_se"] ** 2) / 2
+                w1 = _se_floor(a["cost_se"], before["samples"]) ** -2
+                w2 = _se_floor(b["cost_se"], now["samples"]) ** -2
+                cost = (w1 * a["cost"] + w2 * b["cost"]) / (w1 + w2)
+                se = 1 / math.sqrt(w1 + w2)
                 bound = self._bound(cost, se)
                 b.update(pooled_cost=cost, pooled_se=se, pooled_bound=bound)
                 fits = bound <= p.max_accuracy_drop
