@@ -21,7 +21,9 @@ that runs them alike (the same decisions; ``flower-auto``'s final accuracy diffe
 third decimal between the two, as float32 kernels do).  Since ordered dropout per batch and
 the pooled decision became the default, ``default``, ``flower-auto`` and ``resumed-default``
 are recorded on AMD EPYC only (an Intel machine compares the other scenarios until it
-records them with ``--write default flower-auto resumed-default``).
+records them with ``--write default flower-auto resumed-default``); they were recorded again
+when the pooled decision came to weight each judgement by its precision (the same decisions,
+other pooled figures in the records).
 """
 
 from __future__ import annotations

@@ -79,8 +79,8 @@ class PruneConfig:
     # learn at every client; "client" = every batch trains the client's width
     ordered_dropout: str = "batch"
     # method "auto": when a width is cut: "pooled" (default) = from the second judgement on,
-    # each width's cost and standard error pooled over the last two judgements, and the
-    # narrowest width that fits so is cut at once; "agree" = when two judgements in a row
+    # each width's cost and standard error pooled over the last two judgements (weighted by
+    # their precision, 1 / se^2), and the narrowest width that fits so is cut at once; "agree" = when two judgements in a row
     # choose the same width
     decide: str = "pooled"
 

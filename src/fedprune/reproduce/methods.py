@@ -172,7 +172,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "from 20 % of the rounds, every 2 rounds, the clients' validation splits measure "
            "every width against the full one in one query, and from the second judgement the "
            "model is cut to the narrowest width whose cost, pooled over the last two "
-           "judgements, fits prune.max_accuracy_drop = 1 point"),
+           "judgements (each weighted by its precision), fits prune.max_accuracy_drop = 1 "
+           "point"),
     Method("auto-paired", "earlier automatic method (auto-paired)", _auto_paired, 1.2,
            "prune.method = auto-paired (fedprune's default before nested widths): candidate "
            "cuts trained beside the model and kept while their cost in paired federated "
