@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..pruning import initial_record, rebuild
+from ..pruning import mark_fixed, rebuild
 from .registry import create_model
 
 
@@ -71,7 +71,7 @@ def new_model(
                              image_size=image_size, widths=widths)
     example = torch.zeros(1, in_channels, image_size, image_size)
     spec = ModelSpec(name, num_classes, in_channels, image_size,
-                     None if widths is None else list(widths), initial_record(model, example))
+                     None if widths is None else list(widths), mark_fixed(model, example))
     return model, spec
 
 

@@ -135,7 +135,8 @@ class NestedPruner(Pruner):
         self.full = {g["root"]: int(g["channels"]) for g in spec.record["groups"]}
         # groups the widths leave whole: a grouped conv's blocks, a group cut cannot align
         self.ladder = ladder(self.full, p.round_to, p.min_channels,
-                             fixed=fixed_groups(start["model"], self.example))
+                             fixed=fixed_groups(start["model"], self.example,
+                                                record=spec.record))
         self.flops_initial = int(start["flops_initial"])
         # this round's validating clients that validate nothing (their compute would exceed
         # a dense client's): set by nested() for the round, read by the judgement

@@ -14,8 +14,9 @@ that record alone; this record, plus the weights, is what travels to the clients
 
 from __future__ import annotations
 
+import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -26,7 +27,7 @@ from torch import nn
 
 from ..config import PruneConfig
 from .importance import GroupScores, group_l1_scores
-from .rule import BoundaryRule, Decision, Rule
+from .rule import BoundaryRule, Decision, RatioRule, Rule
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,23 @@ class GroupDecision:
     upper: float
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A group a cut would have broken, left whole: its layers and why."""
+
+    root: str
+    members: tuple[str, ...]
+    reason: str
+
+    def message(self) -> str:
+        return (f"group {self.root!r} (layers {', '.join(self.members)}) left whole: "
+                f"{self.reason}")
+
+
+class PruneError(ValueError):
+    """The model cannot be pruned at all (its forward fails before any cut)."""
+
+
 @dataclass
 class PruneResult:
     """Output of :func:`prune_model`."""
@@ -53,50 +71,82 @@ class PruneResult:
     model: nn.Module
     record: dict[str, Any]
     decisions: list[GroupDecision] = field(default_factory=list)
+    refused: list[Refusal] = field(default_factory=list)  # groups left whole, and why
 
     @property
     def n_removed(self) -> int:
         return sum(d.channels - d.kept for d in self.decisions)
 
 
-def _output_modules(model: nn.Module, example_inputs: torch.Tensor) -> list[nn.Module]:
-    """The Conv2d/Linear layers whose outputs reach the model's output.
+# layers whose outputs are channels a cut could remove: the walk stops at the first one
+_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+           nn.ConvTranspose3d, nn.Linear)
 
-    Each output tensor is traced back through the modules that produced it (Flatten, BN,
-    activations, pooling, ...) to the first Conv2d or Linear.  Functional ops between modules
-    break the chain; models that use them should expose ``get_classifier()``.
+
+def output_tensors(out: Any) -> list[torch.Tensor]:
+    """The tensors of a model's output, in a fixed order: a tensor, or tuples, lists and
+    mappings of them (a ``transformers`` ``ModelOutput`` is a mapping), nested."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, Mapping):
+        return [t for v in out.values() for t in output_tensors(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in output_tensors(v)]
+    return []
+
+
+def _output_modules(model: nn.Module, example_inputs: torch.Tensor) -> list[nn.Module]:
+    """The layers (convs, linears) whose outputs reach the model's output unchanged in width.
+
+    One forward pass with autograd on: each conv or linear layer's output node is noted (the
+    nodes are kept alive, so no identity is reused), then the autograd graph is walked back
+    from every output tensor through whatever lies between -- containers, norms,
+    activations, pooling and functional ops such as ``F.interpolate``, ``reshape``,
+    ``flatten``, ``permute``, adds and concatenations -- and each path stops at the first
+    such layer.  Every node is visited once: the walk ends on any graph.
     """
-    produced: dict[int, tuple[nn.Module, list[int]]] = {}
+    made: dict[Any, nn.Module] = {}  # autograd node -> the layer whose output it made
 
     def hook(module: nn.Module, inp: Any, out: Any) -> None:
-        if isinstance(out, torch.Tensor):
-            produced[id(out)] = (module, [id(t) for t in inp if isinstance(t, torch.Tensor)])
+        for t in output_tensors(out):
+            if t.grad_fn is not None and t.grad_fn not in made:
+                made[t.grad_fn] = module
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, _LAYERS)]
     was_training = model.training
+    x = example_inputs
+    if isinstance(x, torch.Tensor) and x.is_floating_point():
+        x = x.detach().requires_grad_(True)  # a graph even where no parameter needs grad
     try:
         model.eval()
-        with torch.no_grad():
-            out = model(example_inputs)
-            outs = out if isinstance(out, (tuple, list)) else [out]
-            found: list[nn.Module] = []
-            for o in outs:
-                key = id(o) if isinstance(o, torch.Tensor) else None
-                while key in produced:
-                    module, inputs = produced[key]
-                    if isinstance(module, (nn.Conv2d, nn.Linear)):
-                        found.append(module)
-                        break
-                    key = inputs[0] if len(inputs) == 1 else None
+        with torch.enable_grad():
+            outs = output_tensors(model(x))
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
+    found: list[nn.Module] = []
+    seen: set[Any] = set()
+    for o in outs:
+        stack = [o.grad_fn] if o.grad_fn is not None else []
+        while stack:
+            node = stack.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            layer = made.get(node)
+            if layer is not None:
+                if all(layer is not f for f in found):
+                    found.append(layer)
+                continue
+            stack.extend(n for n, _ in reversed(node.next_functions) if n is not None)
     return found
 
 
 def default_ignored_layers(model: nn.Module, example_inputs: torch.Tensor) -> list[nn.Module]:
-    """The classifier (``model.get_classifier()`` if present) and the model's output layer."""
+    """The classifier (``model.get_classifier()`` if present) and every conv or linear layer
+    whose outputs reach one of the model's outputs (:func:`_output_modules`)."""
     ignored: list[nn.Module] = []
     get_classifier = getattr(model, "get_classifier", None)
     if callable(get_classifier):
@@ -135,6 +185,9 @@ def _check_record(record: dict[str, Any]) -> None:
         if not isinstance(g, dict) or not {"root", "members", "channels", "kept"} <= set(g):
             raise ValueError("pruning record: each group needs root, members, channels, kept")
         ch, kept = g["channels"], g["kept"]
+        if "fixed" in g and not isinstance(g["fixed"], str):
+            raise ValueError(f"pruning record: group {g.get('root')!r}: 'fixed' must be a "
+                             "string (why the group is left whole)")
         if not isinstance(g["root"], str) or not isinstance(ch, int) or ch < 1:
             raise ValueError("pruning record: bad root or channel count in group "
                              f"{g.get('root')!r}")
@@ -205,11 +258,22 @@ def prune_model(
             configuration's defaults (:func:`default_rule`).  The paper's rule is
             ``BoundaryRule(k=2.0, mode="both", max_fraction=1.0)``.
         ignored_layers: layers whose outputs must not be pruned; by default the classifier
-            (``get_classifier()``) and the layer producing the model's output.
+            (``get_classifier()``) and every layer producing one of the model's outputs
+            (:func:`default_ignored_layers`).
         reinit: re-initialise all parameters after the cut (the paper's behaviour), seeded
             by ``seed``.  Off by default: fedprune keeps the trained weights.
         record: the record of the model as it is now (from an earlier call or
             :func:`initial_record`); the returned record is relative to the original model.
+            A group the record marks ``fixed`` (:func:`mark_fixed`) is left whole.
+
+    Every cut checks itself before it is kept: a forward pass on ``example_inputs`` must run
+    and give outputs of the same shapes and dtypes as before.  If it does not, the model is
+    put back as it was and the groups are cut one at a time; a group whose cut fails is left
+    whole and listed in :attr:`PruneResult.refused` with its layers and the reason (also
+    logged as a warning), and the rest of the model is cut.
+
+    Raises:
+        PruneError: the model's forward fails on ``example_inputs`` before any cut.
     """
     rule = default_rule() if rule is None else rule
     if record is None:
@@ -220,10 +284,13 @@ def prune_model(
     )
     dg = _build_graph(model, example_inputs)
     plans = _plan(model, dg, ignored, record, rule)
-    new_record = _cut(dg, plans, record)
+    new_record, refused = _cut_checked(model, example_inputs, dg, plans, record)
     if reinit:
         reinitialise(model, seed)
-    return PruneResult(model=model, record=new_record, decisions=[p.group for p in plans])
+    gone = {r.root for r in refused}
+    decisions = [replace(p.group, kept=p.group.channels) if p.group.root in gone else p.group
+                 for p in plans]
+    return PruneResult(model=model, record=new_record, decisions=decisions, refused=refused)
 
 
 @dataclass(frozen=True)
@@ -251,7 +318,11 @@ def _plan(model: nn.Module, dg: tp.DependencyGraph, ignored: Sequence[nn.Module]
                 f"the record does not match the model at layer {gs.root!r}: rebuild the model "
                 "from its record before pruning it again"
             )
-        dec = _decide_group(gs, rule)
+        if prev.get("fixed"):
+            n = int(gs.scores.numel())
+            dec = Decision(np.ones(n, dtype=bool), np.nan, np.nan, np.nan, np.nan)
+        else:
+            dec = _decide_group(gs, rule)
         gd = GroupDecision(gs.root, gs.members, int(gs.scores.numel()), int(dec.keep.sum()),
                            dec.lower, dec.upper)
         logger.debug("group %s: %d -> %d channels (bounds %.4g, %.4g)", gs.root, gd.channels,
@@ -261,22 +332,149 @@ def _plan(model: nn.Module, dg: tp.DependencyGraph, ignored: Sequence[nn.Module]
     return plans
 
 
-def _cut(dg: tp.DependencyGraph, plans: Sequence[_Plan], record: dict[str, Any]
-         ) -> dict[str, Any]:
-    """Cut the planned channels in place; the record of the model after the cut."""
+def _new_record(plans: Sequence[_Plan], record: dict[str, Any],
+                skip: set[str] = frozenset()) -> dict[str, Any]:
+    """The record after the planned cuts (less the groups in ``skip``)."""
     by_root = {g["root"]: g for g in record["groups"]}
     new_groups = {g["root"]: dict(g) for g in record["groups"]}
     for plan in plans:
+        if plan.group.root in skip:
+            continue
         prev_kept = by_root[plan.group.root]["kept"]
         new_groups[plan.group.root]["kept"] = [prev_kept[i] for i in range(len(prev_kept))
                                                if plan.keep[i]]
+    return {"format": RECORD_FORMAT, "version": RECORD_VERSION,
+            "groups": [new_groups[g["root"]] for g in record["groups"]]}
+
+
+def _apply(dg: tp.DependencyGraph, plans: Sequence[_Plan]) -> None:
+    """Cut the planned channels in place."""
+    for plan in plans:
         if plan.removed:
             group = dg.get_pruning_group(plan.root, plan.handler, plan.removed)
             if not dg.check_pruning_group(group):
                 raise RuntimeError(f"Torch-Pruning refused to prune group {plan.group.root!r}")
             group.prune(record_history=False)
-    return {"format": RECORD_FORMAT, "version": RECORD_VERSION,
-            "groups": [new_groups[g["root"]] for g in record["groups"]]}
+
+
+def _cut(dg: tp.DependencyGraph, plans: Sequence[_Plan], record: dict[str, Any]
+         ) -> dict[str, Any]:
+    """Cut the planned channels in place, unchecked; the record of the model after the cut."""
+    _apply(dg, plans)
+    return _new_record(plans, record)
+
+
+def _signature(out: Any) -> list[tuple[tuple[int, ...], torch.dtype]]:
+    return [(tuple(t.shape), t.dtype) for t in output_tensors(out)]
+
+
+def _describe(sig: list[tuple[tuple[int, ...], torch.dtype]]) -> str:
+    return ", ".join(f"{list(shape)} {str(dtype).removeprefix('torch.')}" for shape, dtype in sig)
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= limit else text[:limit] + " ..."
+    return f"{type(exc).__name__}: {text}"
+
+
+def _forward(model: nn.Module, example_inputs: torch.Tensor) -> Any:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(example_inputs)
+    finally:
+        model.train(was_training)
+
+
+def _check(model: nn.Module, example_inputs: torch.Tensor,
+           expected: list[tuple[tuple[int, ...], torch.dtype]]) -> str | None:
+    """Why the cut model is broken (its forward fails, or its outputs changed), or None."""
+    try:
+        got = _signature(_forward(model, example_inputs))
+    except Exception as exc:  # noqa: BLE001 - whatever a user model raises is the reason
+        return f"the model's forward fails after the cut ({_short(exc)})"
+    if got != expected:
+        return (f"the cut changes the model's outputs from {_describe(expected)} to "
+                f"{_describe(got)}")
+    return None
+
+
+def _restore(model: nn.Module, saved: nn.Module) -> None:
+    """Put ``model`` back to ``saved`` (a deep copy taken before a cut), keeping every
+    module object (so references to them stay valid)."""
+    for m, s in zip(model.modules(), saved.modules(), strict=True):
+        state = {k: v for k, v in vars(s).items() if k != "_modules"}
+        for k in [k for k in vars(m) if k != "_modules" and k not in state]:
+            del m.__dict__[k]
+        m.__dict__.update(state)
+
+
+def _cut_checked(model: nn.Module, example_inputs: torch.Tensor, dg: tp.DependencyGraph,
+                 plans: Sequence[_Plan], record: dict[str, Any]
+                 ) -> tuple[dict[str, Any], list[Refusal]]:
+    """Cut the planned channels in place, each cut checked (:func:`prune_model`)."""
+    if not any(p.removed for p in plans):
+        return _new_record(plans, record), []
+    try:
+        expected = _signature(_forward(model, example_inputs))
+    except Exception as exc:
+        raise PruneError(f"the model's forward fails on the example input before any cut "
+                         f"({_short(exc)})") from exc
+    saved = copy.deepcopy(model)
+    try:
+        _apply(dg, plans)
+        why = _check(model, example_inputs, expected)
+    except Exception as exc:  # noqa: BLE001 - Torch-Pruning's own failures included
+        why = _short(exc)
+    if why is None:
+        return _new_record(plans, record), []
+    # some group breaks the model: back to where it was, then one group at a time
+    _restore(model, saved)
+    refused: list[Refusal] = []
+    for plan in plans:
+        if not plan.removed:
+            continue
+        before = copy.deepcopy(model)
+        try:
+            _apply(_build_graph(model, example_inputs), [plan])
+            why = _check(model, example_inputs, expected)
+        except Exception as exc:  # noqa: BLE001
+            why = f"Torch-Pruning cannot cut it ({_short(exc)})"
+        if why is not None:
+            _restore(model, before)
+            refusal = Refusal(plan.group.root, plan.group.members, why)
+            refused.append(refusal)
+            logger.warning("%s", refusal.message())
+    return _new_record(plans, record, {r.root for r in refused}), refused
+
+
+def mark_fixed(model: nn.Module, example_inputs: torch.Tensor,
+               record: dict[str, Any] | None = None,
+               ignored_layers: Sequence[nn.Module] | None = None) -> dict[str, Any]:
+    """``record`` (by default the model's :func:`initial_record`) with every group a cut
+    would break marked ``"fixed"`` (the reason), which every later cut leaves whole.
+
+    A trial on a copy of the model: half of every group's channels cut at once, the cut
+    checked as :func:`prune_model` checks it; a group refused there is fixed, with a warning
+    naming its layers and why.  ``model`` itself is not changed.  A group that survives a
+    cut of half its channels is taken to survive the cuts the methods make (a channel count
+    a structure requires, such as a grouped conv's or GroupNorm's blocks, is kept by every
+    rule alike)."""
+    record = initial_record(model, example_inputs, ignored_layers) if record is None else record
+    _check_record(record)
+    trial = copy.deepcopy(model)
+    ignored = list(ignored_layers) if ignored_layers is not None else default_ignored_layers(
+        trial, example_inputs)
+    dg = _build_graph(trial, example_inputs)
+    plans = _plan(trial, dg, ignored, record, RatioRule(ratio=0.5))
+    _, refused = _cut_checked(trial, example_inputs, dg, plans, record)
+    if not refused:
+        return record
+    why = {r.root: r.reason for r in refused}
+    return {**record, "groups": [{**g, "fixed": why[g["root"]]} if g["root"] in why else g
+                                 for g in record["groups"]]}
 
 
 def _decide_group(gs: GroupScores, rule: Rule) -> Decision:

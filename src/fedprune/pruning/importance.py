@@ -56,6 +56,13 @@ def group_l1_scores(group, dg, module_names: dict[nn.Module, str]) -> GroupScore
                 min_per_block = 2
             if list(item.idxs) != list(item.root_idxs):
                 prunable = False
+        elif isinstance(module, nn.GroupNorm) and module.num_groups > 1:
+            # GroupNorm normalises blocks of num_channels / num_groups channels: a cut keeps
+            # a multiple of num_groups channels, the same local positions of every block, so
+            # each block keeps its own channels (as for a grouped conv)
+            channel_groups = math.lcm(channel_groups, module.num_groups)
+            if list(item.idxs) != list(item.root_idxs):
+                prunable = False
         if not isinstance(module, nn.Conv2d) or not dg.is_out_channel_pruning_fn(item.dep.handler):
             continue
         root_idxs = torch.as_tensor(item.root_idxs, dtype=torch.long)

@@ -109,10 +109,12 @@ def channel_scores(model: nn.Module, example: torch.Tensor,
 
 
 def fixed_groups(model: nn.Module, example: torch.Tensor,
-                 ignored: Sequence[nn.Module] | None = None) -> set[str]:
-    """The groups whose width nested sub-models leave whole: those a grouped conv splits
-    into blocks (a width would have to keep the same positions in every block) and those
-    the pruning cannot keep aligned (:func:`~.apply._decide_group` leaves them too)."""
+                 ignored: Sequence[nn.Module] | None = None,
+                 record: dict[str, Any] | None = None) -> set[str]:
+    """The groups whose width nested sub-models leave whole: those a grouped conv or a
+    GroupNorm splits into blocks (a width would have to keep the same positions in every
+    block), those the pruning cannot keep aligned (:func:`~.apply._decide_group` leaves them
+    too) and those ``record`` marks ``fixed`` (:func:`~.apply.mark_fixed`)."""
     names = {m: n for n, m in model.named_modules()}
     ignored = list(ignored) if ignored is not None else default_ignored_layers(model, example)
     dg = _build_graph(model, example)
@@ -121,6 +123,8 @@ def fixed_groups(model: nn.Module, example: torch.Tensor,
         gs = group_l1_scores(group, dg, names)
         if gs.channel_groups > 1 or not gs.prunable:
             out.add(gs.root)
+    if record is not None:
+        out |= {g["root"] for g in record["groups"] if g.get("fixed")}
     return out
 
 
