@@ -28,7 +28,7 @@ $(VENV)/.installed-flower: $(VENV)/.installed
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/python -m pip install -e '.[test,data,flower,executorch]'
+	$(BIN)/python -m pip install -e '.[test,data,flower,executorch,hf]'
 	touch $@
 
 .PHONY: install install-flower demo test bench

@@ -9,9 +9,8 @@ import logging
 
 import pytest
 import torch
-import torch_pruning as tp
 from torch import nn
-from zoo import ZOO, GroupNormNet, SegmentationNet, TokenNet, TwoHeads
+from zoo import ZOO, GroupNormNet, SegmentationNet, TokenNet, TwoHeads, zero_removed
 
 from fedprune.export.onnx import export_onnx
 from fedprune.pruning import (
@@ -38,26 +37,6 @@ def _model(name: str, seed: int = 0) -> nn.Module:
 def _outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     with torch.no_grad():
         return output_tensors(model.eval()(x))
-
-
-def _zero_removed(model: nn.Module, record: dict) -> None:
-    """Zero, in an unpruned ``model``, every parameter slice a cut to ``record`` removes
-    along the output channels (conv filters, their biases, the norms' affine weights)."""
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=X[:1])
-    with torch.no_grad():
-        for g in record["groups"]:
-            removed = sorted(set(range(g["channels"])) - set(g["kept"]))
-            if not removed:
-                continue
-            root = model.get_submodule(g["root"])
-            group = dg.get_pruning_group(root, tp.prune_conv_out_channels, removed)
-            for item in group.items:
-                if not dg.is_out_channel_pruning_fn(item.dep.handler):
-                    continue
-                m = item.dep.target.module
-                for p in (getattr(m, "weight", None), getattr(m, "bias", None)):
-                    if isinstance(p, torch.Tensor) and p.dim() >= 1:
-                        p[list(item.idxs)] = 0.0
 
 
 @pytest.mark.parametrize("name", sorted(ZOO))
@@ -93,7 +72,7 @@ def test_every_zoo_model_is_cut_correctly_or_left_whole_with_a_reason(name, tmp_
     # with the removed channels zeroed first, removing them changes no output
     if exact:
         zeroed = _model(name)
-        _zero_removed(zeroed, res.record)
+        zero_removed(zeroed, res.record, X[:1])
         reference = _outputs(zeroed, X)
         rebuild(zeroed, res.record, X[:1])
         for a, b in zip(_outputs(zeroed, X), reference, strict=True):
@@ -122,7 +101,6 @@ def test_a_refused_group_is_put_back_exactly_as_it_was():
 
 
 def test_output_layers_are_found_through_containers_functional_ops_and_several_heads():
-    names = {}
     for cls, expected in ((SegmentationNet, ["classifier"]), (TwoHeads, ["logits", "mask"]),
                           (ZOO["head-in-sequential"][0], ["head.3"])):
         model = cls()
