@@ -17,8 +17,8 @@ from zoo import zero_removed
 
 T = pytest.importorskip("transformers")
 
-from fedprune.export.onnx import export_onnx  # noqa: E402
-from fedprune.pruning import RatioRule, prune_model, rebuild  # noqa: E402
+from fedprune.export.onnx import export_onnx
+from fedprune.pruning import RatioRule, prune_model, rebuild
 
 SIZE = 64
 X = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
