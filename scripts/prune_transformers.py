@@ -4,7 +4,9 @@ Each model is built from its configuration class with random weights (no downloa
 widths and depths so that the whole table takes a minute or two on 2 cores), wrapped so that
 ``pixel_values`` go in and the ``logits`` tensor comes out, and cut by a fixed ratio of each
 group's filters (L1).  A row says whether the cut model runs with outputs of the same shape,
-whether the JSON record rebuilds it from a fresh copy (same outputs), whether ONNX Runtime
+whether the JSON record rebuilds it from a fresh copy (same outputs), whether removing the
+channels changes no output once they were zeroed (:func:`~fedprune.pruning.zero_removed`;
+not expected where a LayerNorm or GroupNorm normalises over the channels), whether ONNX Runtime
 agrees with PyTorch (or why there was no export), which groups were left whole and why, and
 how long the cut took (a hang would show as the time limit).
 
@@ -88,7 +90,7 @@ def models() -> dict[str, Callable[[], nn.Module]]:
 
 def row(name: str, make: Callable[[], nn.Module], ratio: float, tmp: Path) -> str:
     from fedprune.export.onnx import ExportError, export_onnx
-    from fedprune.pruning import RatioRule, prune_model, rebuild
+    from fedprune.pruning import RatioRule, prune_model, rebuild, zero_removed
 
     x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
 
@@ -109,6 +111,14 @@ def row(name: str, make: Callable[[], nn.Module], ratio: float, tmp: Path) -> st
     fresh.load_state_dict(model.state_dict())
     with torch.no_grad():
         rebuilt = torch.equal(fresh(x), after)
+    zeroed = build()  # the removed channels zeroed first: does removing them change nothing?
+    zero_removed(zeroed, res.record, x[:1])
+    with torch.no_grad():
+        reference = zeroed(x)
+    rebuild(zeroed, res.record, x[:1])
+    with torch.no_grad():
+        gap = float((zeroed(x) - reference).abs().max())
+    exact = "yes" if gap <= 1e-4 else f"no ({gap:.1g})"
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")  # (the exporter prints its graph on failure)
@@ -124,7 +134,8 @@ def row(name: str, make: Callable[[], nn.Module], ratio: float, tmp: Path) -> st
     shape = (f"{list(before.shape)} kept" if after.shape == before.shape
              else f"{list(before.shape)} -> {list(after.shape)}")
     return (f"| {name} | {len(res.record['groups'])} | {channels} -> {kept} | {shape} | "
-            f"{'same outputs' if rebuilt else 'DIFFERS'} | {onnx} | {whole} | {seconds:.1f} s |")
+            f"{'same outputs' if rebuilt else 'DIFFERS'} | {exact} | {onnx} | {whole} | "
+            f"{seconds:.1f} s |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown models {unknown}; choose from {sorted(table)}", file=sys.stderr)
         return 2
     print(f"ratio {args.ratio} of every group's filters, input 1 x 3 x {SIZE} x {SIZE}\n")
-    print("| model | groups | channels | output | rebuilt from JSON | ONNX Runtime | "
-          "left whole | cut took |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | groups | channels | output | rebuilt from JSON | zeroed channels removed: "
+          "outputs unchanged | ONNX Runtime | left whole | cut took |")
+    print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.names or table:
             try:

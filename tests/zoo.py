@@ -10,30 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import torch_pruning as tp
 from torch import nn
-
-
-def zero_removed(model: nn.Module, record: dict, example: torch.Tensor) -> None:
-    """Zero, in an unpruned ``model``, every parameter slice a cut to ``record`` removes along
-    the output channels (conv filters and biases, the norms' affine weights), so that the
-    removed channels carry zeros: where nothing downstream mixes channels before the next
-    conv (as a LayerNorm or GroupNorm would), removing them then changes no output."""
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
-    with torch.no_grad():
-        for g in record["groups"]:
-            removed = sorted(set(range(g["channels"])) - set(g["kept"]))
-            if not removed:
-                continue
-            root = model.get_submodule(g["root"])
-            group = dg.get_pruning_group(root, tp.prune_conv_out_channels, removed)
-            for item in group.items:
-                if not dg.is_out_channel_pruning_fn(item.dep.handler):
-                    continue
-                m = item.dep.target.module
-                for p in (getattr(m, "weight", None), getattr(m, "bias", None)):
-                    if isinstance(p, torch.Tensor) and p.dim() >= 1:
-                        p[list(item.idxs)] = 0.0
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:

@@ -13,12 +13,11 @@ import logging
 import pytest
 import torch
 from torch import nn
-from zoo import zero_removed
 
 T = pytest.importorskip("transformers")
 
 from fedprune.export.onnx import export_onnx
-from fedprune.pruning import RatioRule, prune_model, rebuild
+from fedprune.pruning import RatioRule, prune_model, rebuild, zero_removed
 
 SIZE = 64
 X = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))

@@ -10,7 +10,7 @@ import logging
 import pytest
 import torch
 from torch import nn
-from zoo import ZOO, GroupNormNet, SegmentationNet, TokenNet, TwoHeads, zero_removed
+from zoo import ZOO, GroupNormNet, SegmentationNet, TokenNet, TwoHeads
 
 from fedprune.export.onnx import export_onnx
 from fedprune.pruning import (
@@ -23,6 +23,7 @@ from fedprune.pruning import (
     prune_model,
     rebuild,
     widths_of,
+    zero_removed,
 )
 from fedprune.pruning.widths import fixed_groups
 

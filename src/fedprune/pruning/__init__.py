@@ -17,6 +17,7 @@ from .apply import (
     rebuild,
     reinitialise,
     widths_of,
+    zero_removed,
 )
 from .rule import BoundaryRule, Decision, RatioRule, Rule, decide, decide_ratio
 
@@ -40,4 +41,5 @@ __all__ = [
     "rebuild",
     "reinitialise",
     "widths_of",
+    "zero_removed",
 ]

@@ -499,6 +499,34 @@ def _decide_group(gs: GroupScores, rule: Rule) -> Decision:
     return replace(local, keep=np.tile(local.keep, g))
 
 
+def zero_removed(model: nn.Module, record: dict[str, Any], example_inputs: torch.Tensor) -> None:
+    """Zero, in place, what a cut of the unpruned ``model`` to ``record`` would remove along
+    the output channels (the removed channels' filters and biases in every conv of their
+    group, and the affine weights of the norms that follow), leaving every shape as it is.
+
+    The removed channels then carry zeros, so where nothing downstream mixes channels before
+    the next layer that reads them (a LayerNorm or GroupNorm over the channels would), the
+    cut itself (:func:`rebuild`) changes no output: a check that a cut removes exactly the
+    channels it says."""
+    _check_record(record)
+    dg = _build_graph(model, example_inputs)
+    with torch.no_grad():
+        for g in record["groups"]:
+            removed = sorted(set(range(g["channels"])) - set(g["kept"]))
+            if not removed:
+                continue
+            root = model.get_submodule(g["root"])
+            pruner = dg.get_pruner_of_module(root)
+            group = dg.get_pruning_group(root, pruner.prune_out_channels, removed)
+            for item in group.items:
+                if not dg.is_out_channel_pruning_fn(item.dep.handler):
+                    continue
+                m = item.dep.target.module
+                for p in (getattr(m, "weight", None), getattr(m, "bias", None)):
+                    if isinstance(p, torch.Tensor) and p.dim() >= 1:
+                        p[list(item.idxs)] = 0.0
+
+
 def reinitialise(model: nn.Module, seed: int) -> None:
     """Reset every module's parameters (and BN statistics) with a seeded generator."""
     with torch.random.fork_rng(devices=[]):
