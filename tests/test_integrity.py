@@ -391,3 +391,195 @@ def test_a_small_gzip_idx_that_inflates_far_beyond_its_header_fails_without_infl
     finally:
         tracemalloc.stop()
     assert peak < 4 << 20  # it read what the header announced, and one byte more
+
+
+# ---------------------------------------------------------------- hostile edits
+
+
+def _stopped_run(tmp_path: Path, name: str = "r") -> RunDir:
+    with pytest.raises(Stop):
+        run_simulation(_cfg(), tmp_path / name, on_round=stop_after(2))
+    return RunDir(tmp_path / name)
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fedprune: error: "), err
+    return lines[0]
+
+
+def _reading_commands(rd: RunDir, out: Path) -> list[list[str]]:
+    return [["run", "--resume", str(rd.path), "--no-progress", "--no-plots"],
+            ["export", str(rd.path), "--out", str(out)],
+            ["bench-latency", str(rd.path), "--runs", "1", "--warmup", "0"]]
+
+
+def test_a_checkpoint_without_its_checksum_is_refused_unless_allowed(tmp_path, capsys, caplog):
+    from fedprune.checkpoint import DIGEST_KEY
+
+    rd = _stopped_run(tmp_path)
+    payload = torch.load(rd.checkpoint_file, weights_only=True)
+    del payload[DIGEST_KEY]  # no checksum left to disagree with the edit below
+    payload["state_dict"]["classifier.weight"] += 1.0
+    torch.save(payload, rd.checkpoint_file)
+    with pytest.raises(ValueError, match="carries no checksum"):
+        load_checkpoint(rd.checkpoint_file)
+    for argv in _reading_commands(rd, tmp_path / "m.onnx"):
+        assert main(argv) == 2, argv
+        line = _one_line_error(capsys)
+        assert f"checkpoint {rd.checkpoint_file} carries no checksum" in line, line
+        assert "cannot be verified" in line and "--allow-unverified-checkpoint" in line, line
+    assert not (tmp_path / "m.onnx").exists() and rd.state() == "resumable"
+    assert main(["run", "--out", str(tmp_path / "new"), "--allow-unverified-checkpoint",
+                 *TINY_SETS]) == 2  # a new run reads no checkpoint: the flag is a mistake
+    assert "applies to --resume only" in _one_line_error(capsys)
+
+    # allowed explicitly: read, with a warning, by the library and every command
+    _, model, _ = load_checkpoint(rd.checkpoint_file, allow_unverified=True)
+    assert torch.equal(model.state_dict()["classifier.weight"],
+                       payload["state_dict"]["classifier.weight"])
+    for argv in _reading_commands(rd, tmp_path / "m.onnx")[1:]:
+        caplog.clear()
+        assert main([*argv, "--allow-unverified-checkpoint"]) == 0, capsys.readouterr().err
+        assert "carries no checksum" in caplog.text and "without verifying" in caplog.text
+    assert (tmp_path / "m.onnx").stat().st_size
+    assert main([*_reading_commands(rd, tmp_path / "m.onnx")[0],
+                 "--allow-unverified-checkpoint"]) == 0
+    assert rd.state() == "finished"
+    # the checkpoints the resumed run wrote carry their checksum again: read with no flag
+    assert main(["export", str(rd.path), "--out", str(tmp_path / "again.onnx")]) == 0
+    assert DIGEST_KEY in torch.load(rd.checkpoint_file, weights_only=True)
+
+
+@pytest.mark.parametrize(("key", "value", "said"), [
+    ("num_classes", 10**9, "num_classes must be an integer from 1 to 100,000, got 1000000000"),
+    ("in_channels", 10**6, "in_channels must be an integer from 1 to 64"),
+    ("image_size", 10**6, "image_size must be an integer from 1 to 4,096"),
+    ("widths", [4, 2**40], "widths[1] must be an integer from 1 to 65,536"),
+    ("widths", [65_536, 65_536], "more than the bound of 268,435,456"),
+])
+def test_a_resealed_checkpoint_claiming_huge_sizes_is_refused_before_building(
+        tmp_path, capsys, key, value, said):
+    from fedprune.checkpoint import DIGEST_KEY, payload_digest
+
+    rd = _stopped_run(tmp_path)
+    payload = torch.load(rd.checkpoint_file, weights_only=True)
+    spec = json.loads(payload["spec"])
+    payload["spec"] = json.dumps({**spec, key: value})
+    payload[DIGEST_KEY] = payload_digest(payload)  # resealed: the checksum matches
+    torch.save(payload, rd.checkpoint_file)
+    for argv in _reading_commands(rd, tmp_path / "m.onnx"):
+        assert main(argv) == 2, argv
+        line = _one_line_error(capsys)
+        assert f"checkpoint {rd.checkpoint_file}: model spec: " in line and said in line, line
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("num_classes", 0), ("num_classes", 100_001), ("num_classes", True), ("num_classes", "62"),
+    ("in_channels", 65), ("image_size", 4097), ("widths", []), ("widths", [4, "8"]),
+    ("widths", [4, 0]), ("widths", "4,8"), ("record", []), ("name", "no_such_model"),
+])
+def test_a_model_spec_out_of_bounds_is_a_value_error_naming_the_field(key, value):
+    from fedprune.models import ModelSpec, new_model
+
+    _, spec = new_model("cnn_femnist", num_classes=62, in_channels=1, image_size=28,
+                        widths=[4, 8], seed=0)
+    assert ModelSpec.from_json(spec.to_json()) == spec
+    field = "model" if key == "name" else key
+    with pytest.raises(ValueError, match=field):
+        ModelSpec.from_json(json.dumps({**json.loads(spec.to_json()), key: value}))
+
+
+@pytest.mark.parametrize(("key", "value", "said"), [
+    ("name", "resnet7", "with model.name 'cnn_femnist' but config.json gives 'resnet7'"),
+    ("widths", [4, 9], "with model.widths [4, 8] but config.json gives [4, 9]"),
+])
+def test_a_config_json_edited_to_another_model_is_refused_on_resume(tmp_path, capsys, key,
+                                                                    value, said):
+    rd = _stopped_run(tmp_path)
+    config = json.loads(rd.config_file.read_text())
+    config["model"] = {**config["model"], key: value, **({"widths": None} if key == "name"
+                                                          else {})}
+    rd.config_file.write_text(json.dumps(config))
+    rows = rd.rounds_file.read_text()
+    assert main(["run", "--resume", str(rd.path), "--no-progress", "--no-plots"]) == 2
+    line = _one_line_error(capsys)
+    assert f"cannot resume {rd.path}: checkpoint.pt holds a model " in line, line
+    assert said in line and "not of the same run" in line, line
+    assert rd.state() == "resumable" and rd.rounds_file.read_text() == rows  # untouched
+
+
+def test_a_checkpoint_of_other_data_is_refused_on_resume(tmp_path):
+    import dataclasses
+
+    rd = _stopped_run(tmp_path)
+    spec, *_ = rd.load_resume_point()  # the run's own configuration: accepted
+    for key, value in (("num_classes", 3), ("in_channels", 3), ("image_size", 32)):
+        other = dataclasses.replace(spec, **{key: value})
+        with pytest.raises(ValueError, match=f"holds a model with {key} "):
+            rd.load_resume_point(expected=other)
+
+
+def _reseal(meta: dict) -> dict:
+    from fedprune.data.cache import META_DIGEST_KEY, _meta_digest
+
+    return {**meta, META_DIGEST_KEY: _meta_digest(meta)}
+
+
+def test_an_edited_cache_meta_json_is_refused_as_damaged(tmp_path, fashion_mnist_dir, capsys):
+    from fedprune.data import DataError, load_federated
+    from fedprune.data.cache import META_DIGEST_KEY
+
+    cfg, d = _cache_of(tmp_path, fashion_mnist_dir)
+    where = d / "meta.json"
+    honest = json.loads(where.read_text())
+    assert honest[META_DIGEST_KEY] == _reseal(honest)[META_DIGEST_KEY]
+    data_info = ["data", "info", "fashion-mnist", "--set", f"data.path={fashion_mnist_dir}",
+                 "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "data.num_clients=4"]
+    no_samples = {k: v for k, v in honest.items() if k != "num_samples"}
+    unsealed = {k: v for k, v in honest.items() if k != META_DIGEST_KEY}
+    for meta, said in (
+            ({**honest, "num_classes": 3}, "meta.json: has changed since the cache was built"),
+            (no_samples, "meta.json: has changed since the cache was built"),
+            ({**honest, "mean": ["x"]}, "meta.json: has changed since the cache was built"),
+            (unsealed, f"meta.json: carries no {META_DIGEST_KEY}"),
+            # edited and resealed: each field is checked before it is used
+            (_reseal({**honest, "num_classes": 3}),
+             "labels.npy: holds values outside 0..2 (num_classes in meta.json)"),
+            (_reseal(no_samples), "meta.json: num_samples must be an integer >= 1, got None"),
+            (_reseal({**honest, "mean": ["x"]}),
+             "meta.json: mean must list one number per channel (1), each from 0 to 1, got ['x']"),
+            (_reseal({**honest, "std": [0.3, 0.2]}), "meta.json: std must list one number per"),
+            (_reseal({**honest, "shape": [1, 28, "28"]}), "meta.json: shape must be"),
+            (_reseal({**honest, "num_classes": 10**12}), "meta.json: num_classes must be"),
+            (_reseal({**honest, "files": [["a", "b"]]}), "meta.json: files must list")):
+        where.write_text(json.dumps(meta))
+        with pytest.raises(DataError, match="damaged") as err:
+            load_federated(cfg.data, 0)
+        assert said in str(err.value) and "data.cache=rebuild" in str(err.value), err.value
+        assert main(data_info) == 2
+        line = _one_line_error(capsys)
+        assert said in line and str(d) in line, line
+    where.write_text(json.dumps(honest))
+    load_federated(cfg.data, 0)  # restored: accepted again
+
+
+def test_a_cache_whose_meta_json_has_no_checksum_of_its_own_is_prepared_again(
+        tmp_path, fashion_mnist_dir):
+    from fedprune.data import load_federated
+    from fedprune.data.cache import CACHE_VERSION, META_DIGEST_KEY
+
+    cfg, d = _cache_of(tmp_path, fashion_mnist_dir)
+    meta = json.loads((d / "meta.json").read_text())
+    assert meta["version"] == CACHE_VERSION and meta[META_DIGEST_KEY]
+    # what the version before meta.json's checksum wrote: rebuilt, not trusted
+    old = {k: v for k, v in meta.items() if k != META_DIGEST_KEY}
+    (d / "meta.json").write_text(json.dumps({**old, "version": 2, "num_classes": 3}))
+    load_federated(cfg.data, 0)
+    again = json.loads((d / "meta.json").read_text())
+    volatile = {"seconds_to_build", META_DIGEST_KEY}
+    assert {k: v for k, v in again.items() if k not in volatile} == {
+        k: v for k, v in meta.items() if k not in volatile}
+    assert again[META_DIGEST_KEY] == _reseal(again)[META_DIGEST_KEY]

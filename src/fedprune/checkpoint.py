@@ -2,8 +2,10 @@
 
 The payload is ``{spec, state_dict, round, state}`` plus, in budget mode, a snapshot of the
 model before an unjudged cut, and a SHA-256 of everything else (:func:`payload_digest`), so a
-changed byte is refused on reading.  :class:`~fedprune.rundir.RunDir` reads and writes it by
-name.
+changed byte is refused on reading.  A checkpoint without its SHA-256 (written before
+checksums, or edited and the checksum dropped) is refused too, unless the reader allows it
+explicitly: ``allow_unverified=True`` (the command line's ``--allow-unverified-checkpoint``,
+carried by :class:`~fedprune.rundir.RunDir`); :func:`read_checkpoint` alone decides.  :class:`~fedprune.rundir.RunDir` reads and writes it by name.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .models import ModelSpec
 logger = logging.getLogger(__name__)
 
 __all__ = ["CHECKPOINT_FILE", "DIGEST_KEY", "load_checkpoint", "payload_digest",
-           "read_checkpoint", "rebuild", "save_checkpoint"]
+           "read_checkpoint", "rebuild", "save_checkpoint", "spec_of"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -131,16 +133,30 @@ def _check_finite(path: Path, obj: Any, where: str = "") -> None:
                          "example with a lower train.lr")
 
 
-def load_checkpoint(path: Path, with_state: bool = False):  # noqa: ANN201
+# the command line's permission to read a checkpoint without a checksum (fedprune run
+# --resume, export, bench-latency), named in the refusal
+ALLOW_FLAG = "--allow-unverified-checkpoint"
+ALLOW_HELP = ("read a checkpoint that carries no checksum (written by fedprune before "
+              "checksums, or edited): its contents are not verified")
+
+
+def load_checkpoint(path: Path, with_state: bool = False, *,
+                    allow_unverified: bool = False):  # noqa: ANN201
     """Rebuild the model of a checkpoint from its spec and load its weights (no pickle).
 
     Returns ``(spec, model, round)``, plus the server state dict when ``with_state``.
+    ``allow_unverified``: see :func:`read_checkpoint`.
     """
-    return rebuild(path, read_checkpoint(path), with_state)
+    return rebuild(path, read_checkpoint(path, allow_unverified=allow_unverified), with_state)
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint's payload (``weights_only``: no pickled objects), checked for its keys."""
+def read_checkpoint(path: Path, *, allow_unverified: bool = False) -> dict[str, Any]:
+    """The checkpoint's payload (``weights_only``: no pickled objects), checked for its keys.
+
+    A checkpoint whose contents differ from its checksum is refused; one that carries no
+    checksum is refused unless ``allow_unverified`` (the command line's
+    ``--allow-unverified-checkpoint``), since nothing then shows that it was not edited.
+    """
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -149,14 +165,10 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise ValueError(f"checkpoint {path} cannot be read safely: {exc}") from None
     if not isinstance(ckpt, dict) or not {"spec", "state_dict", "round"} <= set(ckpt):
         raise ValueError(f"checkpoint {path} lacks spec, state_dict or round")
-    stored = ckpt.get(DIGEST_KEY)
-    if stored is None:
-        logger.warning("checkpoint %s carries no checksum (written by an older fedprune): "
-                       "its integrity cannot be checked", path)
-    elif stored != payload_digest(ckpt):
-        raise ValueError(f"checkpoint {path} is damaged: its contents do not match the "
-                         "checksum written with them (a changed byte on disk or in a copy); "
-                         "restore it from a backup or restart the run")
+    _verify(path, ckpt, allow_unverified)
+    rnd = ckpt["round"]
+    if isinstance(rnd, bool) or not isinstance(rnd, int) or rnd < 0:
+        raise ValueError(f"checkpoint {path}: round must be an integer >= 0, got {rnd!r:.40}")
     if not isinstance(ckpt["state_dict"], dict):
         raise ValueError(f"checkpoint {path}: state_dict is not a mapping of weights")
     _check_finite(path, ckpt["state_dict"])
@@ -164,12 +176,40 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
+def _verify(path: Path, ckpt: dict[str, Any], allow_unverified: bool) -> None:
+    """The one decision on a checkpoint's checksum: it must be there (unless
+    ``allow_unverified``) and match the contents."""
+    stored = ckpt.get(DIGEST_KEY)
+    if stored is None:
+        if not allow_unverified:
+            raise ValueError(f"checkpoint {path} carries no checksum (written by fedprune "
+                             "before checksums, or edited and its checksum removed): its "
+                             "contents cannot be verified, so it is refused; to read it "
+                             f"anyway, at that risk, add {ALLOW_FLAG}")
+        logger.warning("checkpoint %s carries no checksum (written by fedprune before "
+                       "checksums, or edited): read without verifying its contents, as "
+                       "%s allows", path, ALLOW_FLAG)
+    elif stored != payload_digest(ckpt):
+        raise ValueError(f"checkpoint {path} is damaged: its contents do not match the "
+                         "checksum written with them (a changed byte on disk or in a copy); "
+                         "restore it from a backup or restart the run")
+
+
+def spec_of(path: Path, ckpt: dict[str, Any]) -> ModelSpec:
+    """The model spec of a read checkpoint, every value checked against sane bounds before
+    anything is built from it (:meth:`ModelSpec.from_json`); ``ValueError`` naming the file."""
+    try:
+        return ModelSpec.from_json(ckpt["spec"])
+    except ValueError as exc:
+        raise ValueError(f"checkpoint {path}: {exc}") from None
+
+
 def rebuild(path: Path, ckpt: dict[str, Any], with_state: bool):  # noqa: ANN202
     """``(spec, model, round)`` of a read checkpoint, plus its server state with
     ``with_state``."""
     from .models import build
 
-    spec = ModelSpec.from_json(ckpt["spec"])
+    spec = spec_of(path, ckpt)
     model = build(spec)
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)

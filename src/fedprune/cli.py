@@ -24,6 +24,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from .checkpoint import ALLOW_FLAG, ALLOW_HELP
 from .config import ConfigError, load_config
 from .export import ExportError
 from .export import commands as export_commands
@@ -84,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="new (or empty) run directory for the records")
     where.add_argument("--resume", type=Path, metavar="DIR",
                        help=f"continue the interrupted run in DIR (its own {CONFIG_FILE})")
+    run.add_argument(ALLOW_FLAG, action="store_true",
+                     help=f"with --resume: {ALLOW_HELP}")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     cfg = sub.add_parser("config", help="print the resolved configuration as JSON",

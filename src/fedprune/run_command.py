@@ -23,6 +23,10 @@ logger = logging.getLogger("fedprune")
 __all__ = ["auto_line", "budget_line", "cmd_run"]
 
 
+class PlotsNotWritten(ValueError):
+    """A finished run whose plots the system refused to write (one line, exit 2)."""
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run (or resume) one experiment in process; print its outcome as JSON."""
     run = _open(args)
@@ -35,7 +39,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_plots:
         from .metrics import plot_run
 
-        plot_run(run.path)
+        try:
+            plot_run(run.path)
+        except OSError as exc:  # the run is complete: say so, and no --resume
+            where = f"{exc.filename}: " if exc.filename is not None else ""
+            raise PlotsNotWritten(
+                f"{where}{exc.strerror or exc}: the run finished and its records are complete "
+                f"in {run.path} (rounds.jsonl, summary.json, checkpoint.pt); only its plots "
+                "were not written") from exc
     _print_outcome(summary, run)
     return 0
 
@@ -44,10 +55,13 @@ def _open(args: argparse.Namespace) -> OpenedRun:
     """``--out`` (a new run of ``--config``/``--set``) or ``--resume`` (the run's own
     configuration), opened by the run-directory policy."""
     if args.resume is None:
+        if getattr(args, "allow_unverified_checkpoint", False):
+            raise ConfigError("--allow-unverified-checkpoint applies to --resume only (a new "
+                              "run reads no checkpoint)")
         cfg = load_config(args.config, args.sets)
         _check_precision(cfg)  # before a folder is made
         return RunDir(args.out).open(cfg, resume=False, engine="in-process")
-    rd = RunDir(args.resume)
+    rd = RunDir(args.resume, allow_unverified=args.allow_unverified_checkpoint)
     if args.config is not None or len(_device_sets(args)) != len(args.sets):
         raise ConfigError(f"--resume takes the run's own {rd.config_file.name}; drop "
                           "--config/--set (only --set device=... may be given, to "

@@ -26,6 +26,7 @@ from .checkpoint import (
     read_checkpoint,
     rebuild,
     save_checkpoint,
+    spec_of,
 )
 from .config_parse import ENGINE_KEY, ENGINES
 from .metrics.recorder import (
@@ -95,8 +96,10 @@ class RunLock:
 class RunDir:
     """One run directory (it need not exist yet)."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, allow_unverified: bool = False) -> None:
         self.path = Path(path)
+        # read a checkpoint that carries no checksum (--allow-unverified-checkpoint)
+        self.allow_unverified = bool(allow_unverified)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -234,9 +237,14 @@ class RunDir:
     def read_rounds(self) -> list[dict[str, Any]]:
         return read_rounds(self.path)
 
-    def rounds_done(self) -> int:
-        """The last round the checkpoint holds (read without rebuilding its model)."""
-        return int(read_checkpoint(self.checkpoint_file)["round"])
+    def _allow(self, allow_unverified: bool | None) -> bool:
+        return self.allow_unverified if allow_unverified is None else allow_unverified
+
+    def rounds_done(self, *, allow_unverified: bool | None = None) -> int:
+        """The last round the checkpoint holds (read without rebuilding its model).
+        ``allow_unverified``: see :func:`~fedprune.checkpoint.read_checkpoint`."""
+        return int(read_checkpoint(self.checkpoint_file,
+                                   allow_unverified=self._allow(allow_unverified))["round"])
 
     def recorder(self) -> Recorder:
         return Recorder(self.path)
@@ -248,16 +256,47 @@ class RunDir:
                         snapshot: dict[str, Any] | None = None) -> None:
         save_checkpoint(self.checkpoint_file, spec, model, rnd, state, snapshot)
 
-    def load_checkpoint(self, with_state: bool = False):  # noqa: ANN201 - see load_checkpoint
-        return load_checkpoint(self.checkpoint_file, with_state)
+    def load_checkpoint(self, with_state: bool = False, *,  # noqa: ANN201 - see load_checkpoint
+                        allow_unverified: bool | None = None):
+        return load_checkpoint(self.checkpoint_file, with_state,
+                               allow_unverified=self._allow(allow_unverified))
 
-    def load_resume_point(self):  # noqa: ANN201 - (spec, model, round, state, snapshot)
+    def load_resume_point(self, expected: ModelSpec | None = None, *,  # noqa: ANN201
+                          allow_unverified: bool | None = None):
         """What a resumed run continues from, read in one go: ``load_checkpoint(...,
         with_state=True)`` plus budget mode's snapshot of the model before an unjudged cut
-        (``None`` when the checkpoint holds none)."""
-        ckpt = read_checkpoint(self.checkpoint_file)
+        (``None`` when the checkpoint holds none); returns ``(spec, model, round, state,
+        snapshot)``.
+
+        The checkpoint must belong to the run's ``config.json`` (the same model and widths)
+        and, where ``expected`` (the spec of the model the resumed configuration builds) is
+        given, to its data too (classes, input channels and size): a checkpoint and a
+        configuration of different runs are refused before any model is built.
+        """
+        ckpt = read_checkpoint(self.checkpoint_file, allow_unverified=self._allow(allow_unverified))
+        self.check_belongs(spec_of(self.checkpoint_file, ckpt), expected)
         return (*rebuild(self.checkpoint_file, ckpt, with_state=True),
                 ckpt.get("budget_snapshot"))
+
+    def check_belongs(self, spec: ModelSpec, expected: ModelSpec | None = None) -> None:
+        """``ValueError`` (one line) where the checkpoint's ``spec`` disagrees with the run's
+        ``config.json`` (``model.name``, ``model.widths``) or with ``expected``."""
+        model = self.read_config().model
+        config = self.config_file.name
+        found = [("model.name", spec.name, model.name, config),
+                 ("model.widths", spec.widths,
+                  None if model.widths is None else list(model.widths), config)]
+        if expected is not None:
+            found += [(key, getattr(spec, key), getattr(expected, key),
+                       "the configuration resumed, with its data,")
+                      for key in ("name", "num_classes", "in_channels", "image_size")]
+        for key, held, said, where in found:
+            if held != said:
+                raise ValueError(
+                    f"cannot resume {self.path}: {self.checkpoint_file.name} holds a model "
+                    f"with {key} {held!r:.60} but {where} gives {said!r:.60}: they are not "
+                    f"of the same run; restore the run's own {config} and "
+                    f"{self.checkpoint_file.name}, or start a new run")
 
     def truncate_rounds(self, last_round: int) -> list[dict[str, Any]]:
         """Keep the round records up to ``last_round`` (those after it are redone on resume)."""

@@ -64,8 +64,11 @@ def test_changed_source_is_reported_then_rebuilt(tmp_path: Path, leaf: Path, cha
         os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
     elif change == "resized":
         f.write_text(f.read_text() + " ")
-    elif change == "new":
-        (leaf / "train" / "all_data_9.json").write_text(f.read_text())
+    elif change == "new":  # a file of new writers (the same writer twice is refused)
+        obj = json.loads(f.read_text())
+        obj["users"] = [f"{u}-new" for u in obj["users"]]
+        obj["user_data"] = {f"{u}-new": d for u, d in obj["user_data"].items()}
+        (leaf / "train" / "all_data_9.json").write_text(json.dumps(obj))
     else:
         (leaf / "test" / "all_data_2.json").unlink()
 

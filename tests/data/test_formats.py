@@ -163,6 +163,9 @@ def _mutate(kind: str) -> object:
         obj["user_data"]["w1"]["y"].pop()
     elif kind == "string":
         obj["user_data"]["w1"]["x"][0] = "000001.jpg"
+    elif kind == "twice":  # the same writer listed twice: its samples would count twice
+        obj["users"].append("w1")
+        obj["num_samples"].append(3)
     return obj
 
 
@@ -179,12 +182,21 @@ def _mutate(kind: str) -> object:
     ("keys", ["lacks the LEAF key(s) ['user_data']"]),
     ("xy", ["'x' holds 3 samples but 'y' 2"]),
     ("string", ["data.name=celeba"]),
+    ("twice", ["user 'w1' is listed twice in 'users' for the same split"]),
 ])
 def test_malformed_leaf_json_names_file_and_problem(tmp_path: Path, kind: str,
                                                     fragments: list[str]) -> None:
     path = _leaf_file(tmp_path, _mutate(kind))
 
     _raises(tmp_path, path, *fragments, name="femnist", path=str(path.parent))
+
+
+def test_a_writer_in_two_files_of_one_split_is_refused(tmp_path: Path) -> None:
+    first = _leaf_file(tmp_path, _leaf_obj())
+    (first.parent / "all_data_1.json").write_text(json.dumps(_leaf_obj()), encoding="utf-8")
+
+    _raises(tmp_path, first.parent / "all_data_1.json", "user 'w1' is listed also in",
+            str(first), name="femnist", path=str(first.parent))
 
 
 def test_leaf_folder_without_json_and_missing_path(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from fake_transport import FakeTransport, poisoned, trained
@@ -191,3 +192,64 @@ def test_where_replies_carry_versions_one_without_a_version_is_rejected():
     # in process nothing can be stale: the versions are not looked at
     unchecked = average_round(1, CFG.fed, [model], replies, arch_version=3, max_samples=10)
     assert unchecked.rejections == [] and unchecked.clients == 2
+
+
+def _answers(data, model, spec, clients, variants, lie=None):
+    """Every client's honest answers for ``model`` and its sub-models; ``lie(c, figures,
+    n)`` may replace a client's ``(figures, n)``."""
+    from fedprune.pruning.widths import variant_models
+
+    nets = [model, *variant_models(model, spec, variants)]
+    answers, per = [], []
+    for c in clients:
+        cd = data.clients[c]
+        figures, n = [evaluate(net, cd.val_x, cd.val_y) for net in nets], len(cd.val_y)
+        if lie is not None:
+            figures, n = lie(c, figures, n)
+        answers.append((c, *figures[0], n))
+        per.append(figures[1:])
+    return pool_validation(answers, per if variants else None)
+
+
+@pytest.mark.parametrize("lie, reason", [
+    (lambda c, f, n: ([(1.0, 0.0)] * len(f), 10 ** 6), "reports 1000000 validation samples"),
+    (lambda c, f, n: ([(1.5, 0.0)] * len(f), n), "accuracy 1.5 of the model is not in [0, 1]"),
+    (lambda c, f, n: ([f[0], (0.5 + 0.1 / n, 0.1)], n), "is not a count of"),
+    (lambda c, f, n: ([f[0], (f[1][0], math.nan)], n), "loss nan of sub-model 0"),
+])
+def test_a_validation_answer_the_server_knows_cannot_be_true_is_left_out(lie, reason, caplog):
+    from fedprune.federated.server import _Tally
+    from fedprune.federated.transport import Queried
+    from fedprune.pruning.widths import keep_of, ladder, sub_record
+
+    cfg = from_dict({**CFG.to_dict(), "data": {"num_clients": 4, "val_fraction": 0.3}})
+    server, data = _server(cfg)
+    model, spec = server.model, server.spec
+    full = {g["root"]: g["channels"] for g in spec.record["groups"]}
+    half = ladder(full, 4)[0]
+    scores = {g["root"]: np.arange(g["channels"], 0, -1, dtype=float)
+              for g in spec.record["groups"]}
+    variants = [keep_of(sub_record(spec.record, scores, half))]
+    ids = [0, 1, 2, 3]
+    honest = _answers(data, model, spec, [0, 1, 3], variants)
+
+    class Lying(FakeTransport):
+        def validate(self, model, spec, clients, experiment, payload_dtype, variants=(),
+                     calibrate=0):
+            v = _answers(data, model, spec, clients, variants,
+                         lambda c, f, n: lie(c, f, n) if c == 2 else (f, n))
+            return Queried(v, list(clients), 0, 0)
+
+    validate = server._validator(Lying(trained(data, cfg)), _Tally(0, 0, 0))
+    with caplog.at_level("WARNING", logger="fedprune.federated.server"):
+        got = validate(model, spec, ids, variants)
+    assert "the answer of client 2 left out" in caplog.text and reason in caplog.text
+    # what is left is the honest clients' answers, pooled as they would be alone
+    assert got.clients == honest.clients and got.samples == honest.samples
+    assert got.accuracy == pytest.approx(honest.accuracy)
+    assert got.loss == pytest.approx(honest.loss)
+    assert got.variants[0].clients == honest.variants[0].clients
+    # an honest query comes back as it was sent
+    plain = server._validator(FakeTransport(trained(data, cfg), lambda m, s, c: _answers(
+        data, m, s, c, ())), _Tally(0, 0, 0))(model, spec, ids)
+    assert plain == _answers(data, model, spec, ids, ())

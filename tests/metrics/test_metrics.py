@@ -186,3 +186,51 @@ def test_plot_run_writes_pngs(tmp_path: Path) -> None:
     import matplotlib.pyplot as plt
 
     assert plt.get_fignums() == []  # every figure was closed
+
+
+def test_a_plot_is_written_whole_or_not_at_all_and_the_error_names_it(tmp_path):
+    import errno
+
+    from matplotlib.figure import Figure
+
+    from fedprune.metrics.plots import write_figure
+
+    out = tmp_path / "prune_path.png"
+    fig = Figure()
+    fig.add_subplot().plot([0, 1], [1, 0])
+    write_figure(fig, out)
+    before = out.read_bytes()
+    assert before.startswith(b"\x89PNG") and not list(tmp_path.glob(".*.tmp"))
+
+    def full_disk(fh, **kwargs):  # half a PNG written, then the disk is full
+        fh.write(before[: len(before) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    fig.savefig = full_disk
+    with pytest.raises(OSError) as got:
+        write_figure(fig, out)
+    assert got.value.errno == errno.ENOSPC and got.value.filename == str(out)
+    assert out.read_bytes() == before  # the plot there before is untouched
+    assert not list(tmp_path.glob(".*.tmp"))  # and nothing half written is left
+
+
+def test_a_finished_run_whose_plots_cannot_be_written_says_so_in_one_line(
+        tmp_path, monkeypatch, capsys):
+    import errno
+
+    import fedprune.metrics
+    from fedprune.cli import main
+
+    def full(run_dir):
+        raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "accuracy.png"))
+
+    monkeypatch.setattr(fedprune.metrics, "plot_run", full)
+    rc = main(["run", "--out", str(tmp_path / "run"), "--no-progress", "--set", "threads=1",
+               "--set", "data.num_clients=4", "--set", "model.widths=[4,8]",
+               "--set", "train.local_epochs=1", "--set", "fed.rounds=1",
+               "--set", "fed.clients_per_round=2", "--set", "prune.enabled=false"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{tmp_path / 'run' / 'accuracy.png'}: No space left on device" in err
+    assert "the run finished and its records are complete" in err and "--resume" not in err
+    assert (tmp_path / "run" / "summary.json").is_file()

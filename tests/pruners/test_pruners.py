@@ -186,7 +186,7 @@ def test_an_automatic_step_replaces_the_state_value():
 
 def test_validation_answers_pool_by_samples_and_the_askers_are_drawn_from_the_pool():
     v = pool_validation([(4, 0.5, 1.0, 10), (1, 1.0, 0.0, 30)])
-    assert v == Validation(0.875, 40, 0.25, ((4, 0.5, 10), (1, 1.0, 30)))
+    assert v == Validation(0.875, 40, 0.25, ((4, 0.5, 10), (1, 1.0, 30)), (), (1.0, 0.0))
     empty = pool_validation([])
     assert math.isnan(empty.accuracy) and empty.samples == 0 and empty.clients == ()
     pool = [0, 2, 3, 5, 8]
@@ -194,3 +194,15 @@ def test_validation_answers_pool_by_samples_and_the_askers_are_drawn_from_the_po
     assert picked == sorted(picked) and len(set(picked)) == 3 and set(picked) <= set(pool)
     assert picked == validation_clients(7, 3, pool, 3)  # seeded: the same clients again
     assert validation_clients(7, 3, pool, 50) == pool  # all, if fewer
+
+
+def test_screening_leaves_out_answers_nobody_asked_for_and_second_answers():
+    from fedprune.pruners import screen_validation
+
+    answers = [(0, 0.5, 0.7, 10), (1, 1.0, 0.1, 30), (1, 1.0, 0.1, 30), (7, 1.0, 0.0, 10)]
+    v = pool_validation(answers)
+    got, out = screen_validation(v, asked=[0, 1], val_sizes=[10, 30, 5, 5, 5, 5, 5, 10])
+    assert out == [(1, "it answered twice"), (7, "it was not asked")]
+    assert got == pool_validation(answers[:2])
+    honest = pool_validation(answers[:2])
+    assert screen_validation(honest, [0, 1], [10, 30])[0] is honest  # as it came

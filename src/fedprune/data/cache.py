@@ -14,7 +14,9 @@ A source is read once (the slow part: parsing JSON, protobufs, images) into a fo
 and the folder is renamed into place, so a half-built cache is never opened.  On every open
 the source files are stat-ed again (size and modification time); if any changed, appeared
 or disappeared, the cache no longer matches its source and :class:`DataError` says so
-(``data.cache=rebuild`` prepares it again).
+(``data.cache=rebuild`` prepares it again).  ``meta.json`` holds the SHA-256 of every other
+file and of itself (``meta_sha256``), and each of its fields is checked before it is used:
+a changed byte anywhere is refused as damage, not trained on.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ from .formats import Source
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # 2: meta.json holds the SHA-256 of every array file
+# 2: meta.json holds the SHA-256 of every array file; 3: and of itself (META_DIGEST_KEY)
+CACHE_VERSION = 3
+META_DIGEST_KEY = "meta_sha256"
 SPLITS = {"train": 0, "test": 1}
 _REORDER_BLOCK = 65_536
 
@@ -226,6 +230,7 @@ def build(source: Source, root: Path) -> Prepared:
         meta["sha256"] = {name: _sha256(tmp / name) for name in CHECKED_FILES}
         meta["files"] = files
         meta["seconds_to_build"] = round(time.perf_counter() - t0, 3)
+        meta[META_DIGEST_KEY] = _meta_digest(meta)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
         old = None
         if dest.exists():  # moved aside in one rename, so the folder is never half-deleted
@@ -289,24 +294,106 @@ def _redo(d: Path) -> str:
     return f"; delete {d} or set data.cache=rebuild to prepare it again"
 
 
-def open_cache(d: Path, source: Source | None) -> Prepared:
-    """Open cache folder ``d``; with ``source``, check that it still matches it."""
-    t0 = time.perf_counter()
+def _meta_digest(meta: dict[str, Any]) -> str:
+    """SHA-256 of ``meta`` without its own digest, as canonical JSON (sorted keys, no
+    spaces): the same for the dict written and the dict read back."""
+    rest = {k: v for k, v in meta.items() if k != META_DIGEST_KEY}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":"))
+                          .encode()).hexdigest()
+
+
+# the bounds of meta.json's numbers (those of a model spec: fedprune.models.spec.LIMITS)
+_MAX_CHANNELS, _MAX_SIDE, _MAX_CLASSES = 64, 4096, 100_000
+
+
+def _is_int(v: Any, lo: int, hi: int | None = None) -> bool:
+    return (isinstance(v, int) and not isinstance(v, bool) and v >= lo
+            and (hi is None or v <= hi))
+
+
+def _is_fraction(v: Any, lo: float) -> bool:
+    """A number in ``[lo, 1]`` (pixel statistics, grey levels scaled to [0, 1])."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= 1
+
+
+def _meta_problem(meta: dict[str, Any]) -> tuple[str, str] | None:
+    """``(field, what it must be)`` for the first field of ``meta.json`` that is missing or
+    not what a cache holds, else ``None``."""
+    for key in ("name", "format"):
+        if not isinstance(meta.get(key), str):
+            return key, "must be a string"
+    src = meta.get("source")
+    if not (isinstance(src, dict) and isinstance(src.get("path"), str)
+            and isinstance(src.get("options", {}), dict)):
+        return "source", "must be an object with the source's path"
+    shape = meta.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and _is_int(shape[0], 1, _MAX_CHANNELS)
+            and all(_is_int(x, 1, _MAX_SIDE) for x in shape[1:])):
+        return "shape", (f"must be [channels, height, width], at most [{_MAX_CHANNELS}, "
+                         f"{_MAX_SIDE}, {_MAX_SIDE}]")
+    if not _is_int(meta.get("num_samples"), 1):
+        return "num_samples", "must be an integer >= 1"
+    if not _is_int(meta.get("num_classes"), 1, _MAX_CLASSES):
+        return "num_classes", f"must be an integer from 1 to {_MAX_CLASSES:,}"
+    for key, lo, span in (("mean", 0.0, "0 to 1"), ("std", 1e-12, "above 0, up to 1")):
+        v = meta.get(key)
+        if not (isinstance(v, list) and len(v) == shape[0]
+                and all(_is_fraction(x, lo) for x in v)):
+            return key, f"must list one number per channel ({shape[0]}), each from {span}"
+    for key in ("has_test", "natural"):
+        if not isinstance(meta.get(key), bool):
+            return key, "must be true or false"
+    files = meta.get("files")
+    if not (isinstance(files, list) and all(
+            isinstance(f, list) and len(f) == 3 and isinstance(f[0], str)
+            and _is_int(f[1], 0) and _is_int(f[2], 0) for f in files)):
+        return "files", "must list [path, size, modification time] of each source file"
+    sums = meta.get("sha256")
+    if not (isinstance(sums, dict) and set(sums) == set(CHECKED_FILES)
+            and all(isinstance(v, str) for v in sums.values())):
+        return "sha256", "must hold the checksums of the cache's files"
+    return None
+
+
+def _read_meta(d: Path) -> dict[str, Any]:
+    """``meta.json`` of cache ``d``, checked against its own SHA-256 and field by field:
+    :class:`OutdatedCache` for another version's cache, :class:`DataError` naming the file
+    (and field) for a damaged one."""
+    where = d / "meta.json"
     try:
-        meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        meta = json.loads(where.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         raise DataError(d, "is not a complete fedprune cache (meta.json is missing or "
                            "unreadable)" + _redo(d)) from None
     if not isinstance(meta, dict) or meta.get("version") != CACHE_VERSION:
         raise OutdatedCache(d, "was written by another fedprune version" + _redo(d))
+    stored = meta.get(META_DIGEST_KEY)
+    if not isinstance(stored, str):
+        raise DataError(where, f"carries no {META_DIGEST_KEY} (its own checksum): it cannot "
+                               "be verified, so the cache counts as damaged" + _redo(d))
+    if stored != _meta_digest(meta):
+        raise DataError(where, "has changed since the cache was built (its SHA-256 differs "
+                               f"from its {META_DIGEST_KEY}): it is damaged" + _redo(d))
+    problem = _meta_problem(meta)
+    if problem is not None:
+        key, must = problem
+        raise DataError(where, f"{key} {must}, got {meta.get(key)!r:.60}: the cache is "
+                               "damaged" + _redo(d))
+    return meta
+
+
+def open_cache(d: Path, source: Source | None) -> Prepared:
+    """Open cache folder ``d``; with ``source``, check that it still matches it."""
+    t0 = time.perf_counter()
+    meta = _read_meta(d)
     if source is not None:
         if meta.get("source") != _source_key(source):
             raise DataError(d, "was built from another source or other settings" + _redo(d))
         reason = _stale_reason(meta.get("files", []), fingerprint(source.files))
         if reason:
             raise DataError(d, f"no longer matches its source: {reason}" + _redo(d))
-    n = int(meta["num_samples"])
-    shape = (n, *(int(s) for s in meta["shape"]))
+    n = meta["num_samples"]
+    shape = (n, *meta["shape"])
     img_file = d / "images.u8"
     expected = int(np.prod(shape, dtype=np.int64))
     try:
@@ -328,11 +415,9 @@ def open_cache(d: Path, source: Source | None) -> Prepared:
         arrays[name] = a
     try:
         names = json.loads((d / "clients.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         raise DataError(d / "clients.json", "is missing or unreadable" + _redo(d)) from None
-    sums = meta.get("sha256")
-    if not isinstance(sums, dict) or set(sums) != set(CHECKED_FILES):
-        raise DataError(d / "meta.json", "lacks the checksums of the cache's files" + _redo(d))
+    sums = meta["sha256"]
     for name in CHECKED_FILES:
         try:
             digest = _sha256(d / name)
@@ -342,6 +427,16 @@ def open_cache(d: Path, source: Source | None) -> Prepared:
         if digest != sums[name]:
             raise DataError(d / name, "has changed since the cache was built (its SHA-256 "
                                       "differs from meta.json's): it is damaged" + _redo(d))
+    # what the arrays hold must fit meta.json (labels index the model's outputs)
+    if not isinstance(names, list) or not all(isinstance(x, str) for x in names):
+        raise DataError(d / "clients.json", "does not hold a list of client ids" + _redo(d))
+    for name, top, what in (("labels", meta["num_classes"], "num_classes in meta.json"),
+                            ("clients", len(names), "the ids in clients.json"),
+                            ("splits", len(SPLITS), "train and test")):
+        a = arrays[name]
+        if a.size and (int(a.min()) < 0 or int(a.max()) >= top):
+            raise DataError(d / f"{name}.npy", f"holds values outside 0..{top - 1} ({what}): "
+                                               "the cache is damaged" + _redo(d))
     # copy-on-write: torch gets a writable view without a copy, and nothing goes back to disk
     images = np.memmap(img_file, dtype=np.uint8, mode="c", shape=shape)
     return Prepared(images, arrays["labels"], arrays["clients"], arrays["splits"], names, meta,

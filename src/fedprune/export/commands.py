@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+from ..checkpoint import ALLOW_FLAG, ALLOW_HELP
 from ..models import model_defaults, new_model
 from ..rundir import CHECKPOINT_FILE, CONFIG_FILE, LATENCY_FILE, RunDir
 from .bench import bench_onnx_latency, format_rows, run_latency_record
@@ -38,6 +39,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--initial", action="store_true",
                     help="export the dense model the run started from, not the pruned one "
                          "(default: the pruned final model)")
+    ex.add_argument(ALLOW_FLAG, action="store_true", help=ALLOW_HELP)
     bl = sub.add_parser(
         "bench-latency",
         help="single-thread batch-1 latency of dense vs pruned (onnxruntime)",
@@ -52,6 +54,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                          "--force)")
     bl.add_argument("--force", action="store_true",
                     help=f"with --save: replace an existing RUN_DIR/{LATENCY_FILE}")
+    bl.add_argument(ALLOW_FLAG, action="store_true", help=ALLOW_HELP)
     bl.add_argument("--paper-models", action="store_true",
                     help="also time the paper's four architectures at their initial widths")
     bl.add_argument("--runs", type=int, default=200, metavar="N",
@@ -106,7 +109,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     fmt = export_format(args.out, args.format)
     if args.out.exists():
         raise ValueError(f"--out {args.out} exists: choose a new file (exports never overwrite)")
-    rm = load_run(args.run_dir)
+    rm = load_run(args.run_dir, allow_unverified=args.allow_unverified_checkpoint)
     model = rm.initial if args.initial else rm.final
     x = rm.spec.example_input()
     out = Path(args.out)
@@ -149,7 +152,8 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
             if RunDir(run_dir).latency_file.exists():
                 raise ValueError(f"{RunDir(run_dir).latency_file} exists: add --force to "
                                  "measure again and replace it")
-    models = [(run_dir, load_run(run_dir)) for run_dir in args.run_dirs]  # all readable first
+    models = [(run_dir, load_run(run_dir, allow_unverified=args.allow_unverified_checkpoint))
+              for run_dir in args.run_dirs]  # all readable first
     out = []
     for run_dir, rm in models:
         rows = bench_onnx_latency({"dense (initial)": rm.initial, "pruned (final)": rm.final},

@@ -19,12 +19,14 @@ class RunModels:
     round: int
 
 
-def load_run(run_dir: Path) -> RunModels:
-    """Rebuild a run's final model (checkpoint) and its initial dense model (seeded init)."""
+def load_run(run_dir: Path, *, allow_unverified: bool = False) -> RunModels:
+    """Rebuild a run's final model (checkpoint) and its initial dense model (seeded init);
+    ``allow_unverified``: read a checkpoint that carries no checksum
+    (:func:`~fedprune.checkpoint.read_checkpoint`)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ValueError(f"run directory {run_dir} does not exist")
-    rd = RunDir(run_dir)
+    rd = RunDir(run_dir, allow_unverified=allow_unverified)
     spec, final, rnd = rd.load_checkpoint()
     try:
         seed = int(rd.read_config_dict()["seed"])

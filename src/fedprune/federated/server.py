@@ -28,7 +28,15 @@ from ..data import FederatedData, PixelTransform
 from ..device import resolve_device, to_device
 from ..metrics import RoundRecord, count_flops, count_macs, n_params
 from ..models import ModelSpec, new_model
-from ..pruners import Keep, Pruner, PruneStep, Validate, Validation, make_pruner
+from ..pruners import (
+    Keep,
+    Pruner,
+    PruneStep,
+    Validate,
+    Validation,
+    make_pruner,
+    screen_validation,
+)
 from ..pruning.widths import variant_models
 from ..rundir import OpenedRun, RunDir
 from .aggregate import Clip, Rejection
@@ -81,6 +89,7 @@ class PruningServer:
         self.test_x, self.test_y = to_device(test_x, self.device), to_device(test_y, self.device)
         self.max_client_size = max(train_sizes, default=0)
         self.compute = ClientCompute(list(train_sizes), list(val_sizes), cfg.train.local_epochs)
+        self.val_sizes = list(val_sizes)  # bound each client's validation answers
         self.test_transform = test_transform  # of test_x
         self.run_dir: RunDir | None = None  # set by begin
         self.on_round = on_round
@@ -254,6 +263,9 @@ class PruningServer:
                      variants: Sequence[Keep] = (), calibrate: int = 0) -> Validation:
             q = transport.validate(model, spec, ids, self.experiment, self.payload_dtype,
                                    variants, calibrate)
+            v, dropped = screen_validation(q.validation, ids, self.val_sizes)
+            for client, why in dropped:
+                logger.warning("validation: the answer of client %s left out: %s", client, why)
             tally.bytes_down += q.bytes_down
             tally.bytes_up += q.bytes_up
             tally.queries += len(q.sent)
@@ -263,7 +275,7 @@ class PruningServer:
                 f = self.compute.validate_one(flops, c, calibrate)
                 tally.val_flops += f
                 tally.per_client[c] = tally.per_client.get(c, 0) + f
-            return q.validation
+            return v
         return validate
 
     def _finish(self, plan: TrainPlan, delivery: Delivery, replies: list[TrainReply],
@@ -359,7 +371,7 @@ class PruningServer:
         """Continue from the run directory's checkpoint; its later round records are dropped."""
         assert self.run_dir is not None
         rd = self.run_dir
-        self.spec, self.model, done, state, snapshot = rd.load_resume_point()
+        self.spec, self.model, done, state, snapshot = rd.load_resume_point(expected=self.spec)
         try:
             self.pruner.restore_entries(state, snapshot)
             self.sample_rng.bit_generator.state = state["sample_rng"]

@@ -8,28 +8,50 @@ directory, optionally overlaying a dense FedAvg baseline run.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 from fedprune.metrics.recorder import read_rounds
 
-__all__ = ["plot_budget", "plot_overview", "plot_prune_path", "plot_run", "save_figure"]
+__all__ = ["plot_budget", "plot_overview", "plot_prune_path", "plot_run", "save_figure",
+           "write_figure"]
 
 _MB = 1e6
 
 
+def write_figure(fig, out: Path) -> Path:  # noqa: ANN001 - matplotlib Figure
+    """Write ``fig`` to ``out`` atomically (parent folders made; the format of its suffix):
+    drawn into a temporary file beside it, flushed to disk, then renamed over ``out``, so
+    that ``out`` is never left half written.  A failure removes the temporary file and is
+    raised as an ``OSError`` naming ``out``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fig.savefig(fh, dpi=100, format=out.suffix.lstrip(".").lower() or "png")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
 def save_figure(fig, out_png: Path) -> Path:  # noqa: ANN001 - matplotlib Figure
-    """Write ``fig`` to ``out_png`` (parent folders made; any format matplotlib writes) and
-    close it, also when writing fails."""
+    """Write ``fig`` to ``out_png`` (:func:`write_figure`) and close it, also when writing
+    fails."""
     import matplotlib.pyplot as plt
 
     try:
-        out_png = Path(out_png)
-        out_png.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out_png, dpi=100)
+        return write_figure(fig, out_png)
     finally:
         plt.close(fig)
-    return out_png
 
 
 def _series(rows: list[dict[str, Any]], key: str, scale: float = 1.0) -> tuple[list, list]:
@@ -87,10 +109,8 @@ def plot_run(run_dir: Path, dense_run_dir: Path | None = None) -> list[Path]:
             ax.grid(True, alpha=0.3)
             if len(runs) > 1:
                 ax.legend()
-            out = run_dir / filename
             fig.tight_layout()
-            fig.savefig(out, dpi=100)
-            written.append(out)
+            written.append(write_figure(fig, run_dir / filename))
         finally:
             plt.close(fig)
     if any(r.get("budget") for r in runs[0][1]):

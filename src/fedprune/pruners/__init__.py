@@ -22,6 +22,7 @@ from .base import (
     Validate,
     Validation,
     pool_validation,
+    screen_validation,
     validation_clients,
 )
 from .registry import NEVER, PRUNERS, make_pruner, method_of, register
@@ -38,6 +39,7 @@ __all__ = [
     "make_pruner",
     "method_of",
     "pool_validation",
+    "screen_validation",
     "register",
     "validation_clients",
 ]

@@ -11,6 +11,7 @@ checkpoint, so that it drives any method the same way.
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple, Protocol
@@ -34,6 +35,7 @@ class Validation(NamedTuple):
     # the same for each sub-model asked in the same query (Validate's ``variants``), in order,
     # on the same samples
     variants: tuple[Any, ...] = ()
+    losses: tuple[float, ...] = ()  # each answer's mean loss, in the order of ``clients``
 
 
 # what describes a sub-model of the unpruned model in a query: the channels each cut group
@@ -61,12 +63,13 @@ def pool_validation(answers: Iterable[tuple[int, float, float, int]],
     answers = list(answers)
     per = list(variants) if variants is not None else None
     correct, loss, total = 0.0, 0.0, 0
-    clients = []
+    clients, losses = [], []
     for client, acc, lo, n in answers:
         correct += acc * n
         loss += lo * n
         total += n
         clients.append((client, acc, n))
+        losses.append(lo)
     subs: tuple[Validation, ...] = ()
     if per:
         k = len(per[0])
@@ -77,7 +80,62 @@ def pool_validation(answers: Iterable[tuple[int, float, float, int]],
                      for j in range(k))
     if total == 0:
         return Validation(float("nan"), 0, float("nan"), (), subs)
-    return Validation(correct / total, total, loss / total, tuple(clients), subs)
+    return Validation(correct / total, total, loss / total, tuple(clients), subs, tuple(losses))
+
+
+def _answer_problem(i: int, v: Validation, asked: set[int], seen: set[int],
+                    val_sizes: Sequence[int]) -> str | None:
+    """Why the ``i``-th answer of ``v`` cannot be true, or None."""
+    c, _, n = v.clients[i]
+    if not isinstance(c, int) or isinstance(c, bool) or c not in asked:
+        return "it was not asked"
+    if c in seen:
+        return "it answered twice"
+    expected = val_sizes[c] if 0 <= c < len(val_sizes) else 0
+    if not isinstance(n, int) or isinstance(n, bool) or n != expected:
+        return f"it reports {n!r} validation samples, its split holds {expected}"
+    for name, net in (("the model", v), *((f"sub-model {j}", sub)
+                                          for j, sub in enumerate(v.variants))):
+        got = net.clients[i] if i < len(net.clients) else None
+        if got is None or got[0] != c or got[2] != n:
+            return f"its answer for {name} is missing or on other samples"
+        a = got[1]
+        if not (isinstance(a, (int, float)) and math.isfinite(a) and 0.0 <= a <= 1.0):
+            return f"accuracy {a!r} of {name} is not in [0, 1]"
+        if abs(a * n - round(a * n)) > 1e-6 * max(n, 1):
+            return f"accuracy {a!r} of {name} is not a count of {n} samples"
+        lo = net.losses[i] if i < len(net.losses) else math.nan
+        if not (isinstance(lo, (int, float)) and math.isfinite(lo) and lo >= 0.0):
+            return f"loss {lo!r} of {name} is not a finite non-negative number"
+    return None
+
+
+def screen_validation(v: Validation, asked: Sequence[int], val_sizes: Sequence[int]
+                      ) -> tuple[Validation, list[tuple[int, str]]]:
+    """The answers of ``v`` that can be true, pooled again, and those left out:
+    ``(client, reason)``.
+
+    Every figure a client reports is bounded by what the server knows: a client answers
+    only when asked and once; its sample count is its validation split's size (the server
+    partitioned the data, so it knows it); each accuracy, of the model and of every
+    sub-model, is in [0, 1] and a count of those samples; each loss finite and not
+    negative.  An answer failing any of these is left out whole (all its figures), so that
+    no client can outweigh its share of the validation samples.  ``v`` itself is returned
+    when every answer passes."""
+    asked_set, seen = set(asked), set()
+    keep, out = [], []
+    for i, (c, _, _) in enumerate(v.clients):
+        why = _answer_problem(i, v, asked_set, seen, val_sizes)
+        if why is None:
+            keep.append(i)
+            seen.add(c)
+        else:
+            out.append((c, why))
+    if not out:
+        return v, out
+    answers = [(v.clients[i][0], v.clients[i][1], v.losses[i], v.clients[i][2]) for i in keep]
+    per = [[(sub.clients[i][1], sub.losses[i]) for sub in v.variants] for i in keep]
+    return pool_validation(answers, per if v.variants else None), out
 
 
 def validation_clients(seed: int, rnd: int, pool: Sequence[int], k: int) -> list[int]:

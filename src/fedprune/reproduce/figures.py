@@ -7,6 +7,7 @@ import math
 import statistics
 from pathlib import Path
 
+from ..metrics.plots import write_figure
 from .methods import METHODS, Setting
 from .tables import HEADLINE_METHOD, Cell, mean_sd
 
@@ -29,8 +30,7 @@ def _save(fig, ax, path: Path, which: str = "major") -> Path:
     ax.grid(True, alpha=0.3, which=which)
     ax.legend(fontsize=7.5)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+    return write_figure(fig, path)
 
 
 def plots(cells: dict[tuple[str, str], dict[str, Cell]], out_dir: Path) -> dict[str, list[Path]]:

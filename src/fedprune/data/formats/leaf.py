@@ -181,12 +181,19 @@ def read_leaf(root: Path, spec: DatasetSpec, attribute: str = "Male",
                                 "img_align_celeba, or set data.attribute=json to use the "
                                 "JSON's y labels")
             attrs = _celeba_attributes(attr_file, attribute)
+    seen: dict[tuple[str, str], Path] = {}  # (split, user) -> the file that listed it
     for split, path in files:
         obj = decode_json(path)
         users, nums, data = _check_top(path, obj)
         del obj
         for user, n in zip(users, nums, strict=True):
             what = f"user {user!r}"
+            first = seen.get((split, user))
+            if first is not None:  # each of its samples would count twice
+                where = "twice in 'users'" if first == path else f"also in {first}"
+                raise DataError(path, f"{what} is listed {where} for the same split: a writer "
+                                      "must be listed once (remove the duplicate)")
+            seen[(split, user)] = path
             ud = data.get(user)
             if not isinstance(ud, dict) or "x" not in ud or "y" not in ud:
                 raise DataError(path, f"{what} is listed in 'users' but has no "
