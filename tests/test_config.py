@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
@@ -269,3 +270,188 @@ def test_files_with_client_ids_default_to_their_natural_clients(
     d = load_config(None, sets).data
 
     assert (d.partition, d.num_clients) == split
+
+
+# --- hostile values: a one-line ConfigError quoting a short prefix, before anything runs -------
+
+BIG = 10_000_000  # a 10 MB key or value
+NINES = "9" * 4000  # an integer of 4000 digits: int() reads it, float() and range() do not
+
+
+def _one_short_line(err: pytest.ExceptionInfo[ConfigError], limit: int = 300) -> str:
+    msg = str(err.value)
+    assert "\n" not in msg and len(msg) <= limit, msg[:400]
+    return msg
+
+
+def _nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(("source", "text"), [
+    ("set", f"fed.rounds={NINES}"), ("toml", f"[fed]\nrounds = {NINES}\n"),
+    ("set", f"budget.params={NINES}"), ("toml", f"[train]\nlr = {NINES}\n"),
+])
+def test_an_integer_of_4000_digits_is_a_one_line_error(tmp_path: Path, source: str,
+                                                       text: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        if source == "set":
+            load_config(None, [text])
+        else:
+            load_config(_write(tmp_path, text))
+
+    assert "(4000 digits)" in _one_short_line(err)
+
+
+def test_an_integer_past_pythons_digit_limit_is_a_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="holds an integer of more than") as err:
+        load_config(_write(tmp_path, f"[fed]\nrounds = {'9' * 5000}\n"))
+    _one_short_line(err)
+    with pytest.raises(ConfigError, match=r"^budget.flops = an integer of about 5000 digits"):
+        from_dict({"budget": {"flops": 10**5000}})
+
+
+@pytest.mark.parametrize("source", ["toml", "toml-tables", "set", "set-2000", "from_dict"])
+def test_arrays_nested_5000_deep_are_a_one_line_error(tmp_path: Path, source: str) -> None:
+    deep = "[" * 5000 + "]" * 5000
+    with pytest.raises(ConfigError) as err:  # not RecursionError
+        if source == "toml":
+            load_config(_write(tmp_path, f"[model]\nwidths = {deep}\n"))
+        elif source == "toml-tables":
+            load_config(_write(tmp_path, "[" + ".".join(["a"] * 5000) + "]\nx = 1\n"),
+                        ["a.a=1"])
+        elif source == "set":
+            load_config(None, [f"model.widths={deep}"])
+        elif source == "set-2000":  # short enough to be read: refused for its depth
+            load_config(None, ["model.widths=" + "[" * 2000 + "]" * 2000])
+        else:
+            from_dict({"model": {"widths": _nested(5000)}})
+
+    msg = _one_short_line(err)
+    assert "deep" in msg or "too long" in msg
+
+
+@pytest.mark.parametrize(("pairs", "text", "start"), [
+    (["x" * BIG + "=1"], None, "unknown key 'xxxx"),
+    (["model.name=" + "n" * BIG], None, "model.name is too long"),
+    (["prune.mode=" + "m" * BIG], None, "prune.mode is too long"),
+    ([], "[fed]\n" + "k" * BIG + " = 1\n", "unknown key 'fed.kkk"),
+    ([], "[model]\nname = '" + "n" * BIG + "'\n", "model.name is too long"),
+])
+def test_a_10_mb_key_or_value_is_quoted_by_a_short_prefix(tmp_path: Path, pairs: list[str],
+                                                          text: str | None,
+                                                          start: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None if text is None else _write(tmp_path, text), pairs)
+
+    msg = _one_short_line(err, limit=400)
+    assert msg.startswith(start) and "... (1000000" in msg  # BIG characters (+ "fed.")
+
+
+@pytest.mark.parametrize(("key", "most"), [
+    ("fed.rounds", 1_000_000), ("fed.eval_every", 1_000_000), ("data.num_clients", 10_000_000),
+    ("train.local_epochs", 10_000), ("train.batch_size", 1_000_000),
+    ("prune.start_round", 1_000_000), ("prune.patience", 1_000_000),
+    ("prune.val_clients", 10_000_000), ("threads", 4096),
+    ("budget.params", 10**18), ("budget.guard_clients", 10_000_000),
+])
+def test_rounds_and_sizes_have_generous_upper_bounds(key: str, most: int) -> None:
+    more = ["prune.enabled=false"] if key == "prune.start_round" else []
+
+    load_config(None, [*more, f"{key}={most}"])  # the bound itself is allowed
+    for bad in (most + 1, 2**63 - 1):
+        with pytest.raises(ConfigError, match=rf"^{key} = {bad} is out of range"):
+            load_config(None, [*more, f"{key}={bad}"])
+
+
+def _int_keys(cls: type = ExperimentConfig, prefix: str = "") -> list[str]:
+    out = []
+    for name, tp in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(tp):
+            out += _int_keys(tp, f"{prefix}{name}.")
+        elif tp is int:
+            out.append(prefix + name)
+    return out
+
+
+def test_every_integer_setting_refuses_huge_values() -> None:
+    keys = _int_keys()
+    assert {"seed", "fed.rounds", "data.num_clients", "budget.flops"} <= set(keys)
+    for key in keys:
+        section, _, name = key.rpartition(".")
+        for huge in (2**63, int(NINES), 10**5000):  # seed may be any 64-bit integer
+            values = {section: {name: huge}} if section else {name: huge}
+            with pytest.raises(ConfigError, match=rf"^{key} = .* is out of range") as err:
+                from_dict(values)
+            _one_short_line(err)
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("seed = 1.0\n", "seed must be an integer, got 1.0"),
+    ("[fed]\nrounds = 3.0\n", "fed.rounds must be an integer, got 3.0"),
+    ("[train]\nlr = \"0.1\"\n", "train.lr must be a number, got '0.1'"),
+    ("[fed]\nrounds = \"3\"\n", "fed.rounds must be an integer, got '3'"),
+    ("[prune]\nenabled = \"false\"\n", "prune.enabled must be true or false, got 'false'"),
+    ("[model]\nwidths = [\"4\", \"8\"]\n", "model.widths[0] must be an integer, got '4'"),
+])
+def test_typed_values_must_have_the_fields_type(tmp_path: Path, text: str,
+                                                fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, text))
+
+    assert fragment in _one_short_line(err)
+
+
+def test_command_line_text_is_still_read_as_the_fields_type(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, "seed = 2\n[train]\nlr = 1\n"),
+                      ["train.lr=0.1", "fed.rounds=3", "prune.enabled=false"])
+
+    assert (cfg.train.lr, cfg.fed.rounds, cfg.prune.enabled, cfg.seed) == (0.1, 3, False, 2)
+    # parse_overrides' strings (fedprune reproduce --set merges them) read the same
+    assert from_dict(parse_overrides(["train.lr=0.1", "seed=4"])) == load_config(
+        None, ["train.lr=0.1", "seed=4"])
+    with pytest.raises(ConfigError, match=r"^seed must be an integer, got True$"):
+        from_dict({"seed": True})
+    with pytest.raises(ConfigError, match=r"^seed must be an integer, got '1'$"):
+        from_dict({"seed": "1"})  # a plain string is not command-line text
+
+
+@pytest.mark.parametrize("key", ["data.path", "data.image_dir", "data.cache_dir",
+                                 "model.name", "budget.latency_table"])
+def test_string_settings_are_at_most_4096_characters(key: str) -> None:
+    section, name = key.split(".")
+    ok = from_dict({section: {name: "/" + "p" * 4095}})  # Linux's PATH_MAX
+    assert len(getattr(getattr(ok, section), name)) == 4096
+    for size in (4097, BIG):
+        with pytest.raises(ConfigError, match=rf"^{key} is too long: at most 4096") as err:
+            load_config(None, [f"{key}=/" + "p" * (size - 1)])
+        assert f"... ({size} characters)" in _one_short_line(err)
+
+
+@pytest.mark.parametrize("pair", [
+    f"fed.rounds={NINES}", "model.widths=" + "[" * 5000 + "]" * 5000,
+    "data.path=" + "p" * BIG, "x" * BIG + "=1", f"fed.rounds={2**63 - 1}", "seed=1.0",
+])
+def test_hostile_values_stop_the_cli_with_one_short_line(pair: str,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    from fedprune.cli import main
+
+    assert main(["config", "--set", pair]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("fedprune: error: ")
+    assert err.count("\n") == 1 and len(err) < 400 and "Traceback" not in err
+
+
+def test_a_10_mb_data_path_never_reaches_config_json(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    from fedprune.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), "--no-progress", "--set", "data.name=femnist",
+                 "--set", "fed.rounds=1", "--set", "data.path=/" + "p" * BIG]) == 2
+    assert not out.exists()  # refused before the run directory (and its config.json)
+    err = capsys.readouterr().err
+    assert err.startswith("fedprune: error: data.path is too long") and len(err) < 400

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from .config_sections import _check
+from .config_sections import MAX_CLIENTS, MAX_COUNT, MAX_ROUNDS, MAX_WIDTH, _check
 
 #: the names ``prune.method`` accepts: the built-in methods and every method registered with
 #: :func:`fedprune.pruners.register` (which adds its name here)
@@ -95,9 +95,11 @@ class PruneConfig:
         _check(0 < self.step < 1, "prune.step", "in (0, 1)", self.step)
         _check(0 < self.min_step <= self.step, "prune.min_step",
                f"in (0, prune.step ({self.step})]", self.min_step)
-        _check(self.judgements >= 1, "prune.judgements", ">= 1", self.judgements)
-        _check(self.val_clients >= 2, "prune.val_clients",
-               ">= 2 (the cost's standard error needs two clients)", self.val_clients)
+        _check(1 <= self.judgements <= MAX_ROUNDS, "prune.judgements",
+               f"in [1, {MAX_ROUNDS}]", self.judgements)
+        _check(2 <= self.val_clients <= MAX_CLIENTS, "prune.val_clients",
+               f"in [2, {MAX_CLIENTS}] (the cost's standard error needs two clients)",
+               self.val_clients)
         _check(0 < self.ratio < 1, "prune.ratio", "in (0, 1)", self.ratio)
         _check(1 <= self.round_to <= 1024, "prune.round_to", "an integer in [1, 1024]",
                self.round_to)
@@ -108,18 +110,21 @@ class PruneConfig:
         _check(self.decide in ("agree", "pooled"), "prune.decide", "'agree' or 'pooled'",
                self.decide)
         _check(self.mode in ("both", "low"), "prune.mode", "'both' or 'low'", self.mode)
-        _check(self.min_channels >= 1, "prune.min_channels", ">= 1", self.min_channels)
+        _check(1 <= self.min_channels <= MAX_WIDTH, "prune.min_channels",
+               f"in [1, {MAX_WIDTH}]", self.min_channels)
         _check(0 < self.max_fraction <= 1, "prune.max_fraction", "in (0, 1]", self.max_fraction)
-        _check(self.start_round >= 0, "prune.start_round", ">= 1, or 0 for automatic",
-               self.start_round)
-        _check(self.max_prune_round >= 0, "prune.max_prune_round", ">= 1, or 0 for automatic",
-               self.max_prune_round)
+        _check(0 <= self.start_round <= MAX_ROUNDS, "prune.start_round",
+               f"in [1, {MAX_ROUNDS}], or 0 for automatic", self.start_round)
+        _check(0 <= self.max_prune_round <= MAX_ROUNDS, "prune.max_prune_round",
+               f"in [1, {MAX_ROUNDS}], or 0 for automatic", self.max_prune_round)
         _check(not (self.start_round and self.max_prune_round)
                or self.max_prune_round >= self.start_round, "prune.max_prune_round",
                f">= prune.start_round ({self.start_round}), or 0 for automatic",
                self.max_prune_round)
-        _check(self.patience >= 1, "prune.patience", ">= 1", self.patience)
-        _check(self.interval >= 0, "prune.interval", ">= 1, or 0 for automatic", self.interval)
+        _check(1 <= self.patience <= MAX_ROUNDS, "prune.patience", f"in [1, {MAX_ROUNDS}]",
+               self.patience)
+        _check(0 <= self.interval <= MAX_ROUNDS, "prune.interval",
+               f"in [1, {MAX_ROUNDS}], or 0 for automatic", self.interval)
 
 
 @dataclass(frozen=True)
@@ -149,10 +154,12 @@ class BudgetConfig:
     max_rollbacks: int = 4  # rollbacks in a row before budget mode gives up
 
     def __post_init__(self) -> None:
-        _check(self.params >= 0, "budget.params", ">= 0", self.params)
+        _check(0 <= self.params <= MAX_COUNT, "budget.params", f"in [0, {MAX_COUNT}]",
+               self.params)
         _check(0 <= self.params_fraction < 1, "budget.params_fraction", "in [0, 1)",
                self.params_fraction)
-        _check(self.flops >= 0, "budget.flops", ">= 0", self.flops)
+        _check(0 <= self.flops <= MAX_COUNT, "budget.flops", f"in [0, {MAX_COUNT}]",
+               self.flops)
         _check(0 <= self.flops_fraction < 1, "budget.flops_fraction", "in [0, 1)",
                self.flops_fraction)
         _check(self.latency_ms >= 0, "budget.latency_ms", ">= 0", self.latency_ms)
@@ -167,10 +174,12 @@ class BudgetConfig:
         _check(0 <= self.guard_tolerance <= 1, "budget.guard_tolerance", "in [0, 1]",
                self.guard_tolerance)
         _check(0 <= self.guard_z <= 10, "budget.guard_z", "in [0, 10]", self.guard_z)
-        _check(self.guard_recovery_rounds >= 0, "budget.guard_recovery_rounds", ">= 0",
-               self.guard_recovery_rounds)
-        _check(self.guard_clients >= 1, "budget.guard_clients", ">= 1", self.guard_clients)
-        _check(self.max_rollbacks >= 1, "budget.max_rollbacks", ">= 1", self.max_rollbacks)
+        _check(0 <= self.guard_recovery_rounds <= MAX_ROUNDS, "budget.guard_recovery_rounds",
+               f"in [0, {MAX_ROUNDS}]", self.guard_recovery_rounds)
+        _check(1 <= self.guard_clients <= MAX_CLIENTS, "budget.guard_clients",
+               f"in [1, {MAX_CLIENTS}]", self.guard_clients)
+        _check(1 <= self.max_rollbacks <= MAX_ROUNDS, "budget.max_rollbacks",
+               f"in [1, {MAX_ROUNDS}]", self.max_rollbacks)
 
     @property
     def active(self) -> bool:

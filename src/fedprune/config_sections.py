@@ -6,7 +6,9 @@ federation.  The pruning sections are :mod:`fedprune.config_pruning`, the tree o
 
 from __future__ import annotations
 
+import math
 import re
+import reprlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -16,6 +18,68 @@ class ConfigError(ValueError):
 
 
 DEFAULT_SYNTHETIC_CLIENTS = 20  # data.num_clients = 0 for a dataset split without client ids
+
+# Limits of every setting (docs/settings.md, "Limits"): far beyond any real run, they keep a
+# hostile or mistyped value from reaching the code that runs (an overflow, a 10 MB path in
+# config.json, a recursion).  Each is checked in one place: the sizes below by the sections'
+# __post_init__ (:func:`_check`), strings, lists and nesting where values are read
+# (:func:`fedprune.config_parse._coerce`, :func:`fedprune.config_parse.check_nesting`).
+MAX_ROUNDS = 1_000_000  # fed.rounds, and every setting counted in rounds
+MAX_CLIENTS = 10_000_000  # data.num_clients, fed.clients_per_round and other client counts
+MAX_EPOCHS = 10_000  # train.local_epochs
+MAX_BATCH = 1_000_000  # train.batch_size
+MAX_SAMPLES = 1_000_000_000  # data.min_client_size, data.max_test_samples
+MAX_THREADS = 4096  # threads
+MAX_WIDTH = 1_000_000  # each of model.widths, prune.min_channels
+MAX_COUNT = 10**18  # budget.params, budget.flops (per sample)
+MAX_TEXT = 4096  # characters of a string setting (paths, names): Linux's PATH_MAX
+MAX_ITEMS = 1024  # items of a list setting (model.widths)
+MAX_DEPTH = 8  # tables and lists inside each other (a setting needs three: section, key, list)
+SHOWN_CHARS = 60  # an error message quotes at most this much of a value, then its length
+
+
+class _Short(reprlib.Repr):
+    """``repr`` of a table or list, a few levels and items deep (any depth is safe)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        self.maxdict = self.maxlist = self.maxtuple = self.maxset = 12
+        self.maxstring = self.maxother = self.maxlong = SHOWN_CHARS
+
+    def repr_int(self, x: int, level: int) -> str:
+        return shown(x)
+
+    def repr_str(self, x: str, level: int) -> str:
+        return shown(x)
+
+
+_SHORT = _Short()
+
+
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """What an error message quotes of ``value``: its ``repr``, or for a long value the
+    first ``limit`` characters of it and its length, so that a message stays one short line
+    whatever the value (a 10 MB string, an integer of 5000 digits, lists 5000 deep)."""
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return repr(value)
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            text = str(value)
+        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+            return f"an integer of about {int(value.bit_length() * math.log10(2))} digits"
+        if len(text) <= limit:
+            return text
+        return f"{text[:limit]}... ({len(text.lstrip('-'))} digits)"
+    if isinstance(value, (dict, list, tuple, set)):
+        text = _SHORT.repr(value)
+        if len(text) <= limit:
+            return text
+        return f"{text[:limit]}... ({len(value)} items)"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def default_window(rounds: int) -> tuple[int, int, int]:
@@ -73,7 +137,7 @@ def check_device_name(name: object) -> bool:
 
 def _check(ok: bool, key: str, allowed: str, value: Any) -> None:
     if not ok:
-        raise ConfigError(f"{key} = {value!r} is out of range: allowed {allowed}")
+        raise ConfigError(f"{key} = {shown(value)} is out of range: allowed {allowed}")
 
 
 @dataclass(frozen=True)
@@ -121,9 +185,9 @@ class DataConfig:
         if self.partition == "auto":  # resolved here, so every reader sees the real split
             object.__setattr__(self, "partition", "natural" if self.name in self._NATURAL
                                else "dirichlet")
-        _check(self.num_clients >= 0, "data.num_clients",
-               ">= 1, or 0 for automatic (every natural client; 20 for a synthetic split)",
-               self.num_clients)
+        _check(0 <= self.num_clients <= MAX_CLIENTS, "data.num_clients",
+               f"in [1, {MAX_CLIENTS}], or 0 for automatic (every natural client; 20 for a "
+               "synthetic split)", self.num_clients)
         if self.num_clients == 0 and self.partition != "natural":
             object.__setattr__(self, "num_clients", DEFAULT_SYNTHETIC_CLIENTS)
         _check(self.partition != "natural" or self.name in self._NATURAL,
@@ -132,11 +196,12 @@ class DataConfig:
         _check(self.partitioner in ("fedprune", "flwr"), "data.partitioner",
                "'fedprune' or 'flwr'", self.partitioner)
         _check(self.alpha > 0, "data.alpha", "> 0", self.alpha)
-        _check(self.min_client_size >= 1, "data.min_client_size", ">= 1", self.min_client_size)
+        _check(1 <= self.min_client_size <= MAX_SAMPLES, "data.min_client_size",
+               f"in [1, {MAX_SAMPLES}]", self.min_client_size)
         _check(0 < self.test_fraction < 1, "data.test_fraction", "in (0, 1)", self.test_fraction)
         _check(0 <= self.val_fraction < 1, "data.val_fraction", "in [0, 1)", self.val_fraction)
-        _check(self.max_test_samples >= 0, "data.max_test_samples", ">= 0 (0 = all)",
-               self.max_test_samples)
+        _check(0 <= self.max_test_samples <= MAX_SAMPLES, "data.max_test_samples",
+               f"in [0, {MAX_SAMPLES}] (0 = all)", self.max_test_samples)
         _check(8 <= self.image_size <= 256, "data.image_size", "in [8, 256]", self.image_size)
         _check(self.cache in ("auto", "rebuild", "off"), "data.cache",
                "'auto', 'rebuild' or 'off'", self.cache)
@@ -149,8 +214,10 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.widths is not None:
-            _check(bool(self.widths) and all(isinstance(w, int) and w >= 1 for w in self.widths),
-                   "model.widths", "a non-empty list of integers >= 1", self.widths)
+            _check(bool(self.widths) and all(isinstance(w, int) and 1 <= w <= MAX_WIDTH
+                                             for w in self.widths),
+                   "model.widths", f"a non-empty list of integers in [1, {MAX_WIDTH}]",
+                   self.widths)
 
 
 @dataclass(frozen=True)
@@ -176,8 +243,10 @@ class TrainConfig:
                self.optimizer)
         _check(0 < self.lr <= 10, "train.lr", "in (0, 10]", self.lr)
         _check(0 <= self.momentum < 1, "train.momentum", "in [0, 1)", self.momentum)
-        _check(self.local_epochs >= 1, "train.local_epochs", ">= 1", self.local_epochs)
-        _check(self.batch_size >= 1, "train.batch_size", ">= 1", self.batch_size)
+        _check(1 <= self.local_epochs <= MAX_EPOCHS, "train.local_epochs",
+               f"in [1, {MAX_EPOCHS}]", self.local_epochs)
+        _check(1 <= self.batch_size <= MAX_BATCH, "train.batch_size", f"in [1, {MAX_BATCH}]",
+               self.batch_size)
         _check(self.precision in ("fp32", "bf16", "fp16"), "train.precision",
                "'fp32', 'bf16' or 'fp16' (CUDA only)", self.precision)
 
@@ -208,10 +277,12 @@ class FedConfig:
     payload_dtype: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self) -> None:
-        _check(self.rounds >= 1, "fed.rounds", ">= 1", self.rounds)
-        _check(self.clients_per_round >= 1, "fed.clients_per_round", ">= 1",
-               self.clients_per_round)
-        _check(self.eval_every >= 1, "fed.eval_every", ">= 1", self.eval_every)
+        _check(1 <= self.rounds <= MAX_ROUNDS, "fed.rounds", f"in [1, {MAX_ROUNDS}]",
+               self.rounds)
+        _check(1 <= self.clients_per_round <= MAX_CLIENTS, "fed.clients_per_round",
+               f"in [1, {MAX_CLIENTS}]", self.clients_per_round)
+        _check(1 <= self.eval_every <= MAX_ROUNDS, "fed.eval_every", f"in [1, {MAX_ROUNDS}]",
+               self.eval_every)
         _check(1 <= self.min_replies <= self.clients_per_round, "fed.min_replies",
                f"in [1, fed.clients_per_round ({self.clients_per_round})]", self.min_replies)
         _check(self.clip_factor == 0 or self.clip_factor >= 1, "fed.clip_factor",

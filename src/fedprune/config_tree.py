@@ -10,6 +10,7 @@ from typing import Any
 
 from .config_pruning import BudgetConfig, PruneConfig
 from .config_sections import (
+    MAX_THREADS,
     DataConfig,
     FedConfig,
     ModelConfig,
@@ -57,7 +58,8 @@ class ExperimentConfig:
             _check(not (self.budget.guard and self.data.val_fraction == 0), "budget.guard",
                    "false, or set data.val_fraction > 0 (e.g. 0.1) so that clients hold a "
                    "validation split for the guard", self.budget.guard)
-        _check(self.threads >= 0, "threads", ">= 0", self.threads)
+        _check(0 <= self.threads <= MAX_THREADS, "threads",
+               f"in [0, {MAX_THREADS}] (0 = one per core)", self.threads)
         _check(check_device_name(self.device), "device",
                "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'", self.device)
         _check(not self.data.num_clients or self.fed.clients_per_round <= self.data.num_clients,

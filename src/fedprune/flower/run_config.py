@@ -13,8 +13,11 @@ Every :class:`ExperimentConfig` setting has a key (:func:`default_run_config` li
 fedprune's defaults), plus the Flower-only keys of :class:`FlowerSettings` (``out-dir``,
 ``config-file``, ``round-timeout``, ``min-nodes``, ``node-wait-timeout``, ``plots``,
 ``resume``).  Values
-are checked exactly as ``fedprune run`` checks them: a bad value raises :class:`ConfigError`
-naming the run-config key.
+are checked exactly as ``fedprune run`` checks them (types, the limits of docs/settings.md,
+``fedprune.config_parse``): a bad value raises :class:`ConfigError` naming the run-config key,
+in one line that quotes at most a short prefix of the value.  A value has the type Flower
+gives it: ``"0.1"`` is a string, not a number; a list (``model.widths``) is written as text,
+``"8,16"``.
 
 Flower itself refuses a ``--run-config`` key that the app does not declare, before any of
 this code runs, and says only "Invalid run configuration.".  So that ``fedprune run``'s
@@ -30,12 +33,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, ExperimentConfig, from_dict, load_config, merge
+from ..config_parse import _coerce, check_nesting
+from ..config_sections import MAX_CLIENTS, shown
 
 __all__ = [
     "FLOWER_KEYS",
@@ -73,13 +79,14 @@ class FlowerSettings:
 
     def __post_init__(self) -> None:
         if not (self.round_timeout > 0 and math.isfinite(self.round_timeout)):
-            raise ConfigError(f"round-timeout = {self.round_timeout!r} is out of range: "
+            raise ConfigError(f"round-timeout = {shown(self.round_timeout)} is out of range: "
                               "allowed > 0 seconds")
-        if self.min_nodes < 0:
-            raise ConfigError(f"min-nodes = {self.min_nodes!r} is out of range: allowed >= 0")
+        if not 0 <= self.min_nodes <= MAX_CLIENTS:
+            raise ConfigError(f"min-nodes = {shown(self.min_nodes)} is out of range: allowed "
+                              f"in [0, {MAX_CLIENTS}]")
         if not (self.node_wait_timeout > 0 and math.isfinite(self.node_wait_timeout)):
-            raise ConfigError(f"node-wait-timeout = {self.node_wait_timeout!r} is out of range: "
-                              "allowed > 0 seconds")
+            raise ConfigError(f"node-wait-timeout = {shown(self.node_wait_timeout)} is out of "
+                              "range: allowed > 0 seconds")
 
     def to_run_config(self) -> dict[str, Any]:
         return {kebab(k): v for k, v in dataclasses.asdict(self).items()}
@@ -178,8 +185,9 @@ def _fold_aliases(run_config: dict[str, Any]) -> dict[str, Any]:
         value = run_config[alias]
         other = run_config.get(key, defaults[key])
         if other != defaults[key] and other != value:
-            raise ConfigError(f"run-config keys '{key}' = {other!r} and '{alias}' = {value!r} "
-                              f"disagree: set only one ('{key}' is the documented spelling)")
+            raise ConfigError(f"run-config keys '{key}' = {shown(other)} and '{alias}' = "
+                              f"{shown(value)} disagree: set only one ('{key}' is the "
+                              "documented spelling)")
         out[key] = value
     return out
 
@@ -212,6 +220,7 @@ def parse_run_config(
 
     Raises :class:`ConfigError` on an unknown key or a bad value, naming the run-config key.
     """
+    check_nesting(run_config, "the run config")  # before anything compares its values
     flower_values: dict[str, Any] = {}
     experiment_flat: dict[str, Any] = {}
     for key, value in _fold_aliases(dict(run_config)).items():
@@ -230,9 +239,9 @@ def parse_run_config(
         base = _toml_overrides(path)
         experiment_flat = {k: v for k, v in experiment_flat.items()
                            if k not in _EXPERIMENT_DEFAULTS or _EXPERIMENT_DEFAULTS[k] != v}
-    unknown = sorted(k for k in experiment_flat if k not in _EXPERIMENT_DEFAULTS)
+    unknown = sorted((k for k in experiment_flat if k not in _EXPERIMENT_DEFAULTS), key=repr)
     if unknown:
-        raise ConfigError(f"unknown run-config key '{unknown[0]}'; known keys: "
+        raise ConfigError(f"unknown run-config key {shown(unknown[0])}; known keys: "
                           + ", ".join(sorted([*_EXPERIMENT_DEFAULTS, *FLOWER_KEYS])))
     try:
         cfg = from_dict(merge(base, _nest(experiment_flat)))
@@ -242,28 +251,10 @@ def parse_run_config(
 
 
 def _flower_settings(values: dict[str, Any]) -> FlowerSettings:
-    fields = {f.name: f.type for f in dataclasses.fields(FlowerSettings)}
-    kwargs: dict[str, Any] = {}
-    for name, value in values.items():
-        tp = fields[name]
-        key = kebab(name)
-        if tp == "bool":
-            if not isinstance(value, bool):
-                raise ConfigError(f"{key} must be true or false, got {value!r}")
-            kwargs[name] = value
-        elif tp == "str":
-            if not isinstance(value, str):
-                raise ConfigError(f"{key} must be a string, got {value!r}")
-            kwargs[name] = value
-        elif tp == "int":
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{key} must be an integer, got {value!r}")
-            kwargs[name] = value
-        else:  # float
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{key} must be a number, got {value!r}")
-            kwargs[name] = float(value)
-    return FlowerSettings(**kwargs)
+    """Check the Flower-only values as every setting is checked (type, string length)."""
+    hints = typing.get_type_hints(FlowerSettings)
+    return FlowerSettings(**{name: _coerce(kebab(name), value, hints[name])
+                             for name, value in values.items()})
 
 
 def _toml_overrides(path: Path) -> dict[str, Any]:
