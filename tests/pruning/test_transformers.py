@@ -7,66 +7,48 @@ extra (``pip install -e '.[hf]'``; ``make test`` installs it)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-T = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
 
 from fedprune.export.onnx import export_onnx
 from fedprune.pruning import RatioRule, prune_model, rebuild, zero_removed
 
-SIZE = 64
-X = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+
+def _script():  # the models and their wrapper are scripts/prune_transformers.py's
+    path = Path(__file__).resolve().parents[2] / "scripts" / "prune_transformers.py"
+    spec = importlib.util.spec_from_file_location("prune_transformers", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-class PixelsToLogits(nn.Module):
-    """``pixel_values`` in, the model's ``logits`` tensor out."""
+SCRIPT = _script()
+BUILDERS = SCRIPT.models()
+X = torch.randn(2, 3, SCRIPT.SIZE, SCRIPT.SIZE, generator=torch.Generator().manual_seed(0))
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=x, return_dict=True)["logits"]
-
-
-def _resnet_config(**over):
-    return T.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 32, 64], depths=[1, 1, 1, 1],
-                          num_labels=10, **over)
-
-
-# name -> (builder, roots a cut must leave whole (by the layer's name's end), exact)
+# name -> (roots a cut must leave whole (by the layer's name's end), exact)
 MODELS = {
-    "resnet": (lambda: T.ResNetForImageClassification(_resnet_config()), set(), True),
-    "regnet": (lambda: T.RegNetForImageClassification(T.RegNetConfig(
-        embedding_size=16, hidden_sizes=[16, 32, 32, 64], depths=[1, 1, 1, 1], groups_width=8,
-        num_labels=10)), set(), True),
-    "bit": (lambda: T.BitForImageClassification(T.BitConfig(
-        embedding_size=16, hidden_sizes=[32, 64, 64, 128], depths=[1, 1, 1, 1], num_groups=4,
-        num_labels=10)), set(), False),  # GroupNorm
-    "upernet": (lambda: T.UperNetForSemanticSegmentation(T.UperNetConfig(
-        backbone_config=_resnet_config(out_features=["stage1", "stage2", "stage3", "stage4"]),
-        hidden_size=32, pool_scales=[1, 2], num_labels=10, use_auxiliary_head=False)),
-        set(), True),
-    "levit": (lambda: T.LevitForImageClassification(T.LevitConfig(
-        image_size=SIZE, hidden_sizes=[32, 48, 64], num_attention_heads=[2, 3, 4],
-        depths=[1, 1, 1], key_dim=[8, 8, 8], num_labels=10)),
-        {"patch_embeddings.embedding_layer_4.convolution"}, False),
-    "swin": (lambda: T.SwinForImageClassification(T.SwinConfig(
-        image_size=SIZE, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4,
-        num_labels=10)), {"patch_embeddings.projection"}, False),
-    "convnext": (lambda: T.ConvNextForImageClassification(T.ConvNextConfig(
-        hidden_sizes=[16, 32, 32, 64], depths=[1, 1, 1, 1], num_labels=10)), set(), False),
+    "ResNet": (set(), True),
+    "RegNet-Y": (set(), True),
+    "BiT": (set(), False),  # GroupNorm
+    "UperNet": (set(), True),
+    "LeViT": ({"patch_embeddings.embedding_layer_4.convolution"}, False),
+    "Swin": ({"patch_embeddings.projection"}, False),
+    "ConvNeXt": (set(), False),  # LayerNorm over the channels
 }
 
 
 def _build(name: str) -> nn.Module:
     torch.manual_seed(0)
-    return PixelsToLogits(MODELS[name][0]()).eval()
+    return SCRIPT.PixelsToLogits(BUILDERS[name]()).eval()
 
 
 def _out(model: nn.Module) -> torch.Tensor:
@@ -76,7 +58,7 @@ def _out(model: nn.Module) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_a_transformers_model_is_cut_correctly_or_its_group_refused(name, tmp_path, caplog):
-    _, whole, exact = MODELS[name]
+    whole, exact = MODELS[name]
     model = _build(name)
     before = _out(model)
     with caplog.at_level(logging.WARNING, logger="fedprune.pruning.apply"):

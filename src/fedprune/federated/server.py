@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -37,6 +37,7 @@ from ..pruners import (
     make_pruner,
     screen_validation,
 )
+from ..pruning import mark_fixed
 from ..pruning.widths import variant_models
 from ..rundir import OpenedRun, RunDir
 from .aggregate import Clip, Rejection
@@ -136,6 +137,8 @@ class PruningServer:
         c, h, _ = data.input_shape
         model, spec = new_model(cfg.model.name, num_classes=data.num_classes, in_channels=c,
                                 image_size=h, widths=cfg.model.widths, seed=cfg.seed)
+        # the groups a cut would break are left whole for the run, said before round 1
+        spec = replace(spec, record=mark_fixed(model, spec.example_input(), spec.record))
         return cls(cfg, model, spec, train_sizes=[len(cl) for cl in data.clients],
                    val_sizes=[0 if cl.val_y is None else len(cl.val_y) for cl in data.clients],
                    test_x=data.test_x, test_y=data.test_y, test_transform=data.transform,

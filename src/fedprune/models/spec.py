@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..pruning import mark_fixed, rebuild
+from ..pruning import initial_record, rebuild
 from .registry import create_model
 
 # the largest value a model spec may hold in each field: far above the models fedprune
@@ -124,7 +124,7 @@ def new_model(
                              image_size=image_size, widths=widths)
     example = torch.zeros(1, in_channels, image_size, image_size)
     spec = ModelSpec(name, num_classes, in_channels, image_size,
-                     None if widths is None else list(widths), mark_fixed(model, example))
+                     None if widths is None else list(widths), initial_record(model, example))
     return model, spec
 
 

@@ -357,13 +357,6 @@ def _apply(dg: tp.DependencyGraph, plans: Sequence[_Plan]) -> None:
             group.prune(record_history=False)
 
 
-def _cut(dg: tp.DependencyGraph, plans: Sequence[_Plan], record: dict[str, Any]
-         ) -> dict[str, Any]:
-    """Cut the planned channels in place, unchecked; the record of the model after the cut."""
-    _apply(dg, plans)
-    return _new_record(plans, record)
-
-
 def _signature(out: Any) -> list[tuple[tuple[int, ...], torch.dtype]]:
     return [(tuple(t.shape), t.dtype) for t in output_tensors(out)]
 
@@ -462,11 +455,11 @@ def mark_fixed(model: nn.Module, example_inputs: torch.Tensor,
     cut of half its channels is taken to survive the cuts the methods make (a channel count
     a structure requires, such as a grouped conv's or GroupNorm's blocks, is kept by every
     rule alike)."""
-    record = initial_record(model, example_inputs, ignored_layers) if record is None else record
-    _check_record(record)
     trial = copy.deepcopy(model)
     ignored = list(ignored_layers) if ignored_layers is not None else default_ignored_layers(
         trial, example_inputs)
+    record = initial_record(trial, example_inputs, ignored) if record is None else record
+    _check_record(record)
     dg = _build_graph(trial, example_inputs)
     plans = _plan(trial, dg, ignored, record, RatioRule(ratio=0.5))
     _, refused = _cut_checked(trial, example_inputs, dg, plans, record)
