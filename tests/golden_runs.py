@@ -23,7 +23,12 @@ the pooled decision became the default, ``default``, ``flower-auto`` and ``resum
 are recorded on AMD EPYC only (an Intel machine compares the other scenarios until it
 records them with ``--write default flower-auto resumed-default``); they were recorded again
 when the pooled decision came to weight each judgement by its precision (the same decisions,
-other pooled figures in the records).
+other pooled figures in the records).  When the direction screen (``fed.min_cosine``) and the
+trimmed paired costs (``prune.trim_fraction``) became the default, the scenarios recorded on
+both kinds of CPU were given the earlier settings explicitly (``EARLIER``: the same runs, whose
+messages carry two more settings: AMD re-recorded, the Intel recordings' bytes shifted by the
+same amounts, the shift that turns the previous AMD recordings into the new ones exactly), and
+``default``, ``flower-auto`` and ``resumed-default`` (AMD only) recorded with the new defaults.
 """
 
 from __future__ import annotations
@@ -65,26 +70,33 @@ SHORT = ["fed.rounds=12", "train.local_epochs=1"]  # the default digits run, sho
 # the boundary rule and the fixed ratio as they were the defaults: no validation split
 NO_VAL = ["data.val_fraction=0.0"]
 FLOWER = ["data.num_clients=4", "fed.clients_per_round=3"]
+# the aggregation and the paired costs as they were before the direction screen and the
+# trimmed costs became the default: the scenarios recorded on both kinds of CPU run them
+EARLIER = ["fed.min_cosine=-1", "prune.trim_fraction=0"]
 SCENARIOS: dict[str, list[str]] = {
     # fedprune's default: the automatic method, nested widths searched in flight
     "default": SHORT,
     # the earlier automatic method (the default before nested widths)
-    "auto-paired": SHORT + ["prune.method=auto-paired"],
-    "boundary": SHORT + NO_VAL + ["prune.method=boundary"],
-    "budget": SHORT + ["budget.params_fraction=0.3", "data.val_fraction=0.2",
-                       "budget.guard_recovery_rounds=1"],
-    "ratio": SHORT + NO_VAL + ["prune.method=ratio", "prune.ratio=0.3", "prune.round_to=1"],
+    "auto-paired": SHORT + EARLIER + ["prune.method=auto-paired"],
+    "boundary": SHORT + EARLIER + NO_VAL + ["prune.method=boundary"],
+    "budget": SHORT + EARLIER + ["budget.params_fraction=0.3", "data.val_fraction=0.2",
+                                 "budget.guard_recovery_rounds=1"],
+    "ratio": SHORT + EARLIER + NO_VAL + ["prune.method=ratio", "prune.ratio=0.3",
+                                         "prune.round_to=1"],
     # the fixed ratio on hardware multiples (prune.round_to's default, 16)
-    "ratio-aligned": SHORT + NO_VAL + ["prune.method=ratio", "prune.ratio=0.3"],
-    "flower": SHORT + FLOWER + ["budget.params_fraction=0.3", "data.val_fraction=0.2",
-                                "budget.guard_recovery_rounds=1", "budget.guard_clients=3"],
+    "ratio-aligned": SHORT + EARLIER + NO_VAL + ["prune.method=ratio", "prune.ratio=0.3"],
+    "flower": SHORT + EARLIER + FLOWER + ["budget.params_fraction=0.3",
+                                          "data.val_fraction=0.2",
+                                          "budget.guard_recovery_rounds=1",
+                                          "budget.guard_clients=3"],
     # the automatic method through the Flower app: nested widths in the messages, and a
     # tolerance wide enough that it cuts within the 12 rounds
     "flower-auto": SHORT + FLOWER + ["data.val_fraction=0.2", "prune.val_clients=3",
                                      "prune.max_accuracy_drop=0.1"],
     # the earlier automatic method through the Flower app: candidate and reference
-    "flower-auto-paired": SHORT + FLOWER + ["data.val_fraction=0.2", "prune.val_clients=3",
-                                            "prune.method=auto-paired"],
+    "flower-auto-paired": SHORT + EARLIER + FLOWER + ["data.val_fraction=0.2",
+                                                      "prune.val_clients=3",
+                                                      "prune.method=auto-paired"],
 }
 # killed after round 7, then resumed
 RESUME_AFTER = {"resumed": ("auto-paired", 7), "resumed-default": ("default", 7)}

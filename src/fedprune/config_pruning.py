@@ -83,6 +83,13 @@ class PruneConfig:
     # their precision, 1 / se^2), and the narrowest width that fits so is cut at once; "agree" = when two judgements in a row
     # choose the same width
     decide: str = "pooled"
+    # methods "auto" and "auto-paired": the share of the validating clients whose paired
+    # differences (a width's accuracy against the full one's, on the same samples) are left
+    # out at each end before the cost is pooled (rounded up: one of 10, 5 of 50; at least one
+    # client kept), so that a minority of clients answering falsely cannot move a decision by
+    # more than the honest clients' spread; its standard error is the trimmed mean's
+    # (winsorized).  0 = the plain pooled difference
+    trim_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         _check(self.k >= 0, "prune.k", ">= 0", self.k)
@@ -109,6 +116,8 @@ class PruneConfig:
                "'client' or 'batch'", self.ordered_dropout)
         _check(self.decide in ("agree", "pooled"), "prune.decide", "'agree' or 'pooled'",
                self.decide)
+        _check(0 <= self.trim_fraction < 0.5, "prune.trim_fraction",
+               "in [0, 0.5) (the share of clients left out at each end)", self.trim_fraction)
         _check(self.mode in ("both", "low"), "prune.mode", "'both' or 'low'", self.mode)
         _check(1 <= self.min_channels <= MAX_WIDTH, "prune.min_channels",
                f"in [1, {MAX_WIDTH}]", self.min_channels)

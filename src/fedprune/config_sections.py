@@ -271,6 +271,13 @@ class FedConfig:
     # count every client once)
     aggregator: Literal["fedavg", "trimmed_mean", "median"] = "fedavg"
     trim_fraction: float = 0.1  # trimmed_mean: share cut from each end (1 of 10 clients)
+    # After the bound, a reply whose update has a cosine below min_cosine with the round's
+    # coordinate-wise median update is left out (fedprune.federated.aggregate.
+    # screen_directions): a sign-flipped update pulls the model back at any scale the bound
+    # lets through, and the median points where most clients do.  0 (default) = leave out
+    # the updates pointing against it; -1 = off (with clip_factor 0 and "fedavg": plain
+    # FedAvg).  Judged among 3 or more replies.
+    min_cosine: float = 0.0
     # What the weights travel as, both ways (fedprune.federated.wire): "float32", or
     # "bfloat16" (half the bytes: the server rounds the model it sends, clients round what
     # they send back; both train and aggregate in float32 from the rounded values).
@@ -292,5 +299,7 @@ class FedConfig:
                "'fedavg', 'trimmed_mean' or 'median'", self.aggregator)
         _check(0 <= self.trim_fraction < 0.5, "fed.trim_fraction",
                "in [0, 0.5) (the share cut from each end)", self.trim_fraction)
+        _check(-1 <= self.min_cosine <= 1, "fed.min_cosine",
+               "in [-1, 1] (-1: no update is left out for its direction)", self.min_cosine)
         _check(self.payload_dtype in ("float32", "bfloat16"), "fed.payload_dtype",
                "'float32' or 'bfloat16'", self.payload_dtype)

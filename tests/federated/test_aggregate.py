@@ -67,7 +67,7 @@ def test_one_reply_is_returned_as_it_is_by_every_rule():
     reply = {"w": torch.tensor([1.5, -2.0, 7.0]), "n": torch.tensor(9)}
     for aggregator in agg.AGGREGATORS:
         for factor in (0.0, 1.0, 3.0):
-            out, clips = robust_aggregate([(reply, 17)], ref, aggregator=aggregator,
+            out, clips, _ = robust_aggregate([(reply, 17)], ref, aggregator=aggregator,
                                           clip_factor=factor, trim_fraction=0.4)
             assert clips == []
             assert torch.equal(out["w"], reply["w"]) and torch.equal(out["n"], reply["n"])
@@ -77,7 +77,7 @@ def test_equal_replies_are_returned_unchanged_and_never_clipped():
     ref = {"w": torch.zeros(2, 2)}
     state = {"w": torch.tensor([[0.1, -3.0], [2.5, 1e-3]])}
     for aggregator in agg.AGGREGATORS:
-        out, clips = robust_aggregate([(state, n) for n in (1, 5, 2, 8)], ref,
+        out, clips, _ = robust_aggregate([(state, n) for n in (1, 5, 2, 8)], ref,
                                       aggregator=aggregator, clip_factor=1.0,
                                       trim_fraction=0.25)
         assert clips == [] and torch.equal(out["w"], state["w"]), aggregator
@@ -94,11 +94,11 @@ def _bn_replies(counts):
 def test_integer_buffers_are_the_rounded_mean_under_plain_fedavg_else_the_lower_median():
     replies = _bn_replies([5, 7, 9, 10**12])  # one client claims a huge count
     ref = {"w": torch.zeros(1), "num_batches_tracked": torch.tensor(0)}
-    plain, _ = robust_aggregate(replies, ref, aggregator="fedavg", clip_factor=0.0)
+    plain, _, _ = robust_aggregate(replies, ref, aggregator="fedavg", clip_factor=0.0)
     assert int(plain["num_batches_tracked"]) == round((5 + 7 + 9 + 10**12) / 4)
     for aggregator, factor in (("fedavg", 3.0), ("trimmed_mean", 0.0), ("median", 0.0),
                                ("median", 3.0)):
-        out, _ = robust_aggregate(replies, ref, aggregator=aggregator, clip_factor=factor,
+        out, _, _ = robust_aggregate(replies, ref, aggregator=aggregator, clip_factor=factor,
                                   trim_fraction=0.25)
         nbt = out["num_batches_tracked"]
         assert nbt.dtype == torch.int64 and int(nbt) == 7, (aggregator, factor)
@@ -137,11 +137,11 @@ def test_an_update_beyond_the_bound_is_scaled_to_bound_squared_over_its_norm():
 def test_clipped_fedavg_against_a_hand_computed_average():
     ref = {"w": torch.tensor([0.0])}
     replies = _replies([1.0], [2.0], [-40.0], counts=[1, 1, 2])  # median 2, bound 3 x 2 = 6
-    out, clips = robust_aggregate(replies, ref, aggregator="fedavg", clip_factor=3.0)
+    out, clips, _ = robust_aggregate(replies, ref, aggregator="fedavg", clip_factor=3.0)
     assert [(c.index, c.norm, c.bound) for c in clips] == [(2, 40.0, 6.0)]
     # -40 scaled by (6 / 40)^2 -> -0.9; then (1 + 2 + 2 x -0.9) / 4
     assert _w(out)[0] == pytest.approx((1 + 2 - 1.8) / 4, rel=1e-6)
-    unclipped, none = robust_aggregate(replies, ref, aggregator="fedavg", clip_factor=0.0)
+    unclipped, none, _ = robust_aggregate(replies, ref, aggregator="fedavg", clip_factor=0.0)
     assert none == [] and _w(unclipped)[0] == pytest.approx((1 + 2 - 80) / 4)
 
 
@@ -150,7 +150,7 @@ def test_running_statistics_are_clipped_with_the_weights_and_stay_positive():
     replies = [({"w": torch.tensor([0.1]), "running_var": torch.tensor([1.1, 0.9])}, 1),
                ({"w": torch.tensor([0.2]), "running_var": torch.tensor([1.0, 1.2])}, 1),
                ({"w": torch.tensor([1e4]), "running_var": torch.tensor([1e-6, 1e4])}, 1)]
-    out, clips = robust_aggregate(replies, ref, clip_factor=3.0)
+    out, clips, _ = robust_aggregate(replies, ref, clip_factor=3.0)
     assert [c.index for c in clips] == [2]
     assert (out["running_var"] > 0.5).all() and (out["running_var"] < 1.5).all()
     assert abs(float(out["w"][0])) < 1.0
@@ -163,11 +163,11 @@ def test_the_bound_is_deterministic_and_chunking_changes_no_bit(monkeypatch):
                  for k, v in ref.items()}, 1 + i) for i in range(6)]
     whole = {a: robust_aggregate(replies, ref, aggregator=a, clip_factor=2.0,
                                  trim_fraction=0.2) for a in agg.AGGREGATORS}
-    assert all([c.index for c in clips] == [4] for _, clips in whole.values())
+    assert all([c.index for c in clips] == [4] for _, clips, _ in whole.values())
     monkeypatch.setattr(agg, "CHUNK", 4)  # 35 values of w sorted four coordinates at a time
-    for a, (state, clips) in whole.items():
-        again, clips2 = robust_aggregate(replies, ref, aggregator=a, clip_factor=2.0,
-                                         trim_fraction=0.2)
+    for a, (state, clips, _) in whole.items():
+        again, clips2, _ = robust_aggregate(replies, ref, aggregator=a, clip_factor=2.0,
+                                            trim_fraction=0.2)
         assert clips2 == clips
         assert all(torch.equal(again[k], state[k]) for k in state), a
 

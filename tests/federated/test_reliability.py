@@ -32,7 +32,7 @@ def _ok():
         (({**_ok(), "w": torch.ones(3, 2)}, 5), "shape"),
         (({"w": torch.ones(2, 3), "b": torch.ones(3)}, 5), "keys differ"),
         ((_ok(), 0), "positive integer"),
-        ((_ok(), 10**9), "plausible maximum"),
+        ((_ok(), 10**9), "training samples its client holds"),
         ((_ok(), 2.5), "positive integer"),
         (({**_ok(), "w": [[1.0]]}, 5), "not a tensor"),
     ],

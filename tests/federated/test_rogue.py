@@ -136,7 +136,9 @@ def test_loop_bounds_the_rogues_trial_copies_too(tmp_path, honest):
     assert all({c["client"] for c in r["trial_clipped"]} == {ROGUE} for r in trial_rounds)
     assert all(0 < c["bound"] < c["norm"] < float("inf") and c["trial"] in (0, 1)
                for r in trial_rounds for c in r["trial_clipped"])
-    assert res.summary["accuracy"] == pytest.approx(honest("auto")[ROUNDS], abs=TOLERANCE)
+    # the rogue costs no more than TOLERANCE (its copies clipped to nearly nothing, the run
+    # learns from nine clients and may decide otherwise: one cut instead of two here)
+    assert res.summary["accuracy"] >= honest("auto")[ROUNDS] - TOLERANCE
 
 
 # ----------------------------------------------------------------------------- Flower

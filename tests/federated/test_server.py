@@ -185,12 +185,12 @@ def test_where_replies_carry_versions_one_without_a_version_is_rejected():
                          widths=[4, 8], seed=0)
     state = model.state_dict()
     replies = [TrainReply(0, (state,), 5, version=None), TrainReply(1, (state,), 5, version=3)]
-    checked = average_round(1, CFG.fed, [model], replies, arch_version=3, max_samples=10,
+    checked = average_round(1, CFG.fed, [model], replies, arch_version=3, sizes=[10, 10],
                             check_versions=True)
     assert [(r.index, r.reason) for r in checked.rejections] == [
         (0, "architecture version None, expected 3")]
     # in process nothing can be stale: the versions are not looked at
-    unchecked = average_round(1, CFG.fed, [model], replies, arch_version=3, max_samples=10)
+    unchecked = average_round(1, CFG.fed, [model], replies, arch_version=3, sizes=[10, 10])
     assert unchecked.rejections == [] and unchecked.clients == 2
 
 

@@ -16,12 +16,12 @@ from fedprune.federated import run_simulation
 from fedprune.metrics import count_macs, n_params, payload_bytes
 from fedprune.models import new_model
 from fedprune.pruners import Validation, make_pruner
-from fedprune.pruners.auto import paired
+from fedprune.pruners.auto import paired, trimmed_count
 
 SHORT = {"threads": 1, "train": {"local_epochs": 1},
          "fed": {"rounds": 8, "clients_per_round": 5, "eval_every": 1},
          "prune": {"method": "auto-paired", "start_round": 2, "interval": 2,
-                   "confidence_z": 1.0}}
+                   "confidence_z": 1.0, "trim_fraction": 0.0}}
 
 
 def _cfg(**prune):
@@ -180,6 +180,45 @@ def test_paired_se_comes_from_the_clients_paired_differences():
     assert paired(ref, same)[1] == pytest.approx(0.0)
     assert paired(ref, spread)[1] == pytest.approx(math.sqrt(3 / 2 * 2 * 10 ** 2) / 300)
     assert math.isnan(paired(ref, Validation(0.8, 100, 0.4, ((0, 0.8, 100),)))[1])
+
+
+def _answers(accs, n=100):
+    clients = tuple((c, a, n) for c, a in enumerate(accs))
+    return Validation(sum(accs) / len(accs), n * len(accs), 0.3, clients)
+
+
+def test_trimmed_count_leaves_one_of_ten_out_at_each_end_and_always_keeps_one():
+    assert [trimmed_count(k, 0.1) for k in (2, 3, 5, 9, 10, 11, 50)] == [0, 1, 1, 1, 1, 2, 5]
+    assert trimmed_count(10, 0.0) == 0 and trimmed_count(4, 0.45) == 1
+
+
+def test_a_lying_client_moves_the_trimmed_cost_no_further_than_the_honest_spread():
+    honest = [0.02, 0.01, 0.03, 0.00, 0.02, 0.01, 0.02, 0.03, 0.01]  # differences, 9 clients
+    ref = _answers([0.9] * 10)
+    for lie in (-1.0, -0.1, 0.5):  # client 9 claims the width gained 100 / 10 / lost 50 points
+        got = _answers([0.9 - d for d in honest] + [0.9 - lie])
+        plain, _, _ = paired(ref, got)
+        cost, _, k = paired(ref, got, 0.1)
+        assert k == 10 and min(honest) <= cost <= max(honest)
+        assert abs(plain - sum(honest) / 9) > 0.009  # the plain mean moves by its share
+    # the lie at one end: the other end's honest extreme goes too, the mean of the middle 8
+    got = _answers([0.9 - d for d in honest] + [1.9])
+    kept = sorted(honest)[:-1]
+    assert paired(ref, got, 0.1)[0] == pytest.approx(sum(kept) / 8)
+
+
+def test_the_trimmed_standard_error_is_the_winsorized_one_over_one_minus_twice_the_trim():
+    d = [0.05, -0.02, 0.01, 0.03, 0.0, 0.02, 0.04, -0.01, 0.02, 0.5]
+    ref, got = _answers([0.9] * 10), _answers([0.9 - x for x in d])
+    cost, se, _ = paired(ref, got, 0.1)
+    s = sorted(d)
+    w = [min(max(x, s[1]), s[-2]) for x in d]
+    mean = sum(w) / 10
+    sw = math.sqrt(sum((x - mean) ** 2 for x in w) / 9)
+    assert cost == pytest.approx(sum(s[1:-1]) / 8)
+    assert se == pytest.approx(sw / math.sqrt(10) / 0.8)
+    # with no trimming the figures are the plain ones, bit for bit
+    assert paired(ref, got, 0.0) == paired(ref, got)
 
 
 def test_no_candidate_starts_after_the_window_and_a_pending_one_is_judged_at_the_last_round():

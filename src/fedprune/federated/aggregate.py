@@ -4,9 +4,12 @@
   sample counts, architecture version);
 * :func:`clip_updates` bounds each reply's *update* (its weights minus the weights the server
   sent) by ``clip_factor`` times the median update norm of the round;
+* :func:`screen_directions` leaves out the replies whose update points against the
+  coordinate-wise median update of the round (a sign-flipped update, at any scale);
 * :func:`fedavg` (the sample-weighted mean), :func:`trimmed_mean` and :func:`median`
   (coordinate-wise, every client counting once) average what is left;
-* :func:`robust_aggregate` is the server's rule: clipping, then the chosen average.
+* :func:`robust_aggregate` is the server's rule: clipping, the directions, then the chosen
+  average.
 """
 
 from __future__ import annotations
@@ -190,19 +193,78 @@ def clip_updates(replies: Sequence[tuple[StateDict, int]], reference: StateDict,
     return out, clips
 
 
+class Against(NamedTuple):
+    """A reply whose update points against the round's median update, left out."""
+
+    index: int  # the reply's position in the replies given
+    cosine: float  # the cosine of its update with the round's median update
+
+
+# fewest replies among which a direction is judged: the median of two is their mean, which
+# a long enough update of one of them would steer
+MIN_DIRECTION_REPLIES = 3
+
+
+def _cosine(u: StateDict, c: StateDict) -> float:
+    """The cosine of ``u`` and ``c`` over ``c``'s keys (1 where either is zero)."""
+    dot = sum(float((u[k] * c[k]).sum()) for k in c)
+    nu = math.sqrt(sum(float(u[k].pow(2).sum()) for k in c))
+    nc = math.sqrt(sum(float(c[k].pow(2).sum()) for k in c))
+    return dot / (nu * nc) if nu > 0 and nc > 0 else 1.0
+
+
+def screen_directions(replies: Sequence[tuple[StateDict, int]], reference: StateDict,
+                      min_cosine: float) -> tuple[list[tuple[StateDict, int]], list[Against]]:
+    """Leave out the replies whose update points against the round's: its cosine with the
+    coordinate-wise median of the round's updates (weights minus ``reference``, floating
+    tensors) is below ``min_cosine``.
+
+    A client cannot move the median of the others' coordinates further than their own
+    values reach, so while most clients are honest it points where they do, and an update
+    that pulls the model back (a sign-flipped one, at any scale) is left out whole.  With
+    fewer than :data:`MIN_DIRECTION_REPLIES` replies, or when every reply would go, all are
+    kept.  Deterministic: the same replies give the same choice."""
+    if len(replies) < MIN_DIRECTION_REPLIES:
+        return list(replies), []
+    floats = [k for k, v in reference.items() if v.is_floating_point()]
+    ups = [({k: state[k].to(torch.float64) - reference[k].to(torch.float64) for k in floats},
+            n) for state, n in replies]
+    center = median(ups)
+    kept, against = [], []
+    for i, ((state, n), (u, _)) in enumerate(zip(replies, ups, strict=True)):
+        cos = _cosine(u, center)
+        if cos < min_cosine:
+            against.append(Against(i, cos))
+        else:
+            kept.append((state, n))
+    if not kept:
+        return list(replies), []
+    return kept, against
+
+
 AGGREGATORS = ("fedavg", "trimmed_mean", "median")
+
+
+class Aggregate(NamedTuple):
+    """What :func:`robust_aggregate` made of a round's replies."""
+
+    state: StateDict  # the averaged weights
+    clips: list[Clip]  # replies scaled down to the round's bound
+    against: list[Against]  # replies left out for pointing against the round's updates
 
 
 def robust_aggregate(replies: Sequence[tuple[StateDict, int]], reference: StateDict, *,
                      aggregator: str = "fedavg", clip_factor: float = 0.0,
-                     trim_fraction: float = 0.0) -> tuple[StateDict, list[Clip]]:
-    """The server's aggregation rule: clip, then average.
+                     trim_fraction: float = 0.0, min_cosine: float = -1.0) -> Aggregate:
+    """The server's aggregation rule: clip, screen the directions, then average.
 
-    With ``clip_factor`` > 0 every update is first bounded by :func:`clip_updates`; then
-    ``aggregator`` averages: ``"fedavg"`` (:func:`fedavg`), ``"trimmed_mean"``
-    (:func:`trimmed_mean` of ``trim_fraction``) or ``"median"`` (:func:`median`).  Integer
-    tensors get the rounded weighted mean under plain FedAvg (no clipping) and their lower
-    median otherwise.  Returns the averaged weights and the clipped replies.
+    With ``clip_factor`` > 0 every update is first bounded by :func:`clip_updates`; with
+    ``min_cosine`` > -1 the replies whose update points against the round's median update
+    are then left out (:func:`screen_directions`); then ``aggregator`` averages the rest:
+    ``"fedavg"`` (:func:`fedavg`), ``"trimmed_mean"`` (:func:`trimmed_mean` of
+    ``trim_fraction``) or ``"median"`` (:func:`median`).  Integer tensors get the rounded
+    weighted mean under plain FedAvg (no clipping) and their lower median otherwise.
+    Indices in the clips and the directions left out are positions in ``replies``.
     """
     if aggregator not in AGGREGATORS:
         raise ValueError(f"unknown aggregator {aggregator!r}: choose one of {AGGREGATORS}")
@@ -210,11 +272,15 @@ def robust_aggregate(replies: Sequence[tuple[StateDict, int]], reference: StateD
     clips: list[Clip] = []
     if clip_factor > 0:
         replies, clips = clip_updates(replies, reference, clip_factor)
+    against: list[Against] = []
+    if min_cosine > -1:
+        replies, against = screen_directions(replies, reference, min_cosine)
     if aggregator == "trimmed_mean":
-        return trimmed_mean(replies, trim_fraction), clips
+        return Aggregate(trimmed_mean(replies, trim_fraction), clips, against)
     if aggregator == "median":
-        return median(replies), clips
-    return fedavg(replies, integers="median" if clip_factor > 0 else "mean"), clips
+        return Aggregate(median(replies), clips, against)
+    return Aggregate(fedavg(replies, integers="median" if clip_factor > 0 else "mean"), clips,
+                     against)
 
 
 class Rejection(NamedTuple):
@@ -230,20 +296,25 @@ def screen_replies(
     *,
     versions: Sequence[int] | None = None,
     arch_version: int | None = None,
-    max_samples: int | None = None,
+    max_samples: int | Sequence[int] | None = None,
 ) -> tuple[list[tuple[StateDict, int]], list[Rejection]]:
     """Split replies into those fit to average and those rejected (with the reason).
 
     A reply is rejected when its keys, shapes or dtypes differ from ``reference`` (the
     weights the server sent), when a floating tensor holds NaN or Inf, when its architecture
     version is not ``arch_version``, or when its sample count is not an integer in
-    ``[1, max_samples]``.
+    ``[1, max_samples]`` (one bound for every reply, or one per reply: the training samples
+    the server knows its client holds).
     """
+    limits = (list(max_samples) if isinstance(max_samples, Sequence)
+              else [max_samples] * len(replies))
+    if len(limits) != len(replies):
+        raise ValueError(f"{len(limits)} sample-count bounds for {len(replies)} replies")
     ref_shapes = {k: (tuple(v.shape), v.dtype) for k, v in reference.items()}
     accepted: list[tuple[StateDict, int]] = []
     rejected: list[Rejection] = []
     for i, (state, n) in enumerate(replies):
-        reason = _reply_problem(state, n, ref_shapes, max_samples)
+        reason = _reply_problem(state, n, ref_shapes, limits[i])
         if (reason is None and versions is not None and arch_version is not None
                 and versions[i] != arch_version):
             reason = f"architecture version {versions[i]!r}, expected {arch_version}"
@@ -262,7 +333,7 @@ def _reply_problem(
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         return f"sample count {n!r} is not a positive integer"
     if max_samples is not None and n > max_samples:
-        return f"sample count {n} exceeds the plausible maximum {max_samples}"
+        return f"sample count {n} exceeds the {max_samples} training samples its client holds"
     if not isinstance(state, dict):
         return f"weights are a {type(state).__name__}, not a mapping of tensors"
     if set(state) != set(ref_shapes):

@@ -40,7 +40,7 @@ from ..pruners import (
 from ..pruning import mark_fixed
 from ..pruning.widths import variant_models
 from ..rundir import OpenedRun, RunDir
-from .aggregate import Clip, Rejection
+from .aggregate import Against, Clip, Rejection
 from .averaging import Averaged, average_nested, average_round
 from .client import dropout_schedule, evaluate
 from .meter import ClientCompute, message_bytes, reply_content, train_content, wire_models
@@ -88,7 +88,6 @@ class PruningServer:
         # central evaluation runs on cfg.device as this machine resolves it
         self.device = resolve_device(cfg.device)
         self.test_x, self.test_y = to_device(test_x, self.device), to_device(test_y, self.device)
-        self.max_client_size = max(train_sizes, default=0)
         self.compute = ClientCompute(list(train_sizes), list(val_sizes), cfg.train.local_epochs)
         self.val_sizes = list(val_sizes)  # bound each client's validation answers
         self.test_transform = test_transform  # of test_x
@@ -207,13 +206,13 @@ class PruningServer:
         if nested is None:
             averaged = average_round(rnd, self.cfg.fed, [m for m, _ in plan.models], replies,
                                      arch_version=plan.arch_version,
-                                     max_samples=self.max_client_size,
+                                     sizes=self.compute.train_sizes,
                                      check_versions=delivery.versions)
         else:
             averaged = average_nested(
                 rnd, self.cfg.fed, self.model, [m for m, _ in nested.models], nested.maps,
                 [nested.assign[plan.clients.index(r.client)] for r in replies], replies,
-                arch_version=plan.arch_version, max_samples=self.max_client_size,
+                arch_version=plan.arch_version, sizes=self.compute.train_sizes,
                 check_versions=delivery.versions)
         sent = set(delivery.sent)
         per_client = {c: f for c, f in per_client.items() if c in sent}
@@ -313,6 +312,9 @@ class PruningServer:
         def clip(c: Clip) -> dict[str, Any]:
             return {"client": replies[c.index].client, "norm": c.norm, "bound": c.bound}
 
+        def against(a: Against) -> dict[str, Any]:
+            return {"client": replies[a.index].client, "cosine": a.cosine}
+
         rejected = [entry(d["client"], d.get("node"), d["reason"]) for d in dropped]
         rejected += [of(r) for r in averaged.rejections]
         extra: dict[str, Any] = {"rejected": rejected, "skipped": averaged.skipped,
@@ -321,6 +323,11 @@ class PruningServer:
             extra["trial_rejected"] = [of(r) for r in averaged.trial_rejections]
         if averaged.trial_clips:
             extra["trial_clipped"] = [{"trial": t, **clip(c)} for t, c in averaged.trial_clips]
+        if averaged.against:
+            extra["against"] = [against(a) for a in averaged.against]
+        if averaged.trial_against:
+            extra["trial_against"] = [{"trial": t, **against(a)}
+                                      for t, a in averaged.trial_against]
         if reports_delivery:
             extra.update(sampled=len(plan.clients), sent=len(delivery.sent),
                          failures=delivery.failures, dropped=len(rejected),

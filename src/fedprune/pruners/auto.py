@@ -126,15 +126,31 @@ def stopped(st: AutoState, rnd: int, why: str) -> AutoState:
     return replace(st, status="stopped", stopped_round=rnd, stop_reason=why)
 
 
-def paired(ref: Validation, got: Validation) -> tuple[float, float, int]:
+def trimmed_count(k: int, fraction: float) -> int:
+    """Clients left out at each end of ``k`` paired differences by a trimmed mean of
+    ``fraction``: ``ceil(fraction * k)`` (one of 10, 5 of 50, one of 3), at most
+    ``(k - 1) // 2`` so that one remains; 0 when ``fraction`` is 0."""
+    return min(math.ceil(fraction * k - 1e-9), (k - 1) // 2) if fraction > 0 else 0
+
+
+def paired(ref: Validation, got: Validation, trim: float = 0.0) -> tuple[float, float, int]:
     """``(cost, standard error, clients)`` of the accuracy difference ``ref - got`` over the
     clients that answered both with the same number of samples.
 
-    When every client answered both (the usual case) the cost is the difference of the two
-    pooled accuracies; otherwise it is pooled over the paired clients only, so that a client
-    missing from one side cannot bias it.  The standard error is that of a ratio estimator
-    over clients (their samples differ in number and in difficulty); nan with fewer than two
-    paired clients, and the cost nan with none.
+    Each paired client gives a difference ``d`` over its ``n`` samples.  With ``trim`` = 0
+    the cost is their sample-weighted mean: when every client answered both (the usual case)
+    the difference of the two pooled accuracies, otherwise pooled over the paired clients
+    only, so that a client missing from one side cannot bias it; the standard error is that
+    of a ratio estimator over clients (their samples differ in number and in difficulty).
+
+    With ``trim`` > 0 the :func:`trimmed_count` ``g`` clients of lowest and of highest ``d``
+    are left out (ties by position) and the cost is the sample-weighted mean of the rest: a
+    client can move it no further than the honest clients' differences reach, whatever it
+    answers.  The standard error is the trimmed mean's (Tukey and McLaughlin): the ratio
+    estimator's over all ``k`` clients with each left-out difference replaced by the nearest
+    one kept (winsorized), divided by ``1 - 2 g / k``.
+
+    The standard error is nan with fewer than two paired clients, and the cost nan with none.
     """
     b = {c: (acc, n) for c, acc, n in got.clients}
     pairs = [(n, acc - b[c][0]) for c, acc, n in ref.clients if c in b and b[c][1] == n]
@@ -142,6 +158,16 @@ def paired(ref: Validation, got: Validation) -> tuple[float, float, int]:
     total = sum(n for n, _ in pairs)
     if k == 0 or total == 0:
         return math.nan, math.nan, 0
+    g = trimmed_count(k, trim)
+    if g > 0:
+        order = sorted(range(k), key=lambda j: (pairs[j][1], j))
+        kept = [pairs[j] for j in order[g:k - g]]
+        cost = sum(n * d for n, d in kept) / sum(n for n, _ in kept)
+        lo, hi = pairs[order[g]][1], pairs[order[k - g - 1]][1]
+        wins = [(n, min(max(d, lo), hi)) for n, d in pairs]
+        mean = sum(n * d for n, d in wins) / total
+        var = k / (k - 1) * sum((n * (d - mean)) ** 2 for n, d in wins)
+        return cost, math.sqrt(var) / total / (1 - 2 * g / k), k
     everyone = k == len(ref.clients) == len(got.clients)
     mean = sum(n * d for n, d in pairs) / total
     cost = ref.accuracy - got.accuracy if everyone else mean
@@ -259,7 +285,7 @@ class AutoPruner(Pruner):
         clients = validation_clients(self.cfg.seed, rnd, self.val_pool, p.val_clients)
         ref = validate(*(self.reference or (model, spec)), clients)
         got = validate(cand, cspec, clients)
-        cost, se, n_paired = paired(ref, got)
+        cost, se, n_paired = paired(ref, got, self.cfg.prune.trim_fraction)
         if n_paired == 0 and not last_round:  # nobody answered both: ask again next round
             logger.warning("round %d: no client validated both models; the candidate of "
                            "round %s is judged next round", rnd, st.trial_round)

@@ -287,7 +287,8 @@ class NestedPruner(Pruner):
         choice = len(records) - 1
         for i, rec in enumerate(records[:-1]):
             got = v.variants[i] if i < len(v.variants) else None
-            cost, se, k = paired(v, got) if got is not None else (math.nan, math.nan, 0)
+            cost, se, k = (paired(v, got, p.trim_fraction) if got is not None
+                           else (math.nan, math.nan, 0))
             bound = self._bound(cost, se)
             fits = bool(k > 0 and math.isfinite(bound) and bound <= p.max_accuracy_drop)
             sub = sub_model(model, rec, self.example)
