@@ -279,3 +279,54 @@ def test_a_reply_without_the_trial_copies_still_counts_for_the_model():
     assert record.clients == 4
     assert [r["index"] for r in record.extra["trial_rejected"]] == [0, 1, 2, 3]
     assert all("no trained copy" in r["reason"] for r in record.extra["trial_rejected"])
+
+
+# ----------------------------------------------------------------------------- directions
+
+
+def _honest(gen, m=9):
+    """``m`` updates sharing a direction (plus noise of each client's own)."""
+    common = torch.randn(20, generator=gen)
+    return [common + 0.8 * torch.randn(20, generator=gen) for _ in range(m)]
+
+
+def test_an_update_pointing_against_the_median_is_left_out_at_any_scale():
+    from fedprune.federated.aggregate import screen_directions
+
+    gen = torch.Generator().manual_seed(0)
+    ref = {"w": torch.zeros(20), "n": torch.zeros((), dtype=torch.long)}
+    ups = _honest(gen)
+    for scale in (1e-3, 1.0, 2.99, 1e4):
+        flipped = -scale * ups[3]
+        replies = [({"w": u, "n": ref["n"]}, 10) for u in [*ups, flipped]]
+        kept, against = screen_directions(replies, ref, 0.0)
+        assert [a.index for a in against] == [9] and against[0].cosine < 0
+        assert [k[0] for k in kept] == [r[0] for r in replies[:9]]
+    # every honest update points along the median: nothing is left out, the average is
+    # bit for bit the one without the screen
+    honest = [({"w": u, "n": ref["n"]}, 10 + i) for i, u in enumerate(ups)]
+    on = robust_aggregate(honest, ref, clip_factor=3.0, min_cosine=0.0)
+    off = robust_aggregate(honest, ref, clip_factor=3.0, min_cosine=-1.0)
+    assert on.against == [] and torch.equal(on.state["w"], off.state["w"])
+
+
+def test_three_colluding_flips_of_ten_are_left_out_and_two_replies_are_never_judged():
+    from fedprune.federated.aggregate import screen_directions
+
+    gen = torch.Generator().manual_seed(1)
+    ref = {"w": torch.zeros(20)}
+    ups = _honest(gen, 7)
+    mean = sum(ups) / 7
+    replies = [({"w": u}, 1) for u in ups] + [({"w": -2.99 * mean}, 1)] * 3
+    out = robust_aggregate(replies, ref, clip_factor=3.0, min_cosine=0.0)
+    assert [a.index for a in out.against] == [7, 8, 9]
+    assert torch.allclose(out.state["w"], mean.to(torch.float32), atol=1e-6)
+    # the median of two is their mean: no direction is judged among fewer than three
+    two = [({"w": ups[0]}, 1), ({"w": -10 * ups[0]}, 1)]
+    assert screen_directions(two, ref, 0.0) == (two, [])
+
+
+def test_the_direction_setting_is_bounded():
+    with pytest.raises(ConfigError, match="fed.min_cosine"):
+        from_dict({"fed": {"min_cosine": 1.5}})
+    assert from_dict({"fed": {"min_cosine": -1.0}}).fed.min_cosine == -1.0

@@ -621,3 +621,53 @@ def test_ordered_dropout_per_batch_costs_less_compute_and_sends_the_narrower_wid
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
     with pytest.raises(Exception, match="prune.ordered_dropout"):
         from_dict({"prune": {"ordered_dropout": "sometimes"}})
+
+
+def test_a_nested_update_pointing_against_the_median_is_left_out_whatever_its_width():
+    # updates of widths 2 and 4 along (1, 1, 1, 1); client 3's (width 2) points back
+    values = [[1.0, 1.2], [0.9, 1.1, 1.0, 0.8], [1.1, 0.9, 1.2, 1.0], [-5.0, -6.0]]
+    got, out = _nested([0.0] * 4, [2, 4], values, [1, 1, 1, 1])
+    assert [a.index for a in out.against] == [3] and out.against[0].cosine < 0
+    assert out.clients == 3
+    assert got == pytest.approx([1.0, 3.2 / 3, 1.1, 0.9])
+    # off: the flip is averaged in
+    got, out = _nested([0.0] * 4, [2, 4], values, [1, 1, 1, 1], min_cosine=-1.0)
+    assert out.against == [] and got[0] == pytest.approx(-0.5)
+
+
+@pytest.mark.parametrize("lie", ["cut", "keep"])
+def test_one_lying_client_of_ten_does_not_change_the_decision(lie):
+    # every narrower width 0 or 1 point below the full one, by client; client 9 answers
+    # falsely within every bound the server checks: "cut" = the full model wrong on every
+    # sample and every width right; "keep" = every narrower width wrong on every sample
+    from fedprune.pruners import Validation
+
+    ids = list(range(10))
+
+    def answers(liar):
+        def validate(m, s, clients, variants=(), calibrate=0):
+            full, narrow = [], []
+            for c in ids:
+                a, b = 1.0, 1.0 - 0.01 * (c % 2)
+                if liar and c == 9:
+                    a, b = (0.0, 1.0) if lie == "cut" else (1.0, 0.0)
+                full.append((c, a, 100))
+                narrow.append((c, b, 100))
+            pool = lambda rows: Validation(sum(a for _, a, _ in rows) / 10, 1000, 0.1,  # noqa: E731
+                                           tuple(rows), (), (0.1,) * 10)
+            return pool(full)._replace(variants=(pool(narrow),) * len(variants))
+        return validate
+
+    def decisions(trim, liar):
+        pruner, model, spec = _pruner({"max_accuracy_drop": 0.01, "trim_fraction": trim})
+        out = []
+        for rnd in (3, 5):
+            pruner.nested(rnd, model, spec, ids[:4])
+            step = pruner.after_aggregate(rnd, model, spec, answers(liar))
+            out.append((step.record["judged"]["decision"], step.record["judged"]["chosen"]))
+        return out
+
+    honest = decisions(0.1, False)
+    assert honest[-1][0] == "cut"
+    assert decisions(0.1, True) == honest  # trimmed: the lie is left out
+    assert decisions(0.0, True) != decisions(0.0, False)  # the plain mean: the lie decides

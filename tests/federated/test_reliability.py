@@ -43,6 +43,25 @@ def test_each_kind_of_bad_reply_is_rejected_with_its_reason(reply, reason):
     assert [r.index for r in rejected] == [1] and reason in rejected[0].reason
 
 
+def test_a_sample_count_is_bounded_by_the_clients_own_partition():
+    # client 0 holds 107 samples and claims 228, the largest partition's: rejected (its
+    # weight would double); client 1 holding 228 may say so, and fewer is no gain
+    from fedprune.federated.averaging import average_round
+    from fedprune.federated.transport import TrainReply
+    from fedprune.models import new_model
+
+    model, _ = new_model("cnn_femnist", num_classes=10, in_channels=1, image_size=28,
+                         widths=[4, 8], seed=0)
+    state = model.state_dict()
+    fed = from_dict({}).fed
+    replies = [TrainReply(0, (state,), 228), TrainReply(1, (state,), 228),
+               TrainReply(2, (state,), 50)]
+    out = average_round(1, fed, [model], replies, arch_version=0, sizes=[107, 228, 60])
+    assert [(r.index, r.reason) for r in out.rejections] == [
+        (0, "sample count 228 exceeds the 107 training samples its client holds")]
+    assert out.clients == 2
+
+
 def test_stale_architecture_version_is_rejected():
     accepted, rejected = screen_replies([(_ok(), 3), (_ok(), 4)], REF, versions=[2, 1],
                                         arch_version=2)

@@ -83,6 +83,56 @@ def _loop_run(values, run_dir, scale=None, run=None, **fed):
         loop_mod.make_trainer = real_make
 
 
+def _flip_run(run_dir, factor, **fed):
+    """A dense loop run in which client ``ROGUE`` sends its update sign-flipped and scaled to
+    ``factor`` times the median norm of the round's honest updates (it knows them all: the
+    rogue a norm bound of 3 medians cannot see at 2.99)."""
+    from fedprune.federated.aggregate import update_norm
+
+    cfg = _cfg(DENSE, **fed)
+    data = load_federated(cfg.data, cfg.seed)
+    rogue_y = data.clients[ROGUE].y
+    real_make = loop_mod.make_trainer
+
+    def make_trainer(model, cfg, device=None):
+        trainer = real_make(model, cfg, device)
+        real_train = trainer.train
+
+        def train(sent, jobs):
+            out = real_train(sent, jobs)
+            norms = [update_norm(s, sent) for job, (s, _, _) in zip(jobs, out, strict=True)
+                     if job.y is not rogue_y]
+            med = sorted(norms)[len(norms) // 2]
+            return [(rogue_state(s, sent, -factor * med / update_norm(s, sent)), n, m)
+                    if job.y is rogue_y else (s, n, m)
+                    for job, (s, n, m) in zip(jobs, out, strict=True)]
+
+        trainer.train = train
+        return trainer
+
+    loop_mod.make_trainer = make_trainer
+    try:
+        return run_simulation(cfg, run_dir, data=data)
+    finally:
+        loop_mod.make_trainer = real_make
+
+
+def test_a_sign_flip_just_inside_the_bound_is_left_out_for_its_direction(tmp_path, honest):
+    # at 2.99 median norms the bound lets it through; its direction does not
+    res = _flip_run(tmp_path / "on", 2.99)
+    rows = read_rounds(tmp_path / "on")
+    assert res.summary["accuracy"] == pytest.approx(honest("dense")[ROUNDS], abs=TOLERANCE)
+    left = [[a["client"] for a in r.get("against", [])] for r in rows]
+    assert sum(ROGUE in c for c in left) >= 0.8 * ROUNDS
+    assert sum(len(c) - (ROGUE in c) for c in left) <= 3  # honest ones, rarely
+    assert all(a["cosine"] < 0 for r in rows for a in r.get("against", []))
+    assert all(r["clipped"] == [] for r in rows)  # never beyond the bound
+    # without the direction screen the same rogue costs more than the tolerance
+    off = _flip_run(tmp_path / "off", 2.99, min_cosine=-1.0)
+    assert off.summary["accuracy"] < honest("dense")[ROUNDS] - TOLERANCE
+    assert all("against" not in r for r in read_rounds(tmp_path / "off"))
+
+
 def _accuracies(run_dir) -> dict[int, float]:
     """Test accuracy by round, for the rounds evaluated."""
     return {r["round"]: r["accuracy"] for r in read_rounds(run_dir) if r["accuracy"] is not None}
@@ -216,6 +266,9 @@ def test_flower_app_and_loop_agree_on_the_rogue_run(tmp_path):
     loop_rows, flower_rows = read_rounds(tmp_path / "loop"), read_rounds(tmp_path / "flower")
     assert [r["clipped"] for r in flower_rows] == [r["clipped"] for r in loop_rows]
     assert all(r["clipped"] for r in loop_rows)
+    # the direction screen too: the flipped update is left out in both, by the same rule
+    assert [r.get("against") for r in flower_rows] == [r.get("against") for r in loop_rows]
+    assert all(ROGUE in [a["client"] for a in r.get("against", [])] for r in loop_rows[1:])
     _, a, _ = load_checkpoint(tmp_path / "loop" / "checkpoint.pt")
     _, b, _ = load_checkpoint(tmp_path / "flower" / "checkpoint.pt")
     sa, sb = a.state_dict(), b.state_dict()

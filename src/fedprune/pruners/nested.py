@@ -29,7 +29,9 @@ them for more work or traffic than dense FedAvg would while it searches:
    the model were accumulated by all the widths together, and a narrow width measured with
    them looks worse than it is.  Each width's *cost* is the full width's validation accuracy minus its own, on
    the same samples, with its standard error from the clients' paired differences (as
-   ``auto-paired`` does).  The width chosen is the narrowest whose cost (a negative one
+   ``auto-paired`` does), trimmed over clients (``prune.trim_fraction``:
+   :func:`~fedprune.pruners.auto.paired`), so that a few clients answering falsely move it
+   no further than the honest clients' differences reach.  The width chosen is the narrowest whose cost (a negative one
    counted as 0: a width cut from the full one gains nothing but noise) plus
    ``prune.confidence_z`` standard errors fits ``prune.max_accuracy_drop``.
 4. **One cut.**  From the second judgement on (``prune.decide = "pooled"``, the default),
