@@ -64,6 +64,8 @@ RULES = {
     "median": {"aggregator": "median"},
     "plain": {"clip_factor": 0.0, "min_cosine": -1.0},  # plain FedAvg
     "clip2": {"clip_factor": 2.0},
+    # the automatic method's costs as plain pooled differences (no trimming)
+    "untrimmed": {"prune": {"trim_fraction": 0.0}},
 }
 ATTACKS = ["none", "x1e4", "flip@2.99", "flip@1", "flip@2.99+n", "mean@-2.99"]
 ROGUES = {1: (3,), 3: (3, 5, 7)}
@@ -152,8 +154,10 @@ def lie(attack: str, rogues, v):
     return pool_validation(answers, per if v.variants else None)
 
 
-def run(values, rule_fed, attack, rogues, out: Path):
-    cfg = from_dict({**values, "fed": {**values["fed"], **rule_fed}})
+def run(values, rule, attack, rogues, out: Path):
+    fed = {k: v for k, v in rule.items() if k != "prune"}
+    cfg = from_dict({**values, "fed": {**values["fed"], **fed},
+                     "prune": {**values.get("prune", {}), **rule.get("prune", {})}})
     data = load_federated(cfg.data, cfg.seed)
     max_n = max(len(c) for c in data.clients)
     real = loop_mod.LocalTransport

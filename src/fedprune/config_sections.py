@@ -299,7 +299,7 @@ class FedConfig:
                "'fedavg', 'trimmed_mean' or 'median'", self.aggregator)
         _check(0 <= self.trim_fraction < 0.5, "fed.trim_fraction",
                "in [0, 0.5) (the share cut from each end)", self.trim_fraction)
-        _check(-1 <= self.min_cosine <= 1, "fed.min_cosine",
-               "in [-1, 1] (-1: no update is left out for its direction)", self.min_cosine)
+        _check(-1 <= self.min_cosine < 1, "fed.min_cosine",
+               "in [-1, 1) (-1: no update is left out for its direction)", self.min_cosine)
         _check(self.payload_dtype in ("float32", "bfloat16"), "fed.payload_dtype",
                "'float32' or 'bfloat16'", self.payload_dtype)

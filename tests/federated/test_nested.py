@@ -623,12 +623,20 @@ def test_ordered_dropout_per_batch_costs_less_compute_and_sends_the_narrower_wid
         from_dict({"prune": {"ordered_dropout": "sometimes"}})
 
 
+def test_a_wide_update_cannot_pass_on_coordinates_too_few_others_hold():
+    # four updates of width 2 along (1, 1); a width-4 rogue flips the shared coordinates and
+    # pushes its own two hard: judged over the shared ones only, it is left out
+    values = [[1.0, 1.1], [0.9, 1.0], [1.1, 0.9], [1.0, 1.0], [-1.0, -1.0, 9.0, 9.0]]
+    _, out = _nested([0.0] * 4, [2, 4], values, [1] * 5)
+    assert [a.index for a in out.against] == [4]
+
+
 def test_a_nested_update_pointing_against_the_median_is_left_out_whatever_its_width():
     # updates of widths 2 and 4 along (1, 1, 1, 1); client 3's (width 2) points back
     values = [[1.0, 1.2], [0.9, 1.1, 1.0, 0.8], [1.1, 0.9, 1.2, 1.0], [-5.0, -6.0]]
     got, out = _nested([0.0] * 4, [2, 4], values, [1, 1, 1, 1])
     assert [a.index for a in out.against] == [3] and out.against[0].cosine < 0
-    assert out.clients == 3
+    assert out.clients == 4  # passed screening; one of them left out for its direction
     assert got == pytest.approx([1.0, 3.2 / 3, 1.1, 0.9])
     # off: the flip is averaged in
     got, out = _nested([0.0] * 4, [2, 4], values, [1, 1, 1, 1], min_cosine=-1.0)
@@ -653,8 +661,9 @@ def test_one_lying_client_of_ten_does_not_change_the_decision(lie):
                     a, b = (0.0, 1.0) if lie == "cut" else (1.0, 0.0)
                 full.append((c, a, 100))
                 narrow.append((c, b, 100))
-            pool = lambda rows: Validation(sum(a for _, a, _ in rows) / 10, 1000, 0.1,  # noqa: E731
-                                           tuple(rows), (), (0.1,) * 10)
+            def pool(rows):
+                return Validation(sum(a for _, a, _ in rows) / 10, 1000, 0.1, tuple(rows), (),
+                                  (0.1,) * 10)
             return pool(full)._replace(variants=(pool(narrow),) * len(variants))
         return validate
 

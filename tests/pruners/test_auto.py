@@ -188,8 +188,12 @@ def _answers(accs, n=100):
 
 
 def test_trimmed_count_leaves_one_of_ten_out_at_each_end_and_always_keeps_one():
-    assert [trimmed_count(k, 0.1) for k in (2, 3, 5, 9, 10, 11, 50)] == [0, 1, 1, 1, 1, 2, 5]
-    assert trimmed_count(10, 0.0) == 0 and trimmed_count(4, 0.45) == 1
+    assert [trimmed_count(k, 0.1) for k in (2, 3, 4, 5, 9, 10, 11, 50)] == [
+        0, 0, 1, 1, 1, 1, 2, 5]
+    assert trimmed_count(10, 0.0) == 0 and trimmed_count(5, 0.45) == 1
+    # three clients keep their spread: no standard error of 0 from a single one left
+    ref, got = _answers([0.9] * 3), _answers([0.85, 0.9, 0.8])
+    assert paired(ref, got, 0.1) == paired(ref, got)
 
 
 def test_a_lying_client_moves_the_trimmed_cost_no_further_than_the_honest_spread():
@@ -219,6 +223,18 @@ def test_the_trimmed_standard_error_is_the_winsorized_one_over_one_minus_twice_t
     assert se == pytest.approx(sw / math.sqrt(10) / 0.8)
     # with no trimming the figures are the plain ones, bit for bit
     assert paired(ref, got, 0.0) == paired(ref, got)
+    # clients of unequal sizes: the sum of squares over the kept clients' samples
+    sizes = [50, 100, 100, 100, 100, 100, 100, 100, 100, 400]
+    ref = Validation(0.9, sum(sizes), 0.3, tuple((c, 0.9, n) for c, n in enumerate(sizes)))
+    got = Validation(0.9, sum(sizes), 0.3, tuple((c, 0.9 - x, n)
+                                                 for c, (x, n) in enumerate(zip(d, sizes))))
+    cost, se, _ = paired(ref, got, 0.1)
+    kept = [(n, x) for x, n in zip(d, sizes) if x not in (s[0], s[-1])]
+    held = sum(n for n, _ in kept)
+    assert cost == pytest.approx(sum(n * x for n, x in kept) / held)
+    wm = sum(n * x for x, n in zip(w, sizes)) / sum(sizes)
+    var = 10 / 9 * sum((n * (x - wm)) ** 2 for x, n in zip(w, sizes))
+    assert se == pytest.approx(math.sqrt(var) / held)
 
 
 def test_no_candidate_starts_after_the_window_and_a_pending_one_is_judged_at_the_last_round():

@@ -238,6 +238,8 @@ def screen_directions(replies: Sequence[tuple[StateDict, int]], reference: State
         else:
             kept.append((state, n))
     if not kept:
+        logger.warning("every update points against the round's median update: none is "
+                       "left out")
         return list(replies), []
     return kept, against
 

@@ -40,7 +40,9 @@ StateDict = dict[str, torch.Tensor]
 class Averaged:
     """What the server did with the replies of one round."""
 
-    clients: int = 0  # replies aggregated (0 when skipped)
+    # replies that passed screening (0 when skipped): averaged, or left out for their
+    # direction (``against``)
+    clients: int = 0
     skipped: bool = False  # fewer valid replies than fed.min_replies: nothing averaged
     rejections: list[Rejection] = field(default_factory=list)  # screened out, by reply index
     trial_rejections: list[Rejection] = field(default_factory=list)  # trial copies left out
@@ -56,7 +58,8 @@ def average_round(rnd: int, fed: FedConfig, models: Sequence[nn.Module],
                   sizes: Sequence[int] | None, check_versions: bool = False) -> Averaged:
     """Screen ``replies`` (in client order) and average the valid ones into ``models[0]``;
     each trial model ``models[t]`` (t >= 1) over the copies of the clients whose reply to the
-    global model was accepted, by the same rule (clipped against the median of its own
+    global model was accepted and averaged (not left out for its direction), by the same
+    rule (clipped against the median of its own
     copies' updates), so that every model of the round learns from the same clients in the
     same way.  A missing or unfit copy is a trial rejection.  Fewer valid replies than
     ``fed.min_replies`` skip the round: no model is averaged.
@@ -91,7 +94,9 @@ def average_round(rnd: int, fed: FedConfig, models: Sequence[nn.Module],
     for t, model in enumerate(models[1:]):
         copies = [None if r.states[t + 1] is None else round_trip(r.states[t + 1], wire)
                   for r in replies]
-        unfit, clipped, left = _average_trial(t, model, copies, main, bad, fed, max_samples)
+        unfit, clipped, left = _average_trial(t, model, copies, main,
+                                              bad | {a.index for a in against}, fed,
+                                              max_samples)
         trial_rejected += unfit
         trial_clips += [(t, c) for c in clipped]
         trial_against += [(t, a) for a in left]
@@ -224,11 +229,11 @@ def average_nested(rnd: int, fed: FedConfig, model: nn.Module,
     if fed.clip_factor > 0:
         norms = [math.sqrt(sum(float(v.pow(2).sum()) for _, v in u.values()))
                  for _, u, _ in updates]
-        sizes = [sum(v.numel() for _, v in u.values()) for _, u, _ in updates]
-        rms = [nm / math.sqrt(max(sz, 1)) for nm, sz in zip(norms, sizes, strict=True)]
+        numels = [sum(v.numel() for _, v in u.values()) for _, u, _ in updates]
+        rms = [nm / math.sqrt(max(sz, 1)) for nm, sz in zip(norms, numels, strict=True)]
         level = fed.clip_factor * statistics.median(rms)
         for j, (i, u, n) in enumerate(updates):
-            bound = level * math.sqrt(max(sizes[j], 1))
+            bound = level * math.sqrt(max(numels[j], 1))
             if norms[j] > bound:
                 scale = (bound / norms[j]) ** 2
                 updates[j] = (i, {k: (p, v * scale) for k, (p, v) in u.items()}, n)
@@ -239,14 +244,18 @@ def average_nested(rnd: int, fed: FedConfig, model: nn.Module,
         if len(against) < len(updates):
             gone = {a.index for a in against}
             updates = [u for u in updates if u[0] not in gone]
-            accepted = [a for a in accepted if a[0] not in gone]
+            averaged = [a for a in accepted if a[0] not in gone]
         else:
+            logger.warning("round %d: every update points against the round's median update: "
+                           "none is left out", rnd)
             against = []
+    else:
+        averaged = accepted
     new: StateDict = {}
     for key, ref in full.items():
         if not ref.is_floating_point() or key not in maps[0]:
             # not pruned (BN's num_batches_tracked): as the usual average treats integers
-            kept = [({key: state[key]}, n) for _, state, n in accepted]
+            kept = [({key: state[key]}, n) for _, state, n in averaged]
             new[key] = (fedavg(kept)[key] if fed.aggregator == "fedavg" and fed.clip_factor == 0
                         else _integer_median(kept, key))
             continue
@@ -261,9 +270,8 @@ def average_nested(rnd: int, fed: FedConfig, model: nn.Module,
     model.load_state_dict(new)
     round_model(model, wire)
     clients = [r.client for r in replies]
-    _log_clips(rnd, "the model (nested widths)", clips, len(accepted) + len(against), clients)
-    _log_against(rnd, "the model (nested widths)", against, len(accepted) + len(against),
-                 clients)
+    _log_clips(rnd, "the model (nested widths)", clips, len(accepted), clients)
+    _log_against(rnd, "the model (nested widths)", against, len(accepted), clients)
     return Averaged(clients=len(accepted), rejections=rejected, clips=clips, against=against)
 
 
@@ -283,10 +291,13 @@ def _nested_directions(full: StateDict,
                        updates: Sequence[tuple[int, dict[str, tuple[torch.Tensor,
                                                                     torch.Tensor]], int]],
                        min_cosine: float) -> list[Against]:
-    """The updates (of nested widths) whose cosine with the round's median update, over the
-    coordinates their width holds, is below ``min_cosine``: the median taken per coordinate
-    over the updates that hold it (as :func:`~.aggregate.screen_directions` does for
-    updates of one shape); by reply index."""
+    """The updates (of nested widths) whose cosine with the round's median update is below
+    ``min_cosine``: the median taken per coordinate over the updates that hold it, the
+    cosine over the coordinates of the update's width that at least
+    :data:`~.aggregate.MIN_DIRECTION_REPLIES` updates hold (where fewer do, the median is
+    the update's own value or a mean it steers: a wide width could point its own
+    coordinates where it likes and pass); by reply index (as
+    :func:`~.aggregate.screen_directions` does for updates of one shape)."""
     center: dict[str, torch.Tensor] = {}
     for key, ref in full.items():
         if key not in updates[0][1]:
@@ -294,13 +305,18 @@ def _nested_directions(full: StateDict,
         c = torch.empty(ref.numel(), dtype=torch.float64)
         for start in range(0, ref.numel(), CHUNK):
             stop = min(ref.numel(), start + CHUNK)
-            c[start:stop] = _column_median(_rows(updates, key, start, stop))
+            rows = _rows(updates, key, start, stop)
+            shared = (~torch.isnan(rows)).sum(dim=0) >= MIN_DIRECTION_REPLIES
+            c[start:stop] = torch.where(shared, _column_median(rows),
+                                        torch.full_like(rows[0], math.nan))
         center[key] = c
     out = []
     for i, u, _ in updates:
         dot = nu = nc = 0.0
         for key, (pos, val) in u.items():
             cv = center[key][pos]
+            shared = ~torch.isnan(cv)
+            val, cv = val[shared], cv[shared]
             dot += float((val * cv).sum())
             nu += float(val.pow(2).sum())
             nc += float(cv.pow(2).sum())

@@ -69,8 +69,8 @@ class PruningServer:
 
     ``train_sizes`` and ``val_sizes`` (per client: training and validation samples) describe
     the population the server samples from and what the meter counts the clients' compute
-    by; ``test_x``/``test_y`` are the held-out test split for central evaluation.  The
-    largest training size bounds a plausible reply's sample count.  With a run directory
+    by; ``test_x``/``test_y`` are the held-out test split for central evaluation.  A
+    client's training size bounds the sample count its reply may claim.  With a run directory
     (opened by :meth:`fedprune.rundir.RunDir.open`, given to :meth:`begin`), every finished
     round is appended to ``rounds.jsonl`` and checkpointed.
     """

@@ -114,7 +114,7 @@ def _serve(grid: Grid, cfg: ExperimentConfig, settings: FlowerSettings, run: Ope
     if run is None:
         logger.warning("out-dir is not set: no rounds.jsonl / summary.json are written")
     # the ServerApp loads the same partitions as the ClientApps (for the test split and the
-    # plausible sample counts), so it builds the server exactly as the in-process loop does
+    # sample counts each reply may claim), so it builds the server exactly as the in-process loop does
     server = PruningServer.for_data(cfg, data, on_round=on_round)
     nodes = NodeDirectory(cfg, query_timeout=settings.round_timeout,
                           simulation=is_simulation(grid) if simulation is None else simulation)

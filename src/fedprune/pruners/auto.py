@@ -128,9 +128,10 @@ def stopped(st: AutoState, rnd: int, why: str) -> AutoState:
 
 def trimmed_count(k: int, fraction: float) -> int:
     """Clients left out at each end of ``k`` paired differences by a trimmed mean of
-    ``fraction``: ``ceil(fraction * k)`` (one of 10, 5 of 50, one of 3), at most
-    ``(k - 1) // 2`` so that one remains; 0 when ``fraction`` is 0."""
-    return min(math.ceil(fraction * k - 1e-9), (k - 1) // 2) if fraction > 0 else 0
+    ``fraction``: ``ceil(fraction * k)`` (one of 10, 5 of 50, one of 4), at most
+    ``(k - 2) // 2`` so that two remain (a spread needs two: three clients are not
+    trimmed); 0 when ``fraction`` is 0."""
+    return min(math.ceil(fraction * k - 1e-9), (k - 2) // 2) if fraction > 0 else 0
 
 
 def paired(ref: Validation, got: Validation, trim: float = 0.0) -> tuple[float, float, int]:
@@ -148,7 +149,8 @@ def paired(ref: Validation, got: Validation, trim: float = 0.0) -> tuple[float, 
     client can move it no further than the honest clients' differences reach, whatever it
     answers.  The standard error is the trimmed mean's (Tukey and McLaughlin): the ratio
     estimator's over all ``k`` clients with each left-out difference replaced by the nearest
-    one kept (winsorized), divided by ``1 - 2 g / k``.
+    one kept (winsorized), its sum of squares taken over the kept clients' samples instead
+    of all of them (``1 - 2 g / k`` of them when every client holds as many).
 
     The standard error is nan with fewer than two paired clients, and the cost nan with none.
     """
@@ -162,12 +164,13 @@ def paired(ref: Validation, got: Validation, trim: float = 0.0) -> tuple[float, 
     if g > 0:
         order = sorted(range(k), key=lambda j: (pairs[j][1], j))
         kept = [pairs[j] for j in order[g:k - g]]
-        cost = sum(n * d for n, d in kept) / sum(n for n, _ in kept)
+        held = sum(n for n, _ in kept)
+        cost = sum(n * d for n, d in kept) / held
         lo, hi = pairs[order[g]][1], pairs[order[k - g - 1]][1]
         wins = [(n, min(max(d, lo), hi)) for n, d in pairs]
         mean = sum(n * d for n, d in wins) / total
         var = k / (k - 1) * sum((n * (d - mean)) ** 2 for n, d in wins)
-        return cost, math.sqrt(var) / total / (1 - 2 * g / k), k
+        return cost, math.sqrt(var) / held, k
     everyone = k == len(ref.clients) == len(got.clients)
     mean = sum(n * d for n, d in pairs) / total
     cost = ref.accuracy - got.accuracy if everyone else mean
