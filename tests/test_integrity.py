@@ -583,3 +583,15 @@ def test_a_cache_whose_meta_json_has_no_checksum_of_its_own_is_prepared_again(
     assert {k: v for k, v in again.items() if k not in volatile} == {
         k: v for k, v in meta.items() if k not in volatile}
     assert again[META_DIGEST_KEY] == _reseal(again)[META_DIGEST_KEY]
+
+
+def test_an_export_to_a_full_disk_names_its_file_and_leaves_nothing(small_disk, tmp_path,
+                                                                     capsys):
+    cfg = from_dict({**TINY, "model": {"widths": [32, 64]},
+                     "fed": {**TINY["fed"], "rounds": 1}, "prune": {"enabled": False}})
+    run_simulation(cfg, tmp_path / "r")
+    target = small_disk / "model.onnx"  # larger than the 48 kB the disk holds
+    assert main(["export", str(tmp_path / "r"), "--out", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert f"{target}: No space left on device" in err and len(err.strip().splitlines()) == 1
+    assert list(small_disk.iterdir()) == []

@@ -127,6 +127,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
             report = export_executorch(model, x, tmp)
         os.link(tmp, out)
+    except OSError as exc:  # a full disk, a read-only folder: name the file asked for
+        if exc.filename in (None, str(tmp)):
+            raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     report = dataclasses.replace(report, path=out)
