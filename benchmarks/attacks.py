@@ -6,23 +6,29 @@ then lies in its reply; the attacks know every honest update of the round (the s
 rogue a norm bound faces):
 
 * ``x1e4``: the update scaled by 10^4;
-* ``flip@2.99``: the update sign-flipped and scaled to 2.99 x the median norm of the round's
-  honest updates (just inside the default bound of 3);
-* ``flip@1``: sign-flipped at the median norm;
+* ``flip@F``: the update sign-flipped and scaled to F x the median norm of the round's
+  honest updates (``flip@2.99``: just inside the default bound of 3);
 * ``flip@2.99+n``: ``flip@2.99`` claiming the largest training partition's sample count
-  (within the plausibility bound of the largest partition);
+  (the earlier bound's maximum; today a count above the client's own partition is rejected);
 * ``mean@-2.99``: colluding rogues all send minus the honest mean update, scaled to 2.99 x
   the median norm (the "inner product" attack);
+* ``orth@F``: built to pass the direction screen: minus the rogue's own update's part
+  orthogonal to the honest median update, with a cosine of +0.01 with it, at F median norms;
 * ``val-cut`` / ``val-keep``: validation answers that claim the narrowest widths lose
   nothing (every width right on every sample, the full model wrong on every one) or that
   every narrower width is wrong on every sample (``--auto`` only).
 
-``--rogues 1`` (client 3) or ``3`` (clients 3, 5, 7).  Printed as a Markdown table, one row
-per rule, one column per attack::
+Rules (``--rules``): ``default`` (``fed.clip_factor`` 3, ``fed.min_cosine`` 0, FedAvg),
+``no-direction`` (the bound alone), ``trimmed_mean`` and ``median`` (with the default bound
+and direction screen), ``plain`` (plain FedAvg), ``clip2``, and for ``--auto``
+``untrimmed`` (the paired costs not trimmed).  ``--rogues 1`` (client 3) or ``3`` (clients
+3, 5, 7).  Printed as a Markdown table, one row per rule, one column per attack; in a cell
+the final accuracy, (h/r) the honest and rogue updates left out for their direction, and
+with ``--auto`` the widths cut to and the round::
 
     python benchmarks/attacks.py --rogues 1
     python benchmarks/attacks.py --rogues 3 --attacks none flip@1 flip@2.99
-    python benchmarks/attacks.py --auto --rules default --attacks none val-cut flip@2.99
+    python benchmarks/attacks.py --auto --rules default untrimmed --attacks none val-cut
 """
 
 from __future__ import annotations
@@ -67,7 +73,7 @@ RULES = {
     # the automatic method's costs as plain pooled differences (no trimming)
     "untrimmed": {"prune": {"trim_fraction": 0.0}},
 }
-ATTACKS = ["none", "x1e4", "flip@2.99", "flip@1", "flip@2.99+n", "mean@-2.99"]
+ATTACKS = ["none", "x1e4", "flip@2.99", "flip@1", "mean@-2.99", "flip@2.99+n", "orth@2.99"]
 ROGUES = {1: (3,), 3: (3, 5, 7)}
 
 
@@ -108,6 +114,9 @@ def attack_replies(attack: str, rogues, replies, sent_of, max_n: int):
             elif attack.startswith("flip@"):
                 factor = float(attack[5:].split("+")[0])
                 state = _send(sent, u, -factor * med / max(_norm(u), 1e-300))
+            elif attack.startswith(("orth@", "mean@")) and not [
+                    j for j in honest if set(ups[j]) == set(u)]:
+                continue  # no honest update of its width to aim by: it sends its own
             elif attack.startswith("orth@"):
                 # minus its own update, less its part along the honest median update: a
                 # cosine of +0.01 with it, at the given multiple of the median norm
