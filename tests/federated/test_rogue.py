@@ -54,14 +54,10 @@ def rogue_state(state, sent, scale):
 # ----------------------------------------------------------------------------- the loop
 
 
-def _loop_run(values, run_dir, scale=None, run=None, **fed):
-    """A loop run; with ``scale``, client ``ROGUE`` scales every update it trains (the model's
-    and the trial models').  ``run``: further arguments of :func:`run_simulation`."""
-    cfg = _cfg(values, **fed)
-    data = load_federated(cfg.data, cfg.seed)
-    run = run or {}
-    if scale is None:
-        return run_simulation(cfg, run_dir, data=data, **run)
+def _with_rogue(cfg, data, run_dir, lie, run=None):
+    """:func:`run_simulation` in which client ``ROGUE`` lies: every training call's replies
+    ``[(state, n, metrics)]`` pass through ``lie(sent, replies, rogue)``, ``rogue[i]`` telling
+    whether the ``i``-th is the rogue's."""
     rogue_y = data.clients[ROGUE].y
     real_make = loop_mod.make_trainer
 
@@ -70,17 +66,31 @@ def _loop_run(values, run_dir, scale=None, run=None, **fed):
         real_train = trainer.train
 
         def train(sent, jobs):
-            return [(rogue_state(s, sent, scale), n, m) if job.y is rogue_y else (s, n, m)
-                    for job, (s, n, m) in zip(jobs, real_train(sent, jobs), strict=True)]
+            return lie(sent, real_train(sent, jobs), [job.y is rogue_y for job in jobs])
 
         trainer.train = train
         return trainer
 
     loop_mod.make_trainer = make_trainer
     try:
-        return run_simulation(cfg, run_dir, data=data, **run)
+        return run_simulation(cfg, run_dir, data=data, **(run or {}))
     finally:
         loop_mod.make_trainer = real_make
+
+
+def _loop_run(values, run_dir, scale=None, run=None, **fed):
+    """A loop run; with ``scale``, client ``ROGUE`` scales every update it trains (the model's
+    and the trial models').  ``run``: further arguments of :func:`run_simulation`."""
+    cfg = _cfg(values, **fed)
+    data = load_federated(cfg.data, cfg.seed)
+    if scale is None:
+        return run_simulation(cfg, run_dir, data=data, **(run or {}))
+
+    def lie(sent, replies, rogue):
+        return [(rogue_state(s, sent, scale), n, m) if r else (s, n, m)
+                for (s, n, m), r in zip(replies, rogue, strict=True)]
+
+    return _with_rogue(cfg, data, run_dir, lie, run)
 
 
 def _flip_run(run_dir, factor, **fed):
@@ -90,31 +100,15 @@ def _flip_run(run_dir, factor, **fed):
     from fedprune.federated.aggregate import update_norm
 
     cfg = _cfg(DENSE, **fed)
-    data = load_federated(cfg.data, cfg.seed)
-    rogue_y = data.clients[ROGUE].y
-    real_make = loop_mod.make_trainer
 
-    def make_trainer(model, cfg, device=None):
-        trainer = real_make(model, cfg, device)
-        real_train = trainer.train
+    def lie(sent, replies, rogue):
+        norms = sorted(update_norm(s, sent) for (s, _, _), r in zip(replies, rogue, strict=True)
+                       if not r)
+        med = norms[len(norms) // 2]
+        return [(rogue_state(s, sent, -factor * med / update_norm(s, sent)), n, m) if r
+                else (s, n, m) for (s, n, m), r in zip(replies, rogue, strict=True)]
 
-        def train(sent, jobs):
-            out = real_train(sent, jobs)
-            norms = [update_norm(s, sent) for job, (s, _, _) in zip(jobs, out, strict=True)
-                     if job.y is not rogue_y]
-            med = sorted(norms)[len(norms) // 2]
-            return [(rogue_state(s, sent, -factor * med / update_norm(s, sent)), n, m)
-                    if job.y is rogue_y else (s, n, m)
-                    for job, (s, n, m) in zip(jobs, out, strict=True)]
-
-        trainer.train = train
-        return trainer
-
-    loop_mod.make_trainer = make_trainer
-    try:
-        return run_simulation(cfg, run_dir, data=data)
-    finally:
-        loop_mod.make_trainer = real_make
+    return _with_rogue(cfg, load_federated(cfg.data, cfg.seed), run_dir, lie)
 
 
 def test_a_sign_flip_just_inside_the_bound_is_left_out_for_its_direction(tmp_path, honest):

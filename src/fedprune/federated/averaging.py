@@ -326,15 +326,20 @@ def _nested_directions(full: StateDict,
     return out
 
 
-def _column_median(rows: torch.Tensor) -> torch.Tensor:
-    """The median of each column of ``rows`` over its held (not nan) values (the mean of
-    the two middle ones for an even count); 0 where none is held."""
+def _sorted_held(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each column of ``rows`` with its held (not nan) values sorted first (0 after them),
+    and how many each holds (at least 1)."""
     held_mask = ~torch.isnan(rows)
-    count = held_mask.sum(dim=0)
     ordered, _ = torch.sort(torch.where(held_mask, rows, torch.full_like(rows, math.inf)),
                             dim=0)
     ordered = torch.where(torch.isinf(ordered), torch.zeros_like(ordered), ordered)
-    c = count.clamp(min=1)
+    return ordered, held_mask.sum(dim=0).clamp(min=1)
+
+
+def _column_median(rows: torch.Tensor) -> torch.Tensor:
+    """The median of each column of ``rows`` over its held (not nan) values (the mean of
+    the two middle ones for an even count); 0 where none is held."""
+    ordered, c = _sorted_held(rows)
     lo = ordered.gather(0, ((c - 1) // 2)[None]).squeeze(0)
     hi = ordered.gather(0, (c // 2)[None]).squeeze(0)
     return (lo + hi) / 2
@@ -354,10 +359,7 @@ def _per_coordinate(rows: torch.Tensor, weights: Sequence[int], fed: FedConfig
         return total / wsum.clamp(min=1e-300), held
     if fed.aggregator == "median":
         return _column_median(rows), held
-    ordered, _ = torch.sort(torch.where(held_mask, rows, torch.full_like(rows, math.inf)),
-                            dim=0)
-    ordered = torch.where(torch.isinf(ordered), torch.zeros_like(ordered), ordered)
-    c = count.clamp(min=1)
+    ordered, c = _sorted_held(rows)
     k = torch.minimum(torch.floor(fed.trim_fraction * c.to(torch.float64)).long(),
                       (c - 1) // 2)
     csum = torch.cat([torch.zeros_like(ordered[:1]), ordered.cumsum(dim=0)])

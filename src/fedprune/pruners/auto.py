@@ -161,23 +161,23 @@ def paired(ref: Validation, got: Validation, trim: float = 0.0) -> tuple[float, 
     if k == 0 or total == 0:
         return math.nan, math.nan, 0
     g = trimmed_count(k, trim)
+    spread, held = pairs, total  # the differences the standard error is taken over
     if g > 0:
         order = sorted(range(k), key=lambda j: (pairs[j][1], j))
         kept = [pairs[j] for j in order[g:k - g]]
         held = sum(n for n, _ in kept)
         cost = sum(n * d for n, d in kept) / held
         lo, hi = pairs[order[g]][1], pairs[order[k - g - 1]][1]
-        wins = [(n, min(max(d, lo), hi)) for n, d in pairs]
-        mean = sum(n * d for n, d in wins) / total
-        var = k / (k - 1) * sum((n * (d - mean)) ** 2 for n, d in wins)
-        return cost, math.sqrt(var) / held, k
-    everyone = k == len(ref.clients) == len(got.clients)
-    mean = sum(n * d for n, d in pairs) / total
-    cost = ref.accuracy - got.accuracy if everyone else mean
+        spread = [(n, min(max(d, lo), hi)) for n, d in pairs]  # winsorized
+    else:
+        everyone = k == len(ref.clients) == len(got.clients)
+        cost = (ref.accuracy - got.accuracy if everyone
+                else sum(n * d for n, d in pairs) / total)
     if k < 2:
         return cost, math.nan, k
-    var = k / (k - 1) * sum((n * (d - mean)) ** 2 for n, d in pairs)
-    return cost, math.sqrt(var) / total, k
+    mean = sum(n * d for n, d in spread) / total
+    var = k / (k - 1) * sum((n * (d - mean)) ** 2 for n, d in spread)
+    return cost, math.sqrt(var) / held, k
 
 
 def _finite(x: float) -> float | None:
