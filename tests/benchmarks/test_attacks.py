@@ -77,3 +77,38 @@ def test_lying_validation_answers_stay_within_what_the_server_checks(attacks):
     assert all(sub.clients[2] == (2, 0.0, 10) for sub in keep.variants)
     assert all(math.isfinite(lo) and lo >= 0 for lo in cut.losses + keep.losses)
     assert attacks.lie("none", (2,), v) is v
+
+
+def test_drop_leaves_the_rogues_replies_out_and_the_others_as_they_were(attacks):
+    replies = _replies(2)
+    out = attacks.attack_replies("drop", (3, 5), replies, lambda i, t: SENT, 999)
+    assert [r.client for r in out] == [c for c in range(10) if c not in (3, 5)]
+    assert all(r is replies[r.client] for r in out)
+
+
+def test_seeds_name_one_a_range_or_a_list(attacks):
+    assert attacks._seeds("3") == [3]
+    assert attacks._seeds("0-4") == [0, 1, 2, 3, 4]
+    assert attacks._seeds("0,2-3,7") == [0, 2, 3, 7]
+    with pytest.raises(ValueError):
+        attacks._seeds("x")
+
+
+def test_centered_clipping_gives_a_far_update_no_more_pull_for_going_further(attacks):
+    gen = torch.Generator().manual_seed(3)
+    sent = {"w": torch.zeros(6, dtype=torch.float64), "n": torch.tensor(0)}
+    honest = [{"w": torch.ones(6, dtype=torch.float64) + 0.3 * torch.randn(6, generator=gen,
+                                                                           dtype=torch.float64),
+               "n": torch.tensor(1)} for _ in range(5)]
+    far = {"w": torch.full((6,), 40.0, dtype=torch.float64), "n": torch.tensor(1)}
+    further = {"w": torch.full((6,), 4000.0, dtype=torch.float64), "n": torch.tensor(1)}
+    rule = attacks.centered_clipping(1.0)
+    a = rule([(s, 10) for s in [*honest, far]], sent).state["w"]
+    b = attacks.centered_clipping(1.0)([(s, 10) for s in [*honest, further]], sent).state["w"]
+    assert float((a - b).norm()) < 1e-3 * float(a.norm())  # its direction barely moves
+    mean = sum(s["w"] for s in honest) / 5
+    assert float((a - mean).norm()) < 0.5 * float((far["w"] - mean).norm()) / 6
+    # the next round starts from this round's aggregate update
+    again = rule([(s, 10) for s in honest], sent).state["w"]
+    assert not torch.equal(again, attacks.centered_clipping(1.0)(
+        [(s, 10) for s in honest], sent).state["w"])
