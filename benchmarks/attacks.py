@@ -58,7 +58,13 @@ import fedprune.federated.loop as loop_mod
 from fedprune.config import from_dict
 from fedprune.data import load_federated
 from fedprune.federated import run_simulation
-from fedprune.federated.aggregate import Aggregate, _cosine, median, screen_directions
+from fedprune.federated.aggregate import (
+    Aggregate,
+    _cosine,
+    _integer_median,
+    median,
+    screen_directions,
+)
 from fedprune.federated.transport import Queried
 from fedprune.metrics import read_rounds
 from fedprune.pruners.base import pool_validation
@@ -194,9 +200,8 @@ def centered_clipping(factor: float, iterations: int = 3):
         against = []
         if min_cosine > -1:
             replies, against = screen_directions(replies, reference, min_cosine)
-        keys = [k for k, v in reference.items() if v.is_floating_point()]
-        ups = [{k: s[k].to(torch.float64) - reference[k].to(torch.float64) for k in keys}
-               for s, _ in replies]
+        ups = [_update(s, reference) for s, _ in replies]
+        keys = list(ups[0])
         total = sum(n for _, n in replies)
         center = previous.get("v") or median([(u, n) for u, (_, n) in zip(ups, replies)])
         for _ in range(iterations):
@@ -208,9 +213,7 @@ def centered_clipping(factor: float, iterations: int = 3):
                       for k in keys}
         previous["v"] = center
         state = {k: (ref.to(torch.float64) + center[k]).to(ref.dtype) if k in center else
-                 torch.stack([s[k] for s, _ in replies]).sort(dim=0).values[
-                     (len(replies) - 1) // 2]
-                 for k, ref in reference.items()}
+                 _integer_median(replies, k) for k, ref in reference.items()}
         return Aggregate(state, [], against)
 
     return aggregate
@@ -266,11 +269,9 @@ def profile(values, attack: str, rogues, seed: int) -> str:
     rule_fn = averaging_mod.robust_aggregate
 
     def spy(replies, reference, **kw):
-        keys = [k for k, v in reference.items() if v.is_floating_point()]
-        ups = [{k: st[k].to(torch.float64) - reference[k].to(torch.float64) for k in keys}
-               for st, _ in replies]
+        ups = [_update(st, reference) for st, _ in replies]
         center = median([(u, n) for u, (_, n) in zip(ups, replies)])
-        dist = [_norm({k: u[k] - center[k] for k in keys}) for u in ups]
+        dist = [_norm({k: u[k] - center[k] for k in center}) for u in ups]
         cos = [_cosine(u, center) for u in ups]
         rounds.append((dist, cos))
         return rule_fn(replies, reference, **kw)
@@ -316,9 +317,9 @@ def cell(attack: str, rogues, values, rule, seeds) -> tuple[list[float], str]:
         accs.append(res.summary["accuracy"])
         left = [a["client"] for r in rows for a in r.get("against", [])]
         # without a training attack the rogues' updates are honest ones
-        lied = [c in rogues for c in left] if attack not in HONEST_TRAINING else [False] * len(left)
-        rogue += sum(lied)
-        honest += len(left) - sum(lied)
+        lied = sum(c in rogues for c in left) if attack not in HONEST_TRAINING else 0
+        rogue += lied
+        honest += len(left) - lied
         nested = res.summary.get("nested")
         if nested is not None:
             cut = nested["widths"] and list(nested["widths"].values())
@@ -350,6 +351,8 @@ def main(argv=None) -> int:
     rogues = ROGUES[args.rogues]
     seeds = args.seeds
     if args.profile:
+        if args.auto:
+            ap.error("--profile looks at the dense rule's rounds: not with --auto")
         for seed in seeds:
             print(profile(DENSE, args.profile, rogues, seed), flush=True)
         return 0
