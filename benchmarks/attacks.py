@@ -9,20 +9,22 @@ rogue a norm bound faces):
   costs, their data lost with them);
 * ``x1e4``: the update scaled by 10^4;
 * ``flip@F``: the update sign-flipped and scaled to F x the median norm of the round's
-  honest updates (``flip@2.99``: just inside the default bound of 3);
+  honest updates (``flip@1.99``: just inside the default bound of 2; ``flip@2.99``: just
+  inside the earlier default of 3, scaled down by the bound of 2);
 * ``flip@2.99+n``: ``flip@2.99`` claiming the largest training partition's sample count
   (the earlier bound's maximum; today a count above the client's own partition is rejected);
-* ``mean@-2.99``: colluding rogues all send minus the honest mean update, scaled to 2.99 x
-  the median norm (the "inner product" attack);
+* ``mean@-F``: colluding rogues all send minus the honest mean update, scaled to F x the
+  median norm (the "inner product" attack);
 * ``orth@F``: built to pass the direction screen: minus the rogue's own update's part
   orthogonal to the honest median update, with a cosine of +0.01 with it, at F median norms;
 * ``val-cut`` / ``val-keep``: validation answers that claim the narrowest widths lose
   nothing (every width right on every sample, the full model wrong on every one) or that
   every narrower width is wrong on every sample (``--auto`` only).
 
-Rules (``--rules``): ``default`` (``fed.clip_factor`` 3, ``fed.min_cosine`` 0, FedAvg),
+Rules (``--rules``): ``default`` (``fed.clip_factor`` 2, ``fed.min_cosine`` 0, FedAvg),
 ``no-direction`` (the bound alone), ``trimmed_mean`` and ``median`` (with the default bound
-and direction screen), ``plain`` (plain FedAvg), ``clip2``, and for ``--auto``
+and direction screen), ``plain`` (plain FedAvg), ``clip3`` (the earlier default bound of
+3 x the median norm), and for ``--auto``
 ``untrimmed`` (the paired costs not trimmed); ``centered``, measured here and not offered
 by fedprune: centered clipping around the previous round's aggregate update (see
 :func:`centered_clipping`).  ``--rogues 1`` (client 3) or ``3`` (clients
@@ -81,19 +83,19 @@ DENSE = {**BASE, "prune": {"enabled": False}}
 AUTO = {**BASE, "model": {}, "prune": {"method": "auto"}}
 
 RULES = {
-    "default": {},  # clip_factor 3, min_cosine 0, fedavg
+    "default": {},  # clip_factor 2, min_cosine 0, fedavg
     "no-direction": {"min_cosine": -1.0},  # the bound alone
     "trimmed_mean": {"aggregator": "trimmed_mean"},
     "median": {"aggregator": "median"},
     "plain": {"clip_factor": 0.0, "min_cosine": -1.0},  # plain FedAvg
-    "clip2": {"clip_factor": 2.0},
+    "clip3": {"clip_factor": 3.0},  # the earlier default bound
     # measured, not offered: centered clipping (below), after the direction screen
     "centered": {"centered": 1.0},
     # the automatic method's costs as plain pooled differences (no trimming)
     "untrimmed": {"prune": {"trim_fraction": 0.0}},
 }
-ATTACKS = ["none", "drop", "x1e4", "flip@2.99", "flip@1", "mean@-2.99", "flip@2.99+n",
-           "orth@2.99", "orth@1"]
+ATTACKS = ["none", "drop", "x1e4", "flip@2.99", "flip@1.99", "flip@1", "mean@-2.99",
+           "flip@2.99+n", "orth@2.99", "orth@1.99", "orth@1"]
 ROGUES = {1: (3,), 3: (3, 5, 7)}
 # the attacks that leave the training replies honest
 HONEST_TRAINING = ("none", "val-cut", "val-keep")
@@ -155,10 +157,10 @@ def attack_replies(attack: str, rogues, replies, sent_of, max_n: int):
                 perp = {k: v / max(pn, 1e-300) * 0.99995 + 0.01 * chat[k]
                         for k, v in perp.items()}
                 state = _send(sent, perp, float(attack[5:]) * med / max(_norm(perp), 1e-300))
-            elif attack == "mean@-2.99":
+            elif attack.startswith("mean@"):
                 same = [j for j in honest if set(ups[j]) == set(u)]
                 mean = {k: sum(ups[j][k] for j in same) / len(same) for k in u}
-                state = _send(sent, mean, -2.99 * med / max(_norm(mean), 1e-300))
+                state = _send(sent, mean, float(attack[5:]) * med / max(_norm(mean), 1e-300))
             else:
                 raise ValueError(f"unknown attack {attack!r}")
             states = list(out[i].states)

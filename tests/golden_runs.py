@@ -29,6 +29,9 @@ both kinds of CPU were given the earlier settings explicitly (``EARLIER``: the s
 messages carry two more settings: AMD re-recorded, the Intel recordings' bytes shifted by the
 same amounts, the shift that turns the previous AMD recordings into the new ones exactly), and
 ``default``, ``flower-auto`` and ``resumed-default`` (AMD only) recorded with the new defaults.
+When the norm bound's default became 2 (``fed.clip_factor``), ``EARLIER`` took the earlier 3
+(its messages carry the same settings as before: the recordings stand), and the AMD-only
+scenarios were recorded again with the new default.
 """
 
 from __future__ import annotations
@@ -70,9 +73,10 @@ SHORT = ["fed.rounds=12", "train.local_epochs=1"]  # the default digits run, sho
 # the boundary rule and the fixed ratio as they were the defaults: no validation split
 NO_VAL = ["data.val_fraction=0.0"]
 FLOWER = ["data.num_clients=4", "fed.clients_per_round=3"]
-# the aggregation and the paired costs as they were before the direction screen and the
-# trimmed costs became the default: the scenarios recorded on both kinds of CPU run them
-EARLIER = ["fed.min_cosine=-1", "prune.trim_fraction=0"]
+# the aggregation and the paired costs as they were before the direction screen, the
+# trimmed costs and the norm bound of 2 became the default: the scenarios recorded on both
+# kinds of CPU run them
+EARLIER = ["fed.min_cosine=-1", "prune.trim_fraction=0", "fed.clip_factor=3"]
 SCENARIOS: dict[str, list[str]] = {
     # fedprune's default: the automatic method, nested widths searched in flight
     "default": SHORT,

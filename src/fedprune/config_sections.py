@@ -260,12 +260,14 @@ class FedConfig:
     # Bounded influence of any one client (fedprune.federated.aggregate.robust_aggregate):
     # a reply's update (its weights minus the weights sent) longer than the bound b =
     # clip_factor x the median update norm of the round's replies is scaled down to length
-    # b^2 / its length, then the replies are averaged by the aggregator.  3.0 bounds a rogue
-    # client's pull to that of three median clients and never clipped an honest reply of
-    # the default runs (README, "Aggregation"); 0 = no clipping (with "fedavg": plain
-    # FedAvg).  Every model of the round (the automatic method's candidate and reference
-    # too) is bounded against the median of its own updates, over the same clients.
-    clip_factor: float = 3.0
+    # b^2 / its length, then the replies are averaged by the aggregator.  2.0 bounds a rogue
+    # client's pull to that of two median clients (a sign flip that slips past the direction
+    # screen costs less than at 3.0, the earlier default) and clipped about one honest reply
+    # in a thousand of the auto suite's dense runs (docs/aggregation.md); 0 = no clipping
+    # (with "fedavg": plain FedAvg).  Every model of the round (the automatic method's
+    # candidate and reference too) is bounded against the median of its own updates, over
+    # the same clients.
+    clip_factor: float = 2.0
     # "fedavg" = the sample-weighted mean; "trimmed_mean" = coordinate-wise mean without the
     # trim_fraction largest and smallest values; "median" = coordinate-wise median (both
     # count every client once)

@@ -61,9 +61,14 @@ def test_orth_points_past_the_median_and_mean_against_the_honest_mean(attacks):
     median = torch.stack(honest).median(dim=0).values
     out = attacks.attack_replies("orth@2.99", (3, 5, 7), replies, lambda i, t: SENT, 999)
     assert all(_cos(_upd(out[c]), median) == pytest.approx(0.01, abs=1e-3) for c in (3, 5, 7))
-    out = attacks.attack_replies("mean@-2.99", (3, 5, 7), replies, lambda i, t: SENT, 999)
     mean = sum(honest) / len(honest)
-    assert all(_cos(_upd(out[c]), mean) == pytest.approx(-1.0, abs=1e-6) for c in (3, 5, 7))
+    norms = sorted(float(u.norm()) for u in honest)
+    for factor in (2.99, 1.99):
+        out = attacks.attack_replies(f"mean@-{factor}", (3, 5, 7), replies, lambda i, t: SENT,
+                                     999)
+        for c in (3, 5, 7):
+            assert _cos(_upd(out[c]), mean) == pytest.approx(-1.0, abs=1e-6)
+            assert float(_upd(out[c]).norm()) == pytest.approx(factor * norms[3], rel=1e-5)
 
 
 def test_lying_validation_answers_stay_within_what_the_server_checks(attacks):
