@@ -256,8 +256,9 @@ def test_the_server_bounds_the_model_and_its_trial_copies_by_client():
     assert clip["client"] == rogue and clip["norm"] / clip["bound"] > 1000
     (tclip,) = record.extra["trial_clipped"]
     assert tclip["client"] == rogue and tclip["trial"] == 0
-    # its own median: steps 1, 1, 2 and 50 (x 1e-3), median 1.5, bound 4.5: 50 / 4.5 beyond
-    assert tclip["norm"] / tclip["bound"] == pytest.approx(50 / 4.5, rel=1e-4)
+    # its own median: steps 1, 1, 2 and 50 (x 1e-3), median 1.5, bound 2 x 1.5 = 3: 50 / 3
+    # beyond
+    assert tclip["norm"] / tclip["bound"] == pytest.approx(50 / 3, rel=1e-4)
     # every coordinate moved by the mean of the honest steps 1.0, 1.1, 1.3 (x 1e-3) and the
     # rogue's 10 scaled by (bound / norm)^2: the rogue all but drops out
     expected = ((1.0 + 1.1 + 1.3) * 1e-3 + 10 * (clip["bound"] / clip["norm"]) ** 2) / 4
