@@ -135,18 +135,18 @@ def attack_replies(attack: str, rogues, replies, sent_of, max_n: int):
             if r.client not in rogues or ups[i] is None:
                 continue
             u, sent = ups[i], sent_of(i, t)
+            # the honest updates of its own width (nested widths differ in keys)
+            same = [j for j in honest if set(ups[j]) == set(u)]
             if attack == "x1e4":
                 state = _send(sent, u, 1e4)
             elif attack.startswith("flip@"):
                 factor = float(attack[5:].split("+")[0])
                 state = _send(sent, u, -factor * med / max(_norm(u), 1e-300))
-            elif attack.startswith(("orth@", "mean@")) and not [
-                    j for j in honest if set(ups[j]) == set(u)]:
+            elif attack.startswith(("orth@", "mean@")) and not same:
                 continue  # no honest update of its width to aim by: it sends its own
             elif attack.startswith("orth@"):
                 # minus its own update, less its part along the honest median update: a
                 # cosine of +0.01 with it, at the given multiple of the median norm
-                same = [j for j in honest if set(ups[j]) == set(u)]
                 center = {k: torch.stack([ups[j][k] for j in same]).median(dim=0).values
                           for k in u}
                 cn = _norm(center)
@@ -158,7 +158,6 @@ def attack_replies(attack: str, rogues, replies, sent_of, max_n: int):
                         for k, v in perp.items()}
                 state = _send(sent, perp, float(attack[5:]) * med / max(_norm(perp), 1e-300))
             elif attack.startswith("mean@"):
-                same = [j for j in honest if set(ups[j]) == set(u)]
                 mean = {k: sum(ups[j][k] for j in same) / len(same) for k in u}
                 state = _send(sent, mean, float(attack[5:]) * med / max(_norm(mean), 1e-300))
             else:

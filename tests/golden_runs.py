@@ -30,8 +30,9 @@ messages carry two more settings: AMD re-recorded, the Intel recordings' bytes s
 same amounts, the shift that turns the previous AMD recordings into the new ones exactly), and
 ``default``, ``flower-auto`` and ``resumed-default`` (AMD only) recorded with the new defaults.
 When the norm bound's default became 2 (``fed.clip_factor``), ``EARLIER`` took the earlier 3
-(its messages carry the same settings as before: the recordings stand), and the AMD-only
-scenarios were recorded again with the new default.
+(its messages carry the same settings as before: the recordings stand), and ``default`` and
+``resumed-default`` (AMD only) were recorded again with the new default (``flower-auto`` ran
+as recorded).
 """
 
 from __future__ import annotations
